@@ -1,0 +1,25 @@
+# `make run` and `make test` each build .venv from nothing when it is missing.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch first, pinned: its CPU wheel lies in /opt/wheels here; unpinned it pulls a CUDA build.
+WHEELS := $(wildcard /opt/wheels)
+PIP    := $(BIN)/pip install --disable-pip-version-check -q $(if $(WHEELS),--find-links $(WHEELS))
+
+.PHONY: run test clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[local,test]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/python scripts/quickstart.py
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) out .embedpipe data
