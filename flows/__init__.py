@@ -1,0 +1,1 @@
+"""Prefect flows and the `embedpipe` command line: thin wrappers over `pipeline`."""

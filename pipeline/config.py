@@ -1,0 +1,120 @@
+"""Run configuration: YAML validated by pydantic, unknown keys rejected, `--set` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Section):
+    path: str
+    id_column: str = "id"
+    text_column: str | None = None
+    text_template: str | None = None
+
+    @model_validator(mode="after")
+    def _one_text_spec(self) -> "SourceConfig":
+        if self.text_column and self.text_template:
+            raise ValueError("set text_column or text_template, not both")
+        if not self.text_column and not self.text_template:
+            self.text_column = "text"
+        return self
+
+
+class ChunkingConfig(_Section):
+    max_tokens: int = 512
+    overlap_tokens: int = 64
+
+    @model_validator(mode="after")
+    def _sane(self) -> "ChunkingConfig":
+        if self.max_tokens < 8:
+            raise ValueError("max_tokens must be at least 8")
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise ValueError("overlap_tokens must be >= 0 and smaller than max_tokens")
+        return self
+
+
+class EmbeddingConfig(_Section):
+    provider: Literal["local", "openai", "openai-batch"] = "local"
+    model: str = "all-MiniLM-L6-v2"
+    dimensions: int | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    requests_per_minute: int = 3000
+    tokens_per_minute: int = 1_000_000
+    request_timeout_seconds: float = 60.0
+    max_attempts: int = 6
+    batch_size: int | None = None  # texts per request; None = the provider's maximum
+
+
+class CacheConfig(_Section):
+    path: str = ".embedpipe/cache"
+
+
+class OutputConfig(_Section):
+    path: str = "out/docs"
+    vector_column: str = "embedding"
+    chunks_path: str | None = None  # set to also write the chunk-level table there
+
+
+class Config(_Section):
+    source: SourceConfig
+    chunking: ChunkingConfig = ChunkingConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    cache: CacheConfig = CacheConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read `path`, apply `section.key=value` overrides, validate; raise ConfigError on any problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {_first_line(exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections")
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one `section.key=value` to the raw mapping; the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. embedding.model=text-embedding-3-small")
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"--set {item!r}: {parts[0]} is not a section")
+    section[parts[1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem pydantic found, as `section.key: message`."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "config"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {where}"
+    if error["type"] == "missing":
+        return f"missing key {where}"
+    return f"{where}: {error['msg']}"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

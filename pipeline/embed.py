@@ -1,0 +1,98 @@
+"""Rows of raw text in, one vector per row out: normalise, dedupe, chunk, cache, embed, pool."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from pipeline.cache import VectorCache
+from pipeline.chunking import Chunk, chunk_by_tokens
+from pipeline.providers.base import Embedder, l2_normalise
+from pipeline.text import normalise_paragraphs
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the summary and the manifest."""
+
+    rows: int = 0
+    null_texts: int = 0  # null, empty or whitespace-only: null vector, nothing sent
+    distinct_texts: int = 0
+    chunks: int = 0  # chunks of the distinct texts
+    tokens: int = 0  # tokens in those chunks
+    cache_hits: int = 0  # chunks answered by the cache
+    embedded_chunks: int = 0
+    embedded_tokens: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class EmbeddedText:
+    """A normalised text, its chunks, their vectors and the pooled row vector."""
+
+    chunks: list[Chunk]
+    chunk_vectors: np.ndarray
+    vector: np.ndarray
+
+
+@dataclass
+class TextEmbedder:
+    """Embeds row texts, each distinct text once per run, reading and filling the cache."""
+
+    embedder: Embedder
+    cache: VectorCache
+    max_tokens: int
+    overlap_tokens: int
+    stats: RunStats = field(default_factory=RunStats)
+    _seen: set = field(default_factory=set, repr=False)
+
+    def embed_rows(self, raw_texts: list[str | None]) -> list[EmbeddedText | None]:
+        """One result per row, in order; None where the text is null, empty or whitespace."""
+        normalised = [normalise_paragraphs(raw) if isinstance(raw, str) else [] for raw in raw_texts]
+        keys = [" ".join(paragraphs) for paragraphs in normalised]
+        distinct = {key: paragraphs for key, paragraphs in zip(keys, normalised) if key}
+        chunked = {key: chunk_by_tokens(p, self.max_tokens, self.overlap_tokens) for key, p in distinct.items()}
+        self._count(raw_texts, keys, chunked)
+        vectors = self._chunk_vectors({c.text: c.tokens for chunks in chunked.values() for c in chunks})
+        results = {key: _pool(chunks, vectors) for key, chunks in chunked.items()}
+        return [results[key] if key else None for key in keys]
+
+    def _chunk_vectors(self, token_counts: dict[str, int]) -> dict[str, np.ndarray]:
+        texts = list(token_counts)
+        vectors = self.cache.get_many(texts)
+        self.stats.cache_hits += len(vectors)
+        misses = [text for text in texts if text not in vectors]
+        if misses:
+            requests_before = self.embedder.requests
+            fresh = dict(zip(misses, self.embedder.embed(misses, [token_counts[t] for t in misses])))
+            self.cache.put_many(fresh)
+            vectors.update(fresh)
+            self.stats.embedded_chunks += len(misses)
+            self.stats.embedded_tokens += sum(token_counts[t] for t in misses)
+            self.stats.requests += self.embedder.requests - requests_before
+        return vectors
+
+    def _count(self, raw_texts: list, keys: list[str], chunked: dict[str, list[Chunk]]) -> None:
+        self.stats.rows += len(raw_texts)
+        self.stats.null_texts += sum(1 for key in keys if not key)
+        for key, chunks in chunked.items():
+            digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+            if digest not in self._seen:
+                self._seen.add(digest)
+                self.stats.distinct_texts += 1
+                self.stats.chunks += len(chunks)
+                self.stats.tokens += sum(c.tokens for c in chunks)
+
+
+def _pool(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> EmbeddedText:
+    """The token-weighted mean of the chunk vectors, re-normalised."""
+    chunk_vectors = np.stack([vectors[c.text] for c in chunks])
+    weights = np.array([c.tokens for c in chunks], dtype=np.float32)
+    vector = l2_normalise(weights @ chunk_vectors) if len(chunks) > 1 else chunk_vectors[0]
+    return EmbeddedText(chunks, chunk_vectors, vector)

@@ -1,0 +1,33 @@
+"""Providers, found by name in a plain registry."""
+
+from __future__ import annotations
+
+from pipeline.config import EmbeddingConfig
+from pipeline.errors import ConfigError
+from pipeline.providers.base import Embedder
+
+
+def _local():
+    from pipeline.providers.local import LocalEmbedder
+
+    return LocalEmbedder
+
+
+def _openai():
+    from pipeline.providers.openai import OpenAIEmbedder
+
+    return OpenAIEmbedder
+
+
+# Imported on use: torch loads only for the local provider.
+PROVIDERS = {"local": _local, "openai": _openai}
+
+
+def get_embedder(config: EmbeddingConfig, api_key: str | None = None) -> Embedder:
+    """The embedder `config.provider` names, ready to use."""
+    if config.provider not in PROVIDERS:
+        raise ConfigError(
+            f"embedding.provider {config.provider!r} is not available in this version; "
+            f"choose one of {', '.join(sorted(PROVIDERS))}"
+        )
+    return PROVIDERS[config.provider]()(config, api_key)

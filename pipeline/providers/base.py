@@ -1,0 +1,86 @@
+"""The one interface every provider implements, and the batching written once for all of them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Iterator
+
+import numpy as np
+
+from pipeline.config import EmbeddingConfig
+from pipeline.errors import ResponseError
+
+
+class Embedder(ABC):
+    """Turns texts into L2-normalised float32 vectors.
+
+    Subclasses implement `embed_batch` (one request) and `dimensions`; `embed` packs any
+    number of texts into requests within the provider's limits.
+    """
+
+    provider: ClassVar[str]
+    max_batch_inputs: ClassVar[int] = 2048
+    max_batch_tokens: ClassVar[int] = 300_000
+    max_input_tokens: ClassVar[int] = 8192
+
+    def __init__(self, config: EmbeddingConfig):
+        self.config = config
+        self.model = config.model
+        self.requests = 0  # requests sent, counting every retry
+
+    @property
+    @abstractmethod
+    def dimensions(self) -> int:
+        """Length of every vector this embedder returns."""
+
+    @abstractmethod
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        """Embed one request's worth of texts; returns shape (len(texts), dimensions)."""
+
+    @property
+    def cache_namespace(self) -> str:
+        """What produced a vector: vectors from different namespaces never mix in the cache."""
+        return f"{self.provider}:{self.model}:{self.dimensions}"
+
+    def embed(self, texts: list[str], token_counts: list[int]) -> np.ndarray:
+        """Embed any number of texts, in order, as L2-normalised float32 rows."""
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for batch in pack_batches(token_counts, self._batch_inputs(), self.max_batch_tokens):
+            vectors = self.embed_batch(texts[batch])
+            check_vectors(vectors, batch.stop - batch.start, self.dimensions)
+            out[batch] = vectors
+        return l2_normalise(out)
+
+    def _batch_inputs(self) -> int:
+        return min(self.config.batch_size or self.max_batch_inputs, self.max_batch_inputs)
+
+    def close(self) -> None:
+        """Release clients and models."""
+
+
+def pack_batches(token_counts: list[int], max_inputs: int, max_tokens: int) -> Iterator[slice]:
+    """Consecutive slices holding at most `max_inputs` texts and `max_tokens` tokens each."""
+    start, tokens = 0, 0
+    for i, count in enumerate(token_counts):
+        if i > start and (i - start == max_inputs or tokens + count > max_tokens):
+            yield slice(start, i)
+            start, tokens = i, 0
+        tokens += count
+    if start < len(token_counts):
+        yield slice(start, len(token_counts))
+
+
+def check_vectors(vectors: np.ndarray, count: int, dimensions: int) -> None:
+    """Raise ResponseError unless `vectors` is (count, dimensions), finite and non-zero."""
+    if vectors.shape != (count, dimensions):
+        raise ResponseError(f"expected {count} vectors of {dimensions} dimensions, got shape {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise ResponseError("response holds non-finite values (NaN or infinity)")
+    if count and not np.linalg.norm(vectors, axis=1).all():
+        raise ResponseError("response holds an all-zero vector")
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)

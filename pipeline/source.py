@@ -1,0 +1,140 @@
+"""Read Parquet and CSV as a stream of Arrow record batches, and check them before any spending."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.config import SourceConfig
+from pipeline.errors import SourceError
+from pipeline.text import render_template, template_fields
+
+FORMATS = {".parquet": "parquet", ".csv": "csv"}
+BATCH_ROWS = 8192
+_CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """The checked input: its files in reading order and their row counts."""
+
+    files: list[Path]
+    rows: list[int]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows)
+
+
+def resolve_files(path: str) -> list[Path]:
+    """The input files `path` names (a file, a directory or a glob), sorted by name."""
+    candidate = Path(path).expanduser()
+    if candidate.is_dir():
+        files = [p for p in candidate.iterdir() if p.suffix.lower() in FORMATS]
+    elif candidate.is_file():
+        files = [candidate]
+    else:
+        files = [Path(p) for p in glob.glob(str(candidate), recursive=True) if Path(p).is_file()]
+    if not files:
+        raise SourceError(f"source.path {path}: no .parquet or .csv files found")
+    unknown = [p for p in files if p.suffix.lower() not in FORMATS]
+    if unknown:
+        raise SourceError(f"{unknown[0]}: unknown format; use .parquet or .csv")
+    return sorted(files)
+
+
+def read_batches(file: Path, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Stream `file` as record batches; a read failure becomes a SourceError naming the file."""
+    try:
+        if FORMATS[file.suffix.lower()] == "parquet":
+            yield from pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns)
+        else:
+            yield from _csv_batches(file, columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"{file}: cannot read as {FORMATS[file.suffix.lower()]}: {_first_line(exc)}") from None
+
+
+def _csv_batches(file: Path, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+    # CSV has no types: every column stays text, so ids like "007" survive unchanged.
+    names = pacsv.open_csv(file, parse_options=_CSV_PARSE).schema.names
+    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, include_columns=columns)
+    yield from pacsv.open_csv(file, parse_options=_CSV_PARSE, convert_options=convert)
+
+
+def text_columns(config: SourceConfig) -> list[str]:
+    """The columns the text is built from."""
+    return template_fields(config.text_template) if config.text_template else [config.text_column]
+
+
+def row_texts(batch: pa.RecordBatch, config: SourceConfig) -> list[str | None]:
+    """The raw text of each row: one column, or the template filled from several."""
+    if config.text_template is None:
+        return batch.column(config.text_column).to_pylist()
+    return render_template(config.text_template, {c: batch.column(c).to_pylist() for c in text_columns(config)})
+
+
+def validate_source(config: SourceConfig, output_column: str | None = None) -> SourcePlan:
+    """Check every file before any embedding: columns present, text columns textual, ids unique.
+
+    `output_column`, the vector column to be added, must not already be an input column.
+    """
+    files = resolve_files(config.path)
+    try:
+        needed = text_columns(config)
+    except ValueError as exc:
+        raise SourceError(f"source.text_template: {exc}") from None
+    seen_ids: set = set()
+    rows = []
+    for file in files:
+        schema = _schema(file)
+        _check_columns(file, schema, [config.id_column, *needed], config)
+        if output_column in schema.names:
+            raise SourceError(f"{file}: already has a column {output_column!r}; set output.vector_column to another name")
+        rows.append(_check_ids(file, config.id_column, seen_ids))
+    return SourcePlan(files, rows)
+
+
+def _schema(file: Path) -> pa.Schema:
+    kind = FORMATS[file.suffix.lower()]
+    try:
+        if kind == "parquet":
+            return pq.read_schema(file)
+        names = pacsv.open_csv(file, parse_options=_CSV_PARSE).schema.names
+        return pa.schema([(name, pa.string()) for name in names])  # as _csv_batches reads it
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"{file}: cannot read as {kind}: {_first_line(exc)}") from None
+
+
+def _check_columns(file: Path, schema: pa.Schema, columns: list[str], config: SourceConfig) -> None:
+    for column in columns:
+        if column not in schema.names:
+            raise SourceError(f"{file}: column {column!r} not found; columns are {', '.join(schema.names) or 'none'}")
+    if config.text_column:
+        kind = schema.field(config.text_column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+            raise SourceError(f"{file}: text column {config.text_column!r} holds {kind}, not text")
+
+
+def _check_ids(file: Path, id_column: str, seen: set) -> int:
+    """Add the file's ids to `seen`; raise on a null or repeated id. Returns the row count."""
+    rows = 0
+    for batch in read_batches(file, columns=[id_column]):
+        for offset, value in enumerate(batch.column(0).to_pylist()):
+            if value is None:
+                raise SourceError(f"{file}: column {id_column!r} is null at row {rows + offset + 1}; every row needs an id")
+            if value in seen:
+                raise SourceError(f"{file}: column {id_column!r} repeats id {value!r} at row {rows + offset + 1}; ids must be unique")
+            seen.add(value)
+        rows += batch.num_rows
+    return rows
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,54 @@
+"""Turn a row into the text a model sees: render, normalise, hash."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+import unicodedata
+
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+
+
+def normalise_paragraphs(raw: str | None) -> list[str]:
+    """Split `raw` at blank lines and normalise each part; empty parts are dropped.
+
+    `" ".join(result)` is the normalised text (NFC, whitespace runs collapsed, stripped);
+    the chunker uses the paragraph boundaries that normalising would otherwise erase.
+    """
+    if not raw:
+        return []
+    paragraphs = (" ".join(part.split()) for part in _PARAGRAPH_BREAK.split(unicodedata.normalize("NFC", raw)))
+    return [p for p in paragraphs if p]
+
+
+def normalise_text(raw: str | None) -> str:
+    """NFC, whitespace runs collapsed to one space, stripped. Empty for null input."""
+    return " ".join(normalise_paragraphs(raw))
+
+
+def text_hash(text: str) -> str:
+    """Content hash of a normalised text: hex sha256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def template_fields(template: str) -> list[str]:
+    """Column names a `str.format` template refers to, in order, without repeats."""
+    names = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    if any(not name for name in names):
+        raise ValueError("template fields must name columns, e.g. {title}; {} is not allowed")
+    return list(dict.fromkeys(names))
+
+
+def render_template(template: str, columns: dict[str, list]) -> list[str | None]:
+    """Fill `template` once per row; null values render empty; a row whose fields are all null is null."""
+    names = list(columns)
+    rows = zip(*(columns[name] for name in names)) if names else iter([()])
+    rendered = []
+    for values in rows:
+        if all(value is None for value in values):
+            rendered.append(None)
+            continue
+        fields = {name: "" if value is None else value for name, value in zip(names, values)}
+        rendered.append(template.format_map(fields))
+    return rendered

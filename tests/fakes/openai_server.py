@@ -1,0 +1,131 @@
+"""A loopback stand-in for OpenAI's embeddings endpoint: real HTTP, deterministic vectors.
+
+It enforces the limits the real API enforces (empty input, 8192 tokens per input, 2048
+inputs and 300,000 tokens per request) and can be scripted to fail, so tests drive the real
+`openai` client through `base_url` and fake nothing inside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import threading
+from collections import Counter, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from pipeline.tokens import count_tokens
+
+MAX_INPUT_TOKENS = 8192
+MAX_INPUTS = 2048
+MAX_REQUEST_TOKENS = 300_000
+
+
+def fake_vector(text: str, dimensions: int) -> np.ndarray:
+    """The vector the fake server returns for `text`: seeded by its hash, unit length."""
+    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+    vector = np.random.default_rng(seed).standard_normal(dimensions).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+class FakeOpenAI:
+    """Start with `with FakeOpenAI() as server:`; point clients at `server.base_url`."""
+
+    def __init__(self, dimensions: int = 16, shuffle: bool = False, models: tuple[str, ...] = ("text-embedding-3-small",)):
+        self.dimensions = dimensions
+        self.shuffle = shuffle
+        self.models = models
+        self.calls: Counter[str] = Counter()  # texts embedded, per text
+        self.requests = 0  # every request, answered or refused
+        self.rejected: list[str] = []  # why each 400 was sent
+        self.faults: deque = deque()  # (status, body, headers) answered to the next requests
+        self.corruptions: deque = deque()  # functions applied to the next good responses' bodies
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> "FakeOpenAI":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def fail_next(self, status: int, code: str = "error", message: str = "scripted failure", headers: dict | None = None, times: int = 1) -> None:
+        """Answer the next `times` requests with an error in OpenAI's shape."""
+        body = {"error": {"message": message, "type": code, "code": code, "param": None}}
+        self.faults.extend([(status, body, headers or {})] * times)
+
+    def answer(self, body: dict) -> tuple[int, dict, dict]:
+        """The status, JSON body and headers for one embeddings request."""
+        with self._lock:
+            self.requests += 1
+            if self.faults:
+                return self.faults.popleft()
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        problem = self._problem(body.get("model"), texts)
+        if problem:
+            status, message = problem
+            self.rejected.append(message)
+            return status, {"error": {"message": message, "type": "invalid_request_error", "code": None}}, {}
+        with self._lock:
+            self.calls.update(texts)
+        dims = body.get("dimensions") or self.dimensions
+        items = [{"object": "embedding", "index": i, "embedding": self._encode(fake_vector(t, dims), body)} for i, t in enumerate(texts)]
+        if self.shuffle:
+            random.shuffle(items)
+        tokens = sum(count_tokens(t) for t in texts)
+        payload = {"object": "list", "data": items, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        with self._lock:
+            corrupt = self.corruptions.popleft() if self.corruptions else None
+        return 200, corrupt(payload) if corrupt else payload, {}
+
+    def _problem(self, model: str | None, texts: list) -> tuple[int, str] | None:
+        if model not in self.models:
+            return 404, f"The model `{model}` does not exist"
+        if not texts or len(texts) > MAX_INPUTS:
+            return 400, f"'input' must hold 1 to {MAX_INPUTS} items, got {len(texts or [])}"
+        counts = [count_tokens(t) if isinstance(t, str) else -1 for t in texts]
+        if any(not t for t in texts) or -1 in counts:
+            return 400, "'input' items must be non-empty strings"
+        if max(counts) > MAX_INPUT_TOKENS:
+            return 400, f"This model's maximum context length is {MAX_INPUT_TOKENS} tokens, an input has {max(counts)}"
+        if sum(counts) > MAX_REQUEST_TOKENS:
+            return 400, f"Requested {sum(counts)} tokens, max {MAX_REQUEST_TOKENS} tokens per request"
+        return None
+
+    @staticmethod
+    def _encode(vector: np.ndarray, body: dict):
+        if body.get("encoding_format") == "base64":
+            return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        return vector.tolist()
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                status, payload, headers = fake.answer(body) if self.path.endswith("/embeddings") else (404, {"error": {"message": "no route"}}, {})
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
