@@ -96,7 +96,7 @@ def validate_source(config: SourceConfig, output_column: str | None = None) -> S
         _check_columns(file, schema, [config.id_column, *needed], config)
         if output_column in schema.names:
             raise SourceError(f"{file}: already has a column {output_column!r}; set output.vector_column to another name")
-        rows.append(_check_ids(file, config.id_column, seen_ids))
+        rows.append(_check_rows(file, config.id_column, needed, seen_ids))
     return SourcePlan(files, rows)
 
 
@@ -121,11 +121,12 @@ def _check_columns(file: Path, schema: pa.Schema, columns: list[str], config: So
             raise SourceError(f"{file}: text column {config.text_column!r} holds {kind}, not text")
 
 
-def _check_ids(file: Path, id_column: str, seen: set) -> int:
-    """Add the file's ids to `seen`; raise on a null or repeated id. Returns the row count."""
+def _check_rows(file: Path, id_column: str, text_columns: list[str], seen: set) -> int:
+    """Read the id and text columns through (so a bad byte surfaces now, not mid-run), adding
+    ids to `seen`; raise on a null or repeated id. Returns the row count."""
     rows = 0
-    for batch in read_batches(file, columns=[id_column]):
-        for offset, value in enumerate(batch.column(0).to_pylist()):
+    for batch in read_batches(file, columns=list(dict.fromkeys([id_column, *text_columns]))):
+        for offset, value in enumerate(batch.column(id_column).to_pylist()):
             if value is None:
                 raise SourceError(f"{file}: column {id_column!r} is null at row {rows + offset + 1}; every row needs an id")
             if value in seen:

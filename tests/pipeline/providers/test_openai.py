@@ -1,0 +1,116 @@
+"""OpenAIEmbedder through real HTTP to the loopback server."""
+
+import base64
+
+import numpy as np
+import pytest
+
+from pipeline.config import EmbeddingConfig
+from pipeline.errors import ProviderError
+from pipeline.providers.base import pack_batches
+from pipeline.providers.openai import OpenAIEmbedder
+from tests.fakes.openai_server import fake_vector
+
+
+def embedder(server, **overrides):
+    settings = {"provider": "openai", "model": "text-embedding-3-small", "dimensions": server.dimensions, "base_url": server.base_url}
+    config = EmbeddingConfig(**{**settings, **overrides})
+    return OpenAIEmbedder(config, api_key="sk-test")
+
+
+def test_shuffled_items_are_put_back_in_order(fake_openai):
+    texts = [f"text number {i}" for i in range(300)]
+    vectors = embedder(fake_openai).embed(texts, [4] * 300)
+    np.testing.assert_allclose(vectors, np.stack([fake_vector(t, 16) for t in texts]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "counts, max_inputs, max_tokens, expected",
+    [
+        ([1] * 5000, 2048, 300_000, [2048, 2048, 904]),
+        ([8000] * 80, 2048, 300_000, [37, 37, 6]),
+        ([5, 5, 5], 2, 100, [2, 1]),
+        ([], 2048, 300_000, []),
+    ],
+)
+def test_requests_stay_within_input_and_token_limits(counts, max_inputs, max_tokens, expected):
+    assert [s.stop - s.start for s in pack_batches(counts, max_inputs, max_tokens)] == expected
+
+
+def test_dimensions_are_sent_when_configured(fake_openai):
+    vectors = embedder(fake_openai, dimensions=8).embed(["hello"], [1])
+    assert vectors.shape == (1, 8)
+
+
+@pytest.mark.parametrize(
+    "status, code, message",
+    [
+        (401, "invalid_api_key", "API key was refused"),
+        (403, "forbidden", "may not use model"),
+        (404, "model_not_found", "was not found"),
+        (429, "insufficient_quota", "quota is used up"),
+    ],
+)
+def test_fatal_answers_stop_at_once_with_the_fix(fake_openai, status, code, message):
+    fake_openai.fail_next(status, code=code, message="Incorrect API key provided: sk-te**")
+    with pytest.raises(ProviderError, match=message) as error:
+        embedder(fake_openai).embed(["hello"], [1])
+    assert fake_openai.requests == 1 and "sk-te" not in str(error.value)
+
+
+def _nan(payload):
+    payload["data"][0]["embedding"] = base64.b64encode(np.full(16, np.nan, dtype="<f4").tobytes()).decode()
+    return payload
+
+
+def _short(payload):
+    payload["data"].pop()
+    return payload
+
+
+def _duplicate_index(payload):
+    payload["data"][-1]["index"] = payload["data"][0]["index"]
+    return payload
+
+
+def _wrong_dimension(payload):
+    payload["data"][0]["embedding"] = base64.b64encode(np.ones(5, dtype="<f4").tobytes()).decode()
+    return payload
+
+
+@pytest.mark.parametrize("corrupt", [_nan, _short, _duplicate_index, _wrong_dimension])
+def test_a_bad_response_is_retried_and_never_stored(fake_openai, corrupt):
+    fake_openai.corruptions.append(corrupt)
+    texts = ["one", "two", "three"]
+    vectors = embedder(fake_openai).embed(texts, [1, 1, 1])
+    np.testing.assert_allclose(vectors, np.stack([fake_vector(t, 16) for t in texts]), atol=1e-6)
+    assert fake_openai.requests == 2
+
+
+@pytest.mark.parametrize("corrupt", [_nan, _short])
+def test_a_response_that_stays_bad_fails_loudly(fake_openai, corrupt):
+    fake_openai.corruptions.extend([corrupt] * 3)
+    with pytest.raises(ProviderError, match="3 attempts"):
+        embedder(fake_openai, max_attempts=3).embed(["one", "two"], [1, 1])
+
+
+def test_server_errors_are_retried(fake_openai):
+    fake_openai.fail_next(500, times=2)
+    fake_openai.fail_next(429, code="rate_limit_exceeded", headers={"retry-after-ms": "10"})
+    client = embedder(fake_openai)
+    assert client.embed(["hello"], [1]).shape == (1, 16)
+    assert (fake_openai.requests, client.retries) == (4, 3)
+
+
+def test_a_rejected_batch_is_split_never_resent_whole(fake_openai):
+    fake_openai.fail_next(400, message="too many tokens")
+    client = embedder(fake_openai)
+    vectors = client.embed(["a", "b", "c", "d"], [1] * 4)
+    assert vectors.shape == (4, 16) and fake_openai.requests == 3
+
+
+@pytest.mark.parametrize("text", ["", "word " * 9000])
+def test_the_fake_rejects_what_the_real_api_rejects(fake_openai, text):
+    with pytest.raises(ProviderError, match="rejected a text"):
+        embedder(fake_openai).embed([text], [1])
+    assert len(fake_openai.rejected) == 1

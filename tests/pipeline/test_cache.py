@@ -1,0 +1,30 @@
+import stat
+
+import numpy as np
+
+from pipeline.cache import VectorCache
+
+
+def test_vectors_round_trip_as_raw_float32_bytes(tmp_path):
+    cache = VectorCache(tmp_path / "c", "ns", 4)
+    cache.put_many({"hello": np.array([1, 2, 3, 4], dtype=np.float32)})
+    assert cache.get_many(["hello", "absent"])["hello"].tolist() == [1, 2, 3, 4]
+    raw = cache._cache.get(cache.key("hello"))
+    assert isinstance(raw, bytes) and len(raw) == 16  # bytes, never a pickled object
+
+
+def test_directory_is_private(tmp_path):
+    VectorCache(tmp_path / "c", "ns", 4)
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
+
+
+def test_namespaces_and_sizes_do_not_mix(tmp_path):
+    VectorCache(tmp_path / "c", "model-a", 4).put_many({"t": np.ones(4)})
+    assert VectorCache(tmp_path / "c", "model-b", 4).get_many(["t"]) == {}
+    wrong_size = VectorCache(tmp_path / "c", "model-a", 8)
+    assert wrong_size.get_many(["t"]) == {}
+
+
+def test_nothing_is_evicted(tmp_path):
+    cache = VectorCache(tmp_path / "c", "ns", 4)
+    assert cache._cache.eviction_policy == "none"
