@@ -49,6 +49,7 @@ class EmbeddingConfig(_Section):
     dimensions: int | None = None
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    api_key_block: str | None = None  # name of a Prefect Secret block holding the key
     requests_per_minute: int = 3000
     tokens_per_minute: int = 1_000_000
     request_timeout_seconds: float = 60.0

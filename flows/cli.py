@@ -1,0 +1,77 @@
+"""`embedpipe run CONFIG [--set section.key=value ...]`: one run of the embed flow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pipeline.config import load_config
+from pipeline.errors import EmbedpipeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `embedpipe` console script; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="embedpipe", description="Embed tables of text into tables of vectors.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the embed flow once")
+    run.add_argument("config", help="YAML run configuration")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.set)
+        prepare_prefect()
+        from flows.embed import embed_dataset
+
+        manifest = embed_dataset(config)
+    except EmbedpipeError as exc:
+        print(f"embedpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("embedpipe: interrupted; nothing was published, the cache keeps what was embedded", file=sys.stderr)
+        return 130
+    print(format_summary(manifest, config.output.path))
+    return 0
+
+
+def prepare_prefect() -> None:
+    """Settings that must be in place before Prefect is imported.
+
+    Without PREFECT_API_URL Prefect starts a temporary local server. Offline, that server's
+    telemetry fails noisily and its shutdown logs tracebacks; analytics off and its own log
+    level raised quiet it. Both are set only for that server, never for the flow's logs.
+    """
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "embedpipe")
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL")
+    logging.getLogger("embedpipe").setLevel(logging.INFO)
+    logging.getLogger("prefect").addFilter(_UserErrorsWithoutTraceback())
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_UserErrorsWithoutTraceback())
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failed task with its traceback; for a user's mistake the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], EmbedpipeError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def format_summary(manifest: dict, output: str) -> str:
+    """A few lines a person reads after a run."""
+    s = manifest["stats"]
+    return "\n".join([
+        f"embedded {s['rows']} rows into {output} ({manifest['model']}, {manifest['dimensions']} dims)",
+        f"  distinct texts {s['distinct_texts']}, blank rows {s['null_texts']}, chunks {s['chunks']}, tokens {s['tokens']}",
+        f"  cache hits {s['cache_hits']}, embedded {s['embedded_chunks']} chunks ({s['embedded_tokens']} tokens) "
+        f"in {s['requests']} requests, {s['seconds']:.1f} s",
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

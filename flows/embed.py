@@ -1,0 +1,56 @@
+"""The `embed_dataset` flow: a few thin tasks over `pipeline.run`, one task per input file."""
+
+from __future__ import annotations
+
+import os
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipeline.config import Config, EmbeddingConfig
+from pipeline.run import Run, close_run, embed_file, finish_run, prepare_run
+
+# Task results hold live clients and open files: keep them in memory, never cache or persist.
+_IN_MEMORY = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+def read_api_key(config: EmbeddingConfig) -> str | None:
+    """The key from the Prefect Secret block if one is named, else from the environment."""
+    if config.api_key_block:
+        from prefect.blocks.system import Secret
+
+        return Secret.load(config.api_key_block).get()
+    return os.environ.get(config.api_key_env)
+
+
+@task(**_IN_MEMORY)
+def check_and_prepare(config: Config) -> Run:
+    """Validate every input file, open provider, cache and output. Spends nothing."""
+    return prepare_run(config, read_api_key(config.embedding))
+
+
+# No task-level retries: the provider retries each request itself, counting every attempt,
+# and a fatal answer (bad key, no quota) must stop the run, not repeat it.
+@task(**_IN_MEMORY, task_run_name="embed-file-{index}")
+def embed_one_file(run: Run, index: int) -> int:
+    """Embed one input file into its output part."""
+    return embed_file(run, index)
+
+
+@task(**_IN_MEMORY)
+def publish(run: Run, rows_written: int) -> dict:
+    """Check the row count, move the parts into place, write the manifest."""
+    return finish_run(run, rows_written)
+
+
+@flow(name="embed-dataset", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def embed_dataset(config: Config) -> dict:
+    """Embed every row of `config.source` into `config.output`; returns the manifest."""
+    run = check_and_prepare(config)
+    try:
+        written = sum(embed_one_file(run, index) for index in range(len(run.plan.files)))
+        return publish(run, written)
+    except BaseException:
+        close_run(run, failed=True)
+        raise

@@ -1,0 +1,66 @@
+"""`embedpipe run` as a user runs it: a subprocess, Prefect's temporary server, real HTTP."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import write_parquet
+
+SECRET = "sk-test-0123456789-never-print-me"
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+def embedpipe(args, prefect_home: Path, cwd: Path):
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "OPENAI_API_KEY": SECRET}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def write_config(tmp_path, server, source, text_column="text"):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        f"source:\n  path: {source}\n  text_column: {text_column}\n"
+        f"embedding:\n  provider: openai\n  model: text-embedding-3-small\n  dimensions: 16\n  base_url: {server.base_url}\n"
+        f"cache:\n  path: {tmp_path / 'cache'}\noutput:\n  path: {tmp_path / 'out'}\n"
+    )
+    return path
+
+
+def test_a_clean_run_embeds_every_row_and_prints_no_noise(tmp_path, fake_openai, prefect_home):
+    source = write_parquet(tmp_path / "docs.parquet", {"id": [1, 2, 3], "text": ["alpha", None, "alpha"]})
+    result = embedpipe(["run", str(write_config(tmp_path, fake_openai, source))], prefect_home, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "embedded 3 rows" in result.stdout and "distinct texts 1" in result.stdout
+    for noise in ("Traceback", "Error flushing", "telemetry", "ERROR"):
+        assert noise not in output
+    assert pq.read_table(tmp_path / "out" / "part-00000.parquet").num_rows == 3
+    written = output.encode() + b"".join(p.read_bytes() for p in (tmp_path / "out").iterdir())
+    assert SECRET.encode() not in written
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "missing.yaml"], "missing.yaml not found"),
+        (["run", "{config}", "--set", "embedding.modle=x"], "unknown key embedding.modle"),
+        (["run", "{config}", "--set", "source.text_column=body"], "column 'body' not found"),
+    ],
+)
+def test_a_users_mistake_is_one_line_and_no_traceback(tmp_path, fake_openai, prefect_home, args, message):
+    source = write_parquet(tmp_path / "docs.parquet", {"id": [1], "text": ["alpha"]})
+    config = write_config(tmp_path, fake_openai, source)
+    result = embedpipe([a.format(config=config) for a in args], prefect_home, tmp_path)
+    assert result.returncode == 2
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("embedpipe: error: ")]
+    assert message in error
+    assert "Traceback" not in result.stdout + result.stderr
+    assert fake_openai.requests == 0
