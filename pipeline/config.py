@@ -52,9 +52,18 @@ class EmbeddingConfig(_Section):
     api_key_block: str | None = None  # name of a Prefect Secret block holding the key
     requests_per_minute: int = 3000
     tokens_per_minute: int = 1_000_000
+    max_concurrency: int = 8  # requests in flight at once
     request_timeout_seconds: float = 60.0
-    max_attempts: int = 6
+    max_attempts: int = 6  # per request, for 429, 5xx, timeouts and malformed answers
     batch_size: int | None = None  # texts per request; None = the provider's maximum
+
+    @model_validator(mode="after")
+    def _positive(self) -> "EmbeddingConfig":
+        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency", "max_attempts", "batch_size", "dimensions"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        return self
 
 
 class CacheConfig(_Section):

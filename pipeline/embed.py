@@ -25,7 +25,9 @@ class RunStats:
     cache_hits: int = 0  # chunks answered by the cache
     embedded_chunks: int = 0
     embedded_tokens: int = 0
-    requests: int = 0
+    requests: int = 0  # every attempt sent to the provider
+    retries: dict = field(default_factory=dict)  # retried attempts by cause
+    timed_out_tokens: int = 0  # in attempts that timed out and were resent: maybe billed twice
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -41,6 +43,14 @@ class EmbeddedText:
     vector: np.ndarray
 
 
+@dataclass(frozen=True)
+class PreparedRows:
+    """Rows ready to embed: each row's normalised text ("" when blank) and each distinct text's chunks."""
+
+    keys: list[str]
+    chunked: dict[str, list[Chunk]]
+
+
 @dataclass
 class TextEmbedder:
     """Embeds row texts, each distinct text once per run, reading and filling the cache."""
@@ -54,28 +64,35 @@ class TextEmbedder:
 
     def embed_rows(self, raw_texts: list[str | None]) -> list[EmbeddedText | None]:
         """One result per row, in order; None where the text is null, empty or whitespace."""
+        return self.complete(self.prepare(raw_texts))
+
+    def prepare(self, raw_texts: list[str | None]) -> PreparedRows:
+        """The CPU half, safe to run ahead in another thread: normalise, dedupe, chunk."""
         normalised = [normalise_paragraphs(raw) if isinstance(raw, str) else [] for raw in raw_texts]
         keys = [" ".join(paragraphs) for paragraphs in normalised]
         distinct = {key: paragraphs for key, paragraphs in zip(keys, normalised) if key}
         chunked = {key: chunk_by_tokens(p, self.max_tokens, self.overlap_tokens) for key, p in distinct.items()}
         self._count(raw_texts, keys, chunked)
-        vectors = self._chunk_vectors({c.text: c.tokens for chunks in chunked.values() for c in chunks})
-        results = {key: _pool(chunks, vectors) for key, chunks in chunked.items()}
-        return [results[key] if key else None for key in keys]
+        return PreparedRows(keys, chunked)
+
+    def complete(self, rows: PreparedRows) -> list[EmbeddedText | None]:
+        """The I/O half, in order: cache lookup, embed the misses, pool chunks into rows."""
+        vectors = self._chunk_vectors({c.text: c.tokens for chunks in rows.chunked.values() for c in chunks})
+        results = {key: _pool(chunks, vectors) for key, chunks in rows.chunked.items()}
+        return [results[key] if key else None for key in rows.keys]
 
     def _chunk_vectors(self, token_counts: dict[str, int]) -> dict[str, np.ndarray]:
         texts = list(token_counts)
         vectors = self.cache.get_many(texts)
         self.stats.cache_hits += len(vectors)
         misses = [text for text in texts if text not in vectors]
-        if misses:
-            requests_before = self.embedder.requests
-            fresh = dict(zip(misses, self.embedder.embed(misses, [token_counts[t] for t in misses])))
-            self.cache.put_many(fresh)
-            vectors.update(fresh)
-            self.stats.embedded_chunks += len(misses)
-            self.stats.embedded_tokens += sum(token_counts[t] for t in misses)
-            self.stats.requests += self.embedder.requests - requests_before
+        counts = [token_counts[t] for t in misses]
+        for batch, fresh in self.embedder.embed_iter(misses, counts):
+            stored = dict(zip(misses[batch], fresh))
+            self.cache.put_many(stored)  # at once: a run stopped later resumes from here
+            vectors.update(stored)
+            self.stats.embedded_chunks += len(stored)
+            self.stats.embedded_tokens += sum(counts[batch])
         return vectors
 
     def _count(self, raw_texts: list, keys: list[str], chunked: dict[str, list[Chunk]]) -> None:

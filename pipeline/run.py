@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.cache import VectorCache
+from pipeline.concurrency import prefetch
 from pipeline.config import Config
 from pipeline.embed import EmbeddedText, TextEmbedder
 from pipeline.errors import EmbedpipeError
@@ -68,11 +69,15 @@ def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: i
 
 
 def embed_file(run: Run, index: int) -> int:
-    """Embed input file number `index` into output part `index`; returns its row count."""
+    """Embed input file number `index` into output part `index`; returns its row count.
+
+    Reading and chunking the next record batches runs in a thread while this one waits on
+    the network."""
     source = run.config.source
+    prepared = ((batch, run.texts.prepare(row_texts(batch, source))) for batch in read_batches(run.plan.files[index]))
     written = 0
-    for batch in read_batches(run.plan.files[index]):
-        results = run.texts.embed_rows(row_texts(batch, source))
+    for batch, rows in prefetch(prepared, depth=2):
+        results = run.texts.complete(rows)
         vectors = vector_array([r.vector if r else None for r in results], run.dimensions)
         run.rows.write(index, batch.append_column(pa.field(run.config.output.vector_column, vectors.type), vectors))
         if run.chunks is not None:
@@ -105,6 +110,8 @@ def finish_run(run: Run, rows_written: int) -> dict:
     if rows_written != run.plan.total_rows or stats.rows != run.plan.total_rows:
         raise EmbedpipeError(f"row count mismatch: read {run.plan.total_rows}, wrote {rows_written}; nothing published")
     stats.seconds = round(time.monotonic() - run.started, 2)
+    embedder = run.texts.embedder
+    stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
     manifest = {
         **json.loads(run.rows.metadata["embedpipe"]),
         "sources": [{"path": str(f), "rows": n} for f, n in zip(run.plan.files, run.plan.rows)],

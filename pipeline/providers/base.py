@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import ClassVar, Iterator
 
 import numpy as np
@@ -26,7 +29,19 @@ class Embedder(ABC):
     def __init__(self, config: EmbeddingConfig):
         self.config = config
         self.model = config.model
+        self.max_concurrency = config.max_concurrency
         self.requests = 0  # requests sent, counting every retry
+        self.retries: Counter[str] = Counter()  # retried attempts, by cause
+        self.timed_out_tokens = 0  # sent in attempts that timed out: possibly billed twice
+        self._tally_lock = threading.Lock()
+
+    def tally(self, retry_cause: str | None = None) -> None:
+        """Count one request sent, or one retry for `retry_cause`; safe from worker threads."""
+        with self._tally_lock:
+            if retry_cause:
+                self.retries[retry_cause] += 1
+            else:
+                self.requests += 1
 
     @property
     @abstractmethod
@@ -45,14 +60,39 @@ class Embedder(ABC):
     def embed(self, texts: list[str], token_counts: list[int]) -> np.ndarray:
         """Embed any number of texts, in order, as L2-normalised float32 rows."""
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for batch in pack_batches(token_counts, self._batch_inputs(), self.max_batch_tokens):
-            vectors = self.embed_batch(texts[batch])
-            check_vectors(vectors, batch.stop - batch.start, self.dimensions)
+        for batch, vectors in self.embed_iter(texts, token_counts):
             out[batch] = vectors
-        return l2_normalise(out)
+        return out
 
-    def _batch_inputs(self) -> int:
+    def embed_iter(self, texts: list[str], token_counts: list[int]) -> Iterator[tuple[slice, np.ndarray]]:
+        """Send up to `max_concurrency` requests at once; yield (slice of texts, vectors) as each
+        completes. On the first failure, requests not yet sent are cancelled and it is raised."""
+        batches = list(pack_batches(token_counts, self.batch_inputs, self.batch_tokens))
+        if self.max_concurrency <= 1 or len(batches) <= 1:
+            yield from ((batch, self._checked(texts[batch])) for batch in batches)
+            return
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="embed")
+        try:
+            futures = {pool.submit(self._checked, texts[batch]): batch for batch in batches}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _checked(self, texts: list[str]) -> np.ndarray:
+        vectors = self.embed_batch(texts)
+        check_vectors(vectors, len(texts), self.dimensions)
+        return l2_normalise(vectors)
+
+    @property
+    def batch_inputs(self) -> int:
+        """Texts per request: `embedding.batch_size` if set, within the provider's maximum."""
         return min(self.config.batch_size or self.max_batch_inputs, self.max_batch_inputs)
+
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens per request."""
+        return self.max_batch_tokens
 
     def close(self) -> None:
         """Release clients and models."""

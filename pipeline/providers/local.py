@@ -41,6 +41,7 @@ class LocalEmbedder(Embedder):
 
     def __init__(self, config: EmbeddingConfig, api_key: str | None = None):
         super().__init__(config)
+        self.max_concurrency = 1  # torch already uses every core
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
@@ -59,5 +60,5 @@ class LocalEmbedder(Embedder):
         return self._model.get_embedding_dimension()
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
-        self.requests += 1
+        self.tally()
         return self._model.encode(texts, batch_size=32, convert_to_numpy=True).astype(np.float32, copy=False)

@@ -1,4 +1,7 @@
-"""OpenAI's embeddings endpoint, or any server that speaks its protocol (`embedding.base_url`)."""
+"""OpenAI's embeddings endpoint, or any server that speaks its protocol (`embedding.base_url`).
+
+The client's own retries are off: every attempt passes the rate limiter and is counted here.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import openai
 
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError, ResponseError
-from pipeline.providers.base import Embedder, check_vectors
+from pipeline.providers.base import Embedder
+from pipeline.ratelimit import RateLimiter
+from pipeline.tokens import cl100k_base
 
 KNOWN_DIMENSIONS = {
     "text-embedding-3-small": 1536,
@@ -24,10 +29,16 @@ _FATAL = {
     403: "access denied (403): the key in ${env} may not use model {model}",
     404: "model {model} was not found (404): check embedding.model and embedding.base_url",
 }
+_RETRYABLE = {
+    openai.APITimeoutError: "timeout",  # before APIConnectionError, its parent
+    openai.APIConnectionError: "connection",
+    openai.InternalServerError: "server error",
+    ResponseError: "bad response",
+}
 
 
 class OpenAIEmbedder(Embedder):
-    """Embeddings through the official `openai` client; retries are ours, so each attempt is counted."""
+    """Embeddings through the official `openai` client, within the configured rate limits."""
 
     provider = "openai"
     max_batch_inputs = 2048
@@ -47,7 +58,7 @@ class OpenAIEmbedder(Embedder):
             max_retries=0,
             timeout=config.request_timeout_seconds,
         )
-        self.retries = 0
+        self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
 
     @functools.cached_property
     def dimensions(self) -> int:
@@ -55,11 +66,18 @@ class OpenAIEmbedder(Embedder):
             return self.config.dimensions
         if self.model in KNOWN_DIMENSIONS:
             return KNOWN_DIMENSIONS[self.model]
-        return len(self._request(["dimension probe"])[0])  # an unknown model tells us by answering
+        vectors, bad = self._request(["dimension probe"], 2)  # an unknown model tells us by answering
+        if bad:
+            raise ProviderError(f"model {self.model} gave no usable vector to a probe: {bad[0]}; set embedding.dimensions")
+        return vectors.shape[1]
 
     @property
     def cache_namespace(self) -> str:
         return f"openai:{self.client.base_url.host}:{self.model}:{self.dimensions}"
+
+    @property
+    def batch_tokens(self) -> int:
+        return min(self.max_batch_tokens, self.config.tokens_per_minute)  # a request must fit a minute
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         """One request, retried on transient failures; a rejected batch is split, never resent whole."""
@@ -68,72 +86,116 @@ class OpenAIEmbedder(Embedder):
         except openai.BadRequestError as exc:
             if len(texts) == 1:
                 raise ProviderError(f"the server rejected a text of {len(texts[0])} characters: {_message(exc)}") from None
+            self.tally("split after 400")
             half = len(texts) // 2
             return np.concatenate([self.embed_batch(texts[:half]), self.embed_batch(texts[half:])])
 
     def _with_retries(self, texts: list[str]) -> np.ndarray:
-        last = None
+        """Retry until every text has a good vector. Items a response got wrong (missing, repeated,
+        wrong length, non-finite) are asked for again; the good ones are kept, so no text is
+        paid for twice except where its own answer was unusable or the attempt timed out."""
+        counts = [len(t) for t in cl100k_base().encode_ordinary_batch(texts)]
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        pending, last = list(range(len(texts))), None
         for attempt in range(self.config.max_attempts):
-            if attempt:
-                self.retries += 1
-                time.sleep(_retry_delay(last, attempt))
+            tokens = sum(counts[i] for i in pending)
             try:
-                vectors = self._request(texts)
-                check_vectors(vectors, len(texts), self.dimensions)
-                return vectors
+                vectors, bad = self._request([texts[i] for i in pending], tokens)
             except openai.RateLimitError as exc:
                 if exc.code == "insufficient_quota":
                     raise ProviderError("the account's quota is used up (429 insufficient_quota): add credit or raise the limit") from None
+                self.tally("429")
+                self.limiter.observe(exc.response.headers, tokens, None)
+                self.limiter.back_off(_retry_after(exc) or _backoff(attempt))
                 last = exc
+                continue
+            except tuple(_RETRYABLE) as exc:
+                last = exc
+                self._note_transient(exc, tokens)
+                time.sleep(_retry_after(exc) or _backoff(attempt))
+                continue
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
                 template = _FATAL[exc.status_code].replace("${env}", self.config.api_key_env)
                 raise ProviderError(template.format(model=self.model)) from None
-            except (openai.InternalServerError, openai.APIConnectionError, ResponseError) as exc:
-                last = exc  # APITimeoutError is an APIConnectionError
             except openai.BadRequestError:
                 raise
             except openai.APIStatusError as exc:
                 raise ProviderError(f"the server refused the request: {_describe(exc)}") from None
-        raise ProviderError(
-            f"{self.config.max_attempts} attempts at {len(texts)} texts failed; last: {_describe(last)}"
-        )
+            good = [k for k in range(len(pending)) if k not in bad]
+            out[[pending[k] for k in good]] = vectors[good]
+            pending = [pending[k] for k in sorted(bad)]
+            if not pending:
+                return out
+            last = ResponseError(f"{len(bad)} of {len(good) + len(bad)} items unusable: {bad[next(iter(bad))]}")
+            self.tally("bad response")
+        raise ProviderError(f"{self.config.max_attempts} attempts at {len(texts)} texts failed; last: {_describe(last)}")
 
-    def _request(self, texts: list[str]) -> np.ndarray:
-        self.requests += 1
+    def _note_transient(self, exc: Exception, tokens: int) -> None:
+        cause = next(name for kind, name in _RETRYABLE.items() if isinstance(exc, kind))
+        self.tally(cause)
+        if cause == "timeout":
+            with self._tally_lock:
+                self.timed_out_tokens += tokens
+
+    def _request(self, texts: list[str], tokens: int) -> tuple[np.ndarray, dict[int, str]]:
+        self.limiter.acquire(tokens)
+        self.tally()
         extra = {"dimensions": self.config.dimensions} if self.config.dimensions else {}
-        response = self.client.embeddings.create(
-            model=self.model, input=texts, encoding_format="base64", **extra
-        )
-        return decode_response(response.data, len(texts))
+        raw = self.client.embeddings.with_raw_response.create(model=self.model, input=texts, encoding_format="base64", **extra)
+        response = raw.parse()
+        self.limiter.observe(raw.headers, tokens, response.usage.prompt_tokens if response.usage else None)
+        return decode_response(response.data, len(texts), self.dimensions)
 
     def close(self) -> None:
         self.client.close()
 
 
-def decode_response(items: list, count: int) -> np.ndarray:
-    """Base64 float32 items, placed by their `index`; ResponseError on a missing or repeated index."""
-    indexes = sorted(item.index for item in items)
-    if indexes != list(range(count)):
-        raise ResponseError(f"expected indexes 0..{count - 1}, got {len(items)} items with indexes {indexes[:5]}...")
-    rows = [None] * count
+def decode_response(items: list, count: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
+    """Place base64 float32 items by their `index`. Returns the vectors and, for each position
+    without a usable one, why: missing, repeated, wrong length, non-finite or all zero."""
+    by_index: dict[int, list] = {}
     for item in items:
-        if not isinstance(item.embedding, str):
-            raise ResponseError("expected base64 embeddings, got a list of floats")
-        rows[item.index] = np.frombuffer(base64.b64decode(item.embedding), dtype="<f4")
-    if len({row.shape for row in rows}) > 1:
-        raise ResponseError("vectors in one response differ in length")
-    return np.stack(rows) if rows else np.empty((0, 0), dtype=np.float32)
+        by_index.setdefault(item.index, []).append(item.embedding)
+    vectors, bad = None, {}
+    for i in range(count):
+        found = by_index.get(i, [])
+        vector, problem = _decode_one(found[0], dimensions) if len(found) == 1 else (None, f"index {i} {'repeated' if found else 'missing'}")
+        if problem:
+            bad[i] = problem
+            continue
+        if vectors is None:
+            dimensions = dimensions or len(vector)
+            vectors = np.zeros((count, dimensions), dtype=np.float32)
+        vectors[i] = vector
+    return (vectors if vectors is not None else np.zeros((count, dimensions or 0), dtype=np.float32)), bad
 
 
-def _retry_delay(error: Exception | None, attempt: int) -> float:
-    """The server's retry-after when it gives one, else exponential backoff with full jitter."""
+def _decode_one(embedding, dimensions: int | None) -> tuple[np.ndarray | None, str | None]:
+    if not isinstance(embedding, str):
+        return None, "not base64"
+    vector = np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+    if dimensions and len(vector) != dimensions:
+        return None, f"{len(vector)} dimensions, expected {dimensions}"
+    if not np.isfinite(vector).all():
+        return None, "non-finite values"
+    if not vector.any():
+        return None, "all zeros"
+    return vector, None
+
+
+def _retry_after(error: Exception) -> float | None:
+    """The server's `retry-after-ms` or `retry-after`, in seconds, when it sent one."""
     response = getattr(error, "response", None)
-    if response is not None:
-        for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-            try:
-                return min(float(response.headers[header]) * scale, 60.0)
-            except (KeyError, ValueError):
-                pass
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return min(float(response.headers[header]) * scale, 60.0)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            pass
+    return None
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter: 0..0.5 s, 0..1 s, 0..2 s ... capped at 30 s."""
     return random.uniform(0, min(0.5 * 2**attempt, 30.0))
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import threading
+import time
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,18 +32,49 @@ def fake_vector(text: str, dimensions: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-class FakeOpenAI:
-    """Start with `with FakeOpenAI() as server:`; point clients at `server.base_url`."""
+class Budget:
+    """One per-minute limit as the API enforces it: banked up to a minute, refilled continuously."""
 
-    def __init__(self, dimensions: int = 16, shuffle: bool = False, models: tuple[str, ...] = ("text-embedding-3-small",)):
+    def __init__(self, per_minute: float):
+        self.limit = per_minute
+        self.level = float(per_minute)
+        self.updated = time.monotonic()
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.limit, self.level + (now - self.updated) * self.limit / 60)
+        self.updated = now
+
+    def seconds_until(self, amount: float) -> float:
+        return max(0.0, (amount - self.level) * 60 / self.limit)
+
+    def headers(self, name: str) -> dict:
+        reset = (self.limit - self.level) * 60 / self.limit
+        return {f"x-ratelimit-limit-{name}": str(int(self.limit)), f"x-ratelimit-remaining-{name}": str(int(self.level)), f"x-ratelimit-reset-{name}": f"{reset:.3f}s"}
+
+
+class FakeOpenAI:
+    """Start with `with FakeOpenAI() as server:`; point clients at `server.base_url`.
+
+    `rpm` and `tpm` enforce rate limits with 429s and `x-ratelimit-*` headers; `latency` delays
+    every answer.
+    """
+
+    def __init__(self, dimensions: int = 16, shuffle: bool = False, models: tuple[str, ...] = ("text-embedding-3-small",), rpm: float | None = None, tpm: float | None = None, latency: float = 0.0):
         self.dimensions = dimensions
         self.shuffle = shuffle
         self.models = models
+        self.budgets = {name: Budget(limit) for name, limit in (("requests", rpm), ("tokens", tpm)) if limit}
+        self.latency = latency
+        self.rate_limited = 0  # requests answered 429 for going over rpm or tpm
+        self.tokens_served = 0
         self.calls: Counter[str] = Counter()  # texts embedded, per text
         self.requests = 0  # every request, answered or refused
         self.rejected: list[str] = []  # why each 400 was sent
         self.faults: deque = deque()  # (status, body, headers) answered to the next requests
         self.corruptions: deque = deque()  # functions applied to the next good responses' bodies
+        self.delays: deque = deque()  # extra seconds before the next good responses are sent
+        self.quota_requests: int | None = None  # answered requests before the quota runs out
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
 
@@ -63,12 +95,19 @@ class FakeOpenAI:
         body = {"error": {"message": message, "type": code, "code": code, "param": None}}
         self.faults.extend([(status, body, headers or {})] * times)
 
+    def slow_next(self, seconds: float, times: int = 1) -> None:
+        """Embed (and so bill) the next `times` requests, but answer each `seconds` late."""
+        self.delays.extend([seconds] * times)
+
     def answer(self, body: dict) -> tuple[int, dict, dict]:
         """The status, JSON body and headers for one embeddings request."""
         with self._lock:
             self.requests += 1
             if self.faults:
                 return self.faults.popleft()
+            if self.quota_requests is not None and self.quota_requests <= 0:
+                body = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}
+                return 429, body, {}
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else texts
         problem = self._problem(body.get("model"), texts)
@@ -76,17 +115,44 @@ class FakeOpenAI:
             status, message = problem
             self.rejected.append(message)
             return status, {"error": {"message": message, "type": "invalid_request_error", "code": None}}, {}
+        tokens = sum(count_tokens(t) for t in texts)
         with self._lock:
+            limited = self._admit(tokens)
+            if limited:
+                return limited
             self.calls.update(texts)
+            self.tokens_served += tokens
+            if self.quota_requests is not None:
+                self.quota_requests -= 1
+            delay = self.latency + (self.delays.popleft() if self.delays else 0.0)
+        time.sleep(delay)
         dims = body.get("dimensions") or self.dimensions
         items = [{"object": "embedding", "index": i, "embedding": self._encode(fake_vector(t, dims), body)} for i, t in enumerate(texts)]
         if self.shuffle:
             random.shuffle(items)
-        tokens = sum(count_tokens(t) for t in texts)
         payload = {"object": "list", "data": items, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
         with self._lock:
             corrupt = self.corruptions.popleft() if self.corruptions else None
-        return 200, corrupt(payload) if corrupt else payload, {}
+        return 200, corrupt(payload) if corrupt else payload, self._limit_headers()
+
+    def _admit(self, tokens: int) -> tuple[int, dict, dict] | None:
+        """Charge the budgets for one request, or the 429 the API answers when one is short."""
+        needs = {"requests": 1, "tokens": tokens}
+        for budget in self.budgets.values():
+            budget.refill()
+        short = {name: b.seconds_until(needs[name]) for name, b in self.budgets.items() if b.level < needs[name]}
+        if short:
+            self.rate_limited += 1
+            name, wait = max(short.items(), key=lambda item: item[1])
+            message = f"Rate limit reached on {name} per min. Please try again in {wait * 1000:.0f}ms."
+            body = {"error": {"message": message, "type": name, "param": None, "code": "rate_limit_exceeded"}}
+            return 429, body, {**self._limit_headers(), "retry-after-ms": str(int(wait * 1000) + 1)}
+        for name, budget in self.budgets.items():
+            budget.level -= needs[name]
+        return None
+
+    def _limit_headers(self) -> dict:
+        return {key: value for name, b in self.budgets.items() for key, value in b.headers(name).items()}
 
     def _problem(self, model: str | None, texts: list) -> tuple[int, str] | None:
         if model not in self.models:

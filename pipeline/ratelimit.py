@@ -1,0 +1,93 @@
+"""Client-side rate limits that spend the whole per-minute budget and no more.
+
+The API meters requests and tokens per minute with buckets that refill continuously. A
+`TokenBucket` mirrors one of them. Callers take their amount at once — the level may go
+negative — and sleep until the level is back at zero: first come, first served, so a large
+request is never starved by small ones, and the long-run rate is exactly the budget.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Mapping
+
+
+class TokenBucket:
+    """`per_minute` units a minute, banked up to one minute's worth, refilled continuously."""
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic):
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.level = self.capacity  # an idle key starts with its minute banked, as the API's does
+        self._clock = clock
+        self._updated = clock()
+        self._lock = threading.Lock()
+
+    def take(self, amount: float) -> float:
+        """Deduct `amount` now; return the seconds the caller must wait before sending."""
+        with self._lock:
+            self._refill()
+            self.level -= min(amount, self.capacity)
+            return max(0.0, -self.level / self.rate)
+
+    def adjust(self, amount: float) -> None:
+        """Charge (positive) or refund (negative) a difference found after the fact."""
+        with self._lock:
+            self._refill()
+            self.level = min(self.capacity, self.level - amount)
+
+    def cap(self, remaining: float) -> None:
+        """The server says only `remaining` is left: never believe we have more."""
+        with self._lock:
+            self._refill()
+            self.level = min(self.level, remaining)
+
+    def pause(self, seconds: float) -> None:
+        """Empty the bucket so nothing is sent for `seconds` (after a 429)."""
+        with self._lock:
+            self._refill()
+            self.level = min(self.level, -seconds * self.rate)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self.level = min(self.capacity, self.level + (now - self._updated) * self.rate)
+        self._updated = now
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute budgets, kept together."""
+
+    def __init__(self, requests_per_minute: float, tokens_per_minute: float, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+        self.requests = TokenBucket(requests_per_minute, clock)
+        self.tokens = TokenBucket(tokens_per_minute, clock)
+        self._sleep = sleep
+        self.waited = 0.0
+
+    def acquire(self, tokens: int) -> None:
+        """Block until one request of `tokens` tokens fits both budgets."""
+        wait = max(self.requests.take(1), self.tokens.take(tokens))
+        if wait > 0:
+            self.waited += wait
+            self._sleep(wait)
+
+    def observe(self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None) -> None:
+        """Correct from the server's `x-ratelimit-remaining-*` headers and the response's usage."""
+        for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
+            remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
+            if remaining is not None:
+                bucket.cap(remaining)
+        if used_tokens is not None and used_tokens != estimated_tokens:
+            self.tokens.adjust(used_tokens - estimated_tokens)
+
+    def back_off(self, seconds: float) -> None:
+        """A 429 said we went too fast: nobody sends for `seconds`."""
+        self.requests.pause(seconds)
+        self.tokens.pause(seconds)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,76 @@
+import pytest
+
+from pipeline.ratelimit import RateLimiter, TokenBucket
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def limiter(rpm, tpm):
+    clock = Clock()
+    return RateLimiter(rpm, tpm, sleep=clock.sleep, clock=clock), clock
+
+
+@pytest.mark.parametrize(
+    "rpm, tpm, requests, tokens_each, binding_minutes",
+    [
+        (600, 10**9, 3000, 1, 5),  # requests bind: 3000 at 600/min, less the banked minute
+        (10**6, 60_000, 300, 1_000, 5),  # tokens bind
+        (120, 120_000, 600, 2_000, 10),  # tokens bind harder than requests
+    ],
+)
+def test_long_run_rate_is_exactly_the_budget(rpm, tpm, requests, tokens_each, binding_minutes):
+    limit, clock = limiter(rpm, tpm)
+    for _ in range(requests):
+        limit.acquire(tokens_each)
+    expected = (binding_minutes - 1) * 60  # the first minute's budget is banked at the start
+    assert clock.now == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_large_request_is_not_starved_by_small_ones():
+    limit, clock = limiter(10**6, 6_000)
+    limit.acquire(6_000)  # spend the banked minute
+    limit.acquire(6_000)  # first in line: waits one minute
+    assert clock.now == pytest.approx(60)
+    limit.acquire(1)  # behind it
+    assert clock.now == pytest.approx(60.01)
+
+
+def test_server_headers_lower_our_estimate_never_raise_it():
+    limit, clock = limiter(600, 60_000)
+    limit.observe({"x-ratelimit-remaining-tokens": "100", "x-ratelimit-remaining-requests": "junk"}, 0, None)
+    assert limit.tokens.level == 100
+    limit.observe({"x-ratelimit-remaining-tokens": "50000"}, 0, None)
+    assert limit.tokens.level == 100
+
+
+def test_usage_corrects_the_estimate():
+    limit, _ = limiter(600, 60_000)
+    limit.acquire(1_000)
+    limit.observe({}, estimated_tokens=1_000, used_tokens=1_500)
+    assert limit.tokens.level == 60_000 - 1_500
+
+
+def test_back_off_holds_everyone_for_the_retry_after():
+    limit, clock = limiter(600, 60_000)
+    limit.back_off(2.0)
+    limit.acquire(1)
+    assert clock.now == pytest.approx(2.0 + 1 / 10, rel=1e-3)  # the pause, then one request's refill
+
+
+def test_bucket_refills_continuously_up_to_one_minute():
+    clock = Clock()
+    bucket = TokenBucket(60, clock)
+    assert bucket.take(60) == 0
+    clock.now = 30
+    assert bucket.take(30) == 0
+    clock.now = 1_000
+    assert bucket.take(0) == 0 and bucket.level == 60

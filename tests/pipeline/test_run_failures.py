@@ -1,0 +1,95 @@
+"""Every failure the real API produces, injected at the HTTP boundary, checked on the output:
+no lost row, no misaligned vector, no text paid for twice except through counted timeouts."""
+
+import base64
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import ProviderError
+from pipeline.run import run_pipeline
+from tests.conftest import openai_config, write_parquet
+from tests.fakes.openai_server import FakeOpenAI, fake_vector
+
+TEXTS = [f"ticket {i}: the printer on floor {i % 7} jams" for i in range(240)]
+
+
+def nan_vector(payload):
+    payload["data"][0]["embedding"] = base64.b64encode(np.full(16, np.nan, dtype="<f4").tobytes()).decode()
+    return payload
+
+
+def drop_last_item(payload):
+    payload["data"].pop()
+    return payload
+
+
+# fault -> (inject, texts whose own answer was unusable and so had to be paid for again)
+FAULTS = {
+    "429 storm with retry-after": (lambda s: s.fail_next(429, code="rate_limit_exceeded", headers={"retry-after-ms": "20"}, times=12), 0),
+    "429 without retry-after": (lambda s: s.fail_next(429, code="rate_limit_exceeded", times=3), 0),
+    "burst of 5xx": (lambda s: [s.fail_next(status, times=2) for status in (500, 502, 503)], 0),
+    "too large request": (lambda s: s.fail_next(400, message="Requested 400000 tokens, max 300000 tokens per request", times=2), 0),
+    "short responses": (lambda s: s.corruptions.extend([drop_last_item] * 3), 3),
+    "NaN values": (lambda s: s.corruptions.extend([nan_vector] * 3), 3),
+}
+
+
+def run(tmp_path, server, **overrides):
+    source = write_parquet(tmp_path / "in.parquet", {"id": list(range(len(TEXTS))), "text": TEXTS})
+    config = openai_config(tmp_path, server, source, **{"embedding__batch_size": 16, "embedding__max_concurrency": 4, **overrides})
+    manifest = run_pipeline(config)
+    return manifest, pq.read_table(config.output.path)
+
+
+def assert_every_row_exact(table):
+    assert table.column("id").to_pylist() == list(range(len(TEXTS)))
+    expected = np.stack([fake_vector(t, 16) for t in TEXTS])
+    np.testing.assert_allclose(np.array(table.column("embedding").to_pylist()), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_recoverable_faults_lose_nothing_and_pay_once(tmp_path, fault):
+    inject, unusable = FAULTS[fault]
+    with FakeOpenAI(shuffle=True) as server:
+        inject(server)
+        manifest, table = run(tmp_path, server)
+    assert_every_row_exact(table)
+    assert sum(n - 1 for n in server.calls.values()) == unusable, "only unusable answers are paid for again"
+    assert manifest["stats"]["retries"].get("bad response", 0) == unusable
+    assert sum(manifest["stats"]["retries"].values()) >= 2
+
+
+def test_slow_answers_time_out_are_retried_and_reported(tmp_path):
+    with FakeOpenAI(shuffle=True) as server:
+        server.slow_next(3.0, times=2)
+        manifest, table = run(tmp_path, server, embedding__request_timeout_seconds=1.0)
+    assert_every_row_exact(table)
+    stats = manifest["stats"]
+    assert stats["retries"]["timeout"] == 2
+    paid_twice = [text for text, n in server.calls.items() if n > 1]
+    assert len(paid_twice) == 32 and max(server.calls.values()) == 2  # the two timed-out requests of 16
+    assert stats["timed_out_tokens"] > 0
+
+
+def test_exhausted_quota_stops_at_once_and_the_next_run_resumes_from_the_cache(tmp_path):
+    with FakeOpenAI() as server:
+        server.quota_requests = 5  # the account runs dry after five requests
+        with pytest.raises(ProviderError, match="quota is used up"):
+            run(tmp_path, server, embedding__max_concurrency=1)
+        assert not (tmp_path / "out" / "part-00000.parquet").exists(), "nothing partial is visible"
+        paid = sum(server.calls.values())
+        server.quota_requests = None  # credit added
+        manifest, table = run(tmp_path, server, embedding__max_concurrency=1)
+    assert_every_row_exact(table)
+    assert paid == 5 * 16 and max(server.calls.values()) == 1
+    assert manifest["stats"]["cache_hits"] == 5 * 16
+
+
+def test_a_spent_server_budget_costs_few_429s(tmp_path):
+    with FakeOpenAI(rpm=600) as server:
+        server.budgets["requests"].level = 0  # another job spent this minute's budget
+        manifest, table = run(tmp_path, server, embedding__requests_per_minute=600)
+    assert_every_row_exact(table)
+    assert server.rate_limited <= 4  # at most the first requests in flight, then headers rule
