@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 WHEELS := $(wildcard /opt/wheels)
 PIP    := $(BIN)/pip install --disable-pip-version-check -q $(if $(WHEELS),--find-links $(WHEELS))
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+bench: $(BIN)/.installed
+	$(PIP) -e '.[local,test,bench]'
+	$(BIN)/python -m benchmarks.ratelimits
 
 clean:
 	rm -rf $(VENV) out .embedpipe data

@@ -56,20 +56,30 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """Requests-per-minute and tokens-per-minute budgets, kept together."""
+    """Requests-per-minute and tokens-per-minute budgets, kept together.
 
-    def __init__(self, requests_per_minute: float, tokens_per_minute: float, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+    A request that had to wait is sent `transit_margin` seconds after its budget is back:
+    the server charges on arrival, and a bucket that sat full while earlier requests were
+    in transit refilled less than ours. The shift is the same for every waiting request, so
+    it costs latency once, not throughput.
+    """
+
+    def __init__(self, requests_per_minute: float, tokens_per_minute: float, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic, transit_margin: float = 0.25):
         self.requests = TokenBucket(requests_per_minute, clock)
         self.tokens = TokenBucket(tokens_per_minute, clock)
+        self.transit_margin = transit_margin
         self._sleep = sleep
-        self.waited = 0.0
 
     def acquire(self, tokens: int) -> None:
         """Block until one request of `tokens` tokens fits both budgets."""
         wait = max(self.requests.take(1), self.tokens.take(tokens))
         if wait > 0:
-            self.waited += wait
-            self._sleep(wait)
+            self._sleep(wait + self.transit_margin)
+
+    def refund(self, tokens: int) -> None:
+        """Give back a request the server refused without charging (a 429)."""
+        self.requests.adjust(-1)
+        self.tokens.adjust(-tokens)
 
     def observe(self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None) -> None:
         """Correct from the server's `x-ratelimit-remaining-*` headers and the response's usage."""

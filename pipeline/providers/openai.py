@@ -105,6 +105,7 @@ class OpenAIEmbedder(Embedder):
                 if exc.code == "insufficient_quota":
                     raise ProviderError("the account's quota is used up (429 insufficient_quota): add credit or raise the limit") from None
                 self.tally("429")
+                self.limiter.refund(tokens)
                 self.limiter.observe(exc.response.headers, tokens, None)
                 self.limiter.back_off(_retry_after(exc) or _backoff(attempt))
                 last = exc

@@ -16,7 +16,7 @@ class Clock:
 
 def limiter(rpm, tpm):
     clock = Clock()
-    return RateLimiter(rpm, tpm, sleep=clock.sleep, clock=clock), clock
+    return RateLimiter(rpm, tpm, sleep=clock.sleep, clock=clock, transit_margin=0), clock
 
 
 @pytest.mark.parametrize(
@@ -74,3 +74,21 @@ def test_bucket_refills_continuously_up_to_one_minute():
     assert bucket.take(30) == 0
     clock.now = 1_000
     assert bucket.take(0) == 0 and bucket.level == 60
+
+
+def test_waiting_requests_leave_a_transit_margin_late_without_losing_throughput():
+    clock = Clock()
+    limit = RateLimiter(60, 10**9, sleep=clock.sleep, clock=clock, transit_margin=0.25)
+    sent = []
+    for _ in range(63):
+        limit.acquire(1)
+        sent.append(clock.now)
+    assert sent[59] == 0 and sent[60] == pytest.approx(1.25)
+    assert sent[62] - sent[60] == pytest.approx(2.0)  # one a second, as budgeted
+
+
+def test_a_refused_request_is_refunded():
+    limit, _ = limiter(600, 60_000)
+    limit.acquire(5_000)
+    limit.refund(5_000)
+    assert (limit.requests.level, limit.tokens.level) == (600, 60_000)

@@ -1,0 +1,132 @@
+"""How close does each client get to the account's rate limits? A benchmark, not a test.
+
+    .venv/bin/python -m benchmarks.ratelimits            # both scenarios, about 25 minutes
+    .venv/bin/python -m benchmarks.ratelimits --quick    # a 1-minute smoke run
+
+The loopback server enforces RPM and TPM as the API does (a per-minute budget, banked up to
+one minute and refilled continuously, 429 with retry-after and x-ratelimit headers) and runs
+in its own process. Every client embeds the same texts against a fresh server whose budget
+starts full, as an idle key's does. That banked minute lets any client finish one minute's
+budget early, so the lower bound on time is (work - one minute's budget) / limit, and the
+sustained rate is (work - one minute's budget) / time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.peers import cookbook_embed, langchain_embed
+from pipeline.config import Config
+from pipeline.run import run_pipeline
+from pipeline.tokens import cl100k_base
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    rpm: int
+    tpm: int
+    latency: float
+    texts: int
+    words: tuple[int, int]  # words per text, min and max
+    batch: int  # texts per request, the same for every client
+    binding: str  # "tokens" or "requests"
+
+
+SCENARIOS = [
+    Scenario("tokens-bound", rpm=10_000, tpm=100_000, latency=0.3, texts=10_000, words=(20, 60), batch=256, binding="tokens"),
+    Scenario("requests-bound", rpm=300, tpm=10_000_000, latency=0.25, texts=1_200 * 64, words=(2, 6), batch=64, binding="requests"),
+]
+WORDS = "invoice refund printer login password shipping delay broken screen battery order account email update".split()
+
+
+def corpus(scenario: Scenario) -> list[str]:
+    rng = random.Random(7)
+    return [f"#{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(*scenario.words))) for i in range(scenario.texts)]
+
+
+def serve(conn, scenario: Scenario) -> None:
+    from tests.fakes.openai_server import FakeOpenAI
+
+    with FakeOpenAI(rpm=scenario.rpm, tpm=scenario.tpm, latency=scenario.latency) as server:
+        conn.send(server.base_url)
+        conn.recv()
+        conn.send({"requests": server.requests, "rate_limited": server.rate_limited, "tokens": server.tokens_served})
+
+
+def embedpipe_embed(base_url: str, texts: list[str], scenario: Scenario) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), Path(tmp) / "in.parquet")
+        config = Config.model_validate({
+            "source": {"path": f"{tmp}/in.parquet"},
+            "embedding": {"provider": "openai", "model": "text-embedding-3-small", "dimensions": 16, "base_url": base_url, "requests_per_minute": scenario.rpm, "tokens_per_minute": scenario.tpm, "batch_size": scenario.batch, "max_concurrency": 16},
+            "cache": {"path": f"{tmp}/cache"},
+            "output": {"path": f"{tmp}/out"},
+        })
+        manifest = run_pipeline(config, api_key="sk-bench")
+        assert manifest["rows"] == len(texts)
+
+
+CLIENTS = {
+    "embedpipe": embedpipe_embed,
+    "langchain": lambda url, texts, s: langchain_embed(url, texts, s.batch),
+    "cookbook": lambda url, texts, s: cookbook_embed(url, texts, s.batch, s.rpm, s.tpm),
+}
+
+
+def measure(client: str, scenario: Scenario, texts: list[str]) -> dict:
+    parent, child = multiprocessing.Pipe()
+    server = multiprocessing.Process(target=serve, args=(child, scenario), daemon=True)
+    server.start()
+    base_url = parent.recv()
+    started, error = time.monotonic(), None
+    try:
+        CLIENTS[client](base_url, texts, scenario)
+    except Exception as exc:  # a peer that gives up is a result, not a crash
+        error = f"{type(exc).__name__}: {str(exc)[:80]}"
+    seconds = time.monotonic() - started
+    parent.send("stop")
+    counts = parent.recv()
+    server.join()
+    return {"client": client, "seconds": seconds, "error": error, **counts}
+
+
+def report(scenario: Scenario, tokens: int, results: list[dict]) -> None:
+    limit = scenario.tpm if scenario.binding == "tokens" else scenario.rpm
+    work = tokens if scenario.binding == "tokens" else -(-scenario.texts // scenario.batch)
+    lower_bound = (work - limit) / limit * 60
+    print(f"\n{scenario.name}: {scenario.rpm:,} RPM, {scenario.tpm:,} TPM, {scenario.latency} s latency; "
+          f"{scenario.texts:,} texts, {tokens:,} tokens, {scenario.batch} texts a request; lower bound {lower_bound:.0f} s")
+    print(f"{'client':<10} {'seconds':>8} {'sustained ' + scenario.binding[:-1] + 's/min ÷ limit':>30} {'429s ÷ requests':>16} {'time ÷ lower bound':>19}")
+    for r in results:
+        sustained = (work - limit) / r["seconds"] * 60 / limit
+        rate_429 = r["rate_limited"] / max(r["requests"], 1)
+        note = f"  FAILED {r['error']}" if r["error"] else ""
+        print(f"{r['client']:<10} {r['seconds']:>8.1f} {sustained:>30.3f} {rate_429:>16.4f} {r['seconds'] / lower_bound:>19.3f}{note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a scaled-down smoke run")
+    parser.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated subset of " + ", ".join(CLIENTS))
+    args = parser.parse_args()
+    for scenario in SCENARIOS:
+        if args.quick:
+            scenario = Scenario(**{**scenario.__dict__, "texts": scenario.texts // 5, "rpm": scenario.rpm // 2, "tpm": scenario.tpm // 2})
+        texts = corpus(scenario)
+        tokens = sum(len(t) for t in cl100k_base().encode_ordinary_batch(texts))
+        results = [measure(client, scenario, texts) for client in args.clients.split(",")]
+        report(scenario, tokens, results)
+
+
+if __name__ == "__main__":
+    main()
