@@ -18,7 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the embed flow once")
     run.add_argument("config", help="YAML run configuration")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
+    batches = commands.add_parser("batches", help="list, inspect or cancel Batch API jobs")
+    batches.add_argument("action", choices=["list", "status", "cancel"])
+    batches.add_argument("batch_id", nargs="?", help="the batch, for status and cancel")
+    batches.add_argument("--config", help="YAML run configuration to take base_url and the key's variable from")
     args = parser.parse_args(argv)
+    if args.command == "batches":
+        return batches_command(parser, args)
     try:
         config = load_config(args.config, args.set)
         prepare_prefect()
@@ -32,6 +38,24 @@ def main(argv: list[str] | None = None) -> int:
         print("embedpipe: interrupted; nothing was published, the cache keeps what was embedded", file=sys.stderr)
         return 130
     print(format_summary(manifest, config.output.path))
+    return 0
+
+
+def batches_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`embedpipe batches list | status ID | cancel ID`."""
+    if args.action != "list" and not args.batch_id:
+        parser.error(f"batches {args.action} needs a batch id")
+    from pipeline.config import EmbeddingConfig
+    from pipeline.providers.openai_batch import OpenAIBatchEmbedder, batch_command
+
+    try:
+        embedding = load_config(args.config).embedding if args.config else EmbeddingConfig()
+        settings = embedding.model_copy(update={"provider": "openai-batch"})
+        embedder = OpenAIBatchEmbedder(settings, os.environ.get(settings.api_key_env))
+        print("\n".join(batch_command(embedder, args.action, args.batch_id)) or "no batches")
+    except EmbedpipeError as exc:
+        print(f"embedpipe: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

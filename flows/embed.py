@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Config, EmbeddingConfig
-from pipeline.run import Run, close_run, embed_file, finish_run, prepare_run
+from pipeline.run import Run, close_run, embed_file, embed_through_batch_api, finish_run, prepare_run
 
 # Task results hold live clients and open files: keep them in memory, never cache or persist.
 _IN_MEMORY = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -39,6 +39,13 @@ def embed_one_file(run: Run, index: int) -> int:
 
 
 @task(**_IN_MEMORY)
+def run_batch_api(run: Run) -> None:
+    """openai-batch: submit what the cache lacks, wait for the batches, fill the cache.
+    Durable on its own: a rerun re-attaches to batches already submitted."""
+    embed_through_batch_api(run)
+
+
+@task(**_IN_MEMORY)
 def publish(run: Run, rows_written: int) -> dict:
     """Check the row count, move the parts into place, write the manifest."""
     return finish_run(run, rows_written)
@@ -49,6 +56,8 @@ def embed_dataset(config: Config) -> dict:
     """Embed every row of `config.source` into `config.output`; returns the manifest."""
     run = check_and_prepare(config)
     try:
+        if run.texts.embedder.uses_batch_api:
+            run_batch_api(run)
         written = sum(embed_one_file(run, index) for index in range(len(run.plan.files)))
         return publish(run, written)
     except BaseException:

@@ -56,6 +56,12 @@ class EmbeddingConfig(_Section):
     request_timeout_seconds: float = 60.0
     max_attempts: int = 6  # per request, for 429, 5xx, timeouts and malformed answers
     batch_size: int | None = None  # texts per request; None = the provider's maximum
+    # openai-batch only
+    batch_max_enqueued_tokens: int = 3_000_000  # tokens in flight at once; more goes in waves
+    batch_max_inputs_per_file: int = 50_000
+    batch_poll_seconds: float = 15.0  # first poll interval; backs off to a minute
+    batch_max_attempts: int = 3  # per text, through the Batch API
+    batch_fallback_sync: bool = False  # finish what batches could not through the sync endpoint
 
     @model_validator(mode="after")
     def _positive(self) -> "EmbeddingConfig":

@@ -28,6 +28,7 @@ class RunStats:
     requests: int = 0  # every attempt sent to the provider
     retries: dict = field(default_factory=dict)  # retried attempts by cause
     timed_out_tokens: int = 0  # in attempts that timed out and were resent: maybe billed twice
+    batch_api: dict = field(default_factory=dict)  # openai-batch: batches, requests, inputs sent
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -68,12 +69,16 @@ class TextEmbedder:
 
     def prepare(self, raw_texts: list[str | None]) -> PreparedRows:
         """The CPU half, safe to run ahead in another thread: normalise, dedupe, chunk."""
-        normalised = [normalise_paragraphs(raw) if isinstance(raw, str) else [] for raw in raw_texts]
-        keys = [" ".join(paragraphs) for paragraphs in normalised]
-        distinct = {key: paragraphs for key, paragraphs in zip(keys, normalised) if key}
-        chunked = {key: chunk_by_tokens(p, self.max_tokens, self.overlap_tokens) for key, p in distinct.items()}
-        self._count(raw_texts, keys, chunked)
-        return PreparedRows(keys, chunked)
+        rows = chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)
+        self._count(raw_texts, rows.keys, rows.chunked)
+        return rows
+
+    def missing_chunks(self, raw_texts: list[str | None]) -> dict[str, int]:
+        """The chunks (text -> tokens) of these rows that the cache lacks; counts nothing."""
+        rows = chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)
+        chunks = {c.text: c.tokens for chunks in rows.chunked.values() for c in chunks}
+        cached = self.cache.get_many(list(chunks))
+        return {text: tokens for text, tokens in chunks.items() if text not in cached}
 
     def complete(self, rows: PreparedRows) -> list[EmbeddedText | None]:
         """The I/O half, in order: cache lookup, embed the misses, pool chunks into rows."""
@@ -105,6 +110,14 @@ class TextEmbedder:
                 self.stats.distinct_texts += 1
                 self.stats.chunks += len(chunks)
                 self.stats.tokens += sum(c.tokens for c in chunks)
+
+
+def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int) -> PreparedRows:
+    """Normalise each row, and chunk each distinct normalised text once."""
+    normalised = [normalise_paragraphs(raw) if isinstance(raw, str) else [] for raw in raw_texts]
+    keys = [" ".join(paragraphs) for paragraphs in normalised]
+    distinct = {key: paragraphs for key, paragraphs in zip(keys, normalised) if key}
+    return PreparedRows(keys, {key: chunk_by_tokens(p, max_tokens, overlap_tokens) for key, p in distinct.items()})
 
 
 def _pool(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> EmbeddedText:

@@ -68,6 +68,19 @@ def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: i
     }
 
 
+def embed_through_batch_api(run: Run) -> None:
+    """openai-batch: send every chunk the cache lacks through the Batch API, wait for the
+    batches, and fill the cache; the ordinary pass then writes the output from it."""
+    source = run.config.source
+
+    def misses():
+        for file in run.plan.files:
+            for batch in read_batches(file):
+                yield from run.texts.missing_chunks(row_texts(batch, source)).items()
+
+    run.texts.stats.batch_api = run.texts.embedder.run_batches(misses(), run.texts.cache)
+
+
 def embed_file(run: Run, index: int) -> int:
     """Embed input file number `index` into output part `index`; returns its row count.
 
@@ -139,6 +152,8 @@ def run_pipeline(config: Config, api_key: str | None = None) -> dict:
     """prepare, embed every file, finish: the whole run without Prefect."""
     run = prepare_run(config, api_key)
     try:
+        if run.texts.embedder.uses_batch_api:
+            embed_through_batch_api(run)
         written = sum(embed_file(run, index) for index in range(len(run.plan.files)))
         return finish_run(run, written)
     except BaseException:

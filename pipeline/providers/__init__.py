@@ -19,8 +19,14 @@ def _openai():
     return OpenAIEmbedder
 
 
+def _openai_batch():
+    from pipeline.providers.openai_batch import OpenAIBatchEmbedder
+
+    return OpenAIBatchEmbedder
+
+
 # Imported on use: torch loads only for the local provider.
-PROVIDERS = {"local": _local, "openai": _openai}
+PROVIDERS = {"local": _local, "openai": _openai, "openai-batch": _openai_batch}
 
 
 def get_embedder(config: EmbeddingConfig, api_key: str | None = None) -> Embedder:

@@ -25,6 +25,7 @@ class Embedder(ABC):
     max_batch_inputs: ClassVar[int] = 2048
     max_batch_tokens: ClassVar[int] = 300_000
     max_input_tokens: ClassVar[int] = 8192
+    uses_batch_api: ClassVar[bool] = False  # True: `run_batches` fills the cache before the run
 
     def __init__(self, config: EmbeddingConfig):
         self.config = config

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from pipeline.tokens import count_tokens
+from tests.fakes.batch_api import FakeBatchAPI
 
 MAX_INPUT_TOKENS = 8192
 MAX_INPUTS = 2048
@@ -76,6 +77,7 @@ class FakeOpenAI:
         self.delays: deque = deque()  # extra seconds before the next good responses are sent
         self.quota_requests: int | None = None  # answered requests before the quota runs out
         self._lock = threading.Lock()
+        self.batch_api = FakeBatchAPI(self.embed_body)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
 
     @property
@@ -112,9 +114,7 @@ class FakeOpenAI:
         texts = [texts] if isinstance(texts, str) else texts
         problem = self._problem(body.get("model"), texts)
         if problem:
-            status, message = problem
-            self.rejected.append(message)
-            return status, {"error": {"message": message, "type": "invalid_request_error", "code": None}}, {}
+            return problem
         tokens = sum(count_tokens(t) for t in texts)
         with self._lock:
             limited = self._admit(tokens)
@@ -126,14 +126,24 @@ class FakeOpenAI:
                 self.quota_requests -= 1
             delay = self.latency + (self.delays.popleft() if self.delays else 0.0)
         time.sleep(delay)
+        status, payload = self.embed_body(body)
+        with self._lock:
+            corrupt = self.corruptions.popleft() if self.corruptions else None
+        return status, corrupt(payload) if corrupt else payload, self._limit_headers()
+
+    def embed_body(self, body: dict) -> tuple[int, dict]:
+        """The embeddings answer for one request body, limits aside: shared with the Batch API."""
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        problem = self._problem(body.get("model"), texts)
+        if problem:
+            return problem[0], problem[1]
         dims = body.get("dimensions") or self.dimensions
         items = [{"object": "embedding", "index": i, "embedding": self._encode(fake_vector(t, dims), body)} for i, t in enumerate(texts)]
         if self.shuffle:
             random.shuffle(items)
-        payload = {"object": "list", "data": items, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-        with self._lock:
-            corrupt = self.corruptions.popleft() if self.corruptions else None
-        return 200, corrupt(payload) if corrupt else payload, self._limit_headers()
+        tokens = sum(count_tokens(t) for t in texts)
+        return 200, {"object": "list", "data": items, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     def _admit(self, tokens: int) -> tuple[int, dict, dict] | None:
         """Charge the budgets for one request, or the 429 the API answers when one is short."""
@@ -154,7 +164,15 @@ class FakeOpenAI:
     def _limit_headers(self) -> dict:
         return {key: value for name, b in self.budgets.items() for key, value in b.headers(name).items()}
 
-    def _problem(self, model: str | None, texts: list) -> tuple[int, str] | None:
+    def _problem(self, model: str | None, texts: list) -> tuple[int, dict, dict] | None:
+        status, message = self._check(model, texts) or (None, None)
+        if status is None:
+            return None
+        with self._lock:
+            self.rejected.append(message)
+        return status, {"error": {"message": message, "type": "invalid_request_error", "code": None}}, {}
+
+    def _check(self, model: str | None, texts: list) -> tuple[int, str] | None:
         if model not in self.models:
             return 404, f"The model `{model}` does not exist"
         if not texts or len(texts) > MAX_INPUTS:
@@ -174,22 +192,32 @@ class FakeOpenAI:
             return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
         return vector.tolist()
 
+    def _route(self, method: str, path: str, headers, raw: bytes) -> tuple[int, object, dict]:
+        if method == "POST" and path.rstrip("/").endswith("/embeddings"):
+            return self.answer(json.loads(raw or b"{}"))
+        return self.batch_api.handle(method, path, headers, raw)
+
     def _handler(self):
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                status, payload, headers = fake.answer(body) if self.path.endswith("/embeddings") else (404, {"error": {"message": "no route"}}, {})
-                data = json.dumps(payload).encode()
+            def _serve(self, method: str):
+                raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                status, payload, headers = fake._route(method, self.path, self.headers, raw)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", "application/octet-stream" if isinstance(payload, bytes) else "application/json")
                 self.send_header("content-length", str(len(data)))
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def do_GET(self):
+                self._serve("GET")
 
             def log_message(self, *args):
                 pass

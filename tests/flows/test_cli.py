@@ -64,3 +64,20 @@ def test_a_users_mistake_is_one_line_and_no_traceback(tmp_path, fake_openai, pre
     assert message in error
     assert "Traceback" not in result.stdout + result.stderr
     assert fake_openai.requests == 0
+
+
+def test_batches_commands_list_inspect_and_cancel(tmp_path, fake_openai, prefect_home):
+    fake_openai.batch_api.duration = 3600
+    upload = fake_openai.batch_api.handle
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "text-embedding-3-small", "input": ["x"]}}\n'
+    fake_openai.batch_api.files["file-in"] = line
+    _, batch, _ = upload("POST", "/v1/batches", {}, b'{"input_file_id": "file-in", "endpoint": "/v1/embeddings", "completion_window": "24h"}')
+    config = write_config(tmp_path, fake_openai, tmp_path / "unused.parquet")
+    listed = embedpipe(["batches", "list", "--config", str(config)], prefect_home, tmp_path)
+    assert listed.returncode == 0 and batch["id"] in listed.stdout
+    status = embedpipe(["batches", "status", batch["id"], "--config", str(config)], prefect_home, tmp_path)
+    assert "validating" in status.stdout or "in_progress" in status.stdout
+    cancelled = embedpipe(["batches", "cancel", batch["id"], "--config", str(config)], prefect_home, tmp_path)
+    assert "cancelled" in cancelled.stdout
+    missing = embedpipe(["batches", "status", "batch_nope", "--config", str(config)], prefect_home, tmp_path)
+    assert missing.returncode == 2 and "HTTP 404" in missing.stderr and "Traceback" not in missing.stderr

@@ -1,0 +1,214 @@
+"""OpenAI's Batch API: half the price of the embeddings endpoint, results within 24 hours.
+
+The run first sends every chunk the cache lacks through batches, waits for them, and stores
+their vectors in the same cache; the ordinary pass then writes the output from the cache, so
+a batch run and a sync run produce identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+import uuid
+from types import SimpleNamespace
+from typing import Iterable
+
+import numpy as np
+import openai
+
+from pipeline.cache import VectorCache
+from pipeline.errors import ProviderError
+from pipeline.providers.base import l2_normalise
+from pipeline.providers.batch_files import BatchFile, BatchLedger, BatchPlanner, request_lines
+from pipeline.providers.openai import OpenAIEmbedder, _backoff, decode_response
+from pipeline.tokens import cl100k_base
+
+log = logging.getLogger("embedpipe")
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+class OpenAIBatchEmbedder(OpenAIEmbedder):
+    """Embeds through `/v1/batches`; what the Batch API could not do goes through the sync
+    endpoint only when `embedding.batch_fallback_sync` is true."""
+
+    provider = "openai-batch"
+    uses_batch_api = True
+
+    def __init__(self, config, api_key):
+        super().__init__(config, api_key)
+        self.counts = {"batches": 0, "requests": 0, "inputs": 0, "reattached": 0, "resubmitted_texts": 0}
+        self._retry: list[str] = []  # texts a finished batch gave no usable vector for
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        if self.config.batch_fallback_sync:
+            return super().embed_batch(texts)
+        raise ProviderError(
+            f"{len(texts)} texts got no vector from the Batch API after {self.config.batch_max_attempts} attempts; "
+            "run again to retry them, or set embedding.batch_fallback_sync: true"
+        )
+
+    def run_batches(self, misses: Iterable[tuple[str, int]], cache: VectorCache) -> dict:
+        """Submit every text in `misses` (text, tokens) not already in flight, wait for all
+        batches (earlier runs' included), and store their vectors in `cache`."""
+        ledger = BatchLedger(cache.path / "batches" / hashlib.sha256(self.cache_namespace.encode()).hexdigest()[:16])
+        in_flight = self._reattach(ledger)
+        seen = {text for entry in in_flight.values() for texts in ledger.read_input(entry["local_id"]).values() for text in texts}
+        attempts: dict[str, int] = {}
+        planner = BatchPlanner(self.config.batch_max_inputs_per_file, self.batch_inputs)
+        for text, tokens in misses:
+            if text in seen:
+                continue
+            seen.add(text)
+            attempts[text] = 1
+            full = planner.add(text, tokens)
+            if full:
+                self._submit(full, ledger, in_flight, cache)
+        last = planner.flush()
+        if last:
+            self._submit(last, ledger, in_flight, cache)
+        while in_flight or self._retry:
+            if self._retry:
+                self._resubmit(attempts, ledger, in_flight, cache)
+            if in_flight:
+                self._wait_for_one(ledger, in_flight, cache)
+        return dict(self.counts)
+
+    def _reattach(self, ledger: BatchLedger) -> dict[str, dict]:
+        """Batches an earlier run submitted and never collected; one it prepared but may not
+        have created is looked up by its input file, and created only if absent."""
+        in_flight = {}
+        for local_id, entry in ledger.open_entries().items():
+            if "batch_id" not in entry:
+                batch = self._find_batch(entry.get("input_file_id"))
+                if batch is None:
+                    continue  # never created: its texts are still misses and are planned anew
+                ledger.record(local_id, "submitted", batch_id=batch.id)
+                entry["batch_id"] = batch.id
+            in_flight[local_id] = entry
+            self.counts["reattached"] += 1
+            log.info("re-attached to batch %s from an earlier run", entry["batch_id"])
+        return in_flight
+
+    def _find_batch(self, input_file_id: str | None):
+        if not input_file_id:
+            return None
+        return next((b for b in self.client.batches.list(limit=100) if b.input_file_id == input_file_id), None)
+
+    def _submit(self, file: BatchFile, ledger: BatchLedger, in_flight: dict, cache: VectorCache) -> None:
+        while in_flight and sum(e["tokens"] for e in in_flight.values()) + file.tokens > self.config.batch_max_enqueued_tokens:
+            self._wait_for_one(ledger, in_flight, cache)  # a wave: wait for room in the queue
+        local_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        body = {"model": self.model, "encoding_format": "base64", **({"dimensions": self.config.dimensions} if self.config.dimensions else {})}
+        path = ledger.write_input(local_id, request_lines(file, local_id, body))
+        ledger.record(local_id, "prepared", tokens=file.tokens, inputs=file.inputs)
+        uploaded = self._call(lambda: self.client.files.create(file=(path.name, io.BytesIO(path.read_bytes())), purpose="batch"))
+        ledger.record(local_id, "uploaded", input_file_id=uploaded.id)
+        batch = self._call(lambda: self.client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h", metadata={"embedpipe": local_id}))
+        ledger.record(local_id, "submitted", batch_id=batch.id)
+        in_flight[local_id] = {"local_id": local_id, "batch_id": batch.id, "tokens": file.tokens, "input_file_id": uploaded.id}
+        self.counts["batches"] += 1
+        self.counts["requests"] += len(file.requests)
+        self.counts["inputs"] += file.inputs
+        log.info("submitted batch %s: %d requests, %d texts, %d tokens", batch.id, len(file.requests), file.inputs, file.tokens)
+
+    def _resubmit(self, attempts: dict[str, int], ledger: BatchLedger, in_flight: dict, cache: VectorCache) -> None:
+        """Texts a batch did not deliver go into a new batch, up to `batch_max_attempts` each;
+        past that they are left to the sync pass (fallback) or reported."""
+        texts, self._retry = self._retry, []
+        planner = BatchPlanner(self.config.batch_max_inputs_per_file, request_inputs=1)  # a text that fails alone fails alone
+        encoding = cl100k_base()
+        for text in texts:
+            attempts[text] = attempts.get(text, 1) + 1
+            if attempts[text] > self.config.batch_max_attempts:
+                continue
+            self.counts["resubmitted_texts"] += 1
+            full = planner.add(text, len(encoding.encode_ordinary(text)))
+            if full:
+                self._submit(full, ledger, in_flight, cache)
+        last = planner.flush()
+        if last:
+            self._submit(last, ledger, in_flight, cache)
+
+    def _wait_for_one(self, ledger: BatchLedger, in_flight: dict, cache: VectorCache) -> None:
+        """Poll, backing off, until one batch ends; collect it."""
+        interval = self.config.batch_poll_seconds
+        while True:
+            for local_id, entry in list(in_flight.items()):
+                batch = self._call(lambda: self.client.batches.retrieve(entry["batch_id"]))
+                counts = batch.request_counts
+                progress = f"{counts.completed + counts.failed}/{counts.total}" if counts else "?"
+                if entry.get("last_seen") != (batch.status, progress):
+                    log.info("batch %s: %s, %s requests done", batch.id, batch.status, progress)
+                    entry["last_seen"] = (batch.status, progress)
+                if batch.status in TERMINAL:
+                    self._collect(local_id, batch, ledger, cache)
+                    del in_flight[local_id]
+                    return
+            time.sleep(interval)
+            interval = min(interval * 1.5, max(60.0, self.config.batch_poll_seconds))
+
+    def _collect(self, local_id: str, batch, ledger: BatchLedger, cache: VectorCache) -> None:
+        """Join the output and error files on custom_id, store every good vector, queue the rest."""
+        if batch.status == "failed":
+            reasons = "; ".join(e.message for e in (batch.errors.data if batch.errors and batch.errors.data else []))
+            raise ProviderError(f"batch {batch.id} failed validation: {reasons or 'no reason given'}")
+        requests = ledger.read_input(local_id)
+        found: dict[str, np.ndarray] = {}
+        for line in self._read_lines(batch.output_file_id) + self._read_lines(batch.error_file_id):
+            texts, response = requests.get(line.get("custom_id")), line.get("response") or {}
+            if texts is None or response.get("status_code") != 200:
+                continue
+            items = [SimpleNamespace(**item) for item in response["body"].get("data", [])]
+            vectors, bad = decode_response(items, len(texts), self.dimensions)
+            found.update((text, vectors[i]) for i, text in enumerate(texts) if i not in bad)
+        if found:
+            cache.put_many(dict(zip(found, l2_normalise(np.stack(list(found.values()))))))
+        missing = [text for texts in requests.values() for text in texts if text not in found]
+        self._retry.extend(missing)
+        ledger.record(local_id, "collected", status=batch.status)
+        log.info("batch %s %s: %d vectors stored, %d texts to retry", batch.id, batch.status, len(found), len(missing))
+
+    def _read_lines(self, file_id: str | None) -> list[dict]:
+        if not file_id:
+            return []
+        content = self._call(lambda: self.client.files.content(file_id))
+        return [json.loads(line) for line in content.text.splitlines() if line.strip()]
+
+    def _call(self, request):
+        """A Files or Batches call, retried on transient failures like an embeddings request."""
+        for attempt in range(self.config.max_attempts):
+            try:
+                return request()
+            except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as exc:
+                if isinstance(exc, openai.RateLimitError) and exc.code == "insufficient_quota":
+                    raise ProviderError("the account's quota is used up (429 insufficient_quota): add credit or raise the limit") from None
+                self.tally("batch api " + type(exc).__name__)
+                time.sleep(_backoff(attempt))
+            except openai.AuthenticationError:
+                raise ProviderError(f"the API key was refused (401): check the key in {self.config.api_key_env}") from None
+            except openai.APIStatusError as exc:
+                raise ProviderError(f"the Batch API refused a call: HTTP {exc.status_code} {exc.message}") from None
+        raise ProviderError(f"the Batch API did not answer after {self.config.max_attempts} attempts")
+
+
+def describe_batch(batch) -> str:
+    """One line about a batch, for `embedpipe batches`."""
+    counts = batch.request_counts
+    done = f"{counts.completed} done, {counts.failed} failed of {counts.total}" if counts else "no counts yet"
+    mine = " (embedpipe)" if batch.metadata and "embedpipe" in batch.metadata else ""
+    return f"{batch.id}  {batch.status:<11} {done}  created {time.strftime('%Y-%m-%d %H:%M', time.gmtime(batch.created_at))}{mine}"
+
+
+def batch_command(embedder: OpenAIBatchEmbedder, action: str, batch_id: str | None = None) -> list[str]:
+    """`list`, `status ID` or `cancel ID` against the Batch API; lines to print."""
+    client = embedder.client
+    if action == "list":
+        return [describe_batch(b) for b in embedder._call(lambda: client.batches.list(limit=100))]
+    if action == "status":
+        batch = embedder._call(lambda: client.batches.retrieve(batch_id))
+        errors = [f"  error: {e.message}" for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
+        return [describe_batch(batch), *errors]
+    return [describe_batch(embedder._call(lambda: client.batches.cancel(batch_id)))]
