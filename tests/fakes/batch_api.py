@@ -28,6 +28,7 @@ class FakeBatchAPI:
         self.batches: dict[str, dict] = {}
         self.submitted: Counter[str] = Counter()  # texts in batches created, per text
         self.expire_next = 0  # how many of the next batches expire with half their requests done
+        self.cancel_next = 0  # how many of the next batches an operator cancels a third of the way in
         self.fail_texts: Counter[str] = Counter()  # text -> how many more times a request holding it fails
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -67,6 +68,9 @@ class FakeBatchAPI:
             "status": "validating", "output_file_id": None, "error_file_id": None,
         }
         self.expire_next = max(0, self.expire_next - 1)
+        if self.cancel_next:
+            batch["cancel_requested"] = time.monotonic()
+            self.cancel_next -= 1
         if not errors:
             for line in lines:
                 self.submitted.update(line["body"]["input"])

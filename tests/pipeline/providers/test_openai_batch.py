@@ -58,6 +58,7 @@ def test_batch_and_sync_runs_write_identical_files(tmp_path, server):
 
 @pytest.mark.parametrize("inject, resubmitted", [
     (lambda api: setattr(api, "expire_next", 1), 50),  # half of a 100-text batch never ran
+    (lambda api: setattr(api, "cancel_next", 1), 67),  # cancelled after a third: two thirds never ran
     (lambda api: api.fail_texts.update(TEXTS[:3]), 3),  # per-request errors, once each
 ])
 def test_expired_and_failed_requests_are_resubmitted_and_nothing_else(tmp_path, server, inject, resubmitted):
@@ -93,7 +94,8 @@ def test_a_failed_batch_reports_the_validation_errors(tmp_path, server):
         run_pipeline(config)
 
 
-def test_a_killed_run_restarts_reattaches_and_submits_nothing_twice(tmp_path, server):
+@pytest.mark.parametrize("killed_before_recording_batch_ids", [False, True])
+def test_a_killed_run_restarts_reattaches_and_submits_nothing_twice(tmp_path, server, killed_before_recording_batch_ids):
     server.batch_api.duration = 3600  # batches stay in flight
     config = batch_config(tmp_path, server)
     path = tmp_path / "run.yaml"
@@ -106,6 +108,9 @@ def test_a_killed_run_restarts_reattaches_and_submits_nothing_twice(tmp_path, se
     process.kill()  # killed while three batches are in flight
     process.wait()
     assert len(server.batch_api.batches) == 3
+    if killed_before_recording_batch_ids:  # the batches exist, the ledger only knows their files
+        [ledger] = (tmp_path / "cache" / "batches").glob("*/ledger.jsonl")
+        ledger.write_text("".join(line + "\n" for line in ledger.read_text().splitlines() if '"submitted"' not in line))
     for batch in server.batch_api.batches.values():
         batch["started"] -= 3600  # the night passed: they are done now
     manifest = run_pipeline(config)
