@@ -33,6 +33,27 @@ def fake_vector(text: str, dimensions: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
+# Corruptions for `FakeOpenAI.corruptions`: each spoils one good response's body.
+def nan_vector(payload: dict) -> dict:
+    payload["data"][0]["embedding"] = base64.b64encode(np.full(16, np.nan, dtype="<f4").tobytes()).decode()
+    return payload
+
+
+def drop_last_item(payload: dict) -> dict:
+    payload["data"].pop()
+    return payload
+
+
+def duplicate_index(payload: dict) -> dict:
+    payload["data"][-1]["index"] = payload["data"][0]["index"]
+    return payload
+
+
+def wrong_dimension(payload: dict) -> dict:
+    payload["data"][0]["embedding"] = base64.b64encode(np.ones(5, dtype="<f4").tobytes()).decode()
+    return payload
+
+
 class Budget:
     """One per-minute limit as the API enforces it: banked up to a minute, refilled continuously."""
 

@@ -1,8 +1,6 @@
 """Every failure the real API produces, injected at the HTTP boundary, checked on the output:
 no lost row, no misaligned vector, no text paid for twice except through counted timeouts."""
 
-import base64
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -10,19 +8,9 @@ import pytest
 from pipeline.errors import ProviderError
 from pipeline.run import run_pipeline
 from tests.conftest import openai_config, write_parquet
-from tests.fakes.openai_server import FakeOpenAI, fake_vector
+from tests.fakes.openai_server import FakeOpenAI, drop_last_item, fake_vector, nan_vector
 
 TEXTS = [f"ticket {i}: the printer on floor {i % 7} jams" for i in range(240)]
-
-
-def nan_vector(payload):
-    payload["data"][0]["embedding"] = base64.b64encode(np.full(16, np.nan, dtype="<f4").tobytes()).decode()
-    return payload
-
-
-def drop_last_item(payload):
-    payload["data"].pop()
-    return payload
 
 
 # fault -> (inject, texts whose own answer was unusable and so had to be paid for again)

@@ -1,7 +1,5 @@
 """OpenAIEmbedder through real HTTP to the loopback server."""
 
-import base64
-
 import numpy as np
 import pytest
 
@@ -9,7 +7,7 @@ from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
 from pipeline.providers.base import pack_batches
 from pipeline.providers.openai import OpenAIEmbedder
-from tests.fakes.openai_server import fake_vector
+from tests.fakes.openai_server import drop_last_item, duplicate_index, fake_vector, nan_vector, wrong_dimension
 
 
 def embedder(server, **overrides):
@@ -58,27 +56,7 @@ def test_fatal_answers_stop_at_once_with_the_fix(fake_openai, status, code, mess
     assert fake_openai.requests == 1 and "sk-te" not in str(error.value)
 
 
-def _nan(payload):
-    payload["data"][0]["embedding"] = base64.b64encode(np.full(16, np.nan, dtype="<f4").tobytes()).decode()
-    return payload
-
-
-def _short(payload):
-    payload["data"].pop()
-    return payload
-
-
-def _duplicate_index(payload):
-    payload["data"][-1]["index"] = payload["data"][0]["index"]
-    return payload
-
-
-def _wrong_dimension(payload):
-    payload["data"][0]["embedding"] = base64.b64encode(np.ones(5, dtype="<f4").tobytes()).decode()
-    return payload
-
-
-@pytest.mark.parametrize("corrupt", [_nan, _short, _duplicate_index, _wrong_dimension])
+@pytest.mark.parametrize("corrupt", [nan_vector, drop_last_item, duplicate_index, wrong_dimension])
 def test_a_bad_response_is_retried_and_never_stored(fake_openai, corrupt):
     fake_openai.corruptions.append(corrupt)
     texts = ["one", "two", "three"]
@@ -87,7 +65,7 @@ def test_a_bad_response_is_retried_and_never_stored(fake_openai, corrupt):
     assert fake_openai.requests == 2
 
 
-@pytest.mark.parametrize("corrupt", [_nan, _short])
+@pytest.mark.parametrize("corrupt", [nan_vector, drop_last_item])
 def test_a_response_that_stays_bad_fails_loudly(fake_openai, corrupt):
     fake_openai.corruptions.extend([corrupt] * 3)
     with pytest.raises(ProviderError, match="3 attempts"):
