@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Config, EmbeddingConfig
+from pipeline.errors import ProviderError
 from pipeline.run import Run, close_run, embed_file, embed_through_batch_api, finish_run, prepare_run
 
 # Task results hold live clients and open files: keep them in memory, never cache or persist.
@@ -20,7 +21,10 @@ def read_api_key(config: EmbeddingConfig) -> str | None:
     if config.api_key_block:
         from prefect.blocks.system import Secret
 
-        return Secret.load(config.api_key_block).get()
+        try:
+            return Secret.load(config.api_key_block).get()
+        except ValueError:  # Prefect's answer for a block that does not exist
+            raise ProviderError(f"embedding.api_key_block {config.api_key_block!r}: no such Secret block on this Prefect server") from None
     return os.environ.get(config.api_key_env)
 
 

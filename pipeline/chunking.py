@@ -3,14 +3,21 @@
 Boundaries are tried in order: paragraph, sentence, word, and only then raw token windows.
 Every chunk holds at most `max_tokens` cl100k_base tokens. Each chunk after the first opens
 with up to `overlap_tokens` tokens of whole words from the end of the one before.
+
+Each text is tokenised once. cl100k_base's pre-tokenizer starts a new token at every space,
+so the tokens of any space-delimited span are the tokens that start inside it: counts come
+from the token offsets, and only a chunk's first word is tokenised again (without the space
+before it).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from itertools import pairwise
 
+import numpy as np
 import tiktoken
 
 from pipeline.tokens import cl100k_base
@@ -37,24 +44,67 @@ class _Span:
     tokens: int
 
 
-def chunk_by_tokens(
-    paragraphs: list[str],
-    max_tokens: int,
-    overlap_tokens: int = 0,
-    encoding: tiktoken.Encoding | None = None,
-) -> list[Chunk]:
-    """Chunks of `" ".join(paragraphs)`, each at most `max_tokens` tokens; [] for no text."""
+def chunk_texts(paragraph_lists: list[list[str]], max_tokens: int, overlap_tokens: int = 0, encoding: tiktoken.Encoding | None = None) -> list[list[Chunk]]:
+    """`chunk_by_tokens` for many texts, tokenised together in one batch call."""
     encoding = encoding or cl100k_base()
-    text = " ".join(paragraphs)
+    texts = [" ".join(paragraphs) for paragraphs in paragraph_lists]
+    token_lists = encoding.encode_ordinary_batch(texts)
+    return [
+        _chunk_one(text, paragraphs, tokens, max_tokens, overlap_tokens, encoding)
+        for text, paragraphs, tokens in zip(texts, paragraph_lists, token_lists)
+    ]
+
+
+def chunk_by_tokens(paragraphs: list[str], max_tokens: int, overlap_tokens: int = 0, encoding: tiktoken.Encoding | None = None) -> list[Chunk]:
+    """Chunks of `" ".join(paragraphs)`, each at most `max_tokens` tokens; [] for no text."""
+    return chunk_texts([paragraphs], max_tokens, overlap_tokens, encoding)[0]
+
+
+def _chunk_one(text: str, paragraphs: list[str], tokens: list[int], max_tokens: int, overlap_tokens: int, enc) -> list[Chunk]:
     if not text:
         return []
-    whole = len(encoding.encode_ordinary(text))
-    if whole <= max_tokens:
-        return [Chunk(text, 0, len(text), whole)]
+    if len(tokens) <= max_tokens:
+        return [Chunk(text, 0, len(text), len(tokens))]
+    index = _TokenIndex(text, tokens, enc)
     spans = []
     for start, end in _paragraph_bounds(paragraphs):
-        spans.extend(_split(text, start, end, 0, max_tokens, encoding))
-    return _pack(text, spans, max_tokens, overlap_tokens, encoding)
+        spans.extend(_split(index, start, end, 0, max_tokens))
+    return _pack(index, spans, max_tokens, overlap_tokens)
+
+
+class _TokenIndex:
+    """Where each token of `text` starts, to count the tokens of any span without re-encoding."""
+
+    def __init__(self, text: str, tokens: list[int], enc: tiktoken.Encoding):
+        self.text, self.enc = text, enc
+        byte_starts = np.concatenate(([0], np.cumsum(_token_byte_lengths(enc)[tokens])[:-1])).astype(np.int64)
+        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        char_of_byte = np.cumsum((raw & 0xC0) != 0x80) - 1  # continuation bytes belong to their character
+        self.starts = char_of_byte[byte_starts]
+
+    def count(self, start: int, end: int) -> int:
+        """Tokens starting in text[start:end]: exact when both ends are at spaces or the text's ends."""
+        return int(np.searchsorted(self.starts, end) - np.searchsorted(self.starts, start))
+
+    def chunk(self, start: int, end: int) -> Chunk:
+        """text[start:end] without leading space, with its exact token count."""
+        while start < end and self.text[start].isspace():
+            start += 1
+        gap = _WORD_GAP.search(self.text, start, end)
+        first_end = gap.start() if gap else end
+        tokens = len(self.enc.encode_ordinary(self.text[start:first_end])) + self.count(first_end, end)
+        return Chunk(self.text[start:end], start, end, tokens)
+
+
+@functools.cache
+def _token_byte_lengths(enc: tiktoken.Encoding) -> np.ndarray:
+    lengths = np.zeros(enc.n_vocab, dtype=np.int64)
+    for token in range(enc.n_vocab):
+        try:
+            lengths[token] = len(enc.decode_single_token_bytes(token))
+        except KeyError:  # ids between the ordinary and the special tokens
+            pass
+    return lengths
 
 
 def _paragraph_bounds(paragraphs: list[str]) -> list[tuple[int, int]]:
@@ -67,91 +117,77 @@ def _paragraph_bounds(paragraphs: list[str]) -> list[tuple[int, int]]:
     return bounds
 
 
-def _split(text: str, start: int, end: int, level: int, max_tokens: int, enc) -> list[_Span]:
-    tokens = len(enc.encode_ordinary(text[start:end]))
+def _split(index: _TokenIndex, start: int, end: int, level: int, max_tokens: int) -> list[_Span]:
+    tokens = index.count(start, end)
     if tokens <= max_tokens:
         return [_Span(start, end, tokens)]
     if level == len(_SPLITTERS):
-        return _token_windows(text, start, end, max_tokens, enc)
-    cuts = [m.start() for m in _SPLITTERS[level].finditer(text, start, end) if m.start() > start]
+        return _token_windows(index, start, end, max_tokens)
+    cuts = [m.start() for m in _SPLITTERS[level].finditer(index.text, start, end) if m.start() > start]
     spans = []
     for a, b in pairwise([start, *cuts, end]):
-        spans.extend(_split(text, a, b, level + 1, max_tokens, enc))
+        spans.extend(_split(index, a, b, level + 1, max_tokens))
     return spans
 
 
-def _token_windows(text: str, start: int, end: int, max_tokens: int, enc) -> list[_Span]:
-    """Windows of at most `max_tokens` tokens over a run with no usable boundary, cut between characters."""
+def _token_windows(index: _TokenIndex, start: int, end: int, max_tokens: int) -> list[_Span]:
+    """Windows of at most `max_tokens` tokens over a run with no usable boundary, cut between
+    characters. Token boundaries inside a run are not guaranteed, so each window is re-counted."""
+    text, enc = index.text, index.enc
     while start < end and text[start].isspace():
         start += 1
+    first = int(np.searchsorted(index.starts, start))
     windows = []
     while start < end:
-        piece = text[start : min(end, start + 32 * max_tokens)]  # no token spans more characters
-        tokens = enc.encode_ordinary(piece)
-        if len(tokens) <= max_tokens:
-            windows.append(_Span(start, start + len(piece), len(tokens)))
-            start += len(piece)
-            continue
         take = max_tokens
         while True:
-            width = _chars_in_tokens(enc, tokens[:take], piece)
-            count = len(enc.encode_ordinary(piece[:width]))
-            if width and count <= max_tokens or take == 1:
+            cut = int(index.starts[first + take]) if first + take < len(index.starts) else len(text)
+            cut = min(max(cut, start + 1), end)
+            count = len(enc.encode_ordinary(text[start:cut]))
+            if count <= max_tokens or take == 1:
                 break
-            take -= 1
-        windows.append(_Span(start, start + width, count))
-        start += width
+            take = max(1, take - max(1, (count - max_tokens)))
+        windows.append(_Span(start, cut, count))
+        start = cut
+        first = int(np.searchsorted(index.starts, start))
     return windows
 
 
-def _chars_in_tokens(enc, tokens: list[int], piece: str) -> int:
-    """How many whole characters of `piece` the bytes of `tokens` cover."""
-    size = sum(len(enc.decode_single_token_bytes(t)) for t in tokens)
-    return len(piece.encode("utf-8")[:size].decode("utf-8", errors="ignore"))
-
-
-def _pack(text: str, spans: list[_Span], max_tokens: int, overlap_tokens: int, enc) -> list[Chunk]:
+def _pack(index: _TokenIndex, spans: list[_Span], max_tokens: int, overlap_tokens: int) -> list[Chunk]:
     """Greedily fill chunks with whole spans; each chunk after the first opens with the
     last words of the one before (at most `overlap_tokens` of them)."""
     chunks, i, lead = [], 0, None
     while i < len(spans):
         start = spans[i].start if lead is None else lead
-        total = 0 if lead is None else len(enc.encode_ordinary(text[lead : spans[i].start]))
+        total = 0 if lead is None else index.count(lead, spans[i].start)
         j = i
         while j < len(spans) and total + spans[j].tokens <= max_tokens:
             total += spans[j].tokens
             j += 1
-        chunk = _make_chunk(text, start, spans[j - 1].end, enc) if j > i else None
-        while chunk and chunk.tokens > max_tokens and j - i > 1:  # joining shifted a token boundary
+        chunk = index.chunk(start, spans[j - 1].end) if j > i else None
+        while chunk and chunk.tokens > max_tokens and j - i > 1:  # the stripped first word grew
             j -= 1
-            chunk = _make_chunk(text, start, spans[j - 1].end, enc)
+            chunk = index.chunk(start, spans[j - 1].end)
         if chunk is None or chunk.tokens > max_tokens:
             if lead is not None:  # the overlap left no room: this chunk goes without it
                 lead = None
             else:  # a lone span that grew once its leading space was stripped
-                spans[i : i + 1] = _token_windows(text, spans[i].start, spans[i].end, max_tokens, enc)
+                spans[i : i + 1] = _token_windows(index, spans[i].start, spans[i].end, max_tokens)
             continue
         chunks.append(chunk)
         i = j
-        lead = _overlap_start(text, chunk.start, chunk.end, overlap_tokens, enc) if overlap_tokens else None
+        lead = _overlap_start(index, chunk.start, chunk.end, overlap_tokens) if overlap_tokens else None
     return chunks
 
 
-def _overlap_start(text: str, start: int, end: int, overlap_tokens: int, enc) -> int | None:
+def _overlap_start(index: _TokenIndex, start: int, end: int, overlap_tokens: int) -> int | None:
     """The earliest word start in text[start:end] whose tail to `end` fits in `overlap_tokens`."""
-    words = [m.end() for m in _WORD_GAP.finditer(text, start, end)]
+    words = [m.end() for m in _WORD_GAP.finditer(index.text, start, end)]
     lo, hi, best = 0, len(words) - 1, None
     while lo <= hi:  # tails shrink as the word start moves right: binary search
         mid = (lo + hi) // 2
-        if len(enc.encode_ordinary(text[words[mid] : end])) <= overlap_tokens:
+        if index.chunk(words[mid], end).tokens <= overlap_tokens:
             best, hi = words[mid], mid - 1
         else:
             lo = mid + 1
     return best
-
-
-def _make_chunk(text: str, start: int, end: int, enc) -> Chunk:
-    while start < end and text[start].isspace():
-        start += 1
-    piece = text[start:end]
-    return Chunk(piece, start, end, len(enc.encode_ordinary(piece)))

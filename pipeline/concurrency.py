@@ -19,16 +19,21 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    source = iter(items)
+
     def produce() -> None:
         try:
-            for item in items:
-                if stop.is_set():
-                    return
+            while not stop.is_set():  # checked before each item's work, not after
+                try:
+                    item = next(source)
+                except StopIteration:
+                    break
                 slots.put((item, None))
+            slots.put((_DONE, None))
         except BaseException as exc:  # handed to the consumer, raised there
             slots.put((_DONE, exc))
-            return
-        slots.put((_DONE, None))
+        finally:
+            getattr(source, "close", lambda: None)()  # release the open reader
 
     thread = threading.Thread(target=produce, name="prefetch", daemon=True)
     thread.start()

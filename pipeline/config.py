@@ -81,6 +81,14 @@ class OutputConfig(_Section):
     vector_column: str = "embedding"
     chunks_path: str | None = None  # set to also write the chunk-level table there
 
+    @model_validator(mode="after")
+    def _separate(self) -> "OutputConfig":
+        if self.chunks_path:
+            rows, chunks = Path(self.path).resolve(), Path(self.chunks_path).resolve()
+            if rows == chunks or rows in chunks.parents or chunks in rows.parents:
+                raise ValueError("chunks_path must lie outside path, and path outside chunks_path")
+        return self
+
 
 class Config(_Section):
     source: SourceConfig
@@ -97,8 +105,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {_first_line(exc)}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid UTF-8 YAML: {first_line(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must be a mapping of sections")
     for item in overrides:
@@ -115,10 +123,14 @@ def apply_override(raw: dict, item: str) -> None:
     parts = key.strip().split(".")
     if not sep or len(parts) != 2 or not all(parts):
         raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. embedding.model=text-embedding-3-small")
-    section = raw.setdefault(parts[0], {})
-    if not isinstance(section, dict):
+    if raw.get(parts[0]) is None:  # absent, or written as an empty `section:`
+        raw[parts[0]] = {}
+    if not isinstance(raw[parts[0]], dict):
         raise ConfigError(f"--set {item!r}: {parts[0]} is not a section")
-    section[parts[1]] = yaml.safe_load(value) if value.strip() else None
+    try:
+        raw[parts[0]][parts[1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {first_line(exc)}") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -132,5 +144,6 @@ def describe_validation_error(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}"
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
+    """An exception's first line, for one-line errors."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

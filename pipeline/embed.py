@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from pipeline.cache import VectorCache
-from pipeline.chunking import Chunk, chunk_by_tokens
+from pipeline.chunking import Chunk, chunk_texts
 from pipeline.providers.base import Embedder, l2_normalise
 from pipeline.text import normalise_paragraphs
 
@@ -63,10 +63,6 @@ class TextEmbedder:
     stats: RunStats = field(default_factory=RunStats)
     _seen: set = field(default_factory=set, repr=False)
 
-    def embed_rows(self, raw_texts: list[str | None]) -> list[EmbeddedText | None]:
-        """One result per row, in order; None where the text is null, empty or whitespace."""
-        return self.complete(self.prepare(raw_texts))
-
     def prepare(self, raw_texts: list[str | None]) -> PreparedRows:
         """The CPU half, safe to run ahead in another thread: normalise, dedupe, chunk."""
         rows = chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)
@@ -117,7 +113,7 @@ def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int
     normalised = [normalise_paragraphs(raw) if isinstance(raw, str) else [] for raw in raw_texts]
     keys = [" ".join(paragraphs) for paragraphs in normalised]
     distinct = {key: paragraphs for key, paragraphs in zip(keys, normalised) if key}
-    return PreparedRows(keys, {key: chunk_by_tokens(p, max_tokens, overlap_tokens) for key, p in distinct.items()})
+    return PreparedRows(keys, dict(zip(distinct, chunk_texts(list(distinct.values()), max_tokens, overlap_tokens))))
 
 
 def _pool(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> EmbeddedText:

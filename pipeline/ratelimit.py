@@ -69,12 +69,16 @@ class RateLimiter:
         self.tokens = TokenBucket(tokens_per_minute, clock)
         self.transit_margin = transit_margin
         self._sleep = sleep
+        self._clock = clock
+        self._hold_until = 0.0  # set by back_off; also stops requests already waiting
 
     def acquire(self, tokens: int) -> None:
         """Block until one request of `tokens` tokens fits both budgets."""
         wait = max(self.requests.take(1), self.tokens.take(tokens))
         if wait > 0:
             self._sleep(wait + self.transit_margin)
+        while (held := self._hold_until - self._clock()) > 0:  # a 429 arrived while we waited
+            self._sleep(held)
 
     def refund(self, tokens: int) -> None:
         """Give back a request the server refused without charging (a 429)."""
@@ -94,6 +98,7 @@ class RateLimiter:
         """A 429 said we went too fast: nobody sends for `seconds`."""
         self.requests.pause(seconds)
         self.tokens.pause(seconds)
+        self._hold_until = max(self._hold_until, self._clock() + seconds)
 
 
 def _number(value: str | None) -> float | None:

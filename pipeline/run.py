@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -33,6 +34,7 @@ class Run:
     rows: ParquetSink
     chunks: ParquetSink | None
     started: float
+    metadata: dict  # how the vectors are made, as the Parquet metadata records it
 
     @property
     def dimensions(self) -> int:
@@ -44,16 +46,29 @@ def prepare_run(config: Config, api_key: str | None = None) -> Run:
     started = time.monotonic()
     plan = validate_source(config.source, output_column=config.output.vector_column)
     log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
-    embedder = get_embedder(config.embedding, api_key)
+    with ExitStack() as undo:  # whatever opened is closed again if a later step fails
+        embedder = get_embedder(config.embedding, api_key)
+        undo.callback(embedder.close)
+        max_tokens, overlap = _chunk_limits(config, embedder)
+        cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
+        undo.callback(cache.close)
+        metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
+        rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)})
+        undo.callback(rows.abort)
+        chunks = ParquetSink(config.output.chunks_path, {"embedpipe": json.dumps(metadata)}) if config.output.chunks_path else None
+        undo.pop_all()  # the run owns them now
+    return Run(config, plan, TextEmbedder(embedder, cache, max_tokens, overlap), rows, chunks, started, metadata)
+
+
+def _chunk_limits(config: Config, embedder) -> tuple[int, int]:
+    """`chunking.max_tokens` within the model's input limit; the overlap at most half of it."""
     max_tokens = min(config.chunking.max_tokens, embedder.max_input_tokens)
+    overlap = min(config.chunking.overlap_tokens, max_tokens // 2)
     if max_tokens < config.chunking.max_tokens:
         log.warning("chunking.max_tokens lowered to %d, the input limit of %s", max_tokens, embedder.model)
-    overlap = min(config.chunking.overlap_tokens, max_tokens // 2)
-    cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
-    metadata = {"embedpipe": json.dumps(output_metadata(config, embedder.dimensions, max_tokens, overlap))}
-    rows = ParquetSink(config.output.path, metadata)
-    chunks = ParquetSink(config.output.chunks_path, metadata) if config.output.chunks_path else None
-    return Run(config, plan, TextEmbedder(embedder, cache, max_tokens, overlap), rows, chunks, started)
+    if overlap < config.chunking.overlap_tokens:
+        log.warning("chunking.overlap_tokens lowered to %d, half of max_tokens", overlap)
+    return max_tokens, overlap
 
 
 def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: int) -> dict:
@@ -105,15 +120,19 @@ def embed_file(run: Run, index: int) -> int:
 
 def chunk_table(ids: pa.Array, results: list[EmbeddedText | None], dimensions: int) -> pa.Table:
     """One row per chunk: id, chunk_index, text, token_count, char_start, char_end, vector."""
-    rows = [(i, n, chunk, vec) for i, r in enumerate(results) if r for n, (chunk, vec) in enumerate(zip(r.chunks, r.chunk_vectors))]
+    columns = {name: [] for name in ("row", "chunk_index", "text", "token_count", "char_start", "char_end", "vector")}
+    for row, result in enumerate(results):
+        for n, (chunk, vector) in enumerate(zip(result.chunks, result.chunk_vectors) if result else ()):
+            for name, value in zip(columns, (row, n, chunk.text, chunk.tokens, chunk.start, chunk.end, vector)):
+                columns[name].append(value)
     return pa.table({
-        "id": ids.take(pa.array([i for i, _, _, _ in rows], type=pa.int64())),
-        "chunk_index": pa.array([n for _, n, _, _ in rows], type=pa.int32()),
-        "text": pa.array([c.text for _, _, c, _ in rows], type=pa.string()),
-        "token_count": pa.array([c.tokens for _, _, c, _ in rows], type=pa.int32()),
-        "char_start": pa.array([c.start for _, _, c, _ in rows], type=pa.int64()),
-        "char_end": pa.array([c.end for _, _, c, _ in rows], type=pa.int64()),
-        "vector": vector_array([v for _, _, _, v in rows], dimensions),
+        "id": ids.take(pa.array(columns["row"], type=pa.int64())),
+        "chunk_index": pa.array(columns["chunk_index"], type=pa.int32()),
+        "text": pa.array(columns["text"], type=pa.string()),
+        "token_count": pa.array(columns["token_count"], type=pa.int32()),
+        "char_start": pa.array(columns["char_start"], type=pa.int64()),
+        "char_end": pa.array(columns["char_end"], type=pa.int64()),
+        "vector": vector_array(columns["vector"], dimensions),
     })
 
 
@@ -126,7 +145,7 @@ def finish_run(run: Run, rows_written: int) -> dict:
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
     manifest = {
-        **json.loads(run.rows.metadata["embedpipe"]),
+        **run.metadata,
         "sources": [{"path": str(f), "rows": n} for f, n in zip(run.plan.files, run.plan.rows)],
         "rows": run.plan.total_rows,
         "stats": stats.as_dict(),

@@ -65,6 +65,7 @@ class ParquetSink:
     def publish(self, manifest: dict) -> dict:
         """Move the staged parts into place, drop stale parts, then write the manifest."""
         self.close_part()
+        (self.path / MANIFEST).unlink(missing_ok=True)  # no manifest vouches for a half-swapped set
         for name in self.parts:
             os.replace(self.staging / name, self.path / name)
         for stale in self.path.glob("part-*.parquet"):
@@ -74,7 +75,8 @@ class ParquetSink:
         tmp = self.staging / MANIFEST
         tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
         os.replace(tmp, self.path / MANIFEST)
-        shutil.rmtree(self.staging, ignore_errors=True)
+        for staging in self.path.glob(".staging-*"):  # this run's, and any a killed run left
+            shutil.rmtree(staging, ignore_errors=True)
         return manifest
 
     def abort(self) -> None:

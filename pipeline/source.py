@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.config import SourceConfig
+from pipeline.config import SourceConfig, first_line
 from pipeline.errors import SourceError
 from pipeline.text import render_template, template_fields
 
@@ -57,7 +57,7 @@ def read_batches(file: Path, columns: list[str] | None = None, batch_rows: int =
         else:
             yield from _csv_batches(file, columns)
     except (pa.ArrowException, OSError) as exc:
-        raise SourceError(f"{file}: cannot read as {FORMATS[file.suffix.lower()]}: {_first_line(exc)}") from None
+        raise SourceError(f"{file}: cannot read as {FORMATS[file.suffix.lower()]}: {first_line(exc)}") from None
 
 
 def _csv_batches(file: Path, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
@@ -96,7 +96,7 @@ def validate_source(config: SourceConfig, output_column: str | None = None) -> S
         _check_columns(file, schema, [config.id_column, *needed], config)
         if output_column in schema.names:
             raise SourceError(f"{file}: already has a column {output_column!r}; set output.vector_column to another name")
-        rows.append(_check_rows(file, config.id_column, needed, seen_ids))
+        rows.append(_check_rows(file, config, needed, seen_ids))
     return SourcePlan(files, rows)
 
 
@@ -108,24 +108,38 @@ def _schema(file: Path) -> pa.Schema:
         names = pacsv.open_csv(file, parse_options=_CSV_PARSE).schema.names
         return pa.schema([(name, pa.string()) for name in names])  # as _csv_batches reads it
     except (pa.ArrowException, OSError) as exc:
-        raise SourceError(f"{file}: cannot read as {kind}: {_first_line(exc)}") from None
+        raise SourceError(f"{file}: cannot read as {kind}: {first_line(exc)}") from None
 
 
 def _check_columns(file: Path, schema: pa.Schema, columns: list[str], config: SourceConfig) -> None:
     for column in columns:
         if column not in schema.names:
             raise SourceError(f"{file}: column {column!r} not found; columns are {', '.join(schema.names) or 'none'}")
+    id_type = schema.field(config.id_column).type
+    if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+        raise SourceError(f"{file}: id column {config.id_column!r} holds {id_type}; use a text or integer column")
     if config.text_column:
         kind = schema.field(config.text_column).type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
             raise SourceError(f"{file}: text column {config.text_column!r} holds {kind}, not text")
 
 
-def _check_rows(file: Path, id_column: str, text_columns: list[str], seen: set) -> int:
+def _try_template(file: Path, batch: pa.RecordBatch, config: SourceConfig) -> None:
+    """Fill the template for a few rows now, so a bad format spec fails before any spending."""
+    try:
+        row_texts(batch.slice(0, 16), config)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise SourceError(f"{file}: source.text_template cannot be filled: {type(exc).__name__}: {exc}") from None
+
+
+def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen: set) -> int:
     """Read the id and text columns through (so a bad byte surfaces now, not mid-run), adding
     ids to `seen`; raise on a null or repeated id. Returns the row count."""
     rows = 0
+    id_column = config.id_column
     for batch in read_batches(file, columns=list(dict.fromkeys([id_column, *text_columns]))):
+        if rows == 0 and config.text_template:
+            _try_template(file, batch, config)
         for offset, value in enumerate(batch.column(id_column).to_pylist()):
             if value is None:
                 raise SourceError(f"{file}: column {id_column!r} is null at row {rows + offset + 1}; every row needs an id")
@@ -136,6 +150,3 @@ def _check_rows(file: Path, id_column: str, text_columns: list[str], seen: set) 
     return rows
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pipeline.config import EmbeddingConfig
-from pipeline.errors import ConfigError
 from pipeline.providers.base import Embedder
 
 
@@ -30,10 +29,5 @@ PROVIDERS = {"local": _local, "openai": _openai, "openai-batch": _openai_batch}
 
 
 def get_embedder(config: EmbeddingConfig, api_key: str | None = None) -> Embedder:
-    """The embedder `config.provider` names, ready to use."""
-    if config.provider not in PROVIDERS:
-        raise ConfigError(
-            f"embedding.provider {config.provider!r} is not available in this version; "
-            f"choose one of {', '.join(sorted(PROVIDERS))}"
-        )
+    """The embedder `config.provider` names, ready to use (the config allows only these names)."""
     return PROVIDERS[config.provider]()(config, api_key)

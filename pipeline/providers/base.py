@@ -67,18 +67,27 @@ class Embedder(ABC):
 
     def embed_iter(self, texts: list[str], token_counts: list[int]) -> Iterator[tuple[slice, np.ndarray]]:
         """Send up to `max_concurrency` requests at once; yield (slice of texts, vectors) as each
-        completes. On the first failure, requests not yet sent are cancelled and it is raised."""
+        completes. On the first failure, requests not yet sent are cancelled, those already
+        answered are still yielded (they were paid for), and then the failure is raised."""
         batches = list(pack_batches(token_counts, self.batch_inputs, self.batch_tokens))
         if self.max_concurrency <= 1 or len(batches) <= 1:
             yield from ((batch, self._checked(texts[batch])) for batch in batches)
             return
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="embed")
+        futures = {pool.submit(self._checked, texts[batch]): batch for batch in batches}
+        failure = None
         try:
-            futures = {pool.submit(self._checked, texts[batch]): batch for batch in batches}
             for future in as_completed(futures):
-                yield futures[future], future.result()
+                if future.exception() is None:
+                    yield futures[future], future.result()
+                elif failure is None:
+                    failure = future.exception()
+                    for pending in futures:
+                        pending.cancel()
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=failure is not None, cancel_futures=True)  # on Ctrl-C, do not wait
+        if failure is not None:
+            raise failure
 
     def _checked(self, texts: list[str]) -> np.ndarray:
         vectors = self.embed_batch(texts)

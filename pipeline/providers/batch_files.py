@@ -26,8 +26,9 @@ class BatchFile:
     size: int = 0
     _request_tokens: int = 0
 
-    def fits(self, text: str, max_inputs: int) -> bool:
-        return self.inputs < max_inputs and self.size + len(text) * 4 + _LINE_OVERHEAD < MAX_FILE_BYTES
+    def fits(self, text: str, tokens: int, max_inputs: int, max_tokens: int) -> bool:
+        size = self.size + _json_size(text) + _LINE_OVERHEAD
+        return self.inputs < max_inputs and size < MAX_FILE_BYTES and (not self.inputs or self.tokens + tokens <= max_tokens)
 
     def add(self, text: str, tokens: int) -> None:
         current = self.requests[-1] if self.requests else None
@@ -39,22 +40,24 @@ class BatchFile:
         self._request_tokens += tokens
         self.tokens += tokens
         self.inputs += 1
-        self.size += len(text) * 4  # JSON-escaped UTF-8 is at most ~4 bytes a character
+        self.size += _json_size(text)
 
 
 class BatchPlanner:
     """Packs texts into files: ≤ 2048 inputs and ≤ 300,000 tokens a request; ≤ 50,000 requests,
-    ≤ 50,000 inputs and ≤ 200 MB a file. `max_inputs` and `request_inputs` may set smaller ones."""
+    ≤ 50,000 inputs and ≤ 200 MB a file; `max_inputs` and `request_inputs` may set smaller
+    ones, and no file holds more than `max_tokens` (the enqueued-token budget)."""
 
-    def __init__(self, max_inputs: int = MAX_FILE_INPUTS, request_inputs: int = MAX_REQUEST_INPUTS):
+    def __init__(self, max_inputs: int = MAX_FILE_INPUTS, request_inputs: int = MAX_REQUEST_INPUTS, max_tokens: int = 10**12):
         self.max_inputs = min(max_inputs, MAX_FILE_INPUTS)
+        self.max_tokens = max_tokens  # the enqueued-token budget: no file may exceed it
         self.request_inputs = min(request_inputs, MAX_REQUEST_INPUTS)
         self.current = BatchFile(self.request_inputs)
 
     def add(self, text: str, tokens: int) -> BatchFile | None:
         """Add one text; returns a file when this text started a new one and the old one is full."""
         full = None
-        if not self.current.fits(text, self.max_inputs):
+        if not self.current.fits(text, tokens, self.max_inputs, self.max_tokens):
             full, self.current = self.current, BatchFile(self.request_inputs)
         self.current.add(text, tokens)
         return full
@@ -62,6 +65,10 @@ class BatchPlanner:
     def flush(self) -> BatchFile | None:
         full, self.current = self.current, BatchFile(self.request_inputs)
         return full if full.inputs else None
+
+
+def _json_size(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
 
 
 def request_lines(file: BatchFile, local_id: str, body: dict) -> list[dict]:
@@ -108,7 +115,7 @@ class BatchLedger:
     def write_input(self, local_id: str, lines: list[dict]) -> Path:
         path = self.directory / f"{local_id}.jsonl"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
         os.replace(tmp, path)
         return path
 

@@ -43,11 +43,14 @@ class LocalEmbedder(Embedder):
         super().__init__(config)
         self.max_concurrency = 1  # torch already uses every core
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
-
+        self.path = model_path(config.model)
+        try:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+        except ImportError:
+            raise ProviderError("the local model needs the 'local' extra: pip install 'embedpipe[local]'") from None
         transformers_logging.disable_progress_bar()
-        self._model = SentenceTransformer(str(model_path(config.model)), device="cpu")
+        self._model = SentenceTransformer(str(self.path), device="cpu")
 
     @property
     def max_input_tokens(self) -> int:
@@ -58,6 +61,11 @@ class LocalEmbedder(Embedder):
     @functools.cached_property
     def dimensions(self) -> int:
         return self._model.get_embedding_dimension()
+
+    @property
+    def cache_namespace(self) -> str:
+        name = self.model if self.model in _PACKAGED else str(self.path.resolve())
+        return f"local:{name}:{self.dimensions}"
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         self.tally()

@@ -24,11 +24,12 @@ KNOWN_DIMENSIONS = {
     "text-embedding-3-large": 3072,
     "text-embedding-ada-002": 1536,
 }
-_FATAL = {
-    401: "the API key was refused (401): check the key in ${env}",
-    403: "access denied (403): the key in ${env} may not use model {model}",
+_FATAL = {  # our words, not the server's: a 401's message quotes part of the key
+    401: "the API key was refused (401): check the key in {env}",
+    403: "access denied (403): the key in {env} may not use model {model}",
     404: "model {model} was not found (404): check embedding.model and embedding.base_url",
 }
+_QUOTA = "the account's quota is used up (429 insufficient_quota): add credit or raise the limit"
 _RETRYABLE = {
     openai.APITimeoutError: "timeout",  # before APIConnectionError, its parent
     openai.APIConnectionError: "connection",
@@ -66,14 +67,18 @@ class OpenAIEmbedder(Embedder):
             return self.config.dimensions
         if self.model in KNOWN_DIMENSIONS:
             return KNOWN_DIMENSIONS[self.model]
-        vectors, bad = self._request(["dimension probe"], 2)  # an unknown model tells us by answering
+        try:  # an unknown model tells us by answering
+            vectors, bad = self._request(["dimension probe"], 2, dimensions=None)
+        except openai.APIError as exc:
+            fatal = fatal_error(exc, self.config.api_key_env, self.model)
+            raise fatal or ProviderError(f"model {self.model}: asking its dimensions failed ({_describe(exc)}); set embedding.dimensions") from None
         if bad:
             raise ProviderError(f"model {self.model} gave no usable vector to a probe: {bad[0]}; set embedding.dimensions")
         return vectors.shape[1]
 
     @property
     def cache_namespace(self) -> str:
-        return f"openai:{self.client.base_url.host}:{self.model}:{self.dimensions}"
+        return f"openai:{str(self.client.base_url).rstrip('/')}:{self.model}:{self.dimensions}"
 
     @property
     def batch_tokens(self) -> int:
@@ -100,28 +105,24 @@ class OpenAIEmbedder(Embedder):
         for attempt in range(self.config.max_attempts):
             tokens = sum(counts[i] for i in pending)
             try:
-                vectors, bad = self._request([texts[i] for i in pending], tokens)
-            except openai.RateLimitError as exc:
-                if exc.code == "insufficient_quota":
-                    raise ProviderError("the account's quota is used up (429 insufficient_quota): add credit or raise the limit") from None
-                self.tally("429")
-                self.limiter.refund(tokens)
-                self.limiter.observe(exc.response.headers, tokens, None)
-                self.limiter.back_off(_retry_after(exc) or _backoff(attempt))
-                last = exc
-                continue
+                vectors, bad = self._request([texts[i] for i in pending], tokens, self.dimensions)
             except tuple(_RETRYABLE) as exc:
                 last = exc
                 self._note_transient(exc, tokens)
                 time.sleep(_retry_after(exc) or _backoff(attempt))
                 continue
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
-                template = _FATAL[exc.status_code].replace("${env}", self.config.api_key_env)
-                raise ProviderError(template.format(model=self.model)) from None
-            except openai.BadRequestError:
-                raise
             except openai.APIStatusError as exc:
-                raise ProviderError(f"the server refused the request: {_describe(exc)}") from None
+                fatal = fatal_error(exc, self.config.api_key_env, self.model)
+                if fatal:
+                    raise fatal from None
+                if isinstance(exc, openai.BadRequestError):
+                    raise
+                last = exc  # what is left: 429 rate_limit_exceeded
+                self.tally("429")
+                self.limiter.refund(tokens)
+                self.limiter.observe(exc.response.headers, tokens, None)
+                self.limiter.back_off(_retry_after(exc) or _backoff(attempt))
+                continue
             good = [k for k in range(len(pending)) if k not in bad]
             out[[pending[k] for k in good]] = vectors[good]
             pending = [pending[k] for k in sorted(bad)]
@@ -138,14 +139,14 @@ class OpenAIEmbedder(Embedder):
             with self._tally_lock:
                 self.timed_out_tokens += tokens
 
-    def _request(self, texts: list[str], tokens: int) -> tuple[np.ndarray, dict[int, str]]:
+    def _request(self, texts: list[str], tokens: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
         self.limiter.acquire(tokens)
         self.tally()
         extra = {"dimensions": self.config.dimensions} if self.config.dimensions else {}
         raw = self.client.embeddings.with_raw_response.create(model=self.model, input=texts, encoding_format="base64", **extra)
         response = raw.parse()
         self.limiter.observe(raw.headers, tokens, response.usage.prompt_tokens if response.usage else None)
-        return decode_response(response.data, len(texts), self.dimensions)
+        return decode_response(response.data, len(texts), dimensions)
 
     def close(self) -> None:
         self.client.close()
@@ -182,6 +183,18 @@ def _decode_one(embedding, dimensions: int | None) -> tuple[np.ndarray | None, s
     if not vector.any():
         return None, "all zeros"
     return vector, None
+
+
+def fatal_error(exc: Exception, api_key_env: str, model: str) -> ProviderError | None:
+    """The one-line error for an answer no retry can fix; None where retrying (429 rate
+    limits, 5xx) or splitting (400) may still succeed."""
+    if not isinstance(exc, openai.APIStatusError) or isinstance(exc, (openai.InternalServerError, openai.BadRequestError)):
+        return None
+    if isinstance(exc, openai.RateLimitError):
+        return ProviderError(_QUOTA) if exc.code == "insufficient_quota" else None
+    if exc.status_code in _FATAL:
+        return ProviderError(_FATAL[exc.status_code].format(env=api_key_env, model=model))
+    return ProviderError(f"the server refused the request: {_describe(exc)}")
 
 
 def _retry_after(error: Exception) -> float | None:

@@ -23,7 +23,7 @@ from pipeline.cache import VectorCache
 from pipeline.errors import ProviderError
 from pipeline.providers.base import l2_normalise
 from pipeline.providers.batch_files import BatchFile, BatchLedger, BatchPlanner, request_lines
-from pipeline.providers.openai import OpenAIEmbedder, _backoff, decode_response
+from pipeline.providers.openai import OpenAIEmbedder, _backoff, _describe, decode_response, fatal_error
 from pipeline.tokens import cl100k_base
 
 log = logging.getLogger("embedpipe")
@@ -57,7 +57,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         in_flight = self._reattach(ledger)
         seen = {text for entry in in_flight.values() for texts in ledger.read_input(entry["local_id"]).values() for text in texts}
         attempts: dict[str, int] = {}
-        planner = BatchPlanner(self.config.batch_max_inputs_per_file, self.batch_inputs)
+        planner = self._planner(self.batch_inputs)
         for text, tokens in misses:
             if text in seen:
                 continue
@@ -76,6 +76,9 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
                 self._wait_for_one(ledger, in_flight, cache)
         return dict(self.counts)
 
+    def _planner(self, request_inputs: int) -> BatchPlanner:
+        return BatchPlanner(self.config.batch_max_inputs_per_file, request_inputs, self.config.batch_max_enqueued_tokens)
+
     def _reattach(self, ledger: BatchLedger) -> dict[str, dict]:
         """Batches an earlier run submitted and never collected; one it prepared but may not
         have created is looked up by its input file, and created only if absent."""
@@ -83,8 +86,9 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         for local_id, entry in ledger.open_entries().items():
             if "batch_id" not in entry:
                 batch = self._find_batch(entry.get("input_file_id"))
-                if batch is None:
-                    continue  # never created: its texts are still misses and are planned anew
+                if batch is None:  # never created: its texts are still misses and are planned anew
+                    ledger.record(local_id, "collected", status="never created")
+                    continue
                 ledger.record(local_id, "submitted", batch_id=batch.id)
                 entry["batch_id"] = batch.id
             in_flight[local_id] = entry
@@ -95,7 +99,8 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
     def _find_batch(self, input_file_id: str | None):
         if not input_file_id:
             return None
-        return next((b for b in self.client.batches.list(limit=100) if b.input_file_id == input_file_id), None)
+        recent = self._call(lambda: self.client.batches.list(limit=100).data)  # one page: the newest
+        return next((b for b in recent if b.input_file_id == input_file_id), None)
 
     def _submit(self, file: BatchFile, ledger: BatchLedger, in_flight: dict, cache: VectorCache) -> None:
         while in_flight and sum(e["tokens"] for e in in_flight.values()) + file.tokens > self.config.batch_max_enqueued_tokens:
@@ -118,7 +123,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         """Texts a batch did not deliver go into a new batch, up to `batch_max_attempts` each;
         past that they are left to the sync pass (fallback) or reported."""
         texts, self._retry = self._retry, []
-        planner = BatchPlanner(self.config.batch_max_inputs_per_file, request_inputs=1)  # a text that fails alone fails alone
+        planner = self._planner(request_inputs=1)  # a text that fails alone fails alone
         encoding = cl100k_base()
         for text in texts:
             attempts[text] = attempts.get(text, 1) + 1
@@ -152,7 +157,8 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
 
     def _collect(self, local_id: str, batch, ledger: BatchLedger, cache: VectorCache) -> None:
         """Join the output and error files on custom_id, store every good vector, queue the rest."""
-        if batch.status == "failed":
+        if batch.status == "failed":  # recorded, so the next run plans its texts anew
+            ledger.record(local_id, "collected", status=batch.status)
             reasons = "; ".join(e.message for e in (batch.errors.data if batch.errors and batch.errors.data else []))
             raise ProviderError(f"batch {batch.id} failed validation: {reasons or 'no reason given'}")
         requests = ledger.read_input(local_id)
@@ -182,15 +188,16 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         for attempt in range(self.config.max_attempts):
             try:
                 return request()
-            except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as exc:
-                if isinstance(exc, openai.RateLimitError) and exc.code == "insufficient_quota":
-                    raise ProviderError("the account's quota is used up (429 insufficient_quota): add credit or raise the limit") from None
-                self.tally("batch api " + type(exc).__name__)
-                time.sleep(_backoff(attempt))
-            except openai.AuthenticationError:
-                raise ProviderError(f"the API key was refused (401): check the key in {self.config.api_key_env}") from None
+            except (openai.APIConnectionError, openai.InternalServerError) as exc:
+                self.tally(f"batch api {type(exc).__name__}")
+            except openai.NotFoundError as exc:
+                raise ProviderError(f"the Batch API has no such object: {_describe(exc)}") from None
             except openai.APIStatusError as exc:
-                raise ProviderError(f"the Batch API refused a call: HTTP {exc.status_code} {exc.message}") from None
+                fatal = fatal_error(exc, self.config.api_key_env, self.model)
+                if fatal or isinstance(exc, openai.BadRequestError):
+                    raise fatal or ProviderError(f"the Batch API refused a call: {_describe(exc)}") from None
+                self.tally("batch api 429")
+            time.sleep(_backoff(attempt))
         raise ProviderError(f"the Batch API did not answer after {self.config.max_attempts} attempts")
 
 
@@ -206,7 +213,7 @@ def batch_command(embedder: OpenAIBatchEmbedder, action: str, batch_id: str | No
     """`list`, `status ID` or `cancel ID` against the Batch API; lines to print."""
     client = embedder.client
     if action == "list":
-        return [describe_batch(b) for b in embedder._call(lambda: client.batches.list(limit=100))]
+        return [describe_batch(b) for b in embedder._call(lambda: client.batches.list(limit=100).data)]
     if action == "status":
         batch = embedder._call(lambda: client.batches.retrieve(batch_id))
         errors = [f"  error: {e.message}" for e in (batch.errors.data if batch.errors and batch.errors.data else [])]

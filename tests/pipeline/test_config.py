@@ -29,7 +29,9 @@ def test_defaults_fill_the_contract_keys(tmp_path):
         (GOOD, ["chunking.max_tokens=lots"], "chunking.max_tokens"),
         (GOOD, ["embedding.provider=cohere"], "embedding.provider"),
         (GOOD, ["nonsense"], "expected section.key=value"),
-        ("source: [1, 2\n", [], "not valid YAML"),
+        ("source: [1, 2\n", [], "not valid UTF-8 YAML"),
+        (GOOD, ["output.path=[x"], "the value is not valid YAML"),
+        (GOOD + "output:\n  path: out\n  chunks_path: out/chunks\n", [], "chunks_path must lie outside path"),
         (GOOD + "source:\n  path: x\n  text_column: a\n  text_template: '{b}'\n", [], "not both"),
     ],
 )
@@ -46,6 +48,11 @@ def test_set_overrides_any_key_with_a_yaml_value(tmp_path):
     config = load_config(write(tmp_path, GOOD), ["embedding.dimensions=256", "output.path=elsewhere"])
     assert config.embedding.dimensions == 256
     assert config.output.path == "elsewhere"
+
+
+def test_set_fills_a_section_left_empty(tmp_path):
+    config = load_config(write(tmp_path, GOOD + "cache:\n"), ["cache.path=/tmp/c"])
+    assert config.cache.path == "/tmp/c"
 
 
 def test_missing_file_is_named(tmp_path):

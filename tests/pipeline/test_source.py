@@ -50,6 +50,8 @@ BAD_INPUTS = {
     "non-text column": (lambda p: write_parquet(p / "t.parquet", {"id": [1], "text": [3.5]}), {}, "holds double, not text"),
     "duplicate id": (lambda p: write_parquet(p / "t.parquet", {"id": [1, 2, 1], "text": ["a", "b", "c"]}), {}, "repeats id 1 at row 3"),
     "null id": (lambda p: write_parquet(p / "t.parquet", {"id": [1, None], "text": ["a", "b"]}), {}, "is null at row 2"),
+    "bad template spec": (lambda p: write_parquet(p / "t.parquet", {"id": [1], "title": ["x"]}), {"text_template": "{title:d}"}, "text_template cannot be filled"),
+    "list id column": (lambda p: write_parquet(p / "t.parquet", {"id": [[1]], "text": ["x"]}), {}, "id column 'id' holds list<"),
     "truncated parquet": (_truncated, {}, "cannot read as parquet"),
     "not parquet at all": (lambda p: _csv(p, b"hello").rename(p / "t.parquet"), {}, "cannot read as parquet"),
     "csv with bad utf-8": (lambda p: _csv(p, b"id,text\n1,\xff\xfe bad\n"), {}, "cannot read as csv"),

@@ -149,3 +149,12 @@ def test_a_small_enqueued_token_budget_feeds_batches_in_waves(tmp_path, server):
     starts = sorted(b["started"] for b in server.batch_api.batches.values())
     assert len(starts) == 3
     assert all(later - earlier >= server.batch_api.duration for earlier, later in zip(starts, starts[1:])), "a wave waits for the last"
+
+
+def test_planner_never_puts_more_than_the_enqueued_budget_in_one_file():
+    planner, files = BatchPlanner(max_tokens=1_000), []
+    for i in range(30):
+        full = planner.add(f"t{i}", 100)
+        files += [full] if full else []
+    files.append(planner.flush())
+    assert [f.tokens for f in files] == [1_000, 1_000, 1_000]
