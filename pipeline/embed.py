@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from pipeline.cache import VectorCache
 from pipeline.chunking import Chunk, chunk_texts
+from pipeline.hashset import HashSet
 from pipeline.providers.base import Embedder, l2_normalise
 from pipeline.text import normalise_paragraphs
 
@@ -61,7 +61,7 @@ class TextEmbedder:
     max_tokens: int
     overlap_tokens: int
     stats: RunStats = field(default_factory=RunStats)
-    _seen: set = field(default_factory=set, repr=False)
+    _seen: HashSet = field(default_factory=HashSet, repr=False)  # distinct texts so far
 
     def prepare(self, raw_texts: list[str | None]) -> PreparedRows:
         """The CPU half, safe to run ahead in another thread: normalise, dedupe, chunk."""
@@ -100,9 +100,7 @@ class TextEmbedder:
         self.stats.rows += len(raw_texts)
         self.stats.null_texts += sum(1 for key in keys if not key)
         for key, chunks in chunked.items():
-            digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
-            if digest not in self._seen:
-                self._seen.add(digest)
+            if self._seen.add(key):
                 self.stats.distinct_texts += 1
                 self.stats.chunks += len(chunks)
                 self.stats.tokens += sum(c.tokens for c in chunks)

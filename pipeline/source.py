@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import SourceConfig, first_line
 from pipeline.errors import SourceError
+from pipeline.hashset import HashSet
 from pipeline.text import render_template, template_fields
 
 FORMATS = {".parquet": "parquet", ".csv": "csv"}
@@ -89,7 +90,7 @@ def validate_source(config: SourceConfig, output_column: str | None = None) -> S
         needed = text_columns(config)
     except ValueError as exc:
         raise SourceError(f"source.text_template: {exc}") from None
-    seen_ids: set = set()
+    seen_ids = HashSet()  # eight bytes an id
     rows = []
     for file in files:
         schema = _schema(file)
@@ -132,7 +133,7 @@ def _try_template(file: Path, batch: pa.RecordBatch, config: SourceConfig) -> No
         raise SourceError(f"{file}: source.text_template cannot be filled: {type(exc).__name__}: {exc}") from None
 
 
-def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen: set) -> int:
+def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen: HashSet) -> int:
     """Read the id and text columns through (so a bad byte surfaces now, not mid-run), adding
     ids to `seen`; raise on a null or repeated id. Returns the row count."""
     rows = 0
@@ -143,9 +144,8 @@ def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen:
         for offset, value in enumerate(batch.column(id_column).to_pylist()):
             if value is None:
                 raise SourceError(f"{file}: column {id_column!r} is null at row {rows + offset + 1}; every row needs an id")
-            if value in seen:
+            if not seen.add(value):
                 raise SourceError(f"{file}: column {id_column!r} repeats id {value!r} at row {rows + offset + 1}; ids must be unique")
-            seen.add(value)
         rows += batch.num_rows
     return rows
 
