@@ -10,7 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Config, EmbeddingConfig
 from pipeline.errors import ProviderError
-from pipeline.run import Run, close_run, embed_file, embed_through_batch_api, finish_run, prepare_run
+from pipeline.run import Run, close_run, embed_partition, embed_through_batch_api, finish_run, prepare_run
 
 # Task results hold live clients and open files: keep them in memory, never cache or persist.
 _IN_MEMORY = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -36,10 +36,10 @@ def check_and_prepare(config: Config) -> Run:
 
 # No task-level retries: the provider retries each request itself, counting every attempt,
 # and a fatal answer (bad key, no quota) must stop the run, not repeat it.
-@task(**_IN_MEMORY, task_run_name="embed-file-{index}")
-def embed_one_file(run: Run, index: int) -> int:
-    """Embed one input file into its output part."""
-    return embed_file(run, index)
+@task(**_IN_MEMORY, task_run_name="embed-partition-{index}")
+def embed_one_partition(run: Run, index: int) -> int:
+    """Embed one partition (a file, or row groups of a large one) into its output part."""
+    return embed_partition(run, index)
 
 
 @task(**_IN_MEMORY)
@@ -50,20 +50,23 @@ def run_batch_api(run: Run) -> None:
 
 
 @task(**_IN_MEMORY)
-def publish(run: Run, rows_written: int) -> dict:
+def publish(run: Run, parts: dict[int, int]) -> dict:
     """Check the row count, move the parts into place, write the manifest."""
-    return finish_run(run, rows_written)
+    return finish_run(run, parts)
 
 
-@flow(name="embed-dataset", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@flow(name="embed-dataset", log_prints=True)
 def embed_dataset(config: Config) -> dict:
-    """Embed every row of `config.source` into `config.output`; returns the manifest."""
+    """Embed every row of `config.source` into `config.output`; returns the manifest.
+    Partitions run as concurrent tasks, `source.parallel_partitions` at once."""
     run = check_and_prepare(config)
     try:
         if run.texts.embedder.uses_batch_api:
             run_batch_api(run)
-        written = sum(embed_one_file(run, index) for index in range(len(run.plan.files)))
-        return publish(run, written)
+        with ThreadPoolTaskRunner(max_workers=config.source.parallel_partitions) as runner:
+            futures = [runner.submit(embed_one_partition, parameters={"run": run, "index": i}) for i in range(len(run.partitions))]
+            parts = {i: future.result() for i, future in enumerate(futures)}
+        return publish(run, parts)
     except BaseException:
-        close_run(run, failed=True)
+        close_run(run)
         raise

@@ -20,6 +20,8 @@ class SourceConfig(_Section):
     id_column: str = "id"
     text_column: str | None = None
     text_template: str | None = None
+    partition_rows: int = 1_000_000  # a larger Parquet file is split at row groups
+    parallel_partitions: int = 2  # partitions processed at once
 
     @model_validator(mode="after")
     def _one_text_spec(self) -> "SourceConfig":

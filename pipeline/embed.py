@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -62,6 +63,13 @@ class TextEmbedder:
     overlap_tokens: int
     stats: RunStats = field(default_factory=RunStats)
     _seen: HashSet = field(default_factory=HashSet, repr=False)  # distinct texts so far
+    _in_flight: dict = field(default_factory=dict, repr=False)  # text -> Event, while being embedded
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # partitions run in threads
+
+    def skip(self, rows: int) -> None:
+        """Count rows of a partition an earlier attempt finished."""
+        with self._lock:
+            self.stats.rows += rows
 
     def prepare(self, raw_texts: list[str | None]) -> PreparedRows:
         """The CPU half, safe to run ahead in another thread: normalise, dedupe, chunk."""
@@ -85,25 +93,50 @@ class TextEmbedder:
     def _chunk_vectors(self, token_counts: dict[str, int]) -> dict[str, np.ndarray]:
         texts = list(token_counts)
         vectors = self.cache.get_many(texts)
-        self.stats.cache_hits += len(vectors)
-        misses = [text for text in texts if text not in vectors]
-        counts = [token_counts[t] for t in misses]
-        for batch, fresh in self.embedder.embed_iter(misses, counts):
-            stored = dict(zip(misses[batch], fresh))
-            self.cache.put_many(stored)  # at once: a run stopped later resumes from here
-            vectors.update(stored)
-            self.stats.embedded_chunks += len(stored)
-            self.stats.embedded_tokens += sum(counts[batch])
-        return vectors
+        mine, theirs, done = self._claim([t for t in texts if t not in vectors])
+        with self._lock:
+            self.stats.cache_hits += len(vectors)
+        try:
+            counts = [token_counts[t] for t in mine]
+            store = lambda texts, fresh: self.cache.put_many(dict(zip(texts, fresh)))  # a stopped run resumes from here
+            for batch, fresh in self.embedder.embed_iter(mine, counts, store):
+                vectors.update(zip(mine[batch], fresh))
+                with self._lock:
+                    self.stats.embedded_chunks += len(fresh)
+                    self.stats.embedded_tokens += sum(counts[batch])
+        finally:
+            self._release(mine, done)
+        for event in {id(e): e for e in theirs.values()}.values():
+            event.wait()  # another partition is embedding these right now
+        vectors.update(self.cache.get_many(list(theirs)))
+        missing = [t for t in theirs if t not in vectors]  # its request failed: ours to do
+        return vectors if not missing else {**vectors, **self._chunk_vectors({t: token_counts[t] for t in missing})}
+
+    def _claim(self, misses: list[str]) -> tuple[list[str], dict[str, threading.Event], threading.Event]:
+        """Split misses into those this call embeds and those another partition is already
+        embedding, so a text shared by concurrent partitions is still paid for once."""
+        done = threading.Event()
+        with self._lock:
+            theirs = {t: self._in_flight[t] for t in misses if t in self._in_flight}
+            mine = [t for t in misses if t not in theirs]
+            self._in_flight.update(dict.fromkeys(mine, done))
+        return mine, theirs, done
+
+    def _release(self, mine: list[str], done: threading.Event) -> None:
+        with self._lock:
+            for text in mine:
+                self._in_flight.pop(text, None)
+        done.set()
 
     def _count(self, raw_texts: list, keys: list[str], chunked: dict[str, list[Chunk]]) -> None:
-        self.stats.rows += len(raw_texts)
-        self.stats.null_texts += sum(1 for key in keys if not key)
-        for key, chunks in chunked.items():
-            if self._seen.add(key):
-                self.stats.distinct_texts += 1
-                self.stats.chunks += len(chunks)
-                self.stats.tokens += sum(c.tokens for c in chunks)
+        with self._lock:
+            self.stats.rows += len(raw_texts)
+            self.stats.null_texts += sum(1 for key in keys if not key)
+            for key, chunks in chunked.items():
+                if self._seen.add(key):
+                    self.stats.distinct_texts += 1
+                    self.stats.chunks += len(chunks)
+                    self.stats.tokens += sum(c.tokens for c in chunks)
 
 
 def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int) -> PreparedRows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from pipeline.embed import EmbeddedText, TextEmbedder
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
 from pipeline.sink import ParquetSink, vector_array
+from pipeline.partitions import Partition, input_fingerprint, plan_partitions, run_key
 from pipeline.source import SourcePlan, read_batches, row_texts, validate_source
 
 log = logging.getLogger("embedpipe")
@@ -30,6 +32,7 @@ class Run:
 
     config: Config
     plan: SourcePlan
+    partitions: list[Partition]
     texts: TextEmbedder
     rows: ParquetSink
     chunks: ParquetSink | None
@@ -53,11 +56,12 @@ def prepare_run(config: Config, api_key: str | None = None) -> Run:
         cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
         undo.callback(cache.close)
         metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
-        rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)})
-        undo.callback(rows.abort)
-        chunks = ParquetSink(config.output.chunks_path, {"embedpipe": json.dumps(metadata)}) if config.output.chunks_path else None
+        key = run_key({"config": config.model_dump(mode="json"), "version": __version__}, plan.files)
+        rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, key)
+        chunks = ParquetSink(config.output.chunks_path, {"embedpipe": json.dumps(metadata)}, key) if config.output.chunks_path else None
         undo.pop_all()  # the run owns them now
-    return Run(config, plan, TextEmbedder(embedder, cache, max_tokens, overlap), rows, chunks, started, metadata)
+    partitions = plan_partitions(plan, config.source.partition_rows)
+    return Run(config, plan, partitions, TextEmbedder(embedder, cache, max_tokens, overlap), rows, chunks, started, metadata)
 
 
 def _chunk_limits(config: Config, embedder) -> tuple[int, int]:
@@ -96,25 +100,30 @@ def embed_through_batch_api(run: Run) -> None:
     run.texts.stats.batch_api = run.texts.embedder.run_batches(misses(), run.texts.cache)
 
 
-def embed_file(run: Run, index: int) -> int:
-    """Embed input file number `index` into output part `index`; returns its row count.
+def embed_partition(run: Run, index: int) -> int:
+    """Embed partition `index` into output part `index`; returns its row count. A part that
+    an earlier, interrupted attempt of this same run finished is kept, not redone.
 
     Reading and chunking the next record batches runs in a thread while this one waits on
     the network."""
-    source = run.config.source
-    prepared = ((batch, run.texts.prepare(row_texts(batch, source))) for batch in read_batches(run.plan.files[index]))
-    written = 0
-    for batch, rows in prefetch(prepared, depth=2):
-        results = run.texts.complete(rows)
+    done = run.rows.finished_rows(index)
+    if done is not None and (run.chunks is None or run.chunks.finished_rows(index) is not None):
+        run.texts.skip(done)
+        log.info("partition %d: finished by an earlier attempt, %d rows kept", index, done)
+        return done
+    source, partition = run.config.source, run.partitions[index]
+    rows, chunks = run.rows.open_part(index), run.chunks.open_part(index) if run.chunks else None
+    prepared = ((batch, run.texts.prepare(row_texts(batch, source))) for batch in partition.read())
+    for batch, prepared_rows in prefetch(prepared, depth=2):
+        results = run.texts.complete(prepared_rows)
         vectors = vector_array([r.vector if r else None for r in results], run.dimensions)
-        run.rows.write(index, batch.append_column(pa.field(run.config.output.vector_column, vectors.type), vectors))
-        if run.chunks is not None:
-            run.chunks.write(index, chunk_table(batch.column(source.id_column), results, run.dimensions))
-        written += batch.num_rows
-    run.rows.close_part()
-    if run.chunks is not None:
-        run.chunks.close_part()
-    log.info("%s: %d rows embedded", run.plan.files[index], written)
+        rows.write(batch.append_column(pa.field(run.config.output.vector_column, vectors.type), vectors))
+        if chunks is not None:
+            chunks.write(chunk_table(batch.column(source.id_column), results, run.dimensions))
+    if chunks is not None:
+        chunks.finish()  # before the rows part: a finished rows part means both are done
+    written = rows.finish()
+    log.info("partition %d (%s): %d rows embedded", index, partition.file, written)
     return written
 
 
@@ -136,45 +145,45 @@ def chunk_table(ids: pa.Array, results: list[EmbeddedText | None], dimensions: i
     })
 
 
-def finish_run(run: Run, rows_written: int) -> dict:
-    """Check every row is accounted for, publish the output, and return the manifest."""
+def finish_run(run: Run, parts: dict[int, int]) -> dict:
+    """Check every row is accounted for, publish the output, and return the manifest.
+    `parts` maps each partition to the rows it wrote."""
     stats = run.texts.stats
-    if rows_written != run.plan.total_rows or stats.rows != run.plan.total_rows:
-        raise EmbedpipeError(f"row count mismatch: read {run.plan.total_rows}, wrote {rows_written}; nothing published")
+    written = sum(parts.values())
+    if written != run.plan.total_rows or stats.rows != run.plan.total_rows:
+        raise EmbedpipeError(f"row count mismatch: read {run.plan.total_rows}, wrote {written}; nothing published")
     stats.seconds = round(time.monotonic() - run.started, 2)
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
     manifest = {
         **run.metadata,
-        "sources": [{"path": str(f), "rows": n} for f, n in zip(run.plan.files, run.plan.rows)],
+        "sources": input_fingerprint(run.plan.files),
         "rows": run.plan.total_rows,
         "stats": stats.as_dict(),
     }
     if run.chunks is not None:
-        run.chunks.publish(manifest)
-    manifest = run.rows.publish(manifest)
+        run.chunks.publish(manifest, parts)
+    manifest = run.rows.publish(manifest, parts)
     close_run(run)
     return manifest
 
 
-def close_run(run: Run, failed: bool = False) -> None:
-    """Release the cache and provider; on failure, drop what was staged."""
-    if failed:
-        run.rows.abort()
-        if run.chunks is not None:
-            run.chunks.abort()
+def close_run(run: Run) -> None:
+    """Release the cache and provider. Staged parts stay: a run started again resumes from them."""
     run.texts.cache.close()
     run.texts.embedder.close()
 
 
 def run_pipeline(config: Config, api_key: str | None = None) -> dict:
-    """prepare, embed every file, finish: the whole run without Prefect."""
+    """prepare, embed every partition (`source.parallel_partitions` at once), finish: the
+    whole run without Prefect."""
     run = prepare_run(config, api_key)
     try:
         if run.texts.embedder.uses_batch_api:
             embed_through_batch_api(run)
-        written = sum(embed_file(run, index) for index in range(len(run.plan.files)))
-        return finish_run(run, written)
+        with ThreadPoolExecutor(max_workers=config.source.parallel_partitions, thread_name_prefix="partition") as pool:
+            rows = list(pool.map(lambda index: embed_partition(run, index), range(len(run.partitions))))
+        return finish_run(run, dict(enumerate(rows)))
     except BaseException:
-        close_run(run, failed=True)
+        close_run(run)
         raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,59 +26,72 @@ def vector_array(vectors: list[np.ndarray | None], dimensions: int) -> pa.FixedS
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), dimensions, mask=mask)
 
 
+class PartWriter:
+    """One output part, written to a temporary name and renamed when whole."""
+
+    def __init__(self, path: Path, metadata: dict[str, str]):
+        self.path, self.metadata, self.rows = path, metadata, 0
+        self._tmp = path.with_name(path.name + ".tmp")
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        if self._writer is None:
+            schema = table.schema.with_metadata({**(table.schema.metadata or {}), **self.metadata})
+            self._writer = pq.ParquetWriter(self._tmp, schema)
+        self._writer.write(table if isinstance(table, pa.Table) else pa.Table.from_batches([table]))
+        self.rows += table.num_rows
+
+    def finish(self) -> int:
+        """Make the part whole (an input with no rows writes none); returns its row count."""
+        if self._writer is not None:
+            self._writer.close()
+            os.replace(self._tmp, self.path)
+        return self.rows
+
+
 class ParquetSink:
     """A directory of `part-NNNNN.parquet` files, staged privately and published together.
 
-    Parts are written under a hidden staging directory; `publish` renames each into place
-    (atomic per file), removes parts a previous run left, and writes the manifest last.
+    Parts are written under a hidden staging directory named by `run_key` (a hash of the
+    config and the input), so a run started again after a crash finds the parts it finished.
+    `publish` renames each into place (atomic per file), removes parts a previous run left,
+    and writes the manifest last.
     """
 
-    def __init__(self, path: str | Path, metadata: dict[str, str]):
+    def __init__(self, path: str | Path, metadata: dict[str, str], run_key: str):
         self.path = Path(path)
         self.metadata = {key: str(value) for key, value in metadata.items()}
-        self.staging = self.path / f".staging-{uuid.uuid4().hex[:12]}"
+        self.staging = self.path / f".staging-{run_key}"
         try:
-            self.staging.mkdir(parents=True)
+            self.staging.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise EmbedpipeError(f"output path {self.path}: cannot create it ({exc.strerror})") from None
-        self.parts: dict[str, int] = {}
-        self._writer: pq.ParquetWriter | None = None
-        self._name = ""
 
-    def write(self, part: int, table: pa.Table | pa.RecordBatch) -> None:
-        """Append rows to part number `part`; parts are written one after another."""
-        name = f"part-{part:05d}.parquet"
-        if name != self._name:
-            self.close_part()
-            schema = table.schema.with_metadata({**(table.schema.metadata or {}), **self.metadata})
-            self._writer = pq.ParquetWriter(self.staging / name, schema)
-            self._name, self.parts[name] = name, 0
-        self._writer.write(table if isinstance(table, pa.Table) else pa.Table.from_batches([table]))
-        self.parts[name] += table.num_rows
+    @staticmethod
+    def part_name(index: int) -> str:
+        return f"part-{index:05d}.parquet"
 
-    def close_part(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def finished_rows(self, index: int) -> int | None:
+        """Rows of part `index` if an earlier attempt of this run finished it, else None."""
+        path = self.staging / self.part_name(index)
+        return pq.ParquetFile(path).metadata.num_rows if path.exists() else None
 
-    def publish(self, manifest: dict) -> dict:
-        """Move the staged parts into place, drop stale parts, then write the manifest."""
-        self.close_part()
+    def open_part(self, index: int) -> PartWriter:
+        return PartWriter(self.staging / self.part_name(index), self.metadata)
+
+    def publish(self, manifest: dict, parts: dict[int, int]) -> dict:
+        """Move the staged parts (index -> rows) into place, drop stale parts, write the manifest."""
+        names = {self.part_name(i): rows for i, rows in sorted(parts.items()) if rows}
         (self.path / MANIFEST).unlink(missing_ok=True)  # no manifest vouches for a half-swapped set
-        for name in self.parts:
+        for name in names:
             os.replace(self.staging / name, self.path / name)
         for stale in self.path.glob("part-*.parquet"):
-            if stale.name not in self.parts:
+            if stale.name not in names:
                 stale.unlink()
-        manifest = {**manifest, "files": [{"name": n, "rows": r} for n, r in self.parts.items()]}
+        manifest = {**manifest, "files": [{"name": n, "rows": r} for n, r in names.items()]}
         tmp = self.staging / MANIFEST
         tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
         os.replace(tmp, self.path / MANIFEST)
-        for staging in self.path.glob(".staging-*"):  # this run's, and any a killed run left
+        for staging in self.path.glob(".staging-*"):  # this run's, and any an abandoned run left
             shutil.rmtree(staging, ignore_errors=True)
         return manifest
-
-    def abort(self) -> None:
-        """Forget everything staged: the published output stays as the last good run left it."""
-        self.close_part()
-        shutil.rmtree(self.staging, ignore_errors=True)

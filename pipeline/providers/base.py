@@ -6,7 +6,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import ClassVar, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
@@ -65,16 +65,24 @@ class Embedder(ABC):
             out[batch] = vectors
         return out
 
-    def embed_iter(self, texts: list[str], token_counts: list[int]) -> Iterator[tuple[slice, np.ndarray]]:
+    def embed_iter(self, texts: list[str], token_counts: list[int], store: Callable[[list[str], np.ndarray], None] | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """Send up to `max_concurrency` requests at once; yield (slice of texts, vectors) as each
-        completes. On the first failure, requests not yet sent are cancelled, those already
-        answered are still yielded (they were paid for), and then the failure is raised."""
+        completes. `store(texts, vectors)` runs in the worker the moment an answer is checked,
+        so a run killed later pays again for at most the requests then in flight. On the
+        first failure, requests not yet sent are cancelled, those already answered are still
+        yielded, and then the failure is raised."""
+        def work(batch: slice) -> np.ndarray:
+            vectors = self._checked(texts[batch])
+            if store is not None:
+                store(texts[batch], vectors)
+            return vectors
+
         batches = list(pack_batches(token_counts, self.batch_inputs, self.batch_tokens))
         if self.max_concurrency <= 1 or len(batches) <= 1:
-            yield from ((batch, self._checked(texts[batch])) for batch in batches)
+            yield from ((batch, work(batch)) for batch in batches)
             return
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="embed")
-        futures = {pool.submit(self._checked, texts[batch]): batch for batch in batches}
+        futures = {pool.submit(work, batch): batch for batch in batches}
         failure = None
         try:
             for future in as_completed(futures):

@@ -75,6 +75,13 @@ class Budget:
         return {f"x-ratelimit-limit-{name}": str(int(self.limit)), f"x-ratelimit-remaining-{name}": str(int(self.level)), f"x-ratelimit-reset-{name}": f"{reset:.3f}s"}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client killed mid-request (as tests do) is not the server's error
+
+
 class FakeOpenAI:
     """Start with `with FakeOpenAI() as server:`; point clients at `server.base_url`.
 
@@ -99,7 +106,7 @@ class FakeOpenAI:
         self.quota_requests: int | None = None  # answered requests before the quota runs out
         self._lock = threading.Lock()
         self.batch_api = FakeBatchAPI(self.embed_body)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
 
     @property
     def base_url(self) -> str:
