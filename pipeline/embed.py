@@ -19,6 +19,7 @@ class RunStats:
     """What a run did, for the summary and the manifest."""
 
     rows: int = 0
+    unchanged_rows: int = 0  # kept from the last run: their input files did not change
     null_texts: int = 0  # null, empty or whitespace-only: null vector, nothing sent
     distinct_texts: int = 0
     chunks: int = 0  # chunks of the distinct texts
@@ -66,10 +67,12 @@ class TextEmbedder:
     _in_flight: dict = field(default_factory=dict, repr=False)  # text -> Event, while being embedded
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # partitions run in threads
 
-    def skip(self, rows: int) -> None:
-        """Count rows of a partition an earlier attempt finished."""
+    def skip(self, rows: int, unchanged: bool = False) -> None:
+        """Count rows kept without embedding: a part an earlier attempt finished, or (with
+        `unchanged`) one kept from the last run because its input did not change."""
         with self._lock:
             self.stats.rows += rows
+            self.stats.unchanged_rows += rows if unchanged else 0
 
     def prepare(self, raw_texts: list[str | None]) -> PreparedRows:
         """The CPU half, safe to run ahead in another thread: normalise, dedupe, chunk."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -20,7 +21,8 @@ from pipeline.embed import EmbeddedText, TextEmbedder
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
 from pipeline.sink import ParquetSink, vector_array
-from pipeline.partitions import Partition, input_fingerprint, plan_partitions, run_key
+from pipeline.incremental import PreviousOutput, part_source
+from pipeline.partitions import Partition, plan_partitions, run_key
 from pipeline.source import SourcePlan, read_batches, row_texts, validate_source
 
 log = logging.getLogger("embedpipe")
@@ -38,6 +40,7 @@ class Run:
     chunks: ParquetSink | None
     started: float
     metadata: dict  # how the vectors are made, as the Parquet metadata records it
+    previous: PreviousOutput | None  # the last run's output, for incremental runs
 
     @property
     def dimensions(self) -> int:
@@ -47,7 +50,10 @@ class Run:
 def prepare_run(config: Config, api_key: str | None = None) -> Run:
     """Check the input, then open the provider, the cache and the output. Spends nothing."""
     started = time.monotonic()
-    plan = validate_source(config.source, output_column=config.output.vector_column)
+    key = settings_key(config)
+    previous = PreviousOutput(config.output.path, key) if not config.output.chunks_path else None
+    unchanged = previous.unchanged if previous else (lambda file: False)
+    plan = validate_source(config.source, output_column=config.output.vector_column, unchanged=unchanged)
     log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
     with ExitStack() as undo:  # whatever opened is closed again if a later step fails
         embedder = get_embedder(config.embedding, api_key)
@@ -56,12 +62,24 @@ def prepare_run(config: Config, api_key: str | None = None) -> Run:
         cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
         undo.callback(cache.close)
         metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
-        key = run_key({"config": config.model_dump(mode="json"), "version": __version__}, plan.files)
-        rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, key)
-        chunks = ParquetSink(config.output.chunks_path, {"embedpipe": json.dumps(metadata)}, key) if config.output.chunks_path else None
+        staging = run_key({"config": config.model_dump(mode="json"), "version": __version__}, plan.files)
+        rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, staging)
+        chunks = ParquetSink(config.output.chunks_path, {"embedpipe": json.dumps(metadata)}, staging) if config.output.chunks_path else None
         undo.pop_all()  # the run owns them now
     partitions = plan_partitions(plan, config.source.partition_rows)
-    return Run(config, plan, partitions, TextEmbedder(embedder, cache, max_tokens, overlap), rows, chunks, started, metadata)
+    return Run(config, plan, partitions, TextEmbedder(embedder, cache, max_tokens, overlap), rows, chunks, started, {**metadata, "settings_key": key}, previous)
+
+
+def settings_key(config: Config) -> str:
+    """A hash of every setting that shapes the output: equal keys mean reusable parts."""
+    shaping = {
+        "embedding": config.embedding.model_dump(include={"provider", "model", "dimensions", "base_url"}),
+        "chunking": config.chunking.model_dump(),
+        "source": config.source.model_dump(include={"id_column", "text_column", "text_template"}),
+        "vector_column": config.output.vector_column,
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _chunk_limits(config: Config, embedder) -> tuple[int, int]:
@@ -106,12 +124,18 @@ def embed_partition(run: Run, index: int) -> int:
 
     Reading and chunking the next record batches runs in a thread while this one waits on
     the network."""
+    source, partition = run.config.source, run.partitions[index]
     done = run.rows.finished_rows(index)
     if done is not None and (run.chunks is None or run.chunks.finished_rows(index) is not None):
         run.texts.skip(done)
         log.info("partition %d: finished by an earlier attempt, %d rows kept", index, done)
         return done
-    source, partition = run.config.source, run.partitions[index]
+    previous = run.previous.part_for(partition) if run.previous else None
+    if previous is not None:
+        kept = run.rows.adopt(index, previous)
+        run.texts.skip(kept, unchanged=True)
+        log.info("partition %d (%s): unchanged since the last run, %d rows kept", index, partition.file, kept)
+        return kept
     rows, chunks = run.rows.open_part(index), run.chunks.open_part(index) if run.chunks else None
     prepared = ((batch, run.texts.prepare(row_texts(batch, source))) for batch in partition.read())
     for batch, prepared_rows in prefetch(prepared, depth=2):
@@ -155,15 +179,11 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     stats.seconds = round(time.monotonic() - run.started, 2)
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
-    manifest = {
-        **run.metadata,
-        "sources": input_fingerprint(run.plan.files),
-        "rows": run.plan.total_rows,
-        "stats": stats.as_dict(),
-    }
+    manifest = {**run.metadata, "rows": run.plan.total_rows, "stats": stats.as_dict()}
+    sources = {p.index: part_source(p) for p in run.partitions}
     if run.chunks is not None:
-        run.chunks.publish(manifest, parts)
-    manifest = run.rows.publish(manifest, parts)
+        run.chunks.publish(manifest, parts, sources)
+    manifest = run.rows.publish(manifest, parts, sources)
     close_run(run)
     return manifest
 

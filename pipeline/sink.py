@@ -79,16 +79,29 @@ class ParquetSink:
     def open_part(self, index: int) -> PartWriter:
         return PartWriter(self.staging / self.part_name(index), self.metadata)
 
-    def publish(self, manifest: dict, parts: dict[int, int]) -> dict:
-        """Move the staged parts (index -> rows) into place, drop stale parts, write the manifest."""
+    def adopt(self, index: int, previous: Path) -> int:
+        """Stage an unchanged part from the previous run as part `index`, by hard link where the
+        file system allows (nothing rewritten), else by copy. Returns its row count."""
+        target = self.staging / self.part_name(index)
+        target.unlink(missing_ok=True)
+        try:
+            os.link(previous, target)
+        except OSError:
+            shutil.copyfile(previous, target)
+        return pq.ParquetFile(target).metadata.num_rows
+
+    def publish(self, manifest: dict, parts: dict[int, int], sources: dict[int, dict] | None = None) -> dict:
+        """Move the staged parts (index -> rows) into place, drop stale parts, write the
+        manifest, which records each part's input (`sources`) for the next incremental run."""
         names = {self.part_name(i): rows for i, rows in sorted(parts.items()) if rows}
+        source_of = {self.part_name(i): (sources or {}).get(i) for i in parts}
         (self.path / MANIFEST).unlink(missing_ok=True)  # no manifest vouches for a half-swapped set
         for name in names:
             os.replace(self.staging / name, self.path / name)
         for stale in self.path.glob("part-*.parquet"):
             if stale.name not in names:
                 stale.unlink()
-        manifest = {**manifest, "files": [{"name": n, "rows": r} for n, r in names.items()]}
+        manifest = {**manifest, "files": [{"name": n, "rows": r, "source": source_of[n]} for n, r in names.items()]}
         tmp = self.staging / MANIFEST
         tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
         os.replace(tmp, self.path / MANIFEST)

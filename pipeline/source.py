@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -80,10 +80,12 @@ def row_texts(batch: pa.RecordBatch, config: SourceConfig) -> list[str | None]:
     return render_template(config.text_template, {c: batch.column(c).to_pylist() for c in text_columns(config)})
 
 
-def validate_source(config: SourceConfig, output_column: str | None = None) -> SourcePlan:
+def validate_source(config: SourceConfig, output_column: str | None = None, unchanged: Callable[[Path], bool] = lambda f: False) -> SourcePlan:
     """Check every file before any embedding: columns present, text columns textual, ids unique.
 
     `output_column`, the vector column to be added, must not already be an input column.
+    Files `unchanged` since the last run have only their ids read (ids must stay unique
+    across all files), not their text.
     """
     files = resolve_files(config.path)
     try:
@@ -97,7 +99,7 @@ def validate_source(config: SourceConfig, output_column: str | None = None) -> S
         _check_columns(file, schema, [config.id_column, *needed], config)
         if output_column in schema.names:
             raise SourceError(f"{file}: already has a column {output_column!r}; set output.vector_column to another name")
-        rows.append(_check_rows(file, config, needed, seen_ids))
+        rows.append(_check_rows(file, config, [] if unchanged(file) else needed, seen_ids))
     return SourcePlan(files, rows)
 
 
@@ -139,7 +141,7 @@ def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen:
     rows = 0
     id_column = config.id_column
     for batch in read_batches(file, columns=list(dict.fromkeys([id_column, *text_columns]))):
-        if rows == 0 and config.text_template:
+        if rows == 0 and config.text_template and text_columns:
             _try_template(file, batch, config)
         for offset, value in enumerate(batch.column(id_column).to_pylist()):
             if value is None:

@@ -33,7 +33,7 @@ def test_every_row_comes_back_once_in_order_with_its_columns(tmp_path, fake_open
     assert table.column("id").to_pylist() == [10, 11, 12, 13, 14, 15, 16]
     assert table.column("extra").to_pylist() == list("abcdefg")
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), fake_openai.dimensions)
-    assert manifest["rows"] == 7 and manifest["files"] == [{"name": "part-00000.parquet", "rows": 7}]
+    assert manifest["rows"] == 7 and [(f["name"], f["rows"]) for f in manifest["files"]] == [("part-00000.parquet", 7)]
 
 
 def test_each_vector_is_the_servers_vector_for_its_normalised_text(tmp_path, fake_openai, source):
@@ -59,7 +59,10 @@ def test_duplicates_are_embedded_once_and_a_second_run_makes_no_call(tmp_path, f
     requests = fake_openai.requests
     second = run_pipeline(config)["stats"]
     assert fake_openai.requests == requests
-    assert (second["requests"], second["cache_hits"]) == (0, 3)
+    assert (second["requests"], second["unchanged_rows"]) == (0, 7)  # the input did not change
+    source.write_bytes(source.read_bytes())  # touched: read again, every chunk from the cache
+    third = run_pipeline(config)["stats"]
+    assert (third["requests"], third["cache_hits"], third["unchanged_rows"]) == (0, 3, 0)
 
 
 def test_a_100k_token_text_is_chunked_and_never_rejected(tmp_path, fake_openai):
