@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.peers import cookbook_embed, langchain_embed
+import pipeline.providers.openai  # noqa: F401  imported before timing, as the peers' clients are
 from pipeline.config import Config
 from pipeline.run import run_pipeline
 from pipeline.tokens import cl100k_base
@@ -84,6 +85,7 @@ CLIENTS = {
 
 
 def measure(client: str, scenario: Scenario, texts: list[str]) -> dict:
+    import langchain_openai  # noqa: F401  so no client's timing includes importing it
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.Process(target=serve, args=(child, scenario), daemon=True)
     server.start()

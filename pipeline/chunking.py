@@ -20,7 +20,7 @@ from itertools import pairwise
 import numpy as np
 import tiktoken
 
-from pipeline.tokens import cl100k_base
+from pipeline.tokens import cl100k_base, encode_many
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 _WORD_GAP = re.compile(r"\s+")
@@ -48,7 +48,7 @@ def chunk_texts(paragraph_lists: list[list[str]], max_tokens: int, overlap_token
     """`chunk_by_tokens` for many texts, tokenised together in one batch call."""
     encoding = encoding or cl100k_base()
     texts = [" ".join(paragraphs) for paragraphs in paragraph_lists]
-    token_lists = encoding.encode_ordinary_batch(texts)
+    token_lists = encode_many(texts, encoding)
     return [
         _chunk_one(text, paragraphs, tokens, max_tokens, overlap_tokens, encoding)
         for text, paragraphs, tokens in zip(texts, paragraph_lists, token_lists)
