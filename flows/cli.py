@@ -18,6 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the embed flow once")
     run.add_argument("config", help="YAML run configuration")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
+    backfill = commands.add_parser("backfill", help="run every key=value partition of source.path, skipping those up to date")
+    backfill.add_argument("config", help="YAML run configuration; source.path holds key=value directories")
+    backfill.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
+    backfill.add_argument("--key", default="date", help="the partition key (default: date)")
+    backfill.add_argument("--from", dest="start", help="first partition value, inclusive (e.g. 2026-01-01)")
+    backfill.add_argument("--to", dest="end", help="last partition value, inclusive")
+    backfill.add_argument("--concurrency", type=int, default=2, help="partitions at once (default: 2)")
     batches = commands.add_parser("batches", help="list, inspect or cancel Batch API jobs")
     batches.add_argument("action", choices=["list", "status", "cancel"])
     batches.add_argument("batch_id", nargs="?", help="the batch, for status and cancel")
@@ -28,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.set)
         prepare_prefect()
+        if args.command == "backfill":
+            from flows.backfill import backfill as backfill_flow
+
+            result = backfill_flow(config, key=args.key, start=args.start, end=args.end, concurrency=max(1, args.concurrency))
+            print(f"backfill: {len(result['ran'])} partitions embedded ({result['rows']} rows), {len(result['skipped'])} already up to date")
+            return 0
         from flows.embed import embed_dataset
 
         manifest = embed_dataset(config)
@@ -35,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("embedpipe: interrupted; nothing was published, the cache keeps what was embedded", file=sys.stderr)
+        print("embedpipe: interrupted; nothing was published; the next run resumes from what was staged and cached", file=sys.stderr)
         return 130
     print(format_summary(manifest, config.output.path))
     return 0

@@ -54,6 +54,10 @@ class PreviousOutput:
         self._parts = {_key(f["source"]): self.output / f["name"] for f in files if f.get("source")}
         self._files = {_key(f["source"])[:4] for f in files if f.get("source")}
 
+    def covers(self, files: list[Path]) -> bool:
+        """Whether the last output came from exactly these files, all unchanged."""
+        return bool(self._files) and len(files) == len({k[0] for k in self._files}) and all(map(self.unchanged, files))
+
     def unchanged(self, file: Path) -> bool:
         """Whether `file` is exactly as it was when the last run read it."""
         return _key({**fingerprint(file), "row_groups": None})[:4] in self._files

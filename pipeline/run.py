@@ -20,6 +20,7 @@ from pipeline.config import Config
 from pipeline.embed import EmbeddedText, TextEmbedder
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
+from pipeline.providers.base import Embedder
 from pipeline.sink import ParquetSink, vector_array
 from pipeline.incremental import PreviousOutput, part_source
 from pipeline.partitions import Partition, plan_partitions, run_key
@@ -41,14 +42,16 @@ class Run:
     started: float
     metadata: dict  # how the vectors are made, as the Parquet metadata records it
     previous: PreviousOutput | None  # the last run's output, for incremental runs
+    owns_embedder: bool = True
 
     @property
     def dimensions(self) -> int:
         return self.texts.embedder.dimensions
 
 
-def prepare_run(config: Config, api_key: str | None = None) -> Run:
-    """Check the input, then open the provider, the cache and the output. Spends nothing."""
+def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder | None = None) -> Run:
+    """Check the input, then open the provider, the cache and the output. Spends nothing.
+    A shared `embedder` (a backfill's runs share one rate limit) is used and left open."""
     started = time.monotonic()
     key = settings_key(config)
     previous = PreviousOutput(config.output.path, key) if not config.output.chunks_path else None
@@ -56,8 +59,10 @@ def prepare_run(config: Config, api_key: str | None = None) -> Run:
     plan = validate_source(config.source, output_column=config.output.vector_column, unchanged=unchanged)
     log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
     with ExitStack() as undo:  # whatever opened is closed again if a later step fails
-        embedder = get_embedder(config.embedding, api_key)
-        undo.callback(embedder.close)
+        owns_embedder = embedder is None
+        if owns_embedder:
+            embedder = get_embedder(config.embedding, api_key)
+            undo.callback(embedder.close)
         max_tokens, overlap = _chunk_limits(config, embedder)
         cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
         undo.callback(cache.close)
@@ -67,7 +72,8 @@ def prepare_run(config: Config, api_key: str | None = None) -> Run:
         chunks = ParquetSink(config.output.chunks_path, {"embedpipe": json.dumps(metadata)}, staging) if config.output.chunks_path else None
         undo.pop_all()  # the run owns them now
     partitions = plan_partitions(plan, config.source.partition_rows)
-    return Run(config, plan, partitions, TextEmbedder(embedder, cache, max_tokens, overlap), rows, chunks, started, {**metadata, "settings_key": key}, previous)
+    texts = TextEmbedder(embedder, cache, max_tokens, overlap)
+    return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, owns_embedder)
 
 
 def settings_key(config: Config) -> str:
@@ -191,13 +197,14 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
 def close_run(run: Run) -> None:
     """Release the cache and provider. Staged parts stay: a run started again resumes from them."""
     run.texts.cache.close()
-    run.texts.embedder.close()
+    if run.owns_embedder:
+        run.texts.embedder.close()
 
 
-def run_pipeline(config: Config, api_key: str | None = None) -> dict:
+def run_pipeline(config: Config, api_key: str | None = None, embedder: Embedder | None = None) -> dict:
     """prepare, embed every partition (`source.parallel_partitions` at once), finish: the
     whole run without Prefect."""
-    run = prepare_run(config, api_key)
+    run = prepare_run(config, api_key, embedder)
     try:
         if run.texts.embedder.uses_batch_api:
             embed_through_batch_api(run)

@@ -81,3 +81,17 @@ def test_batches_commands_list_inspect_and_cancel(tmp_path, fake_openai, prefect
     assert "cancelled" in cancelled.stdout
     missing = embedpipe(["batches", "status", "batch_nope", "--config", str(config)], prefect_home, tmp_path)
     assert missing.returncode == 2 and "HTTP 404" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_backfill_runs_each_partition_once_and_skips_them_after(tmp_path, fake_openai, prefect_home):
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+        write_parquet(tmp_path / "in" / f"date={day}" / "part.parquet", {"id": [f"{day}-1", f"{day}-2"], "text": [f"{day} one", f"{day} two"]})
+    config = write_config(tmp_path, fake_openai, tmp_path / "in")
+    first = embedpipe(["backfill", str(config), "--from", "2026-01-02", "--concurrency", "2"], prefect_home, tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "2 partitions embedded (4 rows), 0 already up to date" in first.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["date=2026-01-02", "date=2026-01-03"]
+    requests = fake_openai.requests
+    again = embedpipe(["backfill", str(config), "--from", "2026-01-02"], prefect_home, tmp_path)
+    assert "0 partitions embedded (0 rows), 2 already up to date" in again.stdout
+    assert fake_openai.requests == requests and "Traceback" not in again.stdout + again.stderr
