@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -24,7 +25,7 @@ from pipeline.tokens import cl100k_base, encode_many
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 _WORD_GAP = re.compile(r"\s+")
-_SPLITTERS = (_SENTENCE_END, _WORD_GAP)
+_SPLITTERS = (_SENTENCE_END,)  # below the last of these, runs of words (`_word_runs`)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _chunk_one(text: str, paragraphs: list[str], tokens: list[int], max_tokens: 
     index = _TokenIndex(text, tokens, enc)
     spans = []
     for start, end in _paragraph_bounds(paragraphs):
-        spans.extend(_split(index, start, end, 0, max_tokens))
+        spans.extend(_split(index, start, end, 0, max_tokens, max_tokens - overlap_tokens))
     return _pack(index, spans, max_tokens, overlap_tokens)
 
 
@@ -80,11 +81,20 @@ class _TokenIndex:
         byte_starts = np.concatenate(([0], np.cumsum(_token_byte_lengths(enc)[tokens])[:-1])).astype(np.int64)
         raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         char_of_byte = np.cumsum((raw & 0xC0) != 0x80) - 1  # continuation bytes belong to their character
-        self.starts = char_of_byte[byte_starts]
+        self.starts = char_of_byte[byte_starts].tolist()  # bisect on a list beats numpy on scalars
+        self._word_starts: list[int] | None = None
 
     def count(self, start: int, end: int) -> int:
         """Tokens starting in text[start:end]: exact when both ends are at spaces or the text's ends."""
-        return int(np.searchsorted(self.starts, end) - np.searchsorted(self.starts, start))
+        return bisect_left(self.starts, end) - bisect_left(self.starts, start)
+
+    def word_starts(self, start: int, end: int) -> list[int]:
+        """Where the words after the first in text[start:end] begin."""
+        if self._word_starts is None:  # normalised text: every gap is one space
+            codes = np.frombuffer(self.text.encode("utf-32-le"), dtype=np.uint32)
+            self._word_starts = (np.flatnonzero(codes == 32) + 1).tolist()
+        words = self._word_starts
+        return words[bisect_right(words, start) : bisect_left(words, end)]
 
     def chunk(self, start: int, end: int) -> Chunk:
         """text[start:end] without leading space, with its exact token count."""
@@ -117,16 +127,43 @@ def _paragraph_bounds(paragraphs: list[str]) -> list[tuple[int, int]]:
     return bounds
 
 
-def _split(index: _TokenIndex, start: int, end: int, level: int, max_tokens: int) -> list[_Span]:
+def _split(index: _TokenIndex, start: int, end: int, level: int, max_tokens: int, run_tokens: int) -> list[_Span]:
+    """Spans of at most `max_tokens` at the coarsest boundaries that allow it. Runs of words
+    are cut to `run_tokens`, leaving room for the overlap the next chunk opens with."""
     tokens = index.count(start, end)
     if tokens <= max_tokens:
         return [_Span(start, end, tokens)]
     if level == len(_SPLITTERS):
-        return _token_windows(index, start, end, max_tokens)
+        return _word_runs(index, start, end, run_tokens)
     cuts = [m.start() for m in _SPLITTERS[level].finditer(index.text, start, end) if m.start() > start]
     spans = []
     for a, b in pairwise([start, *cuts, end]):
-        spans.extend(_split(index, a, b, level + 1, max_tokens))
+        count = index.count(a, b)
+        spans.extend([_Span(a, b, count)] if count <= max_tokens else _split(index, a, b, level + 1, max_tokens, run_tokens))
+    return spans
+
+
+def _word_runs(index: _TokenIndex, start: int, end: int, max_tokens: int) -> list[_Span]:
+    """Cut a run of words into the fewest spans of at most `max_tokens` tokens, each ending at
+    a word boundary; a single word too long for that falls back to token windows."""
+    bounds = [w - 1 for w in index.word_starts(start, end)] + [end]  # the spaces before words, then the end
+    spans, pos = [], start
+    while pos < end:
+        lo = bisect_right(bounds, pos)
+        hi, best = len(bounds) - 1, None
+        while lo <= hi:  # the farthest boundary that still fits: counts grow with the end
+            mid = (lo + hi) // 2
+            if index.count(pos, bounds[mid]) <= max_tokens:
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        if best is None:  # the next word alone is too long
+            stop = bounds[bisect_right(bounds, pos)]
+            spans.extend(_token_windows(index, pos, stop, max_tokens))
+            pos = stop
+            continue
+        spans.append(_Span(pos, bounds[best], index.count(pos, bounds[best])))
+        pos = bounds[best]
     return spans
 
 
@@ -136,7 +173,7 @@ def _token_windows(index: _TokenIndex, start: int, end: int, max_tokens: int) ->
     text, enc = index.text, index.enc
     while start < end and text[start].isspace():
         start += 1
-    first = int(np.searchsorted(index.starts, start))
+    first = bisect_left(index.starts, start)
     windows = []
     while start < end:
         take = max_tokens
@@ -149,7 +186,7 @@ def _token_windows(index: _TokenIndex, start: int, end: int, max_tokens: int) ->
             take = max(1, take - max(1, (count - max_tokens)))
         windows.append(_Span(start, cut, count))
         start = cut
-        first = int(np.searchsorted(index.starts, start))
+        first = bisect_left(index.starts, start)
     return windows
 
 
@@ -182,12 +219,12 @@ def _pack(index: _TokenIndex, spans: list[_Span], max_tokens: int, overlap_token
 
 def _overlap_start(index: _TokenIndex, start: int, end: int, overlap_tokens: int) -> int | None:
     """The earliest word start in text[start:end] whose tail to `end` fits in `overlap_tokens`."""
-    words = [m.end() for m in _WORD_GAP.finditer(index.text, start, end)]
-    lo, hi, best = 0, len(words) - 1, None
-    while lo <= hi:  # tails shrink as the word start moves right: binary search
+    words = index.word_starts(start, end)
+    lo, hi = 0, len(words)
+    while lo < hi:  # tails shrink as the word start moves right: binary search on cheap counts
         mid = (lo + hi) // 2
-        if index.chunk(words[mid], end).tokens <= overlap_tokens:
-            best, hi = words[mid], mid - 1
-        else:
-            lo = mid + 1
-    return best
+        lo, hi = (lo, mid) if index.count(words[mid], end) <= overlap_tokens else (mid + 1, hi)
+    for w in words[lo:]:  # those counts include the first word's space: confirm exactly
+        if index.chunk(w, end).tokens <= overlap_tokens:
+            return w
+    return None

@@ -66,3 +66,10 @@ def test_a_100k_token_text_is_chunked_quickly_and_completely():
 
 def test_empty_text_has_no_chunks():
     assert chunk_by_tokens([], 512, 64) == []
+
+
+def test_runs_without_sentence_ends_still_overlap():
+    text = " ".join(f"word{i}" for i in range(5_000))  # no sentence boundary anywhere
+    chunks = chunk_by_tokens([text], 200, 40)
+    assert all(c.tokens <= 200 for c in chunks)
+    assert all(0 < a.end - b.start and count_tokens(text[b.start : a.end]) <= 40 for a, b in zip(chunks, chunks[1:]))
