@@ -17,7 +17,6 @@ import json
 import multiprocessing
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -126,15 +125,23 @@ def cached_rerun(base_url: str, tmp: Path) -> None:
     pq.write_table(tickets(200_000), source)
     config = config_for(tmp, base_url, source, "out")
     run_pipeline(config, api_key="sk-bench")  # fills the cache
-    rerun = median_seconds(lambda: run_pipeline(config, api_key="sk-bench"))
+    unchanged = median_seconds(lambda: run_pipeline(config, api_key="sk-bench"))
+
+    def touched_rerun():
+        os.utime(source)  # a new mtime: every row is read, normalised, chunked and looked up again
+        run_pipeline(config, api_key="sk-bench")
+
+    cached = median_seconds(touched_rerun)
     polars = median_seconds(lambda: pl.read_parquet(source).write_parquet(tmp / "polars.parquet"))
-    print(f"\nfully cached re-run of 200,000 rows: {rerun:.2f} s; polars read + write: {polars:.2f} s; ratio {rerun / polars:.2f} (target ≤ 3)")
+    print(f"\n200,000 rows; polars read + write alone: {polars:.2f} s")
+    print(f"  fully cached re-run (input touched): {cached:.2f} s, ratio {cached / polars:.1f} (target ≤ 3)")
+    print(f"  incremental re-run (input unchanged): {unchanged:.2f} s, ratio {unchanged / polars:.1f}")
 
 
 def peak_rss(base_url: str, tmp: Path) -> None:
     for copies in (1, 10):
         source = tmp / f"x{copies}.parquet"
-        pq.write_table(tickets(100_000, copies), source)
+        pq.write_table(tickets(100_000, copies), source, row_group_size=65_536)  # memory follows row groups
         config = config_for(tmp, base_url, source, f"rss{copies}")
         path = tmp / f"rss{copies}.json"
         path.write_text(config.model_dump_json())
@@ -146,7 +153,9 @@ def rss_child(config_path: str) -> None:
     from pipeline.run import run_pipeline
 
     run_pipeline(Config.model_validate(json.loads(Path(config_path).read_text())), api_key="sk-bench")
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking parent.
+    status = Path("/proc/self/status").read_text()
+    print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))  # KiB
 
 
 def main() -> None:

@@ -135,8 +135,8 @@ class TextEmbedder:
         with self._lock:
             self.stats.rows += len(raw_texts)
             self.stats.null_texts += sum(1 for key in keys if not key)
-            for key, chunks in chunked.items():
-                if self._seen.add(key):
+            for (key, chunks), new in zip(chunked.items(), self._seen.add_many(list(chunked))):
+                if new:
                     self.stats.distinct_texts += 1
                     self.stats.chunks += len(chunks)
                     self.stats.tokens += sum(c.tokens for c in chunks)
@@ -152,6 +152,9 @@ def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int
 
 def _pool(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> EmbeddedText:
     """The token-weighted mean of the chunk vectors, re-normalised."""
+    if len(chunks) == 1:  # most texts: the chunk's vector is the row's
+        vector = vectors[chunks[0].text]
+        return EmbeddedText(chunks, vector[None, :], vector)
     chunk_vectors = np.stack([vectors[c.text] for c in chunks])
     weights = np.array([c.tokens for c in chunks], dtype=np.float32)
     vector = l2_normalise(weights @ chunk_vectors) if len(chunks) > 1 else chunk_vectors[0]

@@ -34,15 +34,23 @@ class HashSet:
 
     def add(self, value) -> bool:
         """Add `value`; True if it was new."""
-        key = hash64(value)
-        if key in self._recent or self._in_sorted(key):
-            return False
-        self._recent.add(key)
+        return self.add_many([value])[0]
+
+    def add_many(self, values: list) -> list[bool]:
+        """Add each value in order; for each, True if it was new (a repeat within `values` too)."""
+        keys = [hash64(v) for v in values]
+        in_sorted = self._in_sorted(np.array(keys, dtype=np.int64)) if len(self._sorted) else [False] * len(keys)
+        new = []
+        for key, old in zip(keys, in_sorted):
+            fresh = not old and key not in self._recent
+            if fresh:
+                self._recent.add(key)
+            new.append(fresh)
         if len(self._recent) >= _BUFFER:
             self._sorted = np.union1d(self._sorted, np.fromiter(self._recent, dtype=np.int64, count=len(self._recent)))
             self._recent.clear()
-        return True
+        return new
 
-    def _in_sorted(self, key: int) -> bool:
-        i = int(np.searchsorted(self._sorted, key))
-        return i < len(self._sorted) and int(self._sorted[i]) == key
+    def _in_sorted(self, keys: np.ndarray) -> list[bool]:
+        at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
+        return (self._sorted[at] == keys).tolist()

@@ -143,11 +143,15 @@ def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen:
     for batch in read_batches(file, columns=list(dict.fromkeys([id_column, *text_columns]))):
         if rows == 0 and config.text_template and text_columns:
             _try_template(file, batch, config)
-        for offset, value in enumerate(batch.column(id_column).to_pylist()):
-            if value is None:
-                raise SourceError(f"{file}: column {id_column!r} is null at row {rows + offset + 1}; every row needs an id")
-            if not seen.add(value):
-                raise SourceError(f"{file}: column {id_column!r} repeats id {value!r} at row {rows + offset + 1}; ids must be unique")
+        ids = batch.column(id_column)
+        if ids.null_count:
+            offset = ids.is_null().to_pylist().index(True)
+            raise SourceError(f"{file}: column {id_column!r} is null at row {rows + offset + 1}; every row needs an id")
+        values = ids.to_pylist()
+        new = seen.add_many(values)
+        if not all(new):
+            offset = new.index(False)
+            raise SourceError(f"{file}: column {id_column!r} repeats id {values[offset]!r} at row {rows + offset + 1}; ids must be unique")
         rows += batch.num_rows
     return rows
 

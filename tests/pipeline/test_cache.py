@@ -28,3 +28,16 @@ def test_namespaces_and_sizes_do_not_mix(tmp_path):
 def test_nothing_is_evicted(tmp_path):
     cache = VectorCache(tmp_path / "c", "ns", 4)
     assert cache._cache.eviction_policy == "none"
+
+
+def test_a_pickled_entry_is_a_miss_and_never_loaded(tmp_path):
+    cache = VectorCache(tmp_path / "c", "ns", 4)
+    cache._cache.set(cache.key("evil"), {"not": "bytes"})  # diskcache would pickle this
+    assert cache.get_many(["evil"]) == {}
+
+
+def test_large_vectors_stored_in_files_round_trip(tmp_path):
+    cache = VectorCache(tmp_path / "c", "ns", 10_000)  # 40 KB: over diskcache's inline limit
+    vector = np.arange(10_000, dtype=np.float32)
+    cache.put_many({"big": vector})
+    np.testing.assert_array_equal(cache.get_many(["big"])["big"], vector)
