@@ -25,6 +25,8 @@ def backfill(config: Config, key: str = "date", start: str | None = None, end: s
     """Embed every `key=value` partition of `config.source.path` between `start` and `end`."""
     todo, skipped = plan_backfill(config, key, start, end)
     get_run_logger().info("backfill: %d partitions to run, %d up to date", len(todo), len(skipped))
+    if not todo:
+        return {"ran": [], "skipped": skipped, "rows": 0}
     embedder = get_embedder(config.embedding, read_api_key(config.embedding))
     try:
         with ThreadPoolTaskRunner(max_workers=concurrency) as runner:

@@ -38,7 +38,10 @@ def partition_config(config: Config, key: str, value: str, directory: Path) -> C
 
 
 def up_to_date(config: Config, settings_key: str) -> bool:
-    """Whether the partition's published output came from exactly its current files."""
+    """Whether the partition's published output came from exactly its current files.
+    (With a chunk table too, never: incremental reuse covers the rows table only.)"""
+    if config.output.chunks_path:
+        return False
     previous = PreviousOutput(config.output.path, settings_key)
     try:
         files = resolve_files(config.source.path)

@@ -29,6 +29,8 @@ class SourceConfig(_Section):
             raise ValueError("set text_column or text_template, not both")
         if not self.text_column and not self.text_template:
             self.text_column = "text"
+        if self.partition_rows < 1 or self.parallel_partitions < 1:
+            raise ValueError("partition_rows and parallel_partitions must be at least 1")
         return self
 
 

@@ -96,10 +96,14 @@ class TextEmbedder:
     def _chunk_vectors(self, token_counts: dict[str, int]) -> dict[str, np.ndarray]:
         texts = list(token_counts)
         vectors = self.cache.get_many(texts)
-        mine, theirs, done = self._claim([t for t in texts if t not in vectors])
+        claimed, theirs, done = self._claim([t for t in texts if t not in vectors])
+        mine = claimed
         with self._lock:
             self.stats.cache_hits += len(vectors)
         try:
+            if mine:  # another partition may have stored some between our lookup and our claim
+                vectors.update(just_stored := self.cache.get_many(mine))
+                mine = [t for t in mine if t not in just_stored]
             counts = [token_counts[t] for t in mine]
             store = lambda texts, fresh: self.cache.put_many(dict(zip(texts, fresh)))  # a stopped run resumes from here
             for batch, fresh in self.embedder.embed_iter(mine, counts, store):
@@ -108,7 +112,7 @@ class TextEmbedder:
                     self.stats.embedded_chunks += len(fresh)
                     self.stats.embedded_tokens += sum(counts[batch])
         finally:
-            self._release(mine, done)
+            self._release(claimed, done)
         for event in {id(e): e for e in theirs.values()}.values():
             event.wait()  # another partition is embedding these right now
         vectors.update(self.cache.get_many(list(theirs)))
@@ -157,5 +161,5 @@ def _pool(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> EmbeddedText:
         return EmbeddedText(chunks, vector[None, :], vector)
     chunk_vectors = np.stack([vectors[c.text] for c in chunks])
     weights = np.array([c.tokens for c in chunks], dtype=np.float32)
-    vector = l2_normalise(weights @ chunk_vectors) if len(chunks) > 1 else chunk_vectors[0]
+    vector = l2_normalise(weights @ chunk_vectors)
     return EmbeddedText(chunks, chunk_vectors, vector)

@@ -27,10 +27,7 @@ class Partition:
 
     def read(self) -> Iterator[pa.RecordBatch]:
         """The partition's rows as record batches."""
-        if self.row_groups is None:
-            yield from read_batches(self.file)
-        else:
-            yield from pq.ParquetFile(self.file).iter_batches(row_groups=list(self.row_groups))
+        yield from read_batches(self.file, row_groups=list(self.row_groups) if self.row_groups else None)
 
 
 def plan_partitions(plan: SourcePlan, rows_per_partition: int) -> list[Partition]:

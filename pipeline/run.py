@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -24,7 +25,7 @@ from pipeline.providers.base import Embedder
 from pipeline.sink import ParquetSink, vector_array
 from pipeline.incremental import PreviousOutput, part_source
 from pipeline.partitions import Partition, plan_partitions, run_key
-from pipeline.source import SourcePlan, read_batches, row_texts, validate_source
+from pipeline.source import SourcePlan, row_texts, validate_source
 
 log = logging.getLogger("embedpipe")
 
@@ -42,6 +43,7 @@ class Run:
     started: float
     metadata: dict  # how the vectors are made, as the Parquet metadata records it
     previous: PreviousOutput | None  # the last run's output, for incremental runs
+    sources: dict[int, dict]  # each partition's input fingerprint, taken before reading it
     owns_embedder: bool = True
 
     @property
@@ -67,19 +69,22 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
         cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
         undo.callback(cache.close)
         metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
-        staging = run_key({"config": config.model_dump(mode="json"), "version": __version__}, plan.files)
+        staging = run_key({"config": config.model_dump(mode="json"), "settings": key}, plan.files)
         rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, staging)
+        undo.callback(rows.close)
         chunks = ParquetSink(config.output.chunks_path, {"embedpipe": json.dumps(metadata)}, staging) if config.output.chunks_path else None
         undo.pop_all()  # the run owns them now
     partitions = plan_partitions(plan, config.source.partition_rows)
+    sources = {p.index: part_source(p) for p in partitions}  # as read now, not as found at publish
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
-    return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, owns_embedder)
+    return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder)
 
 
 def settings_key(config: Config) -> str:
     """A hash of every setting that shapes the output: equal keys mean reusable parts."""
     shaping = {
-        "embedding": config.embedding.model_dump(include={"provider", "model", "dimensions", "base_url"}),
+        "embedding": config.embedding.model_dump(include={"provider", "model", "dimensions"}),
+        "endpoint": config.embedding.base_url or os.environ.get("OPENAI_BASE_URL"),  # the server actually used
         "chunking": config.chunking.model_dump(),
         "source": config.source.model_dump(include={"id_column", "text_column", "text_template"}),
         "vector_column": config.output.vector_column,
@@ -116,10 +121,11 @@ def embed_through_batch_api(run: Run) -> None:
     batches, and fill the cache; the ordinary pass then writes the output from it."""
     source = run.config.source
 
-    def misses():
-        for file in run.plan.files:
-            for batch in read_batches(file):
-                yield from run.texts.missing_chunks(row_texts(batch, source)).items()
+    def misses():  # only partitions that will be embedded: not resumed, not kept unchanged
+        for p in run.partitions:
+            if run.rows.finished_rows(p.index) is None and not (run.previous and run.previous.part_for(p)):
+                for batch in p.read():
+                    yield from run.texts.missing_chunks(row_texts(batch, source)).items()
 
     run.texts.stats.batch_api = run.texts.embedder.run_batches(misses(), run.texts.cache)
 
@@ -186,7 +192,7 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
     manifest = {**run.metadata, "rows": run.plan.total_rows, "stats": stats.as_dict()}
-    sources = {p.index: part_source(p) for p in run.partitions}
+    sources = run.sources
     if run.chunks is not None:
         run.chunks.publish(manifest, parts, sources)
     manifest = run.rows.publish(manifest, parts, sources)
@@ -195,7 +201,11 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
 
 
 def close_run(run: Run) -> None:
-    """Release the cache and provider. Staged parts stay: a run started again resumes from them."""
+    """Release the cache, the provider and the output. Staged parts stay: a run started again
+    resumes from them."""
+    run.rows.close()
+    if run.chunks is not None:
+        run.chunks.close()
     run.texts.cache.close()
     if run.owns_embedder:
         run.texts.embedder.close()
@@ -208,9 +218,13 @@ def run_pipeline(config: Config, api_key: str | None = None, embedder: Embedder 
     try:
         if run.texts.embedder.uses_batch_api:
             embed_through_batch_api(run)
-        with ThreadPoolExecutor(max_workers=config.source.parallel_partitions, thread_name_prefix="partition") as pool:
-            rows = list(pool.map(lambda index: embed_partition(run, index), range(len(run.partitions))))
-        return finish_run(run, dict(enumerate(rows)))
+        pool = ThreadPoolExecutor(max_workers=config.source.parallel_partitions, thread_name_prefix="partition")
+        try:
+            futures = [pool.submit(embed_partition, run, index) for index in range(len(run.partitions))]
+            rows = {index: future.result() for index, future in enumerate(futures)}
+        finally:  # on a failure, partitions not yet started are not started
+            pool.shutdown(wait=True, cancel_futures=True)
+        return finish_run(run, rows)
     except BaseException:
         close_run(run)
         raise

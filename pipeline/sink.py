@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -64,8 +65,14 @@ class ParquetSink:
         self.staging = self.path / f".staging-{run_key}"
         try:
             self.staging.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / ".lock", "w")
         except OSError as exc:
             raise EmbedpipeError(f"output path {self.path}: cannot create it ({exc.strerror})") from None
+        try:  # one run at a time per output: a scheduled run must not interleave with a manual one
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise EmbedpipeError(f"output path {self.path}: another embedpipe run is writing it; wait for it to finish") from None
 
     @staticmethod
     def part_name(index: int) -> str:
@@ -107,4 +114,9 @@ class ParquetSink:
         os.replace(tmp, self.path / MANIFEST)
         for staging in self.path.glob(".staging-*"):  # this run's, and any an abandoned run left
             shutil.rmtree(staging, ignore_errors=True)
+        self.close()
         return manifest
+
+    def close(self) -> None:
+        """Let another run write this output."""
+        self._lock.close()

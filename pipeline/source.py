@@ -50,11 +50,12 @@ def resolve_files(path: str) -> list[Path]:
     return sorted(files)
 
 
-def read_batches(file: Path, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Stream `file` as record batches; a read failure becomes a SourceError naming the file."""
+def read_batches(file: Path, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS, row_groups: list[int] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream `file` (or some row groups of a Parquet file) as record batches; a read failure
+    becomes a SourceError naming the file."""
     try:
         if FORMATS[file.suffix.lower()] == "parquet":
-            yield from pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns)
+            yield from pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups)
         else:
             yield from _csv_batches(file, columns)
     except (pa.ArrowException, OSError) as exc:

@@ -35,6 +35,7 @@ class Embedder(ABC):
         self.retries: Counter[str] = Counter()  # retried attempts, by cause
         self.timed_out_tokens = 0  # sent in attempts that timed out: possibly billed twice
         self._tally_lock = threading.Lock()
+        self._in_flight = threading.BoundedSemaphore(max(1, config.max_concurrency))
 
     def tally(self, retry_cause: str | None = None) -> None:
         """Count one request sent, or one retry for `retry_cause`; safe from worker threads."""
@@ -72,7 +73,8 @@ class Embedder(ABC):
         first failure, requests not yet sent are cancelled, those already answered are still
         yielded, and then the failure is raised."""
         def work(batch: slice) -> np.ndarray:
-            vectors = self._checked(texts[batch])
+            with self._in_flight:  # the limit holds across partitions sharing this embedder
+                vectors = self._checked(texts[batch])
             if store is not None:
                 store(texts[batch], vectors)
             return vectors
@@ -86,6 +88,8 @@ class Embedder(ABC):
         failure = None
         try:
             for future in as_completed(futures):
+                if future.cancelled():
+                    continue
                 if future.exception() is None:
                     yield futures[future], future.result()
                 elif failure is None:

@@ -97,9 +97,11 @@ class BatchLedger:
         entries: dict[str, dict] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
+                try:
                     event = json.loads(line)
-                    entries.setdefault(event["local_id"], {}).update(event)
+                except ValueError:  # a line torn by a kill mid-append: its batch was never recorded
+                    continue
+                entries.setdefault(event["local_id"], {}).update(event)
         return entries
 
     def open_entries(self) -> dict[str, dict]:
@@ -122,4 +124,4 @@ class BatchLedger:
     def read_input(self, local_id: str) -> dict[str, list[str]]:
         """custom_id -> the texts that request holds."""
         lines = (self.directory / f"{local_id}.jsonl").read_text(encoding="utf-8").splitlines()
-        return {line["custom_id"]: line["body"]["input"] for line in map(json.loads, lines) if line}
+        return {line["custom_id"]: line["body"]["input"] for line in map(json.loads, lines)}

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import threading
 import time
 import uuid
 from types import SimpleNamespace
@@ -39,8 +40,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
 
     def __init__(self, config, api_key):
         super().__init__(config, api_key)
-        self.counts = {"batches": 0, "requests": 0, "inputs": 0, "reattached": 0, "resubmitted_texts": 0}
-        self._retry: list[str] = []  # texts a finished batch gave no usable vector for
+        self._one_at_a_time = threading.Lock()  # backfill runs share this embedder and its ledger
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         if self.config.batch_fallback_sync:
@@ -52,7 +52,13 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
 
     def run_batches(self, misses: Iterable[tuple[str, int]], cache: VectorCache) -> dict:
         """Submit every text in `misses` (text, tokens) not already in flight, wait for all
-        batches (earlier runs' included), and store their vectors in `cache`."""
+        batches (earlier runs' included), and store their vectors in `cache`. Returns counts."""
+        with self._one_at_a_time:
+            self.counts = {"batches": 0, "requests": 0, "inputs": 0, "reattached": 0, "resubmitted_texts": 0}
+            self._retry: list[str] = []  # texts a finished batch gave no usable vector for
+            return self._run_batches(misses, cache)
+
+    def _run_batches(self, misses: Iterable[tuple[str, int]], cache: VectorCache) -> dict:
         ledger = BatchLedger(cache.path / "batches" / hashlib.sha256(self.cache_namespace.encode()).hexdigest()[:16])
         in_flight = self._reattach(ledger)
         seen = {text for entry in in_flight.values() for texts in ledger.read_input(entry["local_id"]).values() for text in texts}
@@ -111,7 +117,17 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         ledger.record(local_id, "prepared", tokens=file.tokens, inputs=file.inputs)
         uploaded = self._call(lambda: self.client.files.create(file=(path.name, io.BytesIO(path.read_bytes())), purpose="batch"))
         ledger.record(local_id, "uploaded", input_file_id=uploaded.id)
-        batch = self._call(lambda: self.client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h", metadata={"embedpipe": local_id}))
+        tries = []
+
+        def create():
+            tries.append(1)
+            if len(tries) > 1:  # the failed try may have created it unseen: look before creating twice
+                found = self._find_batch(uploaded.id)
+                if found is not None:
+                    return found
+            return self.client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h", metadata={"embedpipe": local_id})
+
+        batch = self._call(create)
         ledger.record(local_id, "submitted", batch_id=batch.id)
         in_flight[local_id] = {"local_id": local_id, "batch_id": batch.id, "tokens": file.tokens, "input_file_id": uploaded.id}
         self.counts["batches"] += 1

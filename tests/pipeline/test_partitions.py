@@ -72,4 +72,4 @@ def test_a_run_killed_at_any_point_finishes_when_started_again(tmp_path, slow_se
     np.testing.assert_allclose(np.array(table.column("embedding").to_pylist()), np.stack([fake_vector(t, 16) for t in all_texts]), atol=1e-6)
     paid_again = sum(n - 1 for n in slow_server.calls.values())
     assert paid_again <= 2 * 2 * 20, "at most the requests in flight are paid again"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_manifest.json"] + [f"part-{i:05d}.parquet" for i in range(6)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock", "_manifest.json"] + [f"part-{i:05d}.parquet" for i in range(6)]

@@ -128,7 +128,7 @@ def test_rerun_with_fewer_files_removes_stale_parts(tmp_path, fake_openai):
     run_pipeline(config)
     (tmp_path / "in" / "1.parquet").unlink()
     run_pipeline(config)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_manifest.json", "part-00000.parquet"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["_manifest.json", "part-00000.parquet"]
 
 
 def test_missing_api_key_is_a_clear_error(tmp_path, fake_openai, source):
@@ -136,3 +136,14 @@ def test_missing_api_key_is_a_clear_error(tmp_path, fake_openai, source):
     config.embedding.base_url = None  # the real API needs a key; a self-hosted server may not
     with pytest.raises(EmbedpipeError, match="set the environment variable OPENAI_API_KEY"):
         run_pipeline(config, api_key=None)
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_path, fake_openai, source):
+    from pipeline.run import close_run, prepare_run
+
+    config = openai_config(tmp_path, fake_openai, source)
+    first = prepare_run(config)
+    with pytest.raises(EmbedpipeError, match="another embedpipe run is writing it"):
+        prepare_run(config)
+    close_run(first)
+    close_run(prepare_run(config))  # free again

@@ -61,15 +61,16 @@ def test_slow_answers_time_out_are_retried_and_reported(tmp_path):
     assert stats["timed_out_tokens"] > 0
 
 
-def test_exhausted_quota_stops_at_once_and_the_next_run_resumes_from_the_cache(tmp_path):
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_exhausted_quota_stops_at_once_and_the_next_run_resumes_from_the_cache(tmp_path, concurrency):
     with FakeOpenAI() as server:
         server.quota_requests = 5  # the account runs dry after five requests
         with pytest.raises(ProviderError, match="quota is used up"):
-            run(tmp_path, server, embedding__max_concurrency=1)
+            run(tmp_path, server, embedding__max_concurrency=concurrency)
         assert not (tmp_path / "out" / "part-00000.parquet").exists(), "nothing partial is visible"
         paid = sum(server.calls.values())
         server.quota_requests = None  # credit added
-        manifest, table = run(tmp_path, server, embedding__max_concurrency=1)
+        manifest, table = run(tmp_path, server, embedding__max_concurrency=concurrency)
     assert_every_row_exact(table)
     assert paid == 5 * 16 and max(server.calls.values()) == 1
     assert manifest["stats"]["cache_hits"] == 5 * 16
@@ -80,4 +81,6 @@ def test_a_spent_server_budget_costs_few_429s(tmp_path):
         server.budgets["requests"].level = 0  # another job spent this minute's budget
         manifest, table = run(tmp_path, server, embedding__requests_per_minute=600)
     assert_every_row_exact(table)
-    assert server.rate_limited <= 4  # at most the first requests in flight, then headers rule
+    # The first requests in flight meet the spent budget; after that the headers rule. Under
+    # load a first retry can meet it too, hence twice max_concurrency.
+    assert server.rate_limited <= 2 * 4, server.rate_limited
