@@ -78,10 +78,11 @@ class _TokenIndex:
 
     def __init__(self, text: str, tokens: list[int], enc: tiktoken.Encoding):
         self.text, self.enc = text, enc
-        byte_starts = np.concatenate(([0], np.cumsum(_token_byte_lengths(enc)[tokens])[:-1])).astype(np.int64)
-        raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-        char_of_byte = np.cumsum((raw & 0xC0) != 0x80) - 1  # continuation bytes belong to their character
-        self.starts = char_of_byte[byte_starts].tolist()  # bisect on a list beats numpy on scalars
+        byte_starts = np.concatenate(([0], np.cumsum(_token_byte_lengths(enc)[tokens])[:-1]))
+        if not text.isascii():  # map bytes to characters; continuation bytes belong to their character
+            raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+            byte_starts = (np.cumsum((raw & 0xC0) != 0x80) - 1)[byte_starts]
+        self.starts = byte_starts.tolist()  # bisect on a list beats numpy on scalars
         self._word_starts: list[int] | None = None
 
     def count(self, start: int, end: int) -> int:
