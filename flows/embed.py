@@ -1,4 +1,4 @@
-"""The `embed_dataset` flow: a few thin tasks over `pipeline.run`, one task per input file."""
+"""The `embed_dataset` flow: a few thin tasks over `pipeline.run`, one task per partition."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A whole run as three steps — prepare, embed each file, finish — that flows call as tasks."""
+"""A whole run as three steps — prepare, embed each partition, finish — that flows call as tasks."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from pipeline.embed import EmbeddedText, TextEmbedder
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
-from pipeline.sink import ParquetSink, vector_array
 from pipeline.incremental import PreviousOutput, part_source
 from pipeline.partitions import Partition, plan_partitions, run_key
+from pipeline.sink import ParquetSink, vector_array
 from pipeline.source import SourcePlan, row_texts, validate_source
 
 log = logging.getLogger("embedpipe")
@@ -192,10 +192,9 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
     manifest = {**run.metadata, "rows": run.plan.total_rows, "stats": stats.as_dict()}
-    sources = run.sources
     if run.chunks is not None:
-        run.chunks.publish(manifest, parts, sources)
-    manifest = run.rows.publish(manifest, parts, sources)
+        run.chunks.publish(manifest, parts, run.sources)
+    manifest = run.rows.publish(manifest, parts, run.sources)
     close_run(run)
     return manifest
 
