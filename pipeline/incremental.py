@@ -36,6 +36,13 @@ def fingerprint(file: Path) -> dict:
     return {"path": str(file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "edges_sha256": _edges(file, stat.st_size, stat.st_mtime_ns)}
 
 
+def run_key(settings: dict, files: list[Path]) -> str:
+    """A short hash of the settings and of the input files as they are now: names the staging
+    directory, so only an attempt of the very same run resumes from it."""
+    blob = json.dumps({"settings": settings, "input": [fingerprint(f) for f in files]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def part_source(partition: Partition) -> dict:
     """What the manifest records of a part's input."""
     return {**fingerprint(partition.file), "row_groups": list(partition.row_groups) if partition.row_groups else None}

@@ -6,8 +6,6 @@ a crashed attempt finished, and keep row order (parts are numbered in input orde
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -47,14 +45,3 @@ def plan_partitions(plan: SourcePlan, rows_per_partition: int) -> list[Partition
                 partitions.append(Partition(len(partitions), file, count, tuple(groups)))
                 groups, count = [], 0
     return partitions
-
-
-def input_fingerprint(files: list[Path]) -> list[dict]:
-    """What identifies each input file without reading its text: path, size, modification time."""
-    return [{"path": str(f), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files]
-
-
-def run_key(settings: dict, files: list[Path]) -> str:
-    """A short hash of the settings that shape the output and of the input files."""
-    blob = json.dumps({"settings": settings, "input": input_fingerprint(files)}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -22,8 +22,8 @@ from pipeline.embed import EmbeddedText, TextEmbedder
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
-from pipeline.incremental import PreviousOutput, part_source
-from pipeline.partitions import Partition, plan_partitions, run_key
+from pipeline.incremental import PreviousOutput, part_source, run_key
+from pipeline.partitions import Partition, plan_partitions
 from pipeline.sink import ParquetSink, vector_array
 from pipeline.source import SourcePlan, row_texts, validate_source
 
