@@ -64,7 +64,14 @@ class RateLimiter:
     it costs latency once, not throughput.
     """
 
-    def __init__(self, requests_per_minute: float, tokens_per_minute: float, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic, transit_margin: float = 0.25):
+    def __init__(
+        self,
+        requests_per_minute: float,
+        tokens_per_minute: float,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        transit_margin: float = 0.25,
+    ):
         self.requests = TokenBucket(requests_per_minute, clock)
         self.tokens = TokenBucket(tokens_per_minute, clock)
         self.transit_margin = transit_margin

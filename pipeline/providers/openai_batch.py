@@ -25,7 +25,8 @@ from pipeline.errors import ProviderError
 from pipeline.providers.base import l2_normalise
 from pipeline.providers.batch_files import BatchFile, BatchLedger, BatchPlanner, request_lines
 from pipeline.providers.openai import OpenAIEmbedder, _backoff, _describe, decode_response, fatal_error
-from pipeline.tokens import cl100k_base
+from pipeline.hashset import HashSet
+from pipeline.tokens import count_tokens
 
 log = logging.getLogger("embedpipe")
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -61,14 +62,13 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
     def _run_batches(self, misses: Iterable[tuple[str, int]], cache: VectorCache) -> dict:
         ledger = BatchLedger(cache.path / "batches" / hashlib.sha256(self.cache_namespace.encode()).hexdigest()[:16])
         in_flight = self._reattach(ledger)
-        seen = {text for entry in in_flight.values() for texts in ledger.read_input(entry["local_id"]).values() for text in texts}
-        attempts: dict[str, int] = {}
+        seen = HashSet()  # eight bytes a text: a backfill's misses may not fit memory as strings
+        seen.add_many([t for entry in in_flight.values() for texts in ledger.read_input(entry["local_id"]).values() for t in texts])
+        attempts: dict[str, int] = {}  # only texts sent again; the rest were sent once
         planner = self._planner(self.batch_inputs)
         for text, tokens in misses:
-            if text in seen:
+            if not seen.add(text):
                 continue
-            seen.add(text)
-            attempts[text] = 1
             full = planner.add(text, tokens)
             if full:
                 self._submit(full, ledger, in_flight, cache)
@@ -140,13 +140,12 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         past that they are left to the sync pass (fallback) or reported."""
         texts, self._retry = self._retry, []
         planner = self._planner(request_inputs=1)  # a text that fails alone fails alone
-        encoding = cl100k_base()
         for text in texts:
             attempts[text] = attempts.get(text, 1) + 1
             if attempts[text] > self.config.batch_max_attempts:
                 continue
             self.counts["resubmitted_texts"] += 1
-            full = planner.add(text, len(encoding.encode_ordinary(text)))
+            full = planner.add(text, count_tokens(text))
             if full:
                 self._submit(full, ledger, in_flight, cache)
         last = planner.flush()

@@ -135,9 +135,11 @@ class FakeOpenAI:
             self.requests += 1
             if self.faults:
                 return self.faults.popleft()
-            if self.quota_requests is not None and self.quota_requests <= 0:
-                body = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}
-                return 429, body, {}
+            if self.quota_requests is not None:  # checked and spent at once: concurrent requests race here
+                if self.quota_requests <= 0:
+                    body = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}
+                    return 429, body, {}
+                self.quota_requests -= 1
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else texts
         problem = self._problem(body.get("model"), texts)
@@ -150,8 +152,6 @@ class FakeOpenAI:
                 return limited
             self.calls.update(texts)
             self.tokens_served += tokens
-            if self.quota_requests is not None:
-                self.quota_requests -= 1
             delay = self.latency + (self.delays.popleft() if self.delays else 0.0)
         time.sleep(delay)
         status, payload = self.embed_body(body)
