@@ -104,7 +104,7 @@ def format_summary(manifest: dict, output: str) -> str:
     s = manifest["stats"]
     return "\n".join([
         f"embedded {s['rows']} rows into {output} ({manifest['model']}, {manifest['dimensions']} dims)",
-        f"  distinct texts {s['distinct_texts']}, blank rows {s['null_texts']}, chunks {s['chunks']}, tokens {s['tokens']}",
+        f"  distinct texts {s['distinct_texts']}, blank rows {s['null_texts']}, chunks {s['chunks']}",
         f"  cache hits {s['cache_hits']}, embedded {s['embedded_chunks']} chunks ({s['embedded_tokens']} tokens) "
         f"in {s['requests']} requests, {s['seconds']:.1f} s",
     ])

@@ -21,7 +21,7 @@ from itertools import pairwise
 import numpy as np
 import tiktoken
 
-from pipeline.tokens import cl100k_base, encode_many
+from pipeline.tokens import cl100k_base, count_tokens, encode_many
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 _WORD_GAP = re.compile(r"\s+")
@@ -35,7 +35,12 @@ class Chunk:
     text: str
     start: int
     end: int
-    tokens: int
+    counted: int | None = None  # None: a whole text short enough never to need counting
+
+    @property
+    def tokens(self) -> int:
+        """cl100k_base tokens in `text`; counted now if the chunker had no need to."""
+        return self.counted if self.counted is not None else count_tokens(self.text)
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,19 @@ def chunk_texts(paragraph_lists: list[list[str]], max_tokens: int, overlap_token
     """`chunk_by_tokens` for many texts, tokenised together in one batch call."""
     encoding = encoding or cl100k_base()
     texts = [" ".join(paragraphs) for paragraphs in paragraph_lists]
-    token_lists = encode_many(texts, encoding)
+    # A token is at least one UTF-8 byte: a text of at most max_tokens bytes is one chunk
+    # without tokenising it, and most rows of most tables are such texts.
+    short = [_utf8_length(text) <= max_tokens for text in texts]
+    token_lists = iter(encode_many([text for text, fits in zip(texts, short) if not fits], encoding))
     return [
-        _chunk_one(text, paragraphs, tokens, max_tokens, overlap_tokens, encoding)
-        for text, paragraphs, tokens in zip(texts, paragraph_lists, token_lists)
+        ([Chunk(text, 0, len(text))] if text else []) if fits
+        else _chunk_one(text, paragraphs, next(token_lists), max_tokens, overlap_tokens, encoding)
+        for text, paragraphs, fits in zip(texts, paragraph_lists, short)
     ]
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def chunk_by_tokens(paragraphs: list[str], max_tokens: int, overlap_tokens: int = 0, encoding: tiktoken.Encoding | None = None) -> list[Chunk]:

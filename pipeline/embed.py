@@ -20,10 +20,10 @@ class RunStats:
 
     rows: int = 0
     unchanged_rows: int = 0  # kept from the last run: their input files did not change
+    reused_rows: int = 0  # in changed files, rows equal to the last run's: its vectors kept
     null_texts: int = 0  # null, empty or whitespace-only: null vector, nothing sent
     distinct_texts: int = 0
     chunks: int = 0  # chunks of the distinct texts
-    tokens: int = 0  # tokens in those chunks
     cache_hits: int = 0  # chunks answered by the cache
     embedded_chunks: int = 0
     embedded_tokens: int = 0
@@ -39,11 +39,10 @@ class RunStats:
 
 @dataclass(frozen=True)
 class EmbeddedText:
-    """A normalised text, its chunks, their vectors and the pooled row vector."""
+    """A normalised text, its chunks and their vectors: a row of the chunk table."""
 
     chunks: list[Chunk]
     chunk_vectors: np.ndarray
-    vector: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,22 @@ class PreparedRows:
 
     keys: list[str]
     chunked: dict[str, list[Chunk]]
+
+
+@dataclass(frozen=True)
+class RowVectors:
+    """Each row's vector (zeros where its text is blank), which rows have one, and the chunk
+    vectors they were pooled from."""
+
+    matrix: np.ndarray
+    present: np.ndarray
+    rows: PreparedRows
+    chunk_vectors: dict[str, np.ndarray]
+
+    def embedded_texts(self) -> list[EmbeddedText | None]:
+        """Per row, its chunks and their vectors (None where blank): the chunk table's rows."""
+        texts = {key: EmbeddedText(chunks, np.stack([self.chunk_vectors[c.text] for c in chunks])) for key, chunks in self.rows.chunked.items()}
+        return [texts[key] if key else None for key in self.rows.keys]
 
 
 @dataclass
@@ -74,6 +89,12 @@ class TextEmbedder:
             self.stats.rows += rows
             self.stats.unchanged_rows += rows if unchanged else 0
 
+    def reuse(self, rows: int) -> None:
+        """Count rows that take their vectors from the last run's output: they never reach `prepare`."""
+        with self._lock:
+            self.stats.rows += rows
+            self.stats.reused_rows += rows
+
     def prepare(self, raw_texts: list[str | None]) -> PreparedRows:
         """The CPU half, safe to run ahead in another thread: normalise, dedupe, chunk."""
         rows = chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)
@@ -83,18 +104,22 @@ class TextEmbedder:
     def missing_chunks(self, raw_texts: list[str | None]) -> dict[str, int]:
         """The chunks (text -> tokens) of these rows that the cache lacks; counts nothing."""
         rows = chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)
-        chunks = {c.text: c.tokens for chunks in rows.chunked.values() for c in chunks}
+        chunks = {c.text: c for chunks in rows.chunked.values() for c in chunks}
         cached = self.cache.get_many(list(chunks))
-        return {text: tokens for text, tokens in chunks.items() if text not in cached}
+        return {text: chunk.tokens for text, chunk in chunks.items() if text not in cached}
 
-    def complete(self, rows: PreparedRows) -> list[EmbeddedText | None]:
-        """The I/O half, in order: cache lookup, embed the misses, pool chunks into rows."""
-        vectors = self._chunk_vectors({c.text: c.tokens for chunks in rows.chunked.values() for c in chunks})
-        results = {key: _pool(chunks, vectors) for key, chunks in rows.chunked.items()}
-        return [results[key] if key else None for key in rows.keys]
+    def complete(self, rows: PreparedRows) -> RowVectors:
+        """The I/O half: cache lookup, embed the misses, pool chunks into row vectors."""
+        vectors = self._chunk_vectors({c.text: c for chunks in rows.chunked.values() for c in chunks})
+        pooled = {key: _pool(chunks, vectors) for key, chunks in rows.chunked.items()}
+        blank = np.zeros(self.embedder.dimensions, dtype=np.float32)
+        by_row = [pooled[key] if key else blank for key in rows.keys]
+        matrix = np.stack(by_row) if by_row else np.zeros((0, len(blank)), dtype=np.float32)
+        present = np.array([bool(key) for key in rows.keys], dtype=bool)
+        return RowVectors(matrix, present, rows, vectors)
 
-    def _chunk_vectors(self, token_counts: dict[str, int]) -> dict[str, np.ndarray]:
-        texts = list(token_counts)
+    def _chunk_vectors(self, chunks: dict[str, Chunk]) -> dict[str, np.ndarray]:
+        texts = list(chunks)
         vectors = self.cache.get_many(texts)
         claimed, theirs, done = self._claim([t for t in texts if t not in vectors])
         mine = claimed
@@ -104,7 +129,7 @@ class TextEmbedder:
             if mine:  # another partition may have stored some between our lookup and our claim
                 vectors.update(just_stored := self.cache.get_many(mine))
                 mine = [t for t in mine if t not in just_stored]
-            counts = [token_counts[t] for t in mine]
+            counts = [chunks[t].tokens for t in mine]  # counted only now: most chunks are cached
             store = lambda texts, fresh: self.cache.put_many(dict(zip(texts, fresh)))  # a stopped run resumes from here
             for batch, fresh in self.embedder.embed_iter(mine, counts, store):
                 vectors.update(zip(mine[batch], fresh))
@@ -117,7 +142,7 @@ class TextEmbedder:
             event.wait()  # another partition is embedding these right now
         vectors.update(self.cache.get_many(list(theirs)))
         missing = [t for t in theirs if t not in vectors]  # its request failed: ours to do
-        return vectors if not missing else {**vectors, **self._chunk_vectors({t: token_counts[t] for t in missing})}
+        return vectors if not missing else {**vectors, **self._chunk_vectors({t: chunks[t] for t in missing})}
 
     def _claim(self, misses: list[str]) -> tuple[list[str], dict[str, threading.Event], threading.Event]:
         """Split misses into those this call embeds and those another partition is already
@@ -143,7 +168,6 @@ class TextEmbedder:
                 if new:
                     self.stats.distinct_texts += 1
                     self.stats.chunks += len(chunks)
-                    self.stats.tokens += sum(c.tokens for c in chunks)
 
 
 def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int) -> PreparedRows:
@@ -154,12 +178,9 @@ def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int
     return PreparedRows(keys, dict(zip(distinct, chunk_texts(list(distinct.values()), max_tokens, overlap_tokens))))
 
 
-def _pool(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> EmbeddedText:
+def _pool(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> np.ndarray:
     """The token-weighted mean of the chunk vectors, re-normalised."""
     if len(chunks) == 1:  # most texts: the chunk's vector is the row's
-        vector = vectors[chunks[0].text]
-        return EmbeddedText(chunks, vector[None, :], vector)
-    chunk_vectors = np.stack([vectors[c.text] for c in chunks])
+        return vectors[chunks[0].text]
     weights = np.array([c.tokens for c in chunks], dtype=np.float32)
-    vector = l2_normalise(weights @ chunk_vectors)
-    return EmbeddedText(chunks, chunk_vectors, vector)
+    return l2_normalise(weights @ np.stack([vectors[c.text] for c in chunks]))

@@ -1,25 +1,34 @@
 """A set of 64-bit hashes in numpy arrays: eight bytes a member, where a Python set spends ~70.
 
-Members go into a small buffer that is merged into a sorted array when it fills, so lookups are
-a binary search plus a set probe. Used to find repeated ids and to count distinct texts over
-inputs far larger than memory would hold as Python objects.
+Values are hashed together by polars (a few nanoseconds each), not one by one in Python.
+Members go into a small sorted array that is merged into a large one when it fills, so a batch
+is checked with two binary searches. Used to find repeated ids and to count distinct texts
+over inputs far larger than memory would hold as Python objects.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
+import polars as pl
+import pyarrow as pa
 
 _BUFFER = 65_536
 
 
-def hash64(value) -> int:
-    """A stable 64-bit hash of a str, bytes or int value (ints in range are their own hash)."""
-    if isinstance(value, int) and -(2**63) <= value < 2**63:
-        return value
-    data = value if isinstance(value, bytes) else str(value).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+def hash64(values: pa.Array | list) -> np.ndarray:
+    """Stable-within-a-process 64-bit hashes of one column's values (ints, strings or bytes).
+
+    Integers are widened and strings made large first, so a value hashes alike whichever
+    file's type it came in.
+    """
+    array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+    if pa.types.is_integer(array.type) and array.type != pa.uint64():
+        array = array.cast(pa.int64())
+    elif pa.types.is_string(array.type):
+        array = array.cast(pa.large_string())
+    elif pa.types.is_binary(array.type):
+        array = array.cast(pa.large_binary())
+    return pl.Series(array).hash(seed=0).to_numpy().view(np.int64)
 
 
 class HashSet:
@@ -27,30 +36,40 @@ class HashSet:
 
     def __init__(self):
         self._sorted = np.empty(0, dtype=np.int64)
-        self._recent: set[int] = set()
+        self._recent = np.empty(0, dtype=np.int64)  # sorted too; merged into _sorted when full
 
     def __len__(self) -> int:
         return len(self._sorted) + len(self._recent)
 
     def add(self, value) -> bool:
         """Add `value`; True if it was new."""
-        return self.add_many([value])[0]
+        return bool(self.add_many([value])[0])
 
-    def add_many(self, values: list) -> list[bool]:
-        """Add each value in order; for each, True if it was new (a repeat within `values` too)."""
-        keys = [hash64(v) for v in values]
-        in_sorted = self._in_sorted(np.array(keys, dtype=np.int64)) if len(self._sorted) else [False] * len(keys)
-        new = []
-        for key, old in zip(keys, in_sorted):
-            fresh = not old and key not in self._recent
-            if fresh:
-                self._recent.add(key)
-            new.append(fresh)
+    def add_many(self, values: pa.Array | list) -> np.ndarray:
+        """Add each value in order; for each, True if it was new (a repeat within `values` too).
+        `values` are one column's: all ints, all strings or all bytes."""
+        if not len(values):
+            return np.zeros(0, dtype=bool)
+        keys = hash64(values)
+        distinct, first = np.unique(keys, return_index=True)
+        new = np.zeros(len(keys), dtype=bool)
+        fresh = ~(_contains(self._sorted, distinct) | _contains(self._recent, distinct))
+        new[first] = fresh
+        self._recent = _merge(self._recent, distinct[fresh])
         if len(self._recent) >= _BUFFER:
-            self._sorted = np.union1d(self._sorted, np.fromiter(self._recent, dtype=np.int64, count=len(self._recent)))
-            self._recent.clear()
+            self._sorted = _merge(self._sorted, self._recent)
+            self._recent = np.empty(0, dtype=np.int64)
         return new
 
-    def _in_sorted(self, keys: np.ndarray) -> list[bool]:
-        at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
-        return (self._sorted[at] == keys).tolist()
+
+def _merge(members: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """Two sorted arrays with no value in common, as one sorted array (a copy, not a sort)."""
+    return np.insert(members, np.searchsorted(members, fresh), fresh)
+
+
+def _contains(members: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """For each key, whether the sorted array `members` holds it."""
+    if not len(members):
+        return np.zeros(len(keys), dtype=bool)
+    at = np.minimum(np.searchsorted(members, keys), len(members) - 1)
+    return members[at] == keys

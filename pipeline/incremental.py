@@ -60,6 +60,7 @@ class PreviousOutput:
         files = manifest.get("files", []) if manifest.get("settings_key") == settings_key else []
         self._parts = {_key(f["source"]): self.output / f["name"] for f in files if f.get("source")}
         self._files = {_key(f["source"])[:4] for f in files if f.get("source")}
+        self._by_range = {(k[0], k[4]): path for k, path in self._parts.items()}
 
     def covers(self, files: list[Path]) -> bool:
         """Whether the last output came from exactly these files, all unchanged."""
@@ -72,6 +73,13 @@ class PreviousOutput:
     def part_for(self, partition: Partition) -> Path | None:
         """The previous part holding this partition's output, if its input is unchanged."""
         path = self._parts.get(_key(part_source(partition)))
+        return path if path is not None and path.exists() else None
+
+
+    def earlier_part(self, partition: Partition) -> Path | None:
+        """The previous part read from the same file and row groups, whether or not the file
+        has changed since: its rows are compared with the new ones by position."""
+        path = self._by_range.get((str(partition.file), tuple(partition.row_groups or ())))
         return path if path is not None and path.exists() else None
 
 

@@ -70,7 +70,7 @@ class RateLimiter:
         tokens_per_minute: float,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-        transit_margin: float = 0.25,
+        transit_margin: float = 0.1,
     ):
         self.requests = TokenBucket(requests_per_minute, clock)
         self.tokens = TokenBucket(tokens_per_minute, clock)

@@ -11,21 +11,24 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.cache import VectorCache
 from pipeline.concurrency import prefetch
 from pipeline.config import Config
-from pipeline.embed import EmbeddedText, TextEmbedder
+from pipeline.embed import EmbeddedText, PreparedRows, RowVectors, TextEmbedder
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.incremental import PreviousOutput, part_source, run_key
 from pipeline.partitions import Partition, plan_partitions
 from pipeline.sink import ParquetSink, vector_array
-from pipeline.source import SourcePlan, row_texts, validate_source
+from pipeline.reuse import PreviousRows
+from pipeline.source import SourcePlan, row_texts, text_columns, validate_source
 
 log = logging.getLogger("embedpipe")
 
@@ -149,18 +152,45 @@ def embed_partition(run: Run, index: int) -> int:
         log.info("partition %d (%s): unchanged since the last run, %d rows kept", index, partition.file, kept)
         return kept
     rows, chunks = run.rows.open_part(index), run.chunks.open_part(index) if run.chunks else None
-    prepared = ((batch, run.texts.prepare(row_texts(batch, source))) for batch in partition.read())
-    for batch, prepared_rows in prefetch(prepared, depth=2):
-        results = run.texts.complete(prepared_rows)
-        vectors = vector_array([r.vector if r else None for r in results], run.dimensions)
+    for batch, reused, fresh in prefetch(_prepared_batches(run, partition), depth=2):
+        result = run.texts.complete(fresh)
+        matrix, present = _merge(reused, result, run.dimensions)
+        vectors = vector_array(matrix, present)
         rows.write(batch.append_column(pa.field(run.config.output.vector_column, vectors.type), vectors))
         if chunks is not None:
-            chunks.write(chunk_table(batch.column(source.id_column), results, run.dimensions))
+            chunks.write(chunk_table(batch.column(source.id_column), result.embedded_texts(), run.dimensions))
     if chunks is not None:
         chunks.finish()  # before the rows part: a finished rows part means both are done
     written = rows.finish()
     log.info("partition %d (%s): %d rows embedded", index, partition.file, written)
     return written
+
+
+def _prepared_batches(run: Run, partition: Partition) -> Iterator[tuple[pa.RecordBatch, tuple | None, PreparedRows]]:
+    """Each batch, the rows whose vectors the last run's part already holds (same mask and
+    vectors, or None), and the other rows normalised and chunked."""
+    source = run.config.source
+    earlier = run.previous.earlier_part(partition) if run.previous else None
+    previous = PreviousRows.open(earlier, text_columns(source), run.config.output.vector_column)
+    for batch in partition.read():
+        if previous is None:
+            yield batch, None, run.texts.prepare(row_texts(batch, source))
+            continue
+        same, vectors = previous.match(batch)
+        run.texts.reuse(int(same.sum()))
+        rest = batch.filter(pa.array(~same)) if same.any() else batch
+        yield batch, (same, vectors), run.texts.prepare(row_texts(rest, source))
+
+
+def _merge(reused: tuple | None, result: RowVectors, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's row vectors: reused rows from the last run, the others as just embedded."""
+    if reused is None:
+        return result.matrix, result.present
+    same, vectors = reused
+    matrix, present = vectors, same.copy()
+    matrix[~same] = result.matrix
+    present[~same] = result.present
+    return matrix, present
 
 
 def chunk_table(ids: pa.Array, results: list[EmbeddedText | None], dimensions: int) -> pa.Table:
@@ -177,7 +207,7 @@ def chunk_table(ids: pa.Array, results: list[EmbeddedText | None], dimensions: i
         "token_count": pa.array(columns["token_count"], type=pa.int32()),
         "char_start": pa.array(columns["char_start"], type=pa.int64()),
         "char_end": pa.array(columns["char_end"], type=pa.int64()),
-        "vector": vector_array(columns["vector"], dimensions),
+        "vector": vector_array(np.array(columns["vector"], dtype=np.float32).reshape(-1, dimensions)),
     })
 
 

@@ -85,8 +85,10 @@ def validate_source(config: SourceConfig, output_column: str | None = None, unch
     """Check every file before any embedding: columns present, text columns textual, ids unique.
 
     `output_column`, the vector column to be added, must not already be an input column.
-    Files `unchanged` since the last run have only their ids read (ids must stay unique
-    across all files), not their text.
+    Only ids are read through (they must be unique across all files), and a template is tried
+    on a file's first rows. CSV text is read through as well, so a bad byte fails the run
+    before any spending; Parquet text is not (its footer, checked here, catches truncation),
+    so it is read once, by the run.
     """
     files = resolve_files(config.path)
     try:
@@ -100,7 +102,10 @@ def validate_source(config: SourceConfig, output_column: str | None = None, unch
         _check_columns(file, schema, [config.id_column, *needed], config)
         if output_column in schema.names:
             raise SourceError(f"{file}: already has a column {output_column!r}; set output.vector_column to another name")
-        rows.append(_check_rows(file, config, [] if unchanged(file) else needed, seen_ids))
+        if config.text_template and not unchanged(file):
+            _try_template(file, config)
+        read_text = FORMATS[file.suffix.lower()] == "csv" and not unchanged(file)
+        rows.append(_check_rows(file, config, needed if read_text else [], seen_ids))
     return SourcePlan(files, rows)
 
 
@@ -128,31 +133,30 @@ def _check_columns(file: Path, schema: pa.Schema, columns: list[str], config: So
             raise SourceError(f"{file}: text column {config.text_column!r} holds {kind}, not text")
 
 
-def _try_template(file: Path, batch: pa.RecordBatch, config: SourceConfig) -> None:
+def _try_template(file: Path, config: SourceConfig) -> None:
     """Fill the template for a few rows now, so a bad format spec fails before any spending."""
+    batch = next(read_batches(file, columns=text_columns(config), batch_rows=16), None)
     try:
-        row_texts(batch.slice(0, 16), config)
+        if batch is not None:
+            row_texts(batch.slice(0, 16), config)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise SourceError(f"{file}: source.text_template cannot be filled: {type(exc).__name__}: {exc}") from None
 
 
 def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen: HashSet) -> int:
-    """Read the id and text columns through (so a bad byte surfaces now, not mid-run), adding
+    """Read the id and `text_columns` through (so a bad byte surfaces now, not mid-run), adding
     ids to `seen`; raise on a null or repeated id. Returns the row count."""
     rows = 0
     id_column = config.id_column
     for batch in read_batches(file, columns=list(dict.fromkeys([id_column, *text_columns]))):
-        if rows == 0 and config.text_template and text_columns:
-            _try_template(file, batch, config)
         ids = batch.column(id_column)
         if ids.null_count:
             offset = ids.is_null().to_pylist().index(True)
             raise SourceError(f"{file}: column {id_column!r} is null at row {rows + offset + 1}; every row needs an id")
-        values = ids.to_pylist()
-        new = seen.add_many(values)
-        if not all(new):
-            offset = new.index(False)
-            raise SourceError(f"{file}: column {id_column!r} repeats id {values[offset]!r} at row {rows + offset + 1}; ids must be unique")
+        new = seen.add_many(ids)
+        if not new.all():
+            offset = int(new.argmin())
+            raise SourceError(f"{file}: column {id_column!r} repeats id {ids[offset].as_py()!r} at row {rows + offset + 1}; ids must be unique")
         rows += batch.num_rows
     return rows
 

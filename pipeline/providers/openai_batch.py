@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import threading
@@ -66,12 +67,12 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         seen.add_many([t for entry in in_flight.values() for texts in ledger.read_input(entry["local_id"]).values() for t in texts])
         attempts: dict[str, int] = {}  # only texts sent again; the rest were sent once
         planner = self._planner(self.batch_inputs)
-        for text, tokens in misses:
-            if not seen.add(text):
-                continue
-            full = planner.add(text, tokens)
-            if full:
-                self._submit(full, ledger, in_flight, cache)
+        misses = iter(misses)
+        while group := list(itertools.islice(misses, 4_096)):
+            for (text, tokens), new in zip(group, seen.add_many([text for text, _ in group])):
+                full = planner.add(text, tokens) if new else None
+                if full:
+                    self._submit(full, ledger, in_flight, cache)
         last = planner.flush()
         if last:
             self._submit(last, ledger, in_flight, cache)

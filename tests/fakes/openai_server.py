@@ -61,11 +61,20 @@ class Budget:
         self.limit = per_minute
         self.level = float(per_minute)
         self.updated = time.monotonic()
+        self.spending = False  # set by the first charge
+        self.idle_seconds = 0.0  # refill lost to a full bucket since then: budget a client left unused
 
     def refill(self) -> None:
         now = time.monotonic()
-        self.level = min(self.limit, self.level + (now - self.updated) * self.limit / 60)
+        refilled = self.level + (now - self.updated) * self.limit / 60
+        if self.spending and refilled > self.limit:
+            self.idle_seconds += (refilled - self.limit) * 60 / self.limit
+        self.level = min(self.limit, refilled)
         self.updated = now
+
+    def charge(self, amount: float) -> None:
+        self.level -= amount
+        self.spending = True
 
     def seconds_until(self, amount: float) -> float:
         return max(0.0, (amount - self.level) * 60 / self.limit)
@@ -96,9 +105,11 @@ class FakeOpenAI:
         self.budgets = {name: Budget(limit) for name, limit in (("requests", rpm), ("tokens", tpm)) if limit}
         self.latency = latency
         self.rate_limited = 0  # requests answered 429 for going over rpm or tpm
+        self.refusals: list[tuple] = []  # (time.monotonic(), budget, level, needed) of each
         self.tokens_served = 0
         self.calls: Counter[str] = Counter()  # texts embedded, per text
         self.requests = 0  # every request, answered or refused
+        self.first_request_at: float | None = None  # time.monotonic() of the first request
         self.rejected: list[str] = []  # why each 400 was sent
         self.faults: deque = deque()  # (status, body, headers) answered to the next requests
         self.corruptions: deque = deque()  # functions applied to the next good responses' bodies
@@ -133,6 +144,7 @@ class FakeOpenAI:
         """The status, JSON body and headers for one embeddings request."""
         with self._lock:
             self.requests += 1
+            self.first_request_at = self.first_request_at or time.monotonic()
             if self.faults:
                 return self.faults.popleft()
             if self.quota_requests is not None:  # checked and spent at once: concurrent requests race here
@@ -182,11 +194,12 @@ class FakeOpenAI:
         if short:
             self.rate_limited += 1
             name, wait = max(short.items(), key=lambda item: item[1])
+            self.refusals.append((time.monotonic(), name, self.budgets[name].level, needs[name]))
             message = f"Rate limit reached on {name} per min. Please try again in {wait * 1000:.0f}ms."
             body = {"error": {"message": message, "type": name, "param": None, "code": "rate_limit_exceeded"}}
             return 429, body, {**self._limit_headers(), "retry-after-ms": str(int(wait * 1000) + 1)}
         for name, budget in self.budgets.items():
-            budget.level -= needs[name]
+            budget.charge(needs[name])
         return None
 
     def _limit_headers(self) -> dict:

@@ -1,3 +1,4 @@
+import pyarrow as pa
 import pytest
 
 from pipeline import hashset
@@ -7,7 +8,8 @@ from pipeline.hashset import HashSet
 @pytest.mark.parametrize("values", [
     list(range(200_000)),
     [f"id-{i}" for i in range(100_000)],
-    [2**70, -(2**70), b"raw", "text", 0],
+    [2**63 - 1, -(2**63), 0],
+    [b"raw", b"", b"\x00"],
 ])
 def test_each_value_is_new_once(values, monkeypatch):
     monkeypatch.setattr(hashset, "_BUFFER", 1_000)  # exercise the merges
@@ -15,3 +17,15 @@ def test_each_value_is_new_once(values, monkeypatch):
     assert all(seen.add(v) for v in values)
     assert not any(seen.add(v) for v in values)
     assert len(seen) == len(values)
+
+
+def test_a_value_is_the_same_whatever_its_column_type():
+    seen = HashSet()
+    seen.add_many(pa.array([1, 2], type=pa.int32()))
+    seen.add_many(pa.array(["a"], type=pa.string()))
+    assert not seen.add_many(pa.array([2, 1], type=pa.int64())).any()
+    assert not seen.add_many(pa.array(["a"], type=pa.large_string())).any()
+
+
+def test_repeats_within_one_batch_are_new_once():
+    assert HashSet().add_many(["a", "b", "a", "b", "c"]).tolist() == [True, True, False, False, True]

@@ -60,8 +60,8 @@ def test_duplicates_are_embedded_once_and_a_second_run_makes_no_call(tmp_path, f
     second = run_pipeline(config)["stats"]
     assert fake_openai.requests == requests
     assert (second["requests"], second["unchanged_rows"]) == (0, 7)  # the input did not change
-    source.write_bytes(source.read_bytes())  # touched: read again, every chunk from the cache
-    third = run_pipeline(config)["stats"]
+    elsewhere = openai_config(tmp_path, fake_openai, source, output__path=str(tmp_path / "elsewhere"))
+    third = run_pipeline(elsewhere)["stats"]  # no earlier output to reuse: every chunk from the cache
     assert (third["requests"], third["cache_hits"], third["unchanged_rows"]) == (0, 3, 0)
 
 

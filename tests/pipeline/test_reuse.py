@@ -1,0 +1,51 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.run import run_pipeline
+from tests.conftest import openai_config, write_parquet
+
+OLD = ["alpha one", "beta two", None, "gamma three", "delta four"]
+
+
+@pytest.mark.parametrize("new, reused, sent", [
+    (OLD, 4, []),  # rewritten as it was: a new mtime, every vector kept
+    (["alpha one", "beta 2", None, "gamma three", "delta four", "epsilon five"], 3, ["beta 2", "epsilon five"]),
+    (["zeta", *OLD], 0, ["zeta"]),  # shifted by one row: nothing lines up, all else from the cache
+    (OLD[:2], 2, []),
+])
+def test_a_rewritten_file_keeps_the_vectors_of_rows_that_did_not_change(tmp_path, fake_openai, new, reused, sent):
+    source = write_parquet(tmp_path / "in" / "docs.parquet", {"id": list(range(len(OLD))), "text": OLD})
+    config = openai_config(tmp_path, fake_openai, source)
+    run_pipeline(config)
+    fake_openai.calls.clear()
+    write_parquet(source, {"id": list(range(len(new))), "text": new})
+    stats = run_pipeline(config)["stats"]
+    assert (stats["reused_rows"], stats["unchanged_rows"], sorted(fake_openai.calls)) == (reused, 0, sent)
+    fresh = run_pipeline(openai_config(tmp_path, fake_openai, source, output__path=str(tmp_path / "fresh")))
+    assert fresh["stats"]["reused_rows"] == 0
+    assert pq.read_table(config.output.path).equals(pq.read_table(tmp_path / "fresh"))
+
+
+@pytest.mark.parametrize("changed, reused", [("note", 3), ("title", 2)])
+def test_a_template_row_is_reused_only_if_its_fields_are_unchanged(tmp_path, fake_openai, changed, reused):
+    columns = {"id": [1, 2, 3], "title": ["a", "b", "c"], "body": ["x", "y", "z"], "note": ["n", "n", "n"]}
+    source = write_parquet(tmp_path / "in.parquet", columns)
+    config = openai_config(tmp_path, fake_openai, source, source__text_template="{title}: {body}")
+    run_pipeline(config)
+    write_parquet(source, {**columns, changed: ["changed", *columns[changed][1:]]})
+    assert run_pipeline(config)["stats"]["reused_rows"] == reused
+
+
+def test_row_group_partitions_each_compare_with_their_own_earlier_part(tmp_path, fake_openai):
+    texts = [f"text number {i}" for i in range(40)]
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": list(range(40)), "text": texts}), source, row_group_size=10)
+    config = openai_config(tmp_path, fake_openai, source, source__partition_rows=10)
+    run_pipeline(config)
+    fake_openai.calls.clear()
+    texts[25] = "a new text"
+    pq.write_table(pa.table({"id": list(range(40)), "text": texts}), source, row_group_size=10)
+    stats = run_pipeline(config)["stats"]
+    assert (stats["reused_rows"], list(fake_openai.calls)) == (39, ["a new text"])
+    assert pq.read_table(config.output.path).column("text").to_pylist() == texts
