@@ -1,4 +1,4 @@
-"""`embedpipe run CONFIG [--set section.key=value ...]`: one run of the embed flow."""
+"""`embedpipe run | backfill | estimate | batches`: the command line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 import sys
 
 from pipeline.config import load_config
+from flows.console import live_progress
 from pipeline.errors import EmbedpipeError
+from pipeline.report import summary_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("--from", dest="start", help="first partition value, inclusive (e.g. 2026-01-01)")
     backfill.add_argument("--to", dest="end", help="last partition value, inclusive")
     backfill.add_argument("--concurrency", type=int, default=2, help="partitions at once (default: 2)")
+    estimate = commands.add_parser("estimate", help="count what a run would send and what it would cost; sends nothing")
+    estimate.add_argument("config", help="YAML run configuration")
+    estimate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
+    estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
     batches = commands.add_parser("batches", help="list, inspect or cancel Batch API jobs")
     batches.add_argument("action", choices=["list", "status", "cancel"])
     batches.add_argument("batch_id", nargs="?", help="the batch, for status and cancel")
@@ -34,23 +40,39 @@ def main(argv: list[str] | None = None) -> int:
         return batches_command(parser, args)
     try:
         config = load_config(args.config, args.set)
+        if args.command == "estimate":
+            return estimate_command(config, args.json)
         prepare_prefect()
         if args.command == "backfill":
             from flows.backfill import backfill as backfill_flow
 
-            result = backfill_flow(config, key=args.key, start=args.start, end=args.end, concurrency=max(1, args.concurrency))
+            with live_progress(sys.stderr.isatty()):
+                result = backfill_flow(config, key=args.key, start=args.start, end=args.end, concurrency=max(1, args.concurrency))
             print(f"backfill: {len(result['ran'])} partitions embedded ({result['rows']} rows), {len(result['skipped'])} already up to date")
             return 0
         from flows.embed import embed_dataset
 
-        manifest = embed_dataset(config)
+        with live_progress(sys.stderr.isatty()):
+            manifest = embed_dataset(config)
     except EmbedpipeError as exc:
         print(f"embedpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("embedpipe: interrupted; nothing was published; the next run resumes from what was staged and cached", file=sys.stderr)
         return 130
-    print(format_summary(manifest, config.output.path))
+    print("\n".join(summary_lines(manifest)))
+    return 0
+
+
+def estimate_command(config, as_json: bool) -> int:
+    """`embedpipe estimate CONFIG`: no Prefect, no call; errors reach `main`."""
+    import json
+
+    from pipeline.estimate import estimate_config
+
+    logging.basicConfig(level=logging.WARNING, format="embedpipe: %(message)s")
+    estimate = estimate_config(config, os.environ.get(config.embedding.api_key_env))
+    print(json.dumps(estimate.as_dict(), indent=2) if as_json else "\n".join(estimate.lines()))
     return 0
 
 
@@ -97,17 +119,6 @@ class _UserErrorsWithoutTraceback(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
-
-
-def format_summary(manifest: dict, output: str) -> str:
-    """A few lines a person reads after a run."""
-    s = manifest["stats"]
-    return "\n".join([
-        f"embedded {s['rows']} rows into {output} ({manifest['model']}, {manifest['dimensions']} dims)",
-        f"  distinct texts {s['distinct_texts']}, blank rows {s['null_texts']}, chunks {s['chunks']}",
-        f"  cache hits {s['cache_hits']}, embedded {s['embedded_chunks']} chunks ({s['embedded_tokens']} tokens) "
-        f"in {s['requests']} requests, {s['seconds']:.1f} s",
-    ])
 
 
 if __name__ == "__main__":

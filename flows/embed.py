@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Config, EmbeddingConfig
 from pipeline.errors import ProviderError
+from pipeline.report import summary_markdown
 from pipeline.run import Run, close_run, embed_partition, embed_through_batch_api, finish_run, prepare_run
 
 # Task results hold live clients and open files: keep them in memory, never cache or persist.
@@ -51,8 +54,22 @@ def run_batch_api(run: Run) -> None:
 
 @task(**_IN_MEMORY)
 def publish(run: Run, parts: dict[int, int]) -> dict:
-    """Check the row count, move the parts into place, write the manifest."""
-    return finish_run(run, parts)
+    """Check the row count, move the parts into place, write the manifest, and publish the
+    summary as a Markdown artifact."""
+    manifest = finish_run(run, parts)
+    create_markdown_artifact(summary_markdown(manifest), key="embedpipe-run-summary", description="embedpipe: what the run did")
+    return manifest
+
+
+def _results_with_progress(futures: dict, total_rows: int) -> dict[int, int]:
+    """Each partition's row count, updating a progress artifact as partitions finish."""
+    progress = create_progress_artifact(0.0, key="embedpipe-progress", description=f"embedpipe: rows written of {total_rows:,}")
+    parts: dict[int, int] = {}
+    for future in as_completed(list(futures)):
+        parts[futures[future]] = future.result()
+        done = sum(parts.values())
+        update_progress_artifact(progress, 100.0 * done / max(total_rows, 1), description=f"embedpipe: {done:,} of {total_rows:,} rows written")
+    return parts
 
 
 @flow(name="embed-dataset", log_prints=True)
@@ -64,8 +81,8 @@ def embed_dataset(config: Config) -> dict:
         if run.texts.embedder.uses_batch_api:
             run_batch_api(run)
         with ThreadPoolTaskRunner(max_workers=config.source.parallel_partitions) as runner:
-            futures = [runner.submit(embed_one_partition, parameters={"run": run, "index": i}) for i in range(len(run.partitions))]
-            parts = {i: future.result() for i, future in enumerate(futures)}
+            futures = {runner.submit(embed_one_partition, parameters={"run": run, "index": i}): i for i in range(len(run.partitions))}
+            parts = _results_with_progress(futures, run.plan.total_rows)
         return publish(run, parts)
     except BaseException:
         close_run(run)

@@ -13,6 +13,7 @@ before it).
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from itertools import pairwise
 import numpy as np
 import tiktoken
 
+from pipeline.config import ChunkingConfig
 from pipeline.tokens import cl100k_base, count_tokens, encode_many
 
+log = logging.getLogger("embedpipe")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 _WORD_GAP = re.compile(r"\s+")
 _SPLITTERS = (_SENTENCE_END,)  # below the last of these, runs of words (`_word_runs`)
@@ -48,6 +51,17 @@ class _Span:
     start: int
     end: int
     tokens: int
+
+
+def chunk_limits(chunking: ChunkingConfig, model_limit: int, model: str) -> tuple[int, int]:
+    """`chunking.max_tokens` within the model's input limit; the overlap at most half of it."""
+    max_tokens = min(chunking.max_tokens, model_limit)
+    overlap = min(chunking.overlap_tokens, max_tokens // 2)
+    if max_tokens < chunking.max_tokens:
+        log.warning("chunking.max_tokens lowered to %d, the input limit of %s", max_tokens, model)
+    if overlap < chunking.overlap_tokens:
+        log.warning("chunking.overlap_tokens lowered to %d, half of max_tokens", overlap)
+    return max_tokens, overlap
 
 
 def chunk_texts(paragraph_lists: list[list[str]], max_tokens: int, overlap_tokens: int = 0, encoding: tiktoken.Encoding | None = None) -> list[list[Chunk]]:

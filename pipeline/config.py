@@ -60,6 +60,8 @@ class EmbeddingConfig(_Section):
     request_timeout_seconds: float = 60.0
     max_attempts: int = 6  # per request, for 429, 5xx, timeouts and malformed answers
     batch_size: int | None = None  # texts per request; None = the provider's maximum
+    max_cost_usd: float | None = None  # a run estimated to cost more stops before its first call
+    price_table: str | None = None  # YAML of model: {sync, batch} USD per 1M tokens; None = configs/prices.yaml
     # openai-batch only
     batch_max_enqueued_tokens: int = 3_000_000  # tokens in flight at once; more goes in waves
     batch_max_inputs_per_file: int = 50_000

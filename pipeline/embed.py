@@ -29,8 +29,10 @@ class RunStats:
     embedded_tokens: int = 0
     requests: int = 0  # every attempt sent to the provider
     retries: dict = field(default_factory=dict)  # retried attempts by cause
+    rate_limited: int = 0  # answers that were 429 rate_limit_exceeded, all retried
     timed_out_tokens: int = 0  # in attempts that timed out and were resent: maybe billed twice
     batch_api: dict = field(default_factory=dict)  # openai-batch: batches, requests, inputs sent
+    cost_usd: float | None = None  # tokens sent at the price table's price; None: no price known
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -103,7 +105,10 @@ class TextEmbedder:
 
     def missing_chunks(self, raw_texts: list[str | None]) -> dict[str, int]:
         """The chunks (text -> tokens) of these rows that the cache lacks; counts nothing."""
-        rows = chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)
+        return self.missing(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens))
+
+    def missing(self, rows: PreparedRows) -> dict[str, int]:
+        """The chunks (text -> tokens) of prepared rows that the cache lacks."""
         chunks = {c.text: c for chunks in rows.chunked.values() for c in chunks}
         cached = self.cache.get_many(list(chunks))
         return {text: chunk.tokens for text, chunk in chunks.items() if text not in cached}

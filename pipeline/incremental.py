@@ -11,8 +11,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from pathlib import Path
 
+from pipeline import __version__
+from pipeline.config import Config
 from pipeline.partitions import Partition
 from pipeline.sink import MANIFEST
 
@@ -46,6 +49,19 @@ def run_key(settings: dict, files: list[Path]) -> str:
 def part_source(partition: Partition) -> dict:
     """What the manifest records of a part's input."""
     return {**fingerprint(partition.file), "row_groups": list(partition.row_groups) if partition.row_groups else None}
+
+
+def settings_key(config: Config) -> str:
+    """A hash of every setting that shapes the output: equal keys mean reusable parts."""
+    shaping = {
+        "embedding": config.embedding.model_dump(include={"provider", "model", "dimensions"}),
+        "endpoint": config.embedding.base_url or os.environ.get("OPENAI_BASE_URL"),  # the server actually used
+        "chunking": config.chunking.model_dump(),
+        "source": config.source.model_dump(include={"id_column", "text_column", "text_template"}),
+        "vector_column": config.output.vector_column,
+        "version": __version__,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class PreviousOutput:

@@ -17,7 +17,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.source import BATCH_ROWS
+from pipeline.config import Config
+from pipeline.embed import PreparedRows, TextEmbedder
+from pipeline.incremental import PreviousOutput
+from pipeline.partitions import Partition
+from pipeline.source import BATCH_ROWS, row_texts, text_columns
+
+
+def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutput | None, partition: Partition) -> Iterator[tuple[pa.RecordBatch, tuple | None, PreparedRows]]:
+    """Each batch of `partition`; the rows whose vectors the last run's part already holds
+    (a mask and those vectors, or None); and the other rows, normalised and chunked."""
+    source = config.source
+    earlier = previous.earlier_part(partition) if previous else None
+    rows_before = PreviousRows.open(earlier, text_columns(source), config.output.vector_column)
+    for batch in partition.read():
+        if rows_before is None:
+            yield batch, None, texts.prepare(row_texts(batch, source))
+            continue
+        same, vectors = rows_before.match(batch)
+        texts.reuse(int(same.sum()))
+        rest = batch.filter(pa.array(~same)) if same.any() else batch
+        yield batch, (same, vectors), texts.prepare(row_texts(rest, source))
 
 
 class PreviousRows:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -11,24 +10,25 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import __version__
+from pipeline import __version__, progress
 from pipeline.cache import VectorCache
 from pipeline.concurrency import prefetch
+from pipeline.chunking import chunk_limits
 from pipeline.config import Config
-from pipeline.embed import EmbeddedText, PreparedRows, RowVectors, TextEmbedder
+from pipeline.embed import EmbeddedText, RowVectors, TextEmbedder
 from pipeline.errors import EmbedpipeError
+from pipeline.estimate import check_budget, estimate_run, run_cost
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
-from pipeline.incremental import PreviousOutput, part_source, run_key
+from pipeline.incremental import PreviousOutput, part_source, run_key, settings_key
 from pipeline.partitions import Partition, plan_partitions
 from pipeline.sink import ParquetSink, vector_array
-from pipeline.reuse import PreviousRows
-from pipeline.source import SourcePlan, row_texts, text_columns, validate_source
+from pipeline.reuse import prepared_batches
+from pipeline.source import SourcePlan, row_texts, validate_source
 
 log = logging.getLogger("embedpipe")
 
@@ -68,9 +68,11 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
         if owns_embedder:
             embedder = get_embedder(config.embedding, api_key)
             undo.callback(embedder.close)
-        max_tokens, overlap = _chunk_limits(config, embedder)
+        max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
         cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
         undo.callback(cache.close)
+        if config.embedding.max_cost_usd is not None:  # an extra read of the input, before any spending
+            check_budget(estimate_run(config, embedder, cache, max_tokens, overlap), config.embedding.max_cost_usd)
         metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
         staging = run_key({"config": config.model_dump(mode="json"), "settings": key}, plan.files)
         rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, staging)
@@ -80,31 +82,8 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     partitions = plan_partitions(plan, config.source.partition_rows)
     sources = {p.index: part_source(p) for p in partitions}  # as read now, not as found at publish
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
+    progress.track(texts.stats, embedder, plan.total_rows)
     return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder)
-
-
-def settings_key(config: Config) -> str:
-    """A hash of every setting that shapes the output: equal keys mean reusable parts."""
-    shaping = {
-        "embedding": config.embedding.model_dump(include={"provider", "model", "dimensions"}),
-        "endpoint": config.embedding.base_url or os.environ.get("OPENAI_BASE_URL"),  # the server actually used
-        "chunking": config.chunking.model_dump(),
-        "source": config.source.model_dump(include={"id_column", "text_column", "text_template"}),
-        "vector_column": config.output.vector_column,
-        "version": __version__,
-    }
-    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _chunk_limits(config: Config, embedder) -> tuple[int, int]:
-    """`chunking.max_tokens` within the model's input limit; the overlap at most half of it."""
-    max_tokens = min(config.chunking.max_tokens, embedder.max_input_tokens)
-    overlap = min(config.chunking.overlap_tokens, max_tokens // 2)
-    if max_tokens < config.chunking.max_tokens:
-        log.warning("chunking.max_tokens lowered to %d, the input limit of %s", max_tokens, embedder.model)
-    if overlap < config.chunking.overlap_tokens:
-        log.warning("chunking.overlap_tokens lowered to %d, half of max_tokens", overlap)
-    return max_tokens, overlap
 
 
 def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: int) -> dict:
@@ -152,7 +131,7 @@ def embed_partition(run: Run, index: int) -> int:
         log.info("partition %d (%s): unchanged since the last run, %d rows kept", index, partition.file, kept)
         return kept
     rows, chunks = run.rows.open_part(index), run.chunks.open_part(index) if run.chunks else None
-    for batch, reused, fresh in prefetch(_prepared_batches(run, partition), depth=2):
+    for batch, reused, fresh in prefetch(prepared_batches(run.config, run.texts, run.previous, partition), depth=2):
         result = run.texts.complete(fresh)
         matrix, present = _merge(reused, result, run.dimensions)
         vectors = vector_array(matrix, present)
@@ -164,22 +143,6 @@ def embed_partition(run: Run, index: int) -> int:
     written = rows.finish()
     log.info("partition %d (%s): %d rows embedded", index, partition.file, written)
     return written
-
-
-def _prepared_batches(run: Run, partition: Partition) -> Iterator[tuple[pa.RecordBatch, tuple | None, PreparedRows]]:
-    """Each batch, the rows whose vectors the last run's part already holds (same mask and
-    vectors, or None), and the other rows normalised and chunked."""
-    source = run.config.source
-    earlier = run.previous.earlier_part(partition) if run.previous else None
-    previous = PreviousRows.open(earlier, text_columns(source), run.config.output.vector_column)
-    for batch in partition.read():
-        if previous is None:
-            yield batch, None, run.texts.prepare(row_texts(batch, source))
-            continue
-        same, vectors = previous.match(batch)
-        run.texts.reuse(int(same.sum()))
-        rest = batch.filter(pa.array(~same)) if same.any() else batch
-        yield batch, (same, vectors), run.texts.prepare(row_texts(rest, source))
 
 
 def _merge(reused: tuple | None, result: RowVectors, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +184,9 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     stats.seconds = round(time.monotonic() - run.started, 2)
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
-    manifest = {**run.metadata, "rows": run.plan.total_rows, "stats": stats.as_dict()}
+    stats.rate_limited = sum(n for cause, n in embedder.retries.items() if cause.endswith("429"))
+    stats.cost_usd = run_cost(run.config, stats.embedded_tokens, stats.batch_api.get("tokens", 0))
+    manifest = {**run.metadata, "output": str(run.config.output.path), "rows": run.plan.total_rows, "stats": stats.as_dict()}
     if run.chunks is not None:
         run.chunks.publish(manifest, parts, run.sources)
     manifest = run.rows.publish(manifest, parts, run.sources)
@@ -236,6 +201,7 @@ def close_run(run: Run) -> None:
     if run.chunks is not None:
         run.chunks.close()
     run.texts.cache.close()
+    progress.untrack(run.texts.stats)
     if run.owns_embedder:
         run.texts.embedder.close()
 

@@ -55,6 +55,11 @@ class Embedder(ABC):
         """Embed one request's worth of texts; returns shape (len(texts), dimensions)."""
 
     @property
+    def knows_dimensions(self) -> bool:
+        """Whether `dimensions` is known without asking the model (a paid call)."""
+        return True
+
+    @property
     def cache_namespace(self) -> str:
         """What produced a vector: vectors from different namespaces never mix in the cache."""
         return f"{self.provider}:{self.model}:{self.dimensions}"

@@ -77,6 +77,10 @@ class OpenAIEmbedder(Embedder):
         return vectors.shape[1]
 
     @property
+    def knows_dimensions(self) -> bool:
+        return bool(self.config.dimensions or self.model in KNOWN_DIMENSIONS)
+
+    @property
     def cache_namespace(self) -> str:
         return f"openai:{str(self.client.base_url).rstrip('/')}:{self.model}:{self.dimensions}"
 

@@ -56,7 +56,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         """Submit every text in `misses` (text, tokens) not already in flight, wait for all
         batches (earlier runs' included), and store their vectors in `cache`. Returns counts."""
         with self._one_at_a_time:
-            self.counts = {"batches": 0, "requests": 0, "inputs": 0, "reattached": 0, "resubmitted_texts": 0}
+            self.counts = {"batches": 0, "requests": 0, "inputs": 0, "tokens": 0, "reattached": 0, "resubmitted_texts": 0}
             self._retry: list[str] = []  # texts a finished batch gave no usable vector for
             return self._run_batches(misses, cache)
 
@@ -134,6 +134,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         self.counts["batches"] += 1
         self.counts["requests"] += len(file.requests)
         self.counts["inputs"] += file.inputs
+        self.counts["tokens"] += file.tokens
         log.info("submitted batch %s: %d requests, %d texts, %d tokens", batch.id, len(file.requests), file.inputs, file.tokens)
 
     def _resubmit(self, attempts: dict[str, int], ledger: BatchLedger, in_flight: dict, cache: VectorCache) -> None:

@@ -1,6 +1,8 @@
 """`embedpipe run` as a user runs it: a subprocess, Prefect's temporary server, real HTTP."""
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -34,17 +36,41 @@ def write_config(tmp_path, server, source, text_column="text"):
     return path
 
 
-def test_a_clean_run_embeds_every_row_and_prints_no_noise(tmp_path, fake_openai, prefect_home):
+def every_byte_under(*roots: Path) -> bytes:
+    return b"".join(p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def artifact_keys(prefect_home: Path) -> set[str]:
+    with sqlite3.connect(prefect_home / "prefect.db") as db:
+        return {key for (key,) in db.execute("SELECT key FROM artifact")}
+
+
+def test_a_clean_run_embeds_every_row_reports_and_prints_no_noise(tmp_path, fake_openai, prefect_home):
     source = write_parquet(tmp_path / "docs.parquet", {"id": [1, 2, 3], "text": ["alpha", None, "alpha"]})
     result = embedpipe(["run", str(write_config(tmp_path, fake_openai, source))], prefect_home, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "embedded 3 rows" in result.stdout and "distinct texts 1" in result.stdout
+    for line in ("rows           3 (0 in unchanged files, 0 equal to the last output, 1 blank)", "distinct texts 1 in 1 chunks", "sent           1 chunks, 1 tokens in 1 requests", "cost           $0.000000"):
+        assert line in result.stdout
     for noise in ("Traceback", "Error flushing", "telemetry", "ERROR"):
         assert noise not in output
     assert pq.read_table(tmp_path / "out" / "part-00000.parquet").num_rows == 3
-    written = output.encode() + b"".join(p.read_bytes() for p in (tmp_path / "out").iterdir())
-    assert SECRET.encode() not in written
+    assert {"embedpipe-progress", "embedpipe-run-summary"} <= artifact_keys(prefect_home)
+    # the key: not in what was printed, written, cached, logged or kept as an artifact
+    assert SECRET.encode() not in output.encode() + every_byte_under(tmp_path, prefect_home)
+
+
+def test_estimate_counts_what_a_run_then_sends_and_calls_nothing(tmp_path, fake_openai, prefect_home):
+    source = write_parquet(tmp_path / "docs.parquet", {"id": [1, 2, 3, 4], "text": ["alpha beta", None, "alpha beta", "gamma"]})
+    config = str(write_config(tmp_path, fake_openai, source))
+    estimate = embedpipe(["estimate", config, "--json"], prefect_home, tmp_path)
+    assert estimate.returncode == 0, estimate.stderr
+    assert fake_openai.requests == 0
+    counted = json.loads(estimate.stdout)
+    run = embedpipe(["run", config], prefect_home, tmp_path)
+    sent = json.loads((tmp_path / "out" / "_manifest.json").read_text())["stats"]
+    assert (counted["tokens_to_send"], counted["requests"]) == (sent["embedded_tokens"], sent["requests"]) == (3, 1), run.stderr
+    assert embedpipe(["estimate", config], prefect_home, tmp_path).stdout.splitlines()[3] == "  to send: 0 chunks, 0 tokens, 0 requests"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,44 @@
+"""A live progress display for a terminal, drawn by rich from `pipeline.progress`."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from pipeline import progress
+
+
+@contextmanager
+def live_progress(enabled: bool, interval: float = 0.5) -> Iterator[None]:
+    """Show rows, tokens and requests per second, cache hits and the time left while the
+    block runs; nothing when `enabled` is False (output is not a terminal)."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    columns = (TextColumn("embedding"), BarColumn(), TextColumn("{task.fields[detail]}"))
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("embedding", total=None, detail="checking the input")
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(interval):
+                now = progress.snapshot()
+                bar.update(task, completed=now.rows, total=now.total_rows or None, detail=_detail(now))
+
+        thread = threading.Thread(target=refresh, name="progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _detail(now: progress.Snapshot) -> str:
+    eta = "" if now.eta_seconds is None else f", {now.eta_seconds:,.0f} s left"
+    return (f"{now.rows:,}/{now.total_rows:,} rows, {now.tokens_per_second:,.0f} tokens/s, "
+            f"{now.requests_per_second:,.1f} requests/s, cache hits {now.cache_hits:,}{eta}")

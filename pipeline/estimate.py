@@ -1,0 +1,166 @@
+"""What a run would send and cost, worked out from the input, the cache and the last output.
+
+The estimate walks the input exactly as a run does — unchanged files kept, rows equal to the
+last output reused, texts normalised, deduplicated and chunked, chunks looked up — and packs
+the misses into requests as the provider would. It makes no embedding call, so its token
+count is the count a run then sends, barring retries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from pipeline.cache import VectorCache
+from pipeline.chunking import chunk_limits
+from pipeline.config import Config
+from pipeline.embed import TextEmbedder
+from pipeline.errors import ConfigError, EmbedpipeError
+from pipeline.hashset import HashSet
+from pipeline.incremental import PreviousOutput, settings_key
+from pipeline.partitions import plan_partitions
+from pipeline.providers import get_embedder
+from pipeline.providers.base import Embedder, pack_batches
+from pipeline.reuse import prepared_batches
+from pipeline.source import validate_source
+
+PRICE_TABLE = Path(__file__).resolve().parents[1] / "configs" / "prices.yaml"
+
+
+@dataclass
+class Estimate:
+    """Counts a run would produce, and what sending its misses costs."""
+
+    provider: str
+    model: str
+    rows: int = 0
+    unchanged_rows: int = 0
+    reused_rows: int = 0
+    distinct_texts: int = 0
+    chunks: int = 0
+    cache_hits: int = 0
+    chunks_to_send: int = 0
+    tokens_to_send: int = 0
+    requests: int = 0
+    sync_usd: float | None = None  # None: the price table has no entry for the model
+    batch_usd: float | None = None
+    minutes: float | None = None  # the least time the rate limits allow; None for local and batch
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The cost through the configured provider."""
+        return {"local": 0.0, "openai-batch": self.batch_usd}.get(self.provider, self.sync_usd)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "cost_usd": self.cost_usd}
+
+    def lines(self) -> list[str]:
+        """The estimate as a person reads it."""
+        money = lambda amount: "unknown (no price for this model)" if amount is None else usd(amount)
+        time = "no rate limit (local model)" if self.provider == "local" else "within the Batch API's 24 h window" if self.provider == "openai-batch" else f"at least {self.minutes:,.1f} min at the configured rate limits"
+        return [
+            f"estimate for {self.model} through {self.provider}; nothing was sent",
+            f"  rows {self.rows:,} ({self.unchanged_rows:,} in unchanged files, {self.reused_rows:,} equal to the last output)",
+            f"  distinct texts {self.distinct_texts:,}, chunks {self.chunks:,}, cache hits {self.cache_hits:,}",
+            f"  to send: {self.chunks_to_send:,} chunks, {self.tokens_to_send:,} tokens, {self.requests:,} requests",
+            f"  cost: {money(self.sync_usd)} through the embeddings endpoint, {money(self.batch_usd)} through the Batch API",
+            f"  time: {time}",
+        ]
+
+
+def estimate_run(config: Config, embedder: Embedder, cache: VectorCache, max_tokens: int, overlap: int) -> Estimate:
+    """Walk the input as a run would and count what it would send; calls no model."""
+    previous = PreviousOutput(config.output.path, settings_key(config)) if not config.output.chunks_path else None
+    unchanged = previous.unchanged if previous else (lambda file: False)
+    plan = validate_source(config.source, output_column=config.output.vector_column, unchanged=unchanged)
+    texts = TextEmbedder(embedder, cache, max_tokens, overlap)
+    sent, estimate = HashSet(), Estimate(config.embedding.provider, config.embedding.model)
+    for partition in plan_partitions(plan, config.source.partition_rows):
+        if previous is not None and previous.part_for(partition) is not None:
+            texts.skip(partition.rows, unchanged=True)
+            continue
+        for _, _, rows in prepared_batches(config, texts, previous, partition):
+            misses = texts.missing(rows)
+            new = [(text, tokens) for (text, tokens), fresh in zip(misses.items(), sent.add_many(list(misses))) if fresh]
+            counts = [tokens for _, tokens in new]
+            looked_up = len({chunk.text for chunks in rows.chunked.values() for chunk in chunks})
+            estimate.cache_hits += looked_up - len(new)  # as in a run: sent earlier in it, then found
+            estimate.chunks_to_send += len(new)
+            estimate.tokens_to_send += sum(counts)
+            estimate.requests += sum(1 for _ in pack_batches(counts, embedder.batch_inputs, embedder.batch_tokens))
+    stats = texts.stats
+    estimate.rows, estimate.unchanged_rows, estimate.reused_rows = stats.rows, stats.unchanged_rows, stats.reused_rows
+    estimate.distinct_texts, estimate.chunks = stats.distinct_texts, stats.chunks
+    _price(estimate, config)
+    return estimate
+
+
+def estimate_config(config: Config, api_key: str | None) -> Estimate:
+    """`embedpipe estimate`: open the provider (no call; no key needed) and the cache, and estimate."""
+    embedder = get_embedder(config.embedding, api_key or "not-needed-for-an-estimate")
+    try:
+        if not embedder.knows_dimensions:
+            raise ConfigError(f"embedding.dimensions: {embedder.model} would be asked its dimensions, and an estimate calls nothing; set it")
+        max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
+        cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
+        try:
+            return estimate_run(config, embedder, cache, max_tokens, overlap)
+        finally:
+            cache.close()
+    finally:
+        embedder.close()
+
+
+def check_budget(estimate: Estimate, limit: float) -> None:
+    """Stop before the first call when the run would cost more than `embedding.max_cost_usd`."""
+    cost = estimate.cost_usd
+    if cost is None:
+        raise ConfigError(f"embedding.max_cost_usd is set but the price table has no price for {estimate.model}; add it (embedding.price_table)")
+    if cost > limit:
+        raise BudgetError(
+            f"this run would cost {usd(cost)} ({estimate.tokens_to_send:,} tokens through {estimate.provider}), "
+            f"{usd(cost - limit)} over embedding.max_cost_usd {usd(limit)}; raise the limit or embed fewer rows"
+        )
+
+
+def usd(amount: float) -> str:
+    """Dollars to the cent, or to a millionth below a dollar: small runs cost fractions of a cent."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.6f}"
+
+
+class BudgetError(EmbedpipeError):
+    """The estimated cost exceeds embedding.max_cost_usd."""
+
+
+def load_prices(path: str | Path | None) -> dict[str, dict[str, float]]:
+    """The price table: model -> {"sync": USD per 1M tokens, "batch": ...}."""
+    path = Path(path) if path else PRICE_TABLE
+    try:
+        table = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return {str(model): {kind: float(prices[kind]) for kind in ("sync", "batch")} for model, prices in table.items()}
+    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"embedding.price_table {path}: cannot read it as model: {{sync: USD, batch: USD}} per million tokens ({type(exc).__name__})") from None
+
+
+def run_cost(config: Config, sync_tokens: int, batch_tokens: int = 0) -> float | None:
+    """What tokens sent through the endpoint and the Batch API cost; None if the model has no price."""
+    if config.embedding.provider == "local":
+        return 0.0
+    prices = load_prices(config.embedding.price_table).get(config.embedding.model)
+    return None if prices is None else round((sync_tokens * prices["sync"] + batch_tokens * prices["batch"]) / 1e6, 6)
+
+
+def _price(estimate: Estimate, config: Config) -> None:
+    embedding = config.embedding
+    if embedding.provider == "local":
+        estimate.sync_usd = estimate.batch_usd = 0.0
+        return
+    prices = load_prices(embedding.price_table).get(embedding.model)
+    if prices is not None:
+        estimate.sync_usd = estimate.tokens_to_send * prices["sync"] / 1e6
+        estimate.batch_usd = estimate.tokens_to_send * prices["batch"] / 1e6
+    if embedding.provider == "openai":
+        estimate.minutes = max(estimate.tokens_to_send / embedding.tokens_per_minute, estimate.requests / embedding.requests_per_minute)
+

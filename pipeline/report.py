@@ -1,0 +1,32 @@
+"""The end-of-run summary, as lines for a terminal and as Markdown for a Prefect artifact."""
+
+from __future__ import annotations
+
+from pipeline.estimate import usd
+
+
+def _facts(manifest: dict) -> list[tuple[str, str]]:
+    s = manifest["stats"]
+    retries = ", ".join(f"{cause} {n}" for cause, n in sorted(s["retries"].items())) or "none"
+    cost = "unknown (no price for this model)" if s.get("cost_usd") is None else usd(s["cost_usd"])
+    return [
+        ("rows", f"{s['rows']:,} ({s['unchanged_rows']:,} in unchanged files, {s['reused_rows']:,} equal to the last output, {s['null_texts']:,} blank)"),
+        ("distinct texts", f"{s['distinct_texts']:,} in {s['chunks']:,} chunks"),
+        ("cache hits", f"{s['cache_hits']:,} chunks"),
+        ("sent", f"{s['embedded_chunks']:,} chunks, {s['embedded_tokens']:,} tokens in {s['requests']:,} requests"),
+        ("retries", f"{retries}; 429s {s['rate_limited']:,}; tokens in timed-out attempts {s['timed_out_tokens']:,}"),
+        ("cost", cost),
+        ("seconds", f"{s['seconds']:,.1f}"),
+        ("output", f"{manifest['output']} ({manifest['model']} via {manifest['provider']}, {manifest['dimensions']} dims)"),
+    ]
+
+
+def summary_lines(manifest: dict) -> list[str]:
+    """A few lines a person reads after a run."""
+    return ["embedpipe run finished"] + [f"  {name:<15}{value}" for name, value in _facts(manifest)]
+
+
+def summary_markdown(manifest: dict) -> str:
+    """The same summary as a Markdown table."""
+    rows = "\n".join(f"| {name} | {value} |" for name, value in _facts(manifest))
+    return f"# embedpipe run\n\n| | |\n|---|---|\n{rows}\n"
