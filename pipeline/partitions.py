@@ -22,10 +22,11 @@ class Partition:
     file: Path
     rows: int
     row_groups: tuple[int, ...] | None = None  # None: the whole file
+    encoding: str = "utf-8"  # of a CSV file
 
     def read(self) -> Iterator[pa.RecordBatch]:
         """The partition's rows as record batches."""
-        yield from read_batches(self.file, row_groups=list(self.row_groups) if self.row_groups else None)
+        yield from read_batches(self.file, row_groups=list(self.row_groups) if self.row_groups else None, encoding=self.encoding)
 
 
 def plan_partitions(plan: SourcePlan, rows_per_partition: int) -> list[Partition]:
@@ -34,7 +35,7 @@ def plan_partitions(plan: SourcePlan, rows_per_partition: int) -> list[Partition
     partitions: list[Partition] = []
     for file, rows in zip(plan.files, plan.rows):
         if FORMATS[file.suffix.lower()] != "parquet" or rows <= rows_per_partition:
-            partitions.append(Partition(len(partitions), file, rows))
+            partitions.append(Partition(len(partitions), file, rows, encoding=plan.encoding))
             continue
         meta = pq.ParquetFile(file).metadata
         groups, count = [], 0

@@ -27,6 +27,7 @@ class SourcePlan:
 
     files: list[Path]
     rows: list[int]
+    encoding: str = "utf-8"  # of CSV files
 
     @property
     def total_rows(self) -> int:
@@ -50,23 +51,33 @@ def resolve_files(path: str) -> list[Path]:
     return sorted(files)
 
 
-def read_batches(file: Path, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS, row_groups: list[int] | None = None) -> Iterator[pa.RecordBatch]:
+def read_batches(file: Path, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS, row_groups: list[int] | None = None, encoding: str = "utf-8") -> Iterator[pa.RecordBatch]:
     """Stream `file` (or some row groups of a Parquet file) as record batches; a read failure
     becomes a SourceError naming the file."""
     try:
         if FORMATS[file.suffix.lower()] == "parquet":
             yield from pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups)
         else:
-            yield from _csv_batches(file, columns)
-    except (pa.ArrowException, OSError) as exc:
-        raise SourceError(f"{file}: cannot read as {FORMATS[file.suffix.lower()]}: {first_line(exc)}") from None
+            yield from _csv_batches(file, columns, encoding)
+    except (pa.ArrowException, OSError, LookupError) as exc:
+        raise _read_error(file, exc, encoding) from None
 
 
-def _csv_batches(file: Path, columns: list[str] | None) -> Iterator[pa.RecordBatch]:
+def _csv_batches(file: Path, columns: list[str] | None, encoding: str) -> Iterator[pa.RecordBatch]:
     # CSV has no types: every column stays text, so ids like "007" survive unchanged.
-    names = pacsv.open_csv(file, parse_options=_CSV_PARSE).schema.names
+    read = pacsv.ReadOptions(encoding=encoding)
+    names = pacsv.open_csv(file, read_options=read, parse_options=_CSV_PARSE).schema.names
     convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, include_columns=columns)
-    yield from pacsv.open_csv(file, parse_options=_CSV_PARSE, convert_options=convert)
+    yield from pacsv.open_csv(file, read_options=read, parse_options=_CSV_PARSE, convert_options=convert)
+
+
+def _read_error(file: Path, exc: Exception, encoding: str) -> SourceError:
+    kind = FORMATS[file.suffix.lower()]
+    if isinstance(exc, LookupError):
+        return SourceError(f"source.encoding {encoding!r}: no such encoding; use e.g. utf-8, latin-1 or cp1252")
+    if kind == "csv" and "invalid UTF8" in str(exc):
+        return SourceError(f"{file}: not valid UTF-8 ({first_line(exc)}); if the file uses another encoding, set source.encoding (e.g. latin-1)")
+    return SourceError(f"{file}: cannot read as {kind}: {first_line(exc)}")
 
 
 def text_columns(config: SourceConfig) -> list[str]:
@@ -98,7 +109,7 @@ def validate_source(config: SourceConfig, output_column: str | None = None, unch
     seen_ids = HashSet()  # eight bytes an id
     rows = []
     for file in files:
-        schema = _schema(file)
+        schema = _schema(file, config.encoding)
         _check_columns(file, schema, [config.id_column, *needed], config)
         if output_column in schema.names:
             raise SourceError(f"{file}: already has a column {output_column!r}; set output.vector_column to another name")
@@ -106,18 +117,19 @@ def validate_source(config: SourceConfig, output_column: str | None = None, unch
             _try_template(file, config)
         read_text = FORMATS[file.suffix.lower()] == "csv" and not unchanged(file)
         rows.append(_check_rows(file, config, needed if read_text else [], seen_ids))
-    return SourcePlan(files, rows)
+    return SourcePlan(files, rows, config.encoding)
 
 
-def _schema(file: Path) -> pa.Schema:
+def _schema(file: Path, encoding: str) -> pa.Schema:
     kind = FORMATS[file.suffix.lower()]
     try:
         if kind == "parquet":
             return pq.read_schema(file)
-        names = pacsv.open_csv(file, parse_options=_CSV_PARSE).schema.names
+        read = pacsv.ReadOptions(encoding=encoding)
+        names = pacsv.open_csv(file, read_options=read, parse_options=_CSV_PARSE).schema.names
         return pa.schema([(name, pa.string()) for name in names])  # as _csv_batches reads it
-    except (pa.ArrowException, OSError) as exc:
-        raise SourceError(f"{file}: cannot read as {kind}: {first_line(exc)}") from None
+    except (pa.ArrowException, OSError, LookupError) as exc:
+        raise _read_error(file, exc, encoding) from None
 
 
 def _check_columns(file: Path, schema: pa.Schema, columns: list[str], config: SourceConfig) -> None:
@@ -135,7 +147,7 @@ def _check_columns(file: Path, schema: pa.Schema, columns: list[str], config: So
 
 def _try_template(file: Path, config: SourceConfig) -> None:
     """Fill the template for a few rows now, so a bad format spec fails before any spending."""
-    batch = next(read_batches(file, columns=text_columns(config), batch_rows=16), None)
+    batch = next(read_batches(file, columns=text_columns(config), batch_rows=16, encoding=config.encoding), None)
     try:
         if batch is not None:
             row_texts(batch.slice(0, 16), config)
@@ -148,7 +160,7 @@ def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen:
     ids to `seen`; raise on a null or repeated id. Returns the row count."""
     rows = 0
     id_column = config.id_column
-    for batch in read_batches(file, columns=list(dict.fromkeys([id_column, *text_columns]))):
+    for batch in read_batches(file, columns=list(dict.fromkeys([id_column, *text_columns])), encoding=config.encoding):
         ids = batch.column(id_column)
         if ids.null_count:
             offset = ids.is_null().to_pylist().index(True)

@@ -54,7 +54,7 @@ BAD_INPUTS = {
     "list id column": (lambda p: write_parquet(p / "t.parquet", {"id": [[1]], "text": ["x"]}), {}, "id column 'id' holds list<"),
     "truncated parquet": (_truncated, {}, "cannot read as parquet"),
     "not parquet at all": (lambda p: _csv(p, b"hello").rename(p / "t.parquet"), {}, "cannot read as parquet"),
-    "csv with bad utf-8": (lambda p: _csv(p, b"id,text\n1,\xff\xfe bad\n"), {}, "cannot read as csv"),
+    "csv with bad utf-8": (lambda p: _csv(p, b"id,text\n1,\xff\xfe bad\n"), {}, "not valid UTF-8"),
     "csv with ragged row": (lambda p: _csv(p, b"id,text\n1,a\n2,b,c\n"), {}, "cannot read as csv"),
     "unknown suffix": (lambda p: _csv(p, b"x").rename(p / "t.json"), {}, "t.json: unknown format"),
     "nothing there": (lambda p: p / "absent.parquet", {}, "no .parquet or .csv files found"),
