@@ -1,4 +1,4 @@
-"""`embedpipe run | backfill | estimate | batches`: the command line."""
+"""`embedpipe run | backfill | estimate | batches | similar | neighbours | cluster`: the command line."""
 
 from __future__ import annotations
 
@@ -7,91 +7,165 @@ import logging
 import os
 import sys
 
-from pipeline.config import load_config
 from flows.console import live_progress
+from pipeline.config import load_config
 from pipeline.errors import EmbedpipeError
 from pipeline.report import summary_lines
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `embedpipe` console script; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="embedpipe", description="Embed tables of text into tables of vectors.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the embed flow once")
-    run.add_argument("config", help="YAML run configuration")
-    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
-    backfill = commands.add_parser("backfill", help="run every key=value partition of source.path, skipping those up to date")
-    backfill.add_argument("config", help="YAML run configuration; source.path holds key=value directories")
-    backfill.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
-    backfill.add_argument("--key", default="date", help="the partition key (default: date)")
-    backfill.add_argument("--from", dest="start", help="first partition value, inclusive (e.g. 2026-01-01)")
-    backfill.add_argument("--to", dest="end", help="last partition value, inclusive")
-    backfill.add_argument("--concurrency", type=int, default=2, help="partitions at once (default: 2)")
-    estimate = commands.add_parser("estimate", help="count what a run would send and what it would cost; sends nothing")
-    estimate.add_argument("config", help="YAML run configuration")
-    estimate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
-    estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
-    batches = commands.add_parser("batches", help="list, inspect or cancel Batch API jobs")
-    batches.add_argument("action", choices=["list", "status", "cancel"])
-    batches.add_argument("batch_id", nargs="?", help="the batch, for status and cancel")
-    batches.add_argument("--config", help="YAML run configuration to take base_url and the key's variable from")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "batches":
-        return batches_command(parser, args)
+    if args.command == "batches" and args.action != "list" and not args.batch_id:
+        parser.error(f"batches {args.action} needs a batch id")
     try:
-        config = load_config(args.config, args.set)
-        if args.command == "estimate":
-            return estimate_command(config, args.json)
-        prepare_prefect()
-        if args.command == "backfill":
-            from flows.backfill import backfill as backfill_flow
-
-            with live_progress(sys.stderr.isatty()):
-                result = backfill_flow(config, key=args.key, start=args.start, end=args.end, concurrency=max(1, args.concurrency))
-            print(f"backfill: {len(result['ran'])} partitions embedded ({result['rows']} rows), {len(result['skipped'])} already up to date")
-            return 0
-        from flows.embed import embed_dataset
-
-        with live_progress(sys.stderr.isatty()):
-            manifest = embed_dataset(config)
+        return COMMANDS[args.command](args)
     except EmbedpipeError as exc:
         print(f"embedpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("embedpipe: interrupted; nothing was published; the next run resumes from what was staged and cached", file=sys.stderr)
         return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedpipe", description="Embed tables of text into tables of vectors.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _with_config(commands.add_parser("run", help="run the embed flow once"))
+    backfill = _with_config(commands.add_parser("backfill", help="run every key=value partition of source.path, skipping those up to date"))
+    backfill.add_argument("--key", default="date", help="the partition key (default: date)")
+    backfill.add_argument("--from", dest="start", help="first partition value, inclusive (e.g. 2026-01-01)")
+    backfill.add_argument("--to", dest="end", help="last partition value, inclusive")
+    backfill.add_argument("--concurrency", type=int, default=2, help="partitions at once (default: 2)")
+    estimate = _with_config(commands.add_parser("estimate", help="count what a run would send and what it would cost; sends nothing"))
+    estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    batches = commands.add_parser("batches", help="list, inspect or cancel Batch API jobs")
+    batches.add_argument("action", choices=["list", "status", "cancel"])
+    batches.add_argument("batch_id", nargs="?", help="the batch, for status and cancel")
+    batches.add_argument("--config", help="YAML run configuration to take base_url and the key's variable from")
+    similar = commands.add_parser("similar", help="the rows of an output nearest to a query")
+    similar.add_argument("output", help="an output.path that embedpipe run wrote")
+    similar.add_argument("--query", required=True, help="the text to search for")
+    similar.add_argument("-k", type=int, default=10, help="rows to show (default: 10)")
+    similar.add_argument("--config", help="YAML run configuration to take base_url and the key's variable from")
+    neighbours = commands.add_parser("neighbours", help="write every row's k nearest rows to Parquet (the neighbours flow)")
+    neighbours.add_argument("output", help="an output.path that embedpipe run wrote")
+    neighbours.add_argument("-k", type=int, default=10, help="neighbours per row (default: 10)")
+    neighbours.add_argument("--method", choices=["auto", "exact", "approximate"], default="auto", help="auto: exact up to a million rows")
+    neighbours.add_argument("--to", help="where to write neighbours.parquet (default: OUTPUT-neighbours)")
+    cluster = commands.add_parser("cluster", help="k-means clusters of an output, with a PNG map (the cluster flow)")
+    cluster.add_argument("output", help="an output.path that embedpipe run wrote")
+    cluster.add_argument("--k", type=int, help="clusters (default: chosen by silhouette score)")
+    cluster.add_argument("--to", help="where to write the results (default: OUTPUT-clusters)")
+    return parser
+
+
+def _with_config(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    command.add_argument("config", help="YAML run configuration")
+    command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
+    return command
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`embedpipe run CONFIG`: the embed flow once, then its summary."""
+    config = load_config(args.config, args.set)
+    prepare_prefect()
+    from flows.embed import embed_dataset
+
+    with live_progress(sys.stderr.isatty()):
+        manifest = embed_dataset(config)
     print("\n".join(summary_lines(manifest)))
     return 0
 
 
-def estimate_command(config, as_json: bool) -> int:
-    """`embedpipe estimate CONFIG`: no Prefect, no call; errors reach `main`."""
+def backfill_command(args: argparse.Namespace) -> int:
+    """`embedpipe backfill CONFIG`: the backfill flow over key=value partitions."""
+    config = load_config(args.config, args.set)
+    prepare_prefect()
+    from flows.backfill import backfill as backfill_flow
+
+    with live_progress(sys.stderr.isatty()):
+        result = backfill_flow(config, key=args.key, start=args.start, end=args.end, concurrency=max(1, args.concurrency))
+    print(f"backfill: {len(result['ran'])} partitions embedded ({result['rows']} rows), {len(result['skipped'])} already up to date")
+    return 0
+
+
+def estimate_command(args: argparse.Namespace) -> int:
+    """`embedpipe estimate CONFIG`: no Prefect, no call."""
     import json
 
     from pipeline.estimate import estimate_config
 
+    config = load_config(args.config, args.set)
     logging.basicConfig(level=logging.WARNING, format="embedpipe: %(message)s")
     estimate = estimate_config(config, os.environ.get(config.embedding.api_key_env))
-    print(json.dumps(estimate.as_dict(), indent=2) if as_json else "\n".join(estimate.lines()))
+    print(json.dumps(estimate.as_dict(), indent=2) if args.json else "\n".join(estimate.lines()))
     return 0
 
 
-def batches_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def batches_command(args: argparse.Namespace) -> int:
     """`embedpipe batches list | status ID | cancel ID`."""
-    if args.action != "list" and not args.batch_id:
-        parser.error(f"batches {args.action} needs a batch id")
-    from pipeline.config import EmbeddingConfig
     from pipeline.providers.openai_batch import OpenAIBatchEmbedder, batch_command
 
-    try:
-        embedding = load_config(args.config).embedding if args.config else EmbeddingConfig()
-        settings = embedding.model_copy(update={"provider": "openai-batch"})
-        embedder = OpenAIBatchEmbedder(settings, os.environ.get(settings.api_key_env))
-        print("\n".join(batch_command(embedder, args.action, args.batch_id)) or "no batches")
-    except EmbedpipeError as exc:
-        print(f"embedpipe: error: {exc}", file=sys.stderr)
-        return 2
+    settings = _embedding_settings(args.config).model_copy(update={"provider": "openai-batch"})
+    embedder = OpenAIBatchEmbedder(settings, os.environ.get(settings.api_key_env))
+    print("\n".join(batch_command(embedder, args.action, args.batch_id)) or "no batches")
     return 0
+
+
+def similar_command(args: argparse.Namespace) -> int:
+    """`embedpipe similar OUTPUT --query TEXT`: embed the query as the output's rows were, print the nearest."""
+    from pipeline.similarity import embed_query, nearest, read_output
+
+    embedded = read_output(args.output)
+    settings = _embedding_settings(args.config)
+    query = embed_query(args.query, embedded.settings, settings, os.environ.get(settings.api_key_env))
+    indices, scores = nearest(query[None, :], embedded.vectors, args.k)
+    print(f"rows of {args.output} nearest to {args.query!r}:")
+    for index, score in zip(indices[0], scores[0]):
+        text = embedded.texts[int(index)].as_py() if embedded.texts is not None else ""
+        print(f"  {score:6.3f}  {embedded.ids[int(index)].as_py()!s:<24} {_snippet(text)}")
+    return 0
+
+
+def neighbours_command(args: argparse.Namespace) -> int:
+    """`embedpipe neighbours OUTPUT`: the neighbours flow."""
+    prepare_prefect()
+    from flows.downstream import neighbours_flow
+
+    result = neighbours_flow(args.output, k=args.k, method=args.method, to=args.to)
+    print(f"neighbours: {result['rows']:,} rows, {args.k} each, written to {result['path']}")
+    return 0
+
+
+def cluster_command(args: argparse.Namespace) -> int:
+    """`embedpipe cluster OUTPUT`: the cluster flow."""
+    prepare_prefect()
+    from flows.downstream import cluster_flow
+
+    result = cluster_flow(args.output, k=args.k, to=args.to)
+    print(f"clusters: {result['how']}; written to {result['folder']} (clusters.parquet, cluster_summary.parquet, clusters.png)")
+    for cluster, (size, centrals) in enumerate(zip(result["sizes"], result["centrals"])):
+        print(f"  {cluster:>3}  {size:>7,}  {_snippet(centrals[0] if centrals else '')}")
+    return 0
+
+
+def _embedding_settings(config_path: str | None):
+    from pipeline.config import EmbeddingConfig
+
+    return load_config(config_path).embedding if config_path else EmbeddingConfig()
+
+
+def _snippet(text: str | None, width: int = 90) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+COMMANDS = {
+    "run": run_command, "backfill": backfill_command, "estimate": estimate_command, "batches": batches_command,
+    "similar": similar_command, "neighbours": neighbours_command, "cluster": cluster_command,
+}
 
 
 def prepare_prefect() -> None:

@@ -64,7 +64,7 @@ class Estimate:
             f"estimate for {self.model} through {self.provider}; nothing was sent",
             f"  rows {self.rows:,} ({self.unchanged_rows:,} in unchanged files, {self.reused_rows:,} equal to the last output)",
             f"  distinct texts {self.distinct_texts:,}, chunks {self.chunks:,}, cache hits {self.cache_hits:,}",
-            f"  to send: {self.chunks_to_send:,} chunks, {self.tokens_to_send:,} tokens, {self.requests:,} requests",
+            f"  to send: chunks {self.chunks_to_send:,}, tokens {self.tokens_to_send:,}, requests {self.requests:,}",
             f"  cost: {money(self.sync_usd)} through the embeddings endpoint, {money(self.batch_usd)} through the Batch API",
             f"  time: {time}",
         ]

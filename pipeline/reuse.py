@@ -30,7 +30,7 @@ def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutp
     source = config.source
     earlier = previous.earlier_part(partition) if previous else None
     rows_before = PreviousRows.open(earlier, text_columns(source), config.output.vector_column)
-    for batch in partition.read():
+    for batch in _first_rows_first(partition.read()):
         if rows_before is None:
             yield batch, None, texts.prepare(row_texts(batch, source))
             continue
@@ -38,6 +38,15 @@ def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutp
         texts.reuse(int(same.sum()))
         rest = batch.filter(pa.array(~same)) if same.any() else batch
         yield batch, (same, vectors), texts.prepare(row_texts(rest, source))
+
+
+def _first_rows_first(batches: Iterator[pa.RecordBatch], rows: int = 1_024) -> Iterator[pa.RecordBatch]:
+    """The first batch's first rows on their own, so the first request leaves without waiting
+    for a whole batch to be normalised and chunked."""
+    first = next(batches, None)
+    if first is not None:
+        yield from (first.slice(0, rows), first.slice(rows)) if first.num_rows > rows else (first,)
+    yield from batches
 
 
 class PreviousRows:

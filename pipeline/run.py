@@ -93,6 +93,7 @@ def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: i
         "model": config.embedding.model,
         "dimensions": dimensions,
         "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap, "encoding": "cl100k_base"},
+        "columns": {"id": config.source.id_column, "text": config.source.text_column, "vector": config.output.vector_column},
         "pipeline_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

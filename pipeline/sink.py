@@ -25,6 +25,15 @@ def vector_array(matrix: np.ndarray, present: np.ndarray | None = None) -> pa.Fi
     return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1], mask=mask)
 
 
+def write_file(table: pa.Table, path: Path) -> Path:
+    """Write `table` to `path` whole or not at all: a temporary name, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 class PartWriter:
     """One output part, written to a temporary name and renamed when whole."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import random
 import time
 
@@ -19,6 +20,7 @@ from pipeline.providers.base import Embedder
 from pipeline.ratelimit import RateLimiter
 from pipeline.tokens import encode_many
 
+log = logging.getLogger("embedpipe")
 KNOWN_DIMENSIONS = {
     "text-embedding-3-small": 1536,
     "text-embedding-3-large": 3072,
@@ -113,7 +115,9 @@ class OpenAIEmbedder(Embedder):
             except tuple(_RETRYABLE) as exc:
                 last = exc
                 self._note_transient(exc, tokens)
-                time.sleep(_retry_after(exc) or _backoff(attempt))
+                wait = _retry_after(exc) or _backoff(attempt)
+                log.warning("%s; retrying %d texts in %.1f s (attempt %d of %d)", _describe(exc), len(pending), wait, attempt + 1, self.config.max_attempts)
+                time.sleep(wait)
                 continue
             except openai.APIStatusError as exc:
                 fatal = fatal_error(exc, self.config.api_key_env, self.model)
@@ -125,7 +129,9 @@ class OpenAIEmbedder(Embedder):
                 self.tally("429")
                 self.limiter.refund(tokens)
                 self.limiter.observe(exc.response.headers, tokens, None)
-                self.limiter.back_off(_retry_after(exc) or _backoff(attempt))
+                wait = _retry_after(exc) or _backoff(attempt)
+                log.info("rate limited (429): all requests wait %.1f s", wait)
+                self.limiter.back_off(wait)
                 continue
             good = [k for k in range(len(pending)) if k not in bad]
             out[[pending[k] for k in good]] = vectors[good]

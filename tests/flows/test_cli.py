@@ -70,7 +70,7 @@ def test_estimate_counts_what_a_run_then_sends_and_calls_nothing(tmp_path, fake_
     run = embedpipe(["run", config], prefect_home, tmp_path)
     sent = json.loads((tmp_path / "out" / "_manifest.json").read_text())["stats"]
     assert (counted["tokens_to_send"], counted["requests"]) == (sent["embedded_tokens"], sent["requests"]) == (3, 1), run.stderr
-    assert embedpipe(["estimate", config], prefect_home, tmp_path).stdout.splitlines()[3] == "  to send: 0 chunks, 0 tokens, 0 requests"
+    assert embedpipe(["estimate", config], prefect_home, tmp_path).stdout.splitlines()[3] == "  to send: chunks 0, tokens 0, requests 0"
 
 
 @pytest.mark.parametrize(
