@@ -87,6 +87,7 @@ class OutputConfig(_Section):
     path: str = "out/docs"
     vector_column: str = "embedding"
     chunks_path: str | None = None  # set to also write the chunk-level table there
+    delta_path: str | None = None  # set to also write the output as a Delta Lake table there
 
     @model_validator(mode="after")
     def _separate(self) -> "OutputConfig":

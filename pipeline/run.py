@@ -26,7 +26,7 @@ from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.incremental import PreviousOutput, part_source, run_key, settings_key
 from pipeline.partitions import Partition, plan_partitions
-from pipeline.sink import ParquetSink, vector_array
+from pipeline.sink import ParquetSink, vector_array, write_delta
 from pipeline.reuse import prepared_batches
 from pipeline.source import SourcePlan, row_texts, validate_source
 
@@ -192,6 +192,8 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         run.chunks.publish(manifest, parts, run.sources)
     manifest = run.rows.publish(manifest, parts, run.sources)
     close_run(run)
+    if run.config.output.delta_path:
+        write_delta(run.config.output.path, run.config.output.delta_path)
     return manifest
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.errors import EmbedpipeError
@@ -32,6 +33,21 @@ def write_file(table: pa.Table, path: Path) -> Path:
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
+
+
+def write_delta(output: Path, table_path: str) -> None:
+    """Copy the published output into a Delta Lake table at `table_path`, replacing its
+    contents in one commit. Delta has no fixed-size list: vectors become list<float>."""
+    from deltalake import write_deltalake
+
+    parts = sorted(Path(output).glob("part-*.parquet"))
+    reader = ds.dataset(parts, format="parquet").scanner().to_reader() if parts else None
+    if reader is None:
+        return
+    try:
+        write_deltalake(table_path, reader, mode="overwrite", schema_mode="overwrite")
+    except Exception as exc:  # deltalake raises its own and pyarrow's errors; the cause is what matters
+        raise EmbedpipeError(f"output.delta_path {table_path}: cannot write the Delta table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 class PartWriter:

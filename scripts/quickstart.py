@@ -1,5 +1,5 @@
 """`make run`: embed the docstrings of Python's standard library with the local model,
-then show the rows nearest to an example query."""
+then show the rows nearest to an example query (`embedpipe similar`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +16,6 @@ sys.path.insert(0, str(ROOT))
 
 from flows.cli import main as embedpipe  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.providers import get_embedder  # noqa: E402
 
 CONFIG = ROOT / "configs" / "quickstart.yaml"
 QUERY = "split a string into a list of words"
@@ -48,18 +46,6 @@ def collect_docstrings() -> pl.DataFrame:
     return pl.DataFrame({"id": list(rows), "text": list(rows.values())}, schema={"id": pl.String, "text": pl.String})
 
 
-def nearest(query: str, k: int = 5) -> pl.DataFrame:
-    """The k output rows whose vectors are closest to the query's."""
-    config = load_config(CONFIG)
-    table = pl.read_parquet(ROOT / config.output.path / "*.parquet").filter(pl.col("embedding").is_not_null())
-    vectors = table["embedding"].to_numpy()
-    [q] = get_embedder(config.embedding).embed([query], [len(query.split())])
-    scores = vectors @ q
-    top = np.argsort(-scores)[:k]
-    snippet = pl.col("text").str.replace_all(r"\s+", " ").str.slice(0, 70)
-    return table[top].select(pl.Series("score", scores[top]).round(3), "id", snippet)
-
-
 if __name__ == "__main__":
     started = time.monotonic()
     data = ROOT / "data" / "stdlib_docstrings.parquet"
@@ -70,6 +56,8 @@ if __name__ == "__main__":
     status = embedpipe(["run", str(CONFIG)])
     if status:
         sys.exit(status)
-    with pl.Config(tbl_rows=10, fmt_str_lengths=80, tbl_hide_dataframe_shape=True):
-        print(f"\nnearest rows to {QUERY!r}:\n{nearest(QUERY)}")
+    print()
+    status = embedpipe(["similar", str(ROOT / load_config(CONFIG).output.path), "--query", QUERY, "-k", "5"])
+    if status:
+        sys.exit(status)
     print(f"\nquickstart finished in {time.monotonic() - started:.0f} s")

@@ -121,3 +121,23 @@ def test_backfill_runs_each_partition_once_and_skips_them_after(tmp_path, fake_o
     again = embedpipe(["backfill", str(config), "--from", "2026-01-02"], prefect_home, tmp_path)
     assert "0 partitions embedded (0 rows), 2 already up to date" in again.stdout
     assert fake_openai.requests == requests and "Traceback" not in again.stdout + again.stderr
+
+
+def test_similar_neighbours_and_cluster_run_on_an_output(tmp_path, fake_openai, prefect_home):
+    texts = [f"{topic} question number {i}" for topic in ("billing", "shipping", "login") for i in range(20)]
+    source = write_parquet(tmp_path / "docs.parquet", {"id": list(range(len(texts))), "text": texts})
+    config = write_config(tmp_path, fake_openai, source)
+    assert embedpipe(["run", str(config)], prefect_home, tmp_path).returncode == 0
+    out = str(tmp_path / "out")
+    similar = embedpipe(["similar", out, "--query", "shipping question number 7", "-k", "3", "--config", str(config)], prefect_home, tmp_path)
+    assert similar.returncode == 0, similar.stderr
+    assert similar.stdout.splitlines()[1].split()[:3] == ["1.000", "27", "shipping"]  # the same text: score 1
+    neighbours = embedpipe(["neighbours", out, "-k", "4"], prefect_home, tmp_path)
+    assert neighbours.returncode == 0, neighbours.stderr
+    table = pq.read_table(tmp_path / "out-neighbours" / "neighbours.parquet")
+    assert table.num_rows == 60 and {len(n) for n in table.column("neighbour_ids").to_pylist()} == {4}
+    cluster = embedpipe(["cluster", out, "--k", "3"], prefect_home, tmp_path)
+    assert cluster.returncode == 0, cluster.stderr
+    assert (tmp_path / "out-clusters" / "clusters.png").stat().st_size > 10_000
+    assert pq.read_table(tmp_path / "out-clusters" / "clusters.parquet").column("cluster").to_pylist().__len__() == 60
+    assert {"embedpipe-neighbours", "embedpipe-clusters", "embedpipe-cluster-map"} <= artifact_keys(prefect_home)
