@@ -59,15 +59,21 @@ class Estimate:
     def lines(self) -> list[str]:
         """The estimate as a person reads it."""
         money = lambda amount: "unknown (no price for this model)" if amount is None else usd(amount)
-        time = "no rate limit (local model)" if self.provider == "local" else "within the Batch API's 24 h window" if self.provider == "openai-batch" else f"at least {self.minutes:,.1f} min at the configured rate limits"
         return [
             f"estimate for {self.model} through {self.provider}; nothing was sent",
             f"  rows {self.rows:,} ({self.unchanged_rows:,} in unchanged files, {self.reused_rows:,} equal to the last output)",
             f"  distinct texts {self.distinct_texts:,}, chunks {self.chunks:,}, cache hits {self.cache_hits:,}",
             f"  to send: chunks {self.chunks_to_send:,}, tokens {self.tokens_to_send:,}, requests {self.requests:,}",
             f"  cost: {money(self.sync_usd)} through the embeddings endpoint, {money(self.batch_usd)} through the Batch API",
-            f"  time: {time}",
+            f"  time: {self._time()}",
         ]
+
+    def _time(self) -> str:
+        if self.provider == "local":
+            return "no rate limit (local model)"
+        if self.provider == "openai-batch":
+            return "within the Batch API's 24 h window"
+        return f"at least {self.minutes:,.1f} min at the configured rate limits"
 
 
 def estimate_run(config: Config, embedder: Embedder, cache: VectorCache, max_tokens: int, overlap: int) -> Estimate:
