@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import tiktoken
 
 
@@ -33,3 +36,19 @@ def encode_many(texts: list[str], encoding: tiktoken.Encoding | None = None) -> 
     if sum(map(len, texts)) > 2_000 * len(texts):
         return encoding.encode_ordinary_batch(texts)
     return [encoding.encode_ordinary(text) for text in texts]
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="tokenise")
+
+
+def encode_arrays(texts: list[str], encoding: tiktoken.Encoding | None = None) -> list[np.ndarray]:
+    """Tokens of each text as a uint32 array, ordinary text only (as `encode_ordinary`).
+    Arrays skip building a Python int per token, and the encoder runs in threads (it releases
+    the GIL), so this is faster than `encode_ordinary_batch`."""
+    encoding = encoding or cl100k_base()
+    encode = lambda text: encoding.encode_to_numpy(text, disallowed_special=())
+    if len(texts) < 2:
+        return [encode(text) for text in texts]
+    return list(_pool().map(encode, texts))
