@@ -84,27 +84,37 @@ def summary_table(clusters: Clusters, centrals: list[list[str]]) -> pa.Table:
 
 
 def draw_map(vectors: np.ndarray, clusters: Clusters, centrals: list[list[str]], path: Path, title: str) -> Path:
-    """A 2-D map (PCA) of up to 20,000 rows coloured by cluster, each cluster labelled at its
-    centre with its size and the start of its most central text."""
+    """A 2-D map of up to 20,000 rows coloured by cluster, each centre numbered, and beside it
+    a key: each cluster's number, size and the start of its most central text.
+
+    The plane is the one that best spreads the cluster centres (PCA fitted on the centres),
+    so clusters sit apart instead of piling up in the middle as on the rows' own first two
+    components."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: draw to a file
     import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
 
-    rng = np.random.default_rng(0)
-    shown = rng.choice(len(vectors), size=min(20_000, len(vectors)), replace=False)
-    pca = PCA(n_components=2, random_state=0).fit(vectors[shown])
-    points, centres = pca.transform(vectors[shown]), pca.transform(clusters.centres)
-    figure, axes = plt.subplots(figsize=(12, 9), dpi=110)
-    colours = plt.get_cmap("tab20" if clusters.k > 10 else "tab10")
-    axes.scatter(points[:, 0], points[:, 1], c=[colours(label % colours.N) for label in clusters.labels[shown]], s=6, alpha=0.55, linewidths=0)
+    shown = np.random.default_rng(0).choice(len(vectors), size=min(20_000, len(vectors)), replace=False)
+    plane = PCA(n_components=2, random_state=0).fit(clusters.centres if clusters.k >= 3 else vectors[shown])
+    points, centres = plane.transform(vectors[shown]), plane.transform(clusters.centres)
+    colours = [plt.get_cmap("tab20")(i % 20) if i < 20 else plt.get_cmap("tab20b")(i % 20) for i in range(clusters.k)]
+    figure, (axes, key) = plt.subplots(1, 2, figsize=(16, 9), dpi=100, gridspec_kw={"width_ratios": [3, 2]})
+    axes.scatter(points[:, 0], points[:, 1], c=[colours[label] for label in clusters.labels[shown]], s=12, alpha=0.6, linewidths=0)
     for cluster, (x, y) in enumerate(centres):
-        label = f"{cluster} ({clusters.sizes[cluster]:,}): {_short(centrals[cluster][0] if centrals[cluster] else '')}"
-        axes.annotate(label, (x, y), fontsize=8, ha="center", bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": colours(cluster % colours.N), "alpha": 0.85})
+        axes.annotate(str(cluster), (x, y), fontsize=9, fontweight="bold", ha="center", va="center",
+                      bbox={"boxstyle": "circle,pad=0.25", "fc": "white", "ec": colours[cluster], "lw": 2})
     axes.set_title(title)
-    axes.set_xlabel("first principal component")
-    axes.set_ylabel("second principal component")
+    axes.set_xticks([]), axes.set_yticks([])
+    key.axis("off")
+    order = np.argsort(-clusters.sizes)
+    for line, cluster in enumerate(order[:40]):
+        y = 1 - line / max(len(order[:40]), 20)
+        key.text(0, y, "●", color=colours[cluster], fontsize=12, va="top", transform=key.transAxes)
+        text = f"{cluster:>2}  {clusters.sizes[cluster]:>6,}  {_short(centrals[cluster][0] if centrals[cluster] else '', 8)}"
+        key.text(0.04, y, text, fontsize=9, family="monospace", va="top", transform=key.transAxes)
+    key.set_title("cluster, rows, most central text", loc="left", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
