@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     batches.add_argument("action", choices=["list", "status", "cancel"])
     batches.add_argument("batch_id", nargs="?", help="the batch, for status and cancel")
     batches.add_argument("--config", help="YAML run configuration to take base_url and the key's variable from")
+    deploy = _with_config(commands.add_parser("deploy", help="run the embed flow on a schedule against a Prefect server"))
+    deploy.add_argument("--cron", required=True, help='when to run, e.g. "0 * * * *" (hourly)')
+    deploy.add_argument("--name", default="scheduled", help="the deployment's name (default: scheduled)")
+    deploy.add_argument("--pool", help="register on this work pool for a worker to run; without it, serve here until stopped")
     similar = commands.add_parser("similar", help="the rows of an output nearest to a query")
     similar.add_argument("output", help="an output.path that embedpipe run wrote")
     similar.add_argument("--query", required=True, help="the text to search for")
@@ -101,6 +105,17 @@ def estimate_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="embedpipe: %(message)s")
     estimate = estimate_config(config, os.environ.get(config.embedding.api_key_env))
     print(json.dumps(estimate.as_dict(), indent=2) if args.json else "\n".join(estimate.lines()))
+    return 0
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    """`embedpipe deploy CONFIG --cron ...`: checked now, so a typo fails here and not at 3 am."""
+    config = load_config(args.config, args.set)
+    prepare_prefect()
+    from flows.deploy import deploy
+
+    deployment = deploy(config, args.cron, args.name, args.pool)
+    print(f"deployment embed-dataset/{args.name} ({deployment}) runs on {args.cron!r} from work pool {args.pool}; start a worker: prefect worker start --pool {args.pool}")
     return 0
 
 
@@ -163,7 +178,7 @@ def _snippet(text: str | None, width: int = 90) -> str:
 
 
 COMMANDS = {
-    "run": run_command, "backfill": backfill_command, "estimate": estimate_command, "batches": batches_command,
+    "run": run_command, "backfill": backfill_command, "estimate": estimate_command, "deploy": deploy_command, "batches": batches_command,
     "similar": similar_command, "neighbours": neighbours_command, "cluster": cluster_command,
 }
 
