@@ -109,6 +109,7 @@ class FakeOpenAI:
         self.tokens_served = 0
         self.calls: Counter[str] = Counter()  # texts embedded, per text
         self.requests = 0  # every request, answered or refused
+        self.authorizations: Counter[str] = Counter()  # Authorization headers seen
         self.first_request_at: float | None = None  # time.monotonic() of the first request
         self.rejected: list[str] = []  # why each 400 was sent
         self.faults: deque = deque()  # (status, body, headers) answered to the next requests
@@ -234,6 +235,8 @@ class FakeOpenAI:
         return vector.tolist()
 
     def _route(self, method: str, path: str, headers, raw: bytes) -> tuple[int, object, dict]:
+        with self._lock:
+            self.authorizations[headers.get("authorization", "")] += 1
         if method == "POST" and path.rstrip("/").endswith("/embeddings"):
             return self.answer(json.loads(raw or b"{}"))
         return self.batch_api.handle(method, path, headers, raw)

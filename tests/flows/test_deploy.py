@@ -73,3 +73,15 @@ def test_prefect_yaml_deploys_each_flow_with_parameters_it_accepts():
         accepted = inspect.signature(flow.fn).parameters
         assert set(deployment["parameters"]) <= set(accepted), deployment["name"]
         Config.model_validate(deployment["parameters"]["config"])  # a typo fails here, not at 3 am
+
+
+def test_the_key_can_come_from_a_prefect_secret_block(tmp_path, fake_openai, prefect_server):
+    source = write_parquet(tmp_path / "docs.parquet", {"id": [1], "text": ["alpha"]})
+    config = write_config(tmp_path, fake_openai, source)
+    env = {k: v for k, v in prefect_server.items() if k != "OPENAI_API_KEY"}
+    saved = subprocess.run(
+        [sys.executable, "-c", f"from prefect.blocks.system import Secret; Secret(value={SECRET!r}).save('openai-key')"], env=env, capture_output=True, text=True, timeout=120)
+    assert saved.returncode == 0, saved.stderr
+    run = prefect(env, "flows.cli", "run", str(config), "--set", "embedding.api_key_block=openai-key")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert set(fake_openai.authorizations) == {f"Bearer {SECRET}"} and SECRET not in run.stdout + run.stderr
