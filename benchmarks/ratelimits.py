@@ -85,8 +85,19 @@ CLIENTS = {
 }
 
 
+def warm_imports() -> None:
+    """Import what any client imports on first use, so whichever runs first pays no import:
+    httpx loads its transport (httpcore, 0.2 s) when the first client is made."""
+    import httpx
+    import langchain_openai  # noqa: F401
+    import openai
+
+    openai.OpenAI(api_key="sk-warm", base_url="http://127.0.0.1:9/v1").close()
+    httpx.Client().close()
+
+
 def measure(client: str, scenario: Scenario, texts: list[str]) -> dict:
-    import langchain_openai  # noqa: F401  so no client's timing includes importing it
+    warm_imports()
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.Process(target=serve, args=(child, scenario), daemon=True)
     server.start()
