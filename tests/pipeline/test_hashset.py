@@ -14,9 +14,10 @@ from pipeline.hashset import HashSet
 def test_each_value_is_new_once(values, monkeypatch):
     monkeypatch.setattr(hashset, "_BUFFER", 1_000)  # exercise the merges
     seen = HashSet()
-    assert all(seen.add(v) for v in values)
-    assert not any(seen.add(v) for v in values)
-    assert len(seen) == len(values)
+    batches = [values[i : i + 7_919] for i in range(0, len(values), 7_919)]
+    assert all(seen.add_many(batch).all() for batch in batches)
+    assert not any(seen.add_many(batch).any() for batch in batches)
+    assert len(seen) == len(values) and not seen.add(values[0])
 
 
 def test_a_value_is_the_same_whatever_its_column_type():
