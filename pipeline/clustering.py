@@ -27,7 +27,7 @@ class Clusters:
     distances: np.ndarray
     centres: np.ndarray
     k: int
-    how: str  # "given" or the silhouette scores that chose k
+    how: str  # "k=…, as given", or the silhouette scores that chose k
 
     @property
     def sizes(self) -> np.ndarray:
@@ -55,7 +55,7 @@ def cluster_vectors(vectors: np.ndarray, k: int | None = None, seed: int = 0) ->
         raise EmbedpipeError("the output has no vectors to cluster")
     if k is not None and not 1 <= k <= len(vectors):
         raise EmbedpipeError(f"--k {k}: choose between 1 and the {len(vectors):,} rows with a vector")
-    k, how = (k, "given") if k is not None else choose_k(vectors, seed=seed)
+    k, how = (k, f"k={k}, as given") if k is not None else choose_k(vectors, seed=seed)
     model = _fit(vectors, k, seed)
     distances = np.linalg.norm(vectors - model.cluster_centers_[model.labels_], axis=1)
     return Clusters(model.labels_.astype(np.int32), distances.astype(np.float32), model.cluster_centers_.astype(np.float32), k, how)
