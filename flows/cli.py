@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command and its options."""
     parser = argparse.ArgumentParser(prog="embedpipe", description="Embed tables of text into tables of vectors.")
     commands = parser.add_subparsers(dest="command", required=True)
     _with_config(commands.add_parser("run", help="run the embed flow once"))
