@@ -116,7 +116,7 @@ class TextEmbedder:
     def complete(self, rows: PreparedRows) -> RowVectors:
         """The I/O half: cache lookup, embed the misses, pool chunks into row vectors."""
         vectors = self._chunk_vectors({c.text: c for chunks in rows.chunked.values() for c in chunks})
-        pooled = {key: _pool(chunks, vectors) for key, chunks in rows.chunked.items()}
+        pooled = {key: pool_chunks(chunks, vectors) for key, chunks in rows.chunked.items()}
         blank = np.zeros(self.embedder.dimensions, dtype=np.float32)
         by_row = [pooled[key] if key else blank for key in rows.keys]
         matrix = np.stack(by_row) if by_row else np.zeros((0, len(blank)), dtype=np.float32)
@@ -183,7 +183,7 @@ def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int
     return PreparedRows(keys, dict(zip(distinct, chunk_texts(list(distinct.values()), max_tokens, overlap_tokens))))
 
 
-def _pool(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> np.ndarray:
+def pool_chunks(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> np.ndarray:
     """The token-weighted mean of the chunk vectors, re-normalised."""
     if len(chunks) == 1:  # most texts: the chunk's vector is the row's
         return vectors[chunks[0].text]

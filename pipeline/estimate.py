@@ -24,7 +24,7 @@ from pipeline.partitions import plan_partitions
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder, pack_batches
 from pipeline.reuse import prepared_batches
-from pipeline.source import validate_source
+from pipeline.source import SourcePlan, validate_source
 
 PRICE_TABLE = Path(__file__).resolve().parents[1] / "configs" / "prices.yaml"
 
@@ -76,11 +76,16 @@ class Estimate:
         return f"at least {self.minutes:,.1f} min at the configured rate limits"
 
 
-def estimate_run(config: Config, embedder: Embedder, cache: VectorCache, max_tokens: int, overlap: int) -> Estimate:
-    """Walk the input as a run would and count what it would send; calls no model."""
+def checked_input(config: Config) -> tuple[SourcePlan, PreviousOutput | None]:
+    """The validated input, and the last output an incremental run compares it with (none
+    when a chunk table is written: reuse covers the rows table only)."""
     previous = PreviousOutput(config.output.path, settings_key(config)) if not config.output.chunks_path else None
     unchanged = previous.unchanged if previous else (lambda file: False)
-    plan = validate_source(config.source, output_column=config.output.vector_column, unchanged=unchanged)
+    return validate_source(config.source, output_column=config.output.vector_column, unchanged=unchanged), previous
+
+
+def estimate_run(config: Config, plan: SourcePlan, previous: PreviousOutput | None, embedder: Embedder, cache: VectorCache, max_tokens: int, overlap: int) -> Estimate:
+    """Walk the checked input as a run would and count what it would send; calls no model."""
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
     sent, estimate = HashSet(), Estimate(config.embedding.provider, config.embedding.model)
     for partition in plan_partitions(plan, config.source.partition_rows):
@@ -112,7 +117,7 @@ def estimate_config(config: Config, api_key: str | None) -> Estimate:
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
         cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
         try:
-            return estimate_run(config, embedder, cache, max_tokens, overlap)
+            return estimate_run(config, *checked_input(config), embedder, cache, max_tokens, overlap)
         finally:
             cache.close()
     finally:

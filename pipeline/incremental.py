@@ -91,7 +91,6 @@ class PreviousOutput:
         path = self._parts.get(_key(part_source(partition)))
         return path if path is not None and path.exists() else None
 
-
     def earlier_part(self, partition: Partition) -> Path | None:
         """The previous part read from the same file and row groups, whether or not the file
         has changed since: its rows are compared with the new ones by position."""

@@ -20,14 +20,14 @@ from pipeline.chunking import chunk_limits
 from pipeline.config import Config
 from pipeline.embed import EmbeddedText, RowVectors, TextEmbedder
 from pipeline.errors import EmbedpipeError
-from pipeline.estimate import check_budget, estimate_run, run_cost
+from pipeline.estimate import check_budget, checked_input, estimate_run, run_cost
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.incremental import PreviousOutput, part_source, run_key, settings_key
 from pipeline.partitions import Partition, plan_partitions
 from pipeline.sink import ParquetSink, vector_array, write_delta
 from pipeline.reuse import prepared_batches
-from pipeline.source import SourcePlan, row_texts, validate_source
+from pipeline.source import SourcePlan, row_texts
 
 log = logging.getLogger("embedpipe")
 
@@ -58,9 +58,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     A shared `embedder` (a backfill's runs share one rate limit) is used and left open."""
     started = time.monotonic()
     key = settings_key(config)
-    previous = PreviousOutput(config.output.path, key) if not config.output.chunks_path else None
-    unchanged = previous.unchanged if previous else (lambda file: False)
-    plan = validate_source(config.source, output_column=config.output.vector_column, unchanged=unchanged)
+    plan, previous = checked_input(config)
     log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
     with ExitStack() as undo:  # whatever opened is closed again if a later step fails
         owns_embedder = embedder is None
@@ -71,7 +69,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
         cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
         undo.callback(cache.close)
         if config.embedding.max_cost_usd is not None:  # an extra read of the input, before any spending
-            check_budget(estimate_run(config, embedder, cache, max_tokens, overlap), config.embedding.max_cost_usd)
+            check_budget(estimate_run(config, plan, previous, embedder, cache, max_tokens, overlap), config.embedding.max_cost_usd)
         metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
         staging = run_key({"config": config.model_dump(mode="json"), "settings": key}, plan.files)
         rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, staging)

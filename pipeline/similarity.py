@@ -18,10 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pipeline.config import EmbeddingConfig
-from pipeline.embed import chunk_rows
+from pipeline.embed import chunk_rows, pool_chunks
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
-from pipeline.providers.base import l2_normalise
 from pipeline.providers.openai import KNOWN_DIMENSIONS
 from pipeline.sink import MANIFEST
 
@@ -127,11 +126,11 @@ def embed_query(text: str, settings: dict, embedding: EmbeddingConfig, api_key: 
     if not chunks:
         raise EmbedpipeError("the query is empty after normalising; give some text")
     embedder = get_embedder(config, api_key)
+    texts = [c.text for c in chunks]
     try:
-        vectors = embedder.embed([c.text for c in chunks], [c.tokens for c in chunks])
+        vectors = embedder.embed(texts, [c.tokens for c in chunks])
     finally:
         embedder.close()
     if embedder.dimensions != settings["dimensions"]:
         raise EmbedpipeError(f"the query came back with {embedder.dimensions} dimensions, the output has {settings['dimensions']}")
-    weights = np.array([c.tokens for c in chunks], dtype=np.float32)
-    return l2_normalise(weights @ vectors)
+    return pool_chunks(chunks, dict(zip(texts, vectors)))

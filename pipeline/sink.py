@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.config import first_line
 from pipeline.errors import EmbedpipeError
 
 MANIFEST = "_manifest.json"
@@ -41,13 +42,12 @@ def write_delta(output: Path, table_path: str) -> None:
     from deltalake import write_deltalake
 
     parts = sorted(Path(output).glob("part-*.parquet"))
-    reader = ds.dataset(parts, format="parquet").scanner().to_reader() if parts else None
-    if reader is None:
+    if not parts:
         return
     try:
-        write_deltalake(table_path, reader, mode="overwrite", schema_mode="overwrite")
+        write_deltalake(table_path, ds.dataset(parts, format="parquet").scanner().to_reader(), mode="overwrite", schema_mode="overwrite")
     except Exception as exc:  # deltalake raises its own and pyarrow's errors; the cause is what matters
-        raise EmbedpipeError(f"output.delta_path {table_path}: cannot write the Delta table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise EmbedpipeError(f"output.delta_path {table_path}: cannot write the Delta table ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 class PartWriter:

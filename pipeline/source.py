@@ -113,9 +113,10 @@ def validate_source(config: SourceConfig, output_column: str | None = None, unch
         _check_columns(file, schema, [config.id_column, *needed], config)
         if output_column in schema.names:
             raise SourceError(f"{file}: already has a column {output_column!r}; set output.vector_column to another name")
-        if config.text_template and not unchanged(file):
+        changed = not unchanged(file)
+        if config.text_template and changed:
             _try_template(file, config)
-        read_text = FORMATS[file.suffix.lower()] == "csv" and not unchanged(file)
+        read_text = changed and FORMATS[file.suffix.lower()] == "csv"
         rows.append(_check_rows(file, config, needed if read_text else [], seen_ids))
     return SourcePlan(files, rows, config.encoding)
 

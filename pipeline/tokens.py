@@ -29,15 +29,6 @@ def count_tokens(text: str) -> int:
     return len(cl100k_base().encode_ordinary(text))
 
 
-def encode_many(texts: list[str], encoding: tiktoken.Encoding | None = None) -> list[list[int]]:
-    """Tokens of each text. tiktoken's batch call hands each text to a thread pool: worth it
-    for long texts (the work spreads over cores), several times slower for short ones."""
-    encoding = encoding or cl100k_base()
-    if sum(map(len, texts)) > 2_000 * len(texts):
-        return encoding.encode_ordinary_batch(texts)
-    return [encoding.encode_ordinary(text) for text in texts]
-
-
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="tokenise")
@@ -45,10 +36,11 @@ def _pool() -> ThreadPoolExecutor:
 
 def encode_arrays(texts: list[str], encoding: tiktoken.Encoding | None = None) -> list[np.ndarray]:
     """Tokens of each text as a uint32 array, ordinary text only (as `encode_ordinary`).
-    Arrays skip building a Python int per token, and the encoder runs in threads (it releases
-    the GIL), so this is faster than `encode_ordinary_batch`."""
+    Arrays skip building a Python int per token, and long texts are encoded in threads (the
+    encoder releases the GIL), so this beats `encode_ordinary_batch`; short ones cost less
+    than handing them to a thread."""
     encoding = encoding or cl100k_base()
     encode = lambda text: encoding.encode_to_numpy(text, disallowed_special=())
-    if len(texts) < 2:
+    if len(texts) < 2 or sum(map(len, texts)) <= 2_000 * len(texts):
         return [encode(text) for text in texts]
     return list(_pool().map(encode, texts))

@@ -18,7 +18,7 @@ from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError, ResponseError
 from pipeline.providers.base import Embedder
 from pipeline.ratelimit import RateLimiter
-from pipeline.tokens import encode_many
+from pipeline.tokens import encode_arrays
 
 log = logging.getLogger("embedpipe")
 KNOWN_DIMENSIONS = {
@@ -105,7 +105,7 @@ class OpenAIEmbedder(Embedder):
         """Retry until every text has a good vector. Items a response got wrong (missing, repeated,
         wrong length, non-finite) are asked for again; the good ones are kept, so no text is
         paid for twice except where its own answer was unusable or the attempt timed out."""
-        counts = [len(t) for t in encode_many(texts)]
+        counts = [len(t) for t in encode_arrays(texts)]
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         pending, last = list(range(len(texts))), None
         for attempt in range(self.config.max_attempts):
