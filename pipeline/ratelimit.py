@@ -58,12 +58,10 @@ class TokenBucket:
 class RateLimiter:
     """Requests-per-minute and tokens-per-minute budgets, kept together.
 
-    Until the server has told us what it has left, a request that had to wait is sent
-    `transit_margin` seconds after its budget is back: the server charges on arrival, and a
-    bucket that sat full while earlier requests were in transit refilled less than ours. The
+    A request that had to wait is sent `transit_margin` seconds after its budget is back:
+    the server charges on arrival, and a bucket that sat full while earlier requests were in
+    transit refilled less than ours; under load, threads also wake late and bunch up. The
     shift is the same for every waiting request, so it costs latency once, not throughput.
-    Once `x-ratelimit-remaining-*` headers have corrected our level the margin is dropped:
-    what it guarded against is already counted.
     """
 
     def __init__(
@@ -80,13 +78,12 @@ class RateLimiter:
         self._sleep = sleep
         self._clock = clock
         self._hold_until = 0.0  # set by back_off; also stops requests already waiting
-        self._synced = False  # set once the server's remaining-budget headers have been seen
 
     def acquire(self, tokens: int) -> None:
         """Block until one request of `tokens` tokens fits both budgets."""
         wait = max(self.requests.take(1), self.tokens.take(tokens))
         if wait > 0:
-            self._sleep(wait + (0.0 if self._synced else self.transit_margin))
+            self._sleep(wait + self.transit_margin)
         while (held := self._hold_until - self._clock()) > 0:  # a 429 arrived while we waited
             self._sleep(held)
 
@@ -101,7 +98,6 @@ class RateLimiter:
             remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
             if remaining is not None:
                 bucket.cap(remaining)
-                self._synced = True
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
 

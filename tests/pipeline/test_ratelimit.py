@@ -87,16 +87,6 @@ def test_waiting_requests_leave_a_transit_margin_late_without_losing_throughput(
     assert sent[62] - sent[60] == pytest.approx(2.0)  # one a second, as budgeted
 
 
-def test_the_margin_is_dropped_once_the_server_has_said_what_it_has_left():
-    clock = Clock()
-    limit = RateLimiter(60, 10**9, sleep=clock.sleep, clock=clock, transit_margin=0.25)
-    for _ in range(60):
-        limit.acquire(1)
-    limit.observe({"x-ratelimit-remaining-requests": "0"}, estimated_tokens=1, used_tokens=1)
-    limit.acquire(1)
-    assert clock.now == pytest.approx(1.0)  # budget back after one second, and sent then
-
-
 def test_a_refused_request_is_refunded():
     limit, _ = limiter(600, 60_000)
     limit.acquire(5_000)
