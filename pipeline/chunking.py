@@ -46,6 +46,12 @@ class Chunk:
         return self.counted if self.counted is not None else count_tokens(self.text)
 
 
+def token_counts(chunks: list[Chunk]) -> list[int]:
+    """Each chunk's tokens; those the chunker left uncounted are counted together, in one pass."""
+    fresh = iter([len(tokens) for tokens in encode_arrays([c.text for c in chunks if c.counted is None])])
+    return [c.counted if c.counted is not None else next(fresh) for c in chunks]
+
+
 @dataclass(frozen=True)
 class _Span:
     start: int

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from pipeline.cache import VectorCache
-from pipeline.chunking import Chunk, chunk_texts
+from pipeline.chunking import Chunk, chunk_texts, token_counts
 from pipeline.hashset import HashSet
 from pipeline.providers.base import Embedder, l2_normalise
 from pipeline.text import normalise_paragraphs
@@ -111,7 +111,8 @@ class TextEmbedder:
         """The chunks (text -> tokens) of prepared rows that the cache lacks."""
         chunks = {c.text: c for chunks in rows.chunked.values() for c in chunks}
         cached = self.cache.get_many(list(chunks))
-        return {text: chunk.tokens for text, chunk in chunks.items() if text not in cached}
+        misses = [chunk for text, chunk in chunks.items() if text not in cached]
+        return dict(zip((c.text for c in misses), token_counts(misses)))
 
     def complete(self, rows: PreparedRows) -> RowVectors:
         """The I/O half: cache lookup, embed the misses, pool chunks into row vectors."""
@@ -134,7 +135,7 @@ class TextEmbedder:
             if mine:  # another partition may have stored some between our lookup and our claim
                 vectors.update(just_stored := self.cache.get_many(mine))
                 mine = [t for t in mine if t not in just_stored]
-            counts = [chunks[t].tokens for t in mine]  # counted only now: most chunks are cached
+            counts = token_counts([chunks[t] for t in mine])  # counted only now: most chunks are cached
             store = lambda texts, fresh: self.cache.put_many(dict(zip(texts, fresh)))  # a stopped run resumes from here
             for batch, fresh in self.embedder.embed_iter(mine, counts, store):
                 vectors.update(zip(mine[batch], fresh))

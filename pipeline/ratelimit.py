@@ -37,11 +37,13 @@ class TokenBucket:
             self._refill()
             self.level = min(self.capacity, self.level - amount)
 
-    def cap(self, remaining: float) -> None:
-        """The server says only `remaining` is left: never believe we have more."""
+    def cap(self, remaining: float, since: float | None = None) -> None:
+        """The server said only `remaining` was left, at some moment after `since` (when the
+        request left; default now): never believe we have more than that plus the refill since."""
         with self._lock:
             self._refill()
-            self.level = min(self.level, remaining)
+            refilled = (self._updated - since) * self.rate if since is not None else 0.0
+            self.level = min(self.level, remaining + max(0.0, refilled))
 
     def pause(self, seconds: float) -> None:
         """Empty the bucket so nothing is sent for `seconds` (after a 429)."""
@@ -79,25 +81,31 @@ class RateLimiter:
         self._clock = clock
         self._hold_until = 0.0  # set by back_off; also stops requests already waiting
 
-    def acquire(self, tokens: int) -> None:
-        """Block until one request of `tokens` tokens fits both budgets."""
+    def acquire(self, tokens: int) -> float:
+        """Block until one request of `tokens` tokens fits both budgets; return the clock then."""
         wait = max(self.requests.take(1), self.tokens.take(tokens))
         if wait > 0:
             self._sleep(wait + self.transit_margin)
         while (held := self._hold_until - self._clock()) > 0:  # a 429 arrived while we waited
             self._sleep(held)
+        return self._clock()
 
     def refund(self, tokens: int) -> None:
         """Give back a request the server refused without charging (a 429)."""
         self.requests.adjust(-1)
         self.tokens.adjust(-tokens)
 
-    def observe(self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None) -> None:
-        """Correct from the server's `x-ratelimit-remaining-*` headers and the response's usage."""
+    def observe(self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None, sent_at: float | None = None) -> None:
+        """Correct from the server's `x-ratelimit-remaining-*` headers and the response's usage.
+
+        The headers may date from when the server took the request, not from when its answer
+        arrived (`sent_at` is when it left): taking them as current would throw away the
+        refill during the request's latency, once per request that finds our bucket above zero.
+        """
         for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
             remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
             if remaining is not None:
-                bucket.cap(remaining)
+                bucket.cap(remaining, sent_at)
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
 

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pipeline.config import EmbeddingConfig
+from pipeline.chunking import token_counts
 from pipeline.embed import chunk_rows, pool_chunks
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
@@ -128,7 +129,7 @@ def embed_query(text: str, settings: dict, embedding: EmbeddingConfig, api_key: 
     embedder = get_embedder(config, api_key)
     texts = [c.text for c in chunks]
     try:
-        vectors = embedder.embed(texts, [c.tokens for c in chunks])
+        vectors = embedder.embed(texts, token_counts(chunks))
     finally:
         embedder.close()
     if embedder.dimensions != settings["dimensions"]:

@@ -51,8 +51,9 @@ class Embedder(ABC):
         """Length of every vector this embedder returns."""
 
     @abstractmethod
-    def embed_batch(self, texts: list[str]) -> np.ndarray:
-        """Embed one request's worth of texts; returns shape (len(texts), dimensions)."""
+    def embed_batch(self, texts: list[str], token_counts: list[int] | None = None) -> np.ndarray:
+        """Embed one request's worth of texts; returns shape (len(texts), dimensions).
+        `token_counts`, when the caller has them, spare a metered provider counting again."""
 
     @property
     def knows_dimensions(self) -> bool:
@@ -79,7 +80,7 @@ class Embedder(ABC):
         yielded, and then the failure is raised."""
         def work(batch: slice) -> np.ndarray:
             with self._in_flight:  # the limit holds across partitions sharing this embedder
-                vectors = self._checked(texts[batch])
+                vectors = self._checked(texts[batch], token_counts[batch])
             if store is not None:
                 store(texts[batch], vectors)
             return vectors
@@ -106,8 +107,8 @@ class Embedder(ABC):
         if failure is not None:
             raise failure
 
-    def _checked(self, texts: list[str]) -> np.ndarray:
-        vectors = self.embed_batch(texts)
+    def _checked(self, texts: list[str], token_counts: list[int]) -> np.ndarray:
+        vectors = self.embed_batch(texts, token_counts)
         check_vectors(vectors, len(texts), self.dimensions)
         return l2_normalise(vectors)
 

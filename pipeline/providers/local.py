@@ -67,6 +67,6 @@ class LocalEmbedder(Embedder):
         name = self.model if self.model in _PACKAGED else str(self.path.resolve())
         return f"local:{name}:{self.dimensions}"
 
-    def embed_batch(self, texts: list[str]) -> np.ndarray:
+    def embed_batch(self, texts: list[str], token_counts: list[int] | None = None) -> np.ndarray:
         self.tally()
         return self._model.encode(texts, batch_size=32, convert_to_numpy=True).astype(np.float32, copy=False)

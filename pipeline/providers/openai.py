@@ -90,22 +90,22 @@ class OpenAIEmbedder(Embedder):
     def batch_tokens(self) -> int:
         return min(self.max_batch_tokens, self.config.tokens_per_minute)  # a request must fit a minute
 
-    def embed_batch(self, texts: list[str]) -> np.ndarray:
+    def embed_batch(self, texts: list[str], token_counts: list[int] | None = None) -> np.ndarray:
         """One request, retried on transient failures; a rejected batch is split, never resent whole."""
+        counts = token_counts if token_counts is not None else [len(t) for t in encode_arrays(texts)]
         try:
-            return self._with_retries(texts)
+            return self._with_retries(texts, counts)
         except openai.BadRequestError as exc:
             if len(texts) == 1:
                 raise ProviderError(f"the server rejected a text of {len(texts[0])} characters: {_message(exc)}") from None
             self.tally("split after 400")
             half = len(texts) // 2
-            return np.concatenate([self.embed_batch(texts[:half]), self.embed_batch(texts[half:])])
+            return np.concatenate([self.embed_batch(texts[:half], counts[:half]), self.embed_batch(texts[half:], counts[half:])])
 
-    def _with_retries(self, texts: list[str]) -> np.ndarray:
+    def _with_retries(self, texts: list[str], counts: list[int]) -> np.ndarray:
         """Retry until every text has a good vector. Items a response got wrong (missing, repeated,
         wrong length, non-finite) are asked for again; the good ones are kept, so no text is
         paid for twice except where its own answer was unusable or the attempt timed out."""
-        counts = [len(t) for t in encode_arrays(texts)]
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         pending, last = list(range(len(texts))), None
         for attempt in range(self.config.max_attempts):
@@ -150,12 +150,12 @@ class OpenAIEmbedder(Embedder):
                 self.timed_out_tokens += tokens
 
     def _request(self, texts: list[str], tokens: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
-        self.limiter.acquire(tokens)
+        sent_at = self.limiter.acquire(tokens)
         self.tally()
         extra = {"dimensions": self.config.dimensions} if self.config.dimensions else {}
         raw = self.client.embeddings.with_raw_response.create(model=self.model, input=texts, encoding_format="base64", **extra)
         response = raw.parse()
-        self.limiter.observe(raw.headers, tokens, response.usage.prompt_tokens if response.usage else None)
+        self.limiter.observe(raw.headers, tokens, response.usage.prompt_tokens if response.usage else None, sent_at)
         return decode_response(response.data, len(texts), dimensions)
 
     def close(self) -> None:

@@ -44,9 +44,9 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         super().__init__(config, api_key)
         self._one_at_a_time = threading.Lock()  # backfill runs share this embedder and its ledger
 
-    def embed_batch(self, texts: list[str]) -> np.ndarray:
+    def embed_batch(self, texts: list[str], token_counts: list[int] | None = None) -> np.ndarray:
         if self.config.batch_fallback_sync:
-            return super().embed_batch(texts)
+            return super().embed_batch(texts, token_counts)
         raise ProviderError(
             f"{len(texts)} texts got no vector from the Batch API after {self.config.batch_max_attempts} attempts; "
             "run again to retry them, or set embedding.batch_fallback_sync: true"

@@ -52,6 +52,16 @@ def test_server_headers_lower_our_estimate_never_raise_it():
     assert limit.tokens.level == 100
 
 
+def test_server_headers_keep_the_refill_since_the_request_left():
+    limit, clock = limiter(600, 60_000)
+    sent_at = limit.acquire(60_000)  # the banked minute, all in one request
+    clock.now += 1.5  # its latency: the budget refilled 1,500 tokens meanwhile
+    limit.observe({"x-ratelimit-remaining-tokens": "0"}, 60_000, None, sent_at)
+    assert limit.tokens.level == pytest.approx(1_500)
+    limit.observe({"x-ratelimit-remaining-tokens": "0"}, 60_000, None)  # no send time: taken as now
+    assert limit.tokens.level == 0
+
+
 def test_usage_corrects_the_estimate():
     limit, _ = limiter(600, 60_000)
     limit.acquire(1_000)
