@@ -45,12 +45,6 @@ class TokenBucket:
             refilled = (self._updated - since) * self.rate if since is not None else 0.0
             self.level = min(self.level, remaining + max(0.0, refilled))
 
-    def pause(self, seconds: float) -> None:
-        """Empty the bucket so nothing is sent for `seconds` (after a 429)."""
-        with self._lock:
-            self._refill()
-            self.level = min(self.level, -seconds * self.rate)
-
     def _refill(self) -> None:
         now = self._clock()
         self.level = min(self.capacity, self.level + (now - self._updated) * self.rate)
@@ -109,10 +103,12 @@ class RateLimiter:
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
 
-    def back_off(self, seconds: float) -> None:
-        """A 429 said we went too fast: nobody sends for `seconds`."""
-        self.requests.pause(seconds)
-        self.tokens.pause(seconds)
+    def back_off(self, seconds: float, tokens: int) -> None:
+        """A 429 said a refused (and refunded) request of `tokens` tokens fits in `seconds`:
+        nobody sends before then, and the budgets hold no more than makes that true. They are
+        lowered, not emptied: an empty bucket would make the retry wait again for its own tokens."""
+        self.requests.cap(1 - seconds * self.requests.rate)
+        self.tokens.cap(tokens - seconds * self.tokens.rate)
         self._hold_until = max(self._hold_until, self._clock() + seconds)
 
 

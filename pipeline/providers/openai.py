@@ -131,7 +131,7 @@ class OpenAIEmbedder(Embedder):
                 self.limiter.observe(exc.response.headers, tokens, None)
                 wait = _retry_after(exc) or _backoff(attempt)
                 log.info("rate limited (429): all requests wait %.1f s", wait)
-                self.limiter.back_off(wait)
+                self.limiter.back_off(wait, tokens)
                 continue
             good = [k for k in range(len(pending)) if k not in bad]
             out[[pending[k] for k in good]] = vectors[good]

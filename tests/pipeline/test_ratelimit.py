@@ -71,9 +71,22 @@ def test_usage_corrects_the_estimate():
 
 def test_back_off_holds_everyone_for_the_retry_after():
     limit, clock = limiter(600, 60_000)
-    limit.back_off(2.0)
-    limit.acquire(1)
-    assert clock.now == pytest.approx(2.0 + 1 / 10, rel=1e-3)  # the pause, then one request's refill
+    limit.back_off(2.0, 1)
+    limit.acquire(1)  # the refused request, again
+    assert clock.now == pytest.approx(2.0)
+    limit.acquire(1)  # the next one, a request's refill later
+    assert clock.now == pytest.approx(2.1)
+
+
+def test_a_refused_request_waits_its_retry_after_not_its_tokens_again():
+    limit, clock = limiter(600, 60_000)
+    limit.acquire(60_000)  # the banked minute
+    limit.acquire(6_000)  # waits 6 s for its tokens, then the server refuses it: 10 ms early
+    limit.refund(6_000)
+    limit.observe({"x-ratelimit-remaining-tokens": "5990"}, 6_000, None)
+    limit.back_off(0.01, 6_000)
+    limit.acquire(6_000)
+    assert clock.now == pytest.approx(6.01)
 
 
 def test_bucket_refills_continuously_up_to_one_minute():
