@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -49,10 +49,13 @@ class EmbeddedText:
 
 @dataclass(frozen=True)
 class PreparedRows:
-    """Rows ready to embed: each row's normalised text ("" when blank) and each distinct text's chunks."""
+    """Rows ready to embed: each row's normalised text ("" when blank) and each distinct text's
+    chunks; once looked up, the chunk vectors the cache held and the tokens of each it lacked."""
 
     keys: list[str]
     chunked: dict[str, list[Chunk]]
+    cached: dict[str, np.ndarray] = field(default_factory=dict)
+    misses: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class TextEmbedder:
     overlap_tokens: int
     stats: RunStats = field(default_factory=RunStats)
     _seen: HashSet = field(default_factory=HashSet, repr=False)  # distinct texts so far
+    _embedded: HashSet = field(default_factory=HashSet, repr=False)  # chunks this run embedded and stored
     _in_flight: dict = field(default_factory=dict, repr=False)  # text -> Event, while being embedded
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # partitions run in threads
 
@@ -98,25 +102,29 @@ class TextEmbedder:
             self.stats.reused_rows += rows
 
     def prepare(self, raw_texts: list[str | None]) -> PreparedRows:
-        """The CPU half, safe to run ahead in another thread: normalise, dedupe, chunk."""
-        rows = chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)
+        """All that needs no network, safe to run ahead in another thread: normalise, dedupe,
+        chunk, look the chunks up in the cache and count the tokens of those it lacks."""
+        rows = self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens))
         self._count(raw_texts, rows.keys, rows.chunked)
         return rows
 
     def missing_chunks(self, raw_texts: list[str | None]) -> dict[str, int]:
         """The chunks (text -> tokens) of these rows that the cache lacks; counts nothing."""
-        return self.missing(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens))
+        return self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)).misses
 
-    def missing(self, rows: PreparedRows) -> dict[str, int]:
-        """The chunks (text -> tokens) of prepared rows that the cache lacks."""
+    def looked_up(self, rows: PreparedRows) -> PreparedRows:
+        """`rows` with the cache's vectors for their chunks and the token counts of the others
+        (counted only now: most chunks of most runs are cached)."""
         chunks = {c.text: c for chunks in rows.chunked.values() for c in chunks}
         cached = self.cache.get_many(list(chunks))
         misses = [chunk for text, chunk in chunks.items() if text not in cached]
-        return dict(zip((c.text for c in misses), token_counts(misses)))
+        return replace(rows, cached=cached, misses=dict(zip((c.text for c in misses), token_counts(misses))))
 
     def complete(self, rows: PreparedRows) -> RowVectors:
-        """The I/O half: cache lookup, embed the misses, pool chunks into row vectors."""
-        vectors = self._chunk_vectors({c.text: c for chunks in rows.chunked.values() for c in chunks})
+        """The network half: embed the chunks the cache lacked, pool chunks into row vectors."""
+        with self._lock:
+            self.stats.cache_hits += len(rows.cached)
+        vectors = {**rows.cached, **self._embedded_vectors(rows.misses)}
         pooled = {key: pool_chunks(chunks, vectors) for key, chunks in rows.chunked.items()}
         blank = np.zeros(self.embedder.dimensions, dtype=np.float32)
         by_row = [pooled[key] if key else blank for key in rows.keys]
@@ -124,22 +132,19 @@ class TextEmbedder:
         present = np.array([bool(key) for key in rows.keys], dtype=bool)
         return RowVectors(matrix, present, rows, vectors)
 
-    def _chunk_vectors(self, chunks: dict[str, Chunk]) -> dict[str, np.ndarray]:
-        texts = list(chunks)
-        vectors = self.cache.get_many(texts)
-        claimed, theirs, done = self._claim([t for t in texts if t not in vectors])
-        mine = claimed
-        with self._lock:
-            self.stats.cache_hits += len(vectors)
+    def _embedded_vectors(self, misses: dict[str, int]) -> dict[str, np.ndarray]:
+        """Vectors for chunks (text -> tokens) the cache lacked when looked up: stored by this run
+        since, being embedded by another partition (awaited), or embedded here."""
+        claimed, theirs, done = self._claim(list(misses))
         try:
-            if mine:  # another partition may have stored some between our lookup and our claim
-                vectors.update(just_stored := self.cache.get_many(mine))
-                mine = [t for t in mine if t not in just_stored]
-            counts = token_counts([chunks[t] for t in mine])  # counted only now: most chunks are cached
+            vectors = self._stored_since_lookup(claimed)
+            mine = [t for t in claimed if t not in vectors]
+            counts = [misses[t] for t in mine]
             store = lambda texts, fresh: self.cache.put_many(dict(zip(texts, fresh)))  # a stopped run resumes from here
             for batch, fresh in self.embedder.embed_iter(mine, counts, store):
                 vectors.update(zip(mine[batch], fresh))
                 with self._lock:
+                    self._embedded.add_many(mine[batch])
                     self.stats.embedded_chunks += len(fresh)
                     self.stats.embedded_tokens += sum(counts[batch])
         finally:
@@ -147,8 +152,18 @@ class TextEmbedder:
         for event in {id(e): e for e in theirs.values()}.values():
             event.wait()  # another partition is embedding these right now
         vectors.update(self.cache.get_many(list(theirs)))
-        missing = [t for t in theirs if t not in vectors]  # its request failed: ours to do
-        return vectors if not missing else {**vectors, **self._chunk_vectors({t: chunks[t] for t in missing})}
+        missing = {t: misses[t] for t in theirs if t not in vectors}  # its request failed: ours to do
+        return vectors if not missing else {**vectors, **self._embedded_vectors(missing)}
+
+    def _stored_since_lookup(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Of `texts`, those this run embedded after the lookup (a batch ahead, or another
+        partition), read back from the cache: counted as cache hits, never paid for twice."""
+        with self._lock:
+            maybe = [t for t, seen in zip(texts, self._embedded.contains_many(texts)) if seen]
+        found = self.cache.get_many(maybe) if maybe else {}
+        with self._lock:
+            self.stats.cache_hits += len(found)
+        return found
 
     def _claim(self, misses: list[str]) -> tuple[list[str], dict[str, threading.Event], threading.Event]:
         """Split misses into those this call embeds and those another partition is already

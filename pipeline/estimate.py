@@ -93,7 +93,7 @@ def estimate_run(config: Config, plan: SourcePlan, previous: PreviousOutput | No
             texts.skip(partition.rows, unchanged=True)
             continue
         for _, _, rows in prepared_batches(config, texts, previous, partition):
-            misses = texts.missing(rows)
+            misses = rows.misses
             new = [(text, tokens) for (text, tokens), fresh in zip(misses.items(), sent.add_many(list(misses))) if fresh]
             counts = [tokens for _, tokens in new]
             looked_up = len({chunk.text for chunks in rows.chunked.values() for chunk in chunks})

@@ -61,6 +61,13 @@ class HashSet:
             self._recent = np.empty(0, dtype=np.int64)
         return new
 
+    def contains_many(self, values: pa.Array | list) -> np.ndarray:
+        """For each value, whether it was added before."""
+        if not len(values):
+            return np.zeros(0, dtype=bool)
+        keys = hash64(values)
+        return _contains(self._sorted, keys) | _contains(self._recent, keys)
+
 
 def _merge(members: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     """Two sorted arrays with no value in common, as one sorted array (a copy, not a sort)."""

@@ -18,6 +18,14 @@ def test_each_value_is_new_once(values, monkeypatch):
     assert all(seen.add_many(batch).all() for batch in batches)
     assert not any(seen.add_many(batch).any() for batch in batches)
     assert len(seen) == len(values) and not seen.add(values[0])
+    assert seen.contains_many(values[::-1]).all()
+
+
+def test_contains_asks_without_adding():
+    seen = HashSet()
+    seen.add_many(["a", "b"])
+    assert seen.contains_many(["b", "c", "a"]).tolist() == [True, False, True]
+    assert seen.contains_many([]).tolist() == [] and len(seen) == 2
 
 
 def test_a_value_is_the_same_whatever_its_column_type():

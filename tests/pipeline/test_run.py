@@ -12,7 +12,7 @@ from pipeline.run import run_pipeline
 from pipeline.text import normalise_text
 from tests.chunking_text import long_prose
 from tests.conftest import openai_config, write_parquet
-from tests.fakes.openai_server import fake_vector
+from tests.fakes.openai_server import FakeOpenAI, fake_vector
 
 TEXTS = ["The cat sat.", "  The   cat\nsat. ", None, "", "   \t", "A dog barked.", "cafe\u0301 au lait"]
 
@@ -63,6 +63,17 @@ def test_duplicates_are_embedded_once_and_a_second_run_makes_no_call(tmp_path, f
     elsewhere = openai_config(tmp_path, fake_openai, source, output__path=str(tmp_path / "elsewhere"))
     third = run_pipeline(elsewhere)["stats"]  # no earlier output to reuse: every chunk from the cache
     assert (third["requests"], third["cache_hits"], third["unchanged_rows"]) == (0, 3, 0)
+
+
+def test_a_text_in_a_later_batch_is_paid_once_though_that_batch_was_looked_up_ahead(tmp_path):
+    # The second batch is read, chunked and looked up in the cache while the first one's
+    # request is still in flight: the shared text is a miss then, and a hit when it is sent.
+    texts = ["shared text"] + [f"row {i}" for i in range(1, 3_000)] + ["shared text"]
+    source = write_parquet(tmp_path / "in.parquet", {"id": list(range(len(texts))), "text": texts})
+    with FakeOpenAI(latency=0.3) as server:
+        stats = run_pipeline(openai_config(tmp_path, server, source))["stats"]
+    assert server.calls["shared text"] == 1
+    assert (stats["embedded_chunks"], stats["cache_hits"]) == (3_000, 1)
 
 
 def test_a_100k_token_text_is_chunked_and_never_rejected(tmp_path, fake_openai):
