@@ -151,7 +151,9 @@ class TextEmbedder:
             self._release(claimed, done)
         for event in {id(e): e for e in theirs.values()}.values():
             event.wait()  # another partition is embedding these right now
-        vectors.update(self.cache.get_many(list(theirs)))
+        vectors.update(theirs_stored := self.cache.get_many(list(theirs)))
+        with self._lock:
+            self.stats.cache_hits += len(theirs_stored)
         missing = {t: misses[t] for t in theirs if t not in vectors}  # its request failed: ours to do
         return vectors if not missing else {**vectors, **self._embedded_vectors(missing)}
 

@@ -30,7 +30,7 @@ def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutp
     source = config.source
     earlier = previous.earlier_part(partition) if previous else None
     rows_before = PreviousRows.open(earlier, text_columns(source), config.output.vector_column)
-    for batch in _first_rows_first(partition.read()):
+    for batch in _first_rows_first(partition.read(), min(1_024, texts.embedder.batch_inputs)):
         if rows_before is None:
             yield batch, None, texts.prepare(row_texts(batch, source))
             continue
@@ -40,9 +40,9 @@ def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutp
         yield batch, (same, vectors), texts.prepare(row_texts(rest, source))
 
 
-def _first_rows_first(batches: Iterator[pa.RecordBatch], rows: int = 1_024) -> Iterator[pa.RecordBatch]:
-    """The first batch's first rows on their own, so the first request leaves without waiting
-    for a whole batch to be normalised and chunked."""
+def _first_rows_first(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The first batch's first rows (about a request's worth) on their own, so the first
+    request leaves without waiting for a whole batch to be normalised and chunked."""
     first = next(batches, None)
     if first is not None:
         yield from (first.slice(0, rows), first.slice(rows)) if first.num_rows > rows else (first,)

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pipeline import __version__, progress
 from pipeline.cache import VectorCache
-from pipeline.concurrency import prefetch
+from pipeline.concurrency import map_ahead, prefetch, prompt_thread_switches
 from pipeline.chunking import chunk_limits
 from pipeline.config import Config
 from pipeline.embed import EmbeddedText, RowVectors, TextEmbedder
@@ -57,6 +57,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     """Check the input, then open the provider, the cache and the output. Spends nothing.
     A shared `embedder` (a backfill's runs share one rate limit) is used and left open."""
     started = time.monotonic()
+    prompt_thread_switches()
     key = settings_key(config)
     plan, previous = checked_input(config)
     log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
@@ -115,7 +116,7 @@ def embed_partition(run: Run, index: int) -> int:
     an earlier, interrupted attempt of this same run finished is kept, not redone.
 
     Reading and chunking the next record batches runs in a thread while this one waits on
-    the network."""
+    the network, and the next batch's requests leave before this one's last answer."""
     source, partition = run.config.source, run.partitions[index]
     done = run.rows.finished_rows(index)
     if done is not None and (run.chunks is None or run.chunks.finished_rows(index) is not None):
@@ -129,8 +130,8 @@ def embed_partition(run: Run, index: int) -> int:
         log.info("partition %d (%s): unchanged since the last run, %d rows kept", index, partition.file, kept)
         return kept
     rows, chunks = run.rows.open_part(index), run.chunks.open_part(index) if run.chunks else None
-    for batch, reused, fresh in prefetch(prepared_batches(run.config, run.texts, run.previous, partition), depth=2):
-        result = run.texts.complete(fresh)
+    prepared = prefetch(prepared_batches(run.config, run.texts, run.previous, partition), depth=2)
+    for (batch, reused, _), result in map_ahead(lambda item: run.texts.complete(item[2]), prepared, ahead=2):
         matrix, present = _merge(reused, result, run.dimensions)
         vectors = vector_array(matrix, present)
         rows.write(batch.append_column(pa.field(run.config.output.vector_column, vectors.type), vectors))

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from pipeline.concurrency import prefetch
+from pipeline.concurrency import map_ahead, prefetch
 
 
 def test_items_arrive_in_order():
@@ -42,3 +42,30 @@ def test_stopping_early_stops_the_producer():
     next(consumer)
     consumer.close()
     assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_map_ahead_keeps_order_and_starts_the_next_call_before_the_last_one_ends():
+    running, most = set(), []
+
+    def slow(item):
+        running.add(item)
+        most.append(len(running))
+        time.sleep(0.05 if item % 2 == 0 else 0.01)
+        running.discard(item)
+        return item * 10
+
+    assert list(map_ahead(slow, range(8), ahead=2)) == [(i, i * 10) for i in range(8)]
+    assert max(most) == 2
+
+
+def test_map_ahead_raises_the_first_failure_in_order():
+    def fail_on_three(item):
+        if item == 3:
+            raise ValueError("bad batch")
+        return item
+
+    seen = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for item, _ in map_ahead(fail_on_three, range(10), ahead=2):
+            seen.append(item)
+    assert seen == [0, 1, 2]
