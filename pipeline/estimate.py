@@ -23,6 +23,7 @@ from pipeline.incremental import PreviousOutput, settings_key
 from pipeline.partitions import plan_partitions
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder, pack_batches
+from pipeline.remote import localised
 from pipeline.reuse import prepared_batches
 from pipeline.source import SourcePlan, validate_source
 
@@ -110,6 +111,7 @@ def estimate_run(config: Config, plan: SourcePlan, previous: PreviousOutput | No
 
 def estimate_config(config: Config, api_key: str | None) -> Estimate:
     """`embedpipe estimate`: open the provider (no call; no key needed) and the cache, and estimate."""
+    config, _ = localised(config)
     embedder = get_embedder(config.embedding, api_key or "not-needed-for-an-estimate")
     try:
         if not embedder.knows_dimensions:

@@ -7,7 +7,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -26,6 +26,7 @@ from pipeline.providers.base import Embedder
 from pipeline.incremental import PreviousOutput, part_source, run_key, settings_key
 from pipeline.partitions import Partition, plan_partitions
 from pipeline.sink import ParquetSink, vector_array, write_delta
+from pipeline.remote import RemoteOutput, localised
 from pipeline.reuse import prepared_batches
 from pipeline.source import SourcePlan, row_texts
 
@@ -47,6 +48,8 @@ class Run:
     previous: PreviousOutput | None  # the last run's output, for incremental runs
     sources: dict[int, dict]  # each partition's input fingerprint, taken before reading it
     owns_embedder: bool = True
+    remote_outputs: list[RemoteOutput] = field(default_factory=list)  # copied up once published
+    published_at: str = ""  # output.path as configured: a local path or a URL
 
     @property
     def dimensions(self) -> int:
@@ -58,6 +61,8 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     A shared `embedder` (a backfill's runs share one rate limit) is used and left open."""
     started = time.monotonic()
     prompt_thread_switches()
+    published_at = config.output.path
+    config, remote_outputs = localised(config)  # object-store paths become local mirrors
     key = settings_key(config)
     plan, previous = checked_input(config)
     log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
@@ -81,7 +86,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     sources = {p.index: part_source(p) for p in partitions}  # as read now, not as found at publish
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
     progress.track(texts.stats, embedder, plan.total_rows)
-    return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder)
+    return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder, remote_outputs, published_at)
 
 
 def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: int) -> dict:
@@ -185,11 +190,13 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
     stats.rate_limited = sum(n for cause, n in embedder.retries.items() if cause.endswith("429"))
     stats.cost_usd = run_cost(run.config, stats.embedded_tokens, stats.batch_api.get("tokens", 0))
-    manifest = {**run.metadata, "output": str(run.config.output.path), "rows": run.plan.total_rows, "stats": stats.as_dict()}
+    manifest = {**run.metadata, "output": run.published_at or str(run.config.output.path), "rows": run.plan.total_rows, "stats": stats.as_dict()}
     if run.chunks is not None:
         run.chunks.publish(manifest, parts, run.sources)
     manifest = run.rows.publish(manifest, parts, run.sources)
     close_run(run)
+    for remote in run.remote_outputs:
+        remote.push()
     if run.config.output.delta_path:
         write_delta(run.config.output.path, run.config.output.delta_path)
     return manifest
