@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -64,13 +64,14 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     published_at = config.output.path
     config, remote_outputs = localised(config)  # object-store paths become local mirrors
     key = settings_key(config)
-    plan, previous = checked_input(config)
-    log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
     with ExitStack() as undo:  # whatever opened is closed again if a later step fails
         owns_embedder = embedder is None
-        if owns_embedder:
-            embedder = get_embedder(config.embedding, api_key)
-            undo.callback(embedder.close)
+        if owns_embedder:  # the client (a TLS context: tens of ms) opens while the input is checked
+            opening = _in_background(get_embedder, config.embedding, api_key)
+            undo.callback(lambda: opening.exception() or opening.result().close())
+        plan, previous = checked_input(config)
+        log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
+        embedder = opening.result() if owns_embedder else embedder
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
         cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
         undo.callback(cache.close)
@@ -87,6 +88,14 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
     progress.track(texts.stats, embedder, plan.total_rows)
     return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder, remote_outputs, published_at)
+
+
+def _in_background(fn, *args) -> Future:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="open")
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)  # the call still runs; the thread ends with it
 
 
 def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: int) -> dict:
