@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from typing import Callable, Mapping
 
 
@@ -52,10 +51,6 @@ class TokenBucket:
         self._updated = now
 
 
-_SAFETY = 0.02  # seconds a waiting request leaves later than the measured offset needs
-_MIN_MARGIN = 0.01
-
-
 class RateLimiter:
     """Requests-per-minute and tokens-per-minute budgets, kept together.
 
@@ -63,8 +58,6 @@ class RateLimiter:
     the server charges on arrival, and a bucket that sat full while earlier requests were in
     transit refilled less than ours; under load, threads also wake late and bunch up. The
     shift is the same for every waiting request, so it costs latency once, not throughput.
-    The server's `x-ratelimit-remaining-*` after each such request show how much of the
-    margin was needed; it shrinks to that (plus 20 ms), and a 429 restores it.
     """
 
     def __init__(
@@ -77,27 +70,19 @@ class RateLimiter:
     ):
         self.requests = TokenBucket(requests_per_minute, clock)
         self.tokens = TokenBucket(tokens_per_minute, clock)
-        self.transit_margin = self.initial_margin = transit_margin
+        self.transit_margin = transit_margin
         self._sleep = sleep
         self._clock = clock
         self._hold_until = 0.0  # set by back_off; also stops requests already waiting
-        self._lock = threading.Lock()
-        self._scheduled: dict[float, float] = {}  # send time -> margin, of requests that waited
-        self._offsets: deque[float] = deque(maxlen=8)  # measured lateness of the server's clock
 
     def acquire(self, tokens: int) -> float:
         """Block until one request of `tokens` tokens fits both budgets; return the clock then."""
         wait = max(self.requests.take(1), self.tokens.take(tokens))
-        margin = self.transit_margin
         if wait > 0:
-            self._sleep(wait + margin)
+            self._sleep(wait + self.transit_margin)
         while (held := self._hold_until - self._clock()) > 0:  # a 429 arrived while we waited
             self._sleep(held)
-        sent_at = self._clock()
-        if wait > 0:
-            with self._lock:
-                self._scheduled[sent_at] = margin
-        return sent_at
+        return self._clock()
 
     def refund(self, tokens: int) -> None:
         """Give back a request the server refused without charging (a 429)."""
@@ -111,26 +96,12 @@ class RateLimiter:
         arrived (`sent_at` is when it left): taking them as current would throw away the
         refill during the request's latency, once per request that finds our bucket above zero.
         """
-        slack = []
         for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
             remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
             if remaining is not None:
                 bucket.cap(remaining, sent_at)
-                slack.append(remaining / bucket.rate)
-        with self._lock:
-            margin = self._scheduled.pop(sent_at, None)
-            if margin is not None and slack:
-                self._fit_margin(min(slack) - margin)
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
-
-    def _fit_margin(self, offset: float) -> None:
-        """A request that waited left `margin` late and the server then had `slack` seconds of
-        budget to spare: its clock runs `margin - slack` behind ours. Keep the margin just
-        above the worst of the last few offsets, never above where it started."""
-        self._offsets.append(offset)
-        if len(self._offsets) >= 4:
-            self.transit_margin = min(self.initial_margin, max(_MIN_MARGIN, _SAFETY - min(self._offsets)))
 
     def back_off(self, seconds: float, tokens: int) -> None:
         """A 429 said a refused (and refunded) request of `tokens` tokens fits in `seconds`:
@@ -139,9 +110,6 @@ class RateLimiter:
         self.requests.cap(1 - seconds * self.requests.rate)
         self.tokens.cap(tokens - seconds * self.tokens.rate)
         self._hold_until = max(self._hold_until, self._clock() + seconds)
-        with self._lock:  # the server's clock was further behind than measured: start again
-            self.transit_margin = self.initial_margin
-            self._offsets.clear()
 
 
 def _number(value: str | None) -> float | None:

@@ -110,19 +110,6 @@ def test_waiting_requests_leave_a_transit_margin_late_without_losing_throughput(
     assert sent[62] - sent[60] == pytest.approx(2.0)  # one a second, as budgeted
 
 
-def test_the_transit_margin_shrinks_to_what_the_server_shows_and_a_429_restores_it():
-    clock = Clock()
-    limit = RateLimiter(10**6, 60_000, sleep=clock.sleep, clock=clock, transit_margin=0.1)
-    limit.acquire(60_000)  # the banked minute: no wait, so no measurement
-    for _ in range(6):  # each waits; the server's budget runs 0.03 s behind ours
-        margin = limit.transit_margin
-        sent_at = limit.acquire(1_000)
-        limit.observe({"x-ratelimit-remaining-tokens": str(round((margin - 0.03) * 1_000))}, 1_000, None, sent_at)
-    assert limit.transit_margin == pytest.approx(0.05)  # 0.03 measured, 0.02 to spare
-    limit.back_off(0.01, 1_000)
-    assert limit.transit_margin == 0.1
-
-
 def test_a_refused_request_is_refunded():
     limit, _ = limiter(600, 60_000)
     limit.acquire(5_000)
