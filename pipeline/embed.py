@@ -122,8 +122,7 @@ class TextEmbedder:
 
     def complete(self, rows: PreparedRows) -> RowVectors:
         """The network half: embed the chunks the cache lacked, pool chunks into row vectors."""
-        with self._lock:
-            self.stats.cache_hits += len(rows.cached)
+        self._hits(len(rows.cached))
         vectors = {**rows.cached, **self._embedded_vectors(rows.misses)}
         pooled = {key: pool_chunks(chunks, vectors) for key, chunks in rows.chunked.items()}
         blank = np.zeros(self.embedder.dimensions, dtype=np.float32)
@@ -152,8 +151,7 @@ class TextEmbedder:
         for event in {id(e): e for e in theirs.values()}.values():
             event.wait()  # another partition is embedding these right now
         vectors.update(theirs_stored := self.cache.get_many(list(theirs)))
-        with self._lock:
-            self.stats.cache_hits += len(theirs_stored)
+        self._hits(len(theirs_stored))
         missing = {t: misses[t] for t in theirs if t not in vectors}  # its request failed: ours to do
         return vectors if not missing else {**vectors, **self._embedded_vectors(missing)}
 
@@ -163,9 +161,12 @@ class TextEmbedder:
         with self._lock:
             maybe = [t for t, seen in zip(texts, self._embedded.contains_many(texts)) if seen]
         found = self.cache.get_many(maybe) if maybe else {}
-        with self._lock:
-            self.stats.cache_hits += len(found)
+        self._hits(len(found))
         return found
+
+    def _hits(self, chunks: int) -> None:
+        with self._lock:
+            self.stats.cache_hits += chunks
 
     def _claim(self, misses: list[str]) -> tuple[list[str], dict[str, threading.Event], threading.Event]:
         """Split misses into those this call embeds and those another partition is already

@@ -22,6 +22,7 @@ from pipeline.chunking import token_counts
 from pipeline.embed import chunk_rows, pool_chunks
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
+from pipeline.remote import filesystem, is_remote
 from pipeline.providers.openai import KNOWN_DIMENSIONS
 from pipeline.sink import MANIFEST
 
@@ -39,16 +40,17 @@ class Embedded:
 
 
 def read_output(output: str | Path) -> Embedded:
-    """Load an output directory's ids, texts and non-null vectors; a clear error if it is not one."""
-    output = Path(output)
+    """Load an output directory's (or object-store prefix's) ids, texts and non-null vectors;
+    a clear error if it is not one."""
+    fs, path = filesystem(str(output)) if is_remote(str(output)) else (None, str(output))
     try:
-        settings = json.loads((output / MANIFEST).read_text(encoding="utf-8"))
+        settings = json.loads(fs.cat_file(f"{path}/{MANIFEST}") if fs else (Path(path) / MANIFEST).read_bytes())
     except (OSError, ValueError):
         raise EmbedpipeError(f"{output}: no {MANIFEST} here; point at an output.path that embedpipe run has written") from None
     columns = settings.get("columns") or {}
     id_column, text_column = columns.get("id", "id"), columns.get("text")
     vector_column = columns.get("vector", "embedding")
-    table = ds.dataset(output, format="parquet").to_table()
+    table = ds.dataset(path, format="parquet", filesystem=fs).to_table()
     if vector_column not in table.column_names:
         raise EmbedpipeError(f"{output}: no vector column {vector_column!r}")
     table = table.filter(pc.is_valid(table[vector_column]))

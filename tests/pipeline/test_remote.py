@@ -14,6 +14,7 @@ import pytest
 from pipeline.errors import EmbedpipeError
 from pipeline.remote import RemoteOutput, filesystem
 from pipeline.run import run_pipeline
+from pipeline.similarity import read_output
 from tests.conftest import openai_config
 
 TEXTS = [f"ticket {i}: the printer on floor {i % 7} is jammed again" for i in range(40)]
@@ -106,6 +107,7 @@ def test_a_run_on_a_fresh_machine_reuses_the_output_in_the_bucket(tmp_path, s3, 
     stats = run_pipeline(config)["stats"]
     assert (fake_openai.calls["a brand new ticket"], stats["embedded_chunks"]) == (1, 1)
     assert read_s3_output(fs, f"{bucket}/out").num_rows == len(TEXTS)
+    assert len(read_output(f"s3://{bucket}/out").vectors) == len(TEXTS)  # what similar, neighbours and cluster read
 
 
 @pytest.mark.parametrize("path, message", [
