@@ -12,12 +12,15 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.errors import SourceError
 from pipeline.incremental import PreviousOutput
+from pipeline.remote import is_remote
 from pipeline.source import resolve_files
 
 
 def hive_partitions(root: str | Path, key: str, start: str | None = None, end: str | None = None) -> list[tuple[str, Path]]:
     """(value, directory) of each `key=value` directory under `root`, sorted, with
     start <= value <= end (compared as text, which orders ISO dates)."""
+    if is_remote(str(root)):
+        raise SourceError(f"source.path {root}: a backfill reads {key}=... directories from a local path; object stores work with embedpipe run")
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"source.path {root}: a backfill needs a directory of {key}=... partitions")

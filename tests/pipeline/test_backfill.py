@@ -31,6 +31,11 @@ def test_no_partition_in_range_is_a_clear_error(tmp_path):
         hive_partitions(tmp_path, "date", "2027-01-01")
 
 
+def test_a_backfill_from_an_object_store_says_what_works_instead():
+    with pytest.raises(SourceError, match="reads date=... directories from a local path; object stores work with embedpipe run"):
+        hive_partitions("s3://bucket/exports", "date")
+
+
 def test_partitions_done_are_skipped_and_new_ones_run(tmp_path, fake_openai):
     hive(tmp_path / "in", ["2026-01-01", "2026-01-02"])
     config = openai_config(tmp_path, fake_openai, tmp_path / "in")
