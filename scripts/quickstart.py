@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,10 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Prefect's state for the quickstart lives in the project: a ~/.prefect database that another
+# Prefect version has migrated (which an older one cannot open) must not stop it.
+os.environ.setdefault("PREFECT_HOME", str(ROOT / ".embedpipe" / "prefect"))
+Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)  # Prefect does not create it
 
 from flows.cli import main as embedpipe  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
