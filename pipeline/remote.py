@@ -17,9 +17,8 @@ from pathlib import Path
 
 from pipeline.config import Config, first_line
 from pipeline.errors import EmbedpipeError
-
-MANIFEST = "_manifest.json"
-INPUT_FORMATS = (".parquet", ".csv")
+from pipeline.sink import MANIFEST
+from pipeline.source import FORMATS
 
 
 def is_remote(path: str | None) -> bool:
@@ -163,7 +162,7 @@ def _listing(fs, path: str) -> tuple[str, dict[str, dict]]:
     directory their mirrored names are relative to."""
     if fs.isdir(path):
         found = fs.find(path, detail=True)
-        return path.rstrip("/"), {p: info for p, info in found.items() if p.lower().endswith(INPUT_FORMATS)}
+        return path.rstrip("/"), {p: info for p, info in found.items() if p.lower().endswith(tuple(FORMATS))}
     base = re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0]
     if fs.isfile(path):
         return base, {path: fs.info(path)}
