@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[local,downstream,s3,test]'
+	$(PIP) -e '.[local,downstream,s3,dask,test]'
 	touch $@
 
 run: $(BIN)/.installed
@@ -22,7 +22,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed
-	$(PIP) -e '.[local,downstream,s3,test,bench]'
+	$(PIP) -e '.[local,downstream,s3,dask,test,bench]'
 	$(BIN)/python -m benchmarks.ratelimits
 	$(BIN)/python -m benchmarks.throughput
 

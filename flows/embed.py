@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from itertools import islice
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -61,28 +62,40 @@ def publish(run: Run, parts: dict[int, int]) -> dict:
     return manifest
 
 
-def _results_with_progress(futures: dict, total_rows: int) -> dict[int, int]:
-    """Each partition's row count, updating a progress artifact as partitions finish."""
+def run_partitions(submit, count: int, window: int, total_rows: int, rows_of=lambda rows: rows) -> dict[int, int]:
+    """Each partition's row count. `submit(i)` starts partition `i` and returns its future; no
+    more than `window` run at once. `rows_of` turns a task's result into its row count. A
+    progress artifact follows the rows written."""
     progress = create_progress_artifact(0.0, key="embedpipe-progress", description=f"embedpipe: rows written of {total_rows:,}")
     parts: dict[int, int] = {}
-    for future in as_completed(list(futures)):
-        parts[futures[future]] = future.result()
+    todo, running = iter(range(count)), {}
+    while True:
+        running.update({submit(i): i for i in islice(todo, window - len(running))})
+        if not running:
+            return parts
+        finished = next(as_completed(list(running)))
+        parts[running.pop(finished)] = rows_of(finished.result())
         done = sum(parts.values())
         update_progress_artifact(progress, 100.0 * done / max(total_rows, 1), description=f"embedpipe: {done:,} of {total_rows:,} rows written")
-    return parts
 
 
 @flow(name="embed-dataset", log_prints=True)
 def embed_dataset(config: Config) -> dict:
     """Embed every row of `config.source` into `config.output`; returns the manifest.
-    Partitions run as concurrent tasks, `source.parallel_partitions` at once."""
+    Partitions run as concurrent tasks, `source.parallel_partitions` at once, in this process
+    or (`embedding.task_runner: dask`) on a Dask cluster."""
     run = check_and_prepare(config)
     try:
         if run.texts.embedder.uses_batch_api:
             run_batch_api(run)
-        with ThreadPoolTaskRunner(max_workers=config.source.parallel_partitions) as runner:
-            futures = {runner.submit(embed_one_partition, parameters={"run": run, "index": i}): i for i in range(len(run.partitions))}
-            parts = _results_with_progress(futures, run.plan.total_rows)
+        if config.embedding.task_runner == "dask":
+            from flows.cluster import embed_on_dask  # it builds on this module
+
+            parts = embed_on_dask(run)
+        else:
+            window = config.source.parallel_partitions
+            with ThreadPoolTaskRunner(max_workers=window) as runner:
+                parts = run_partitions(lambda i: runner.submit(embed_one_partition, parameters={"run": run, "index": i}), len(run.partitions), window, run.plan.total_rows)
         return publish(run, parts)
     except BaseException:
         close_run(run)

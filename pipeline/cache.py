@@ -73,5 +73,25 @@ class VectorCache:
             for text, vector in vectors.items():
                 self._cache.set(self.key(text), np.asarray(vector, dtype=_DTYPE).tobytes())
 
+    def claim_many(self, texts: list[str], owner: str, seconds: float) -> list[str]:
+        """Of `texts`, those `owner` now holds for up to `seconds`: while it does, no other
+        process sharing this cache sends them. Those another owner holds are left out."""
+        with self._cache.transact():
+            return [text for text in texts if self._cache.add(self._claim_key(text), owner.encode(), expire=seconds)]
+
+    def release_many(self, texts: list[str], owner: str) -> None:
+        """Let go of `owner`'s claims on `texts` (stored or failed: either way, not sending)."""
+        with self._cache.transact():
+            for text in texts:
+                if self._cache.get(self._claim_key(text)) == owner.encode():
+                    self._cache.delete(self._claim_key(text))
+
+    def claimed(self, texts: list[str]) -> set[str]:
+        """Those of `texts` that an owner holds now."""
+        return {text for text in texts if self._cache.get(self._claim_key(text)) is not None}
+
+    def _claim_key(self, text: str) -> str:
+        return f"claim:{self.key(text)}"
+
     def close(self) -> None:
         self._cache.close()

@@ -63,6 +63,8 @@ class EmbeddingConfig(_Section):
     batch_size: int | None = None  # texts per request; None = the provider's maximum
     max_cost_usd: float | None = None  # a run estimated to cost more stops before its first call
     price_table: str | None = None  # YAML of model: {sync, batch} USD per 1M tokens; None = configs/prices.yaml
+    task_runner: Literal["threads", "dask"] = "threads"  # where partitions run: this process, or a Dask cluster
+    dask_address: str | None = None  # a running Dask scheduler; None = a local cluster of source.parallel_partitions processes
     # openai-batch only
     batch_max_enqueued_tokens: int = 3_000_000  # tokens in flight at once; more goes in waves
     batch_max_inputs_per_file: int = 50_000

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from pipeline.cache import VectorCache
 from pipeline.chunking import Chunk, chunk_texts, token_counts
-from pipeline.hashset import HashSet
+from pipeline.hashset import HashSet, hash64
 from pipeline.providers.base import Embedder, l2_normalise
 from pipeline.text import normalise_paragraphs
 
@@ -74,6 +75,9 @@ class RowVectors:
         return [texts[key] if key else None for key in self.rows.keys]
 
 
+CLAIM_SECONDS = 900.0  # a claim a crashed process left lapses after this; others then embed its texts
+
+
 @dataclass
 class TextEmbedder:
     """Embeds row texts, each distinct text once per run, reading and filling the cache."""
@@ -83,6 +87,8 @@ class TextEmbedder:
     max_tokens: int
     overlap_tokens: int
     stats: RunStats = field(default_factory=RunStats)
+    claim_owner: str | None = None  # set where other processes share the cache: claims texts there too
+    distinct_log: list | None = None  # set to a list to keep (hashes, chunk counts) of each new distinct text
     _seen: HashSet = field(default_factory=HashSet, repr=False)  # distinct texts so far
     _embedded: HashSet = field(default_factory=HashSet, repr=False)  # chunks this run embedded and stored
     _in_flight: dict = field(default_factory=dict, repr=False)  # text -> Event, while being embedded
@@ -133,27 +139,57 @@ class TextEmbedder:
 
     def _embedded_vectors(self, misses: dict[str, int]) -> dict[str, np.ndarray]:
         """Vectors for chunks (text -> tokens) the cache lacked when looked up: stored by this run
-        since, being embedded by another partition (awaited), or embedded here."""
+        since, being embedded by another partition or process (awaited), or embedded here."""
         claimed, theirs, done = self._claim(list(misses))
         try:
             vectors = self._stored_since_lookup(claimed)
-            mine = [t for t in claimed if t not in vectors]
-            counts = [misses[t] for t in mine]
-            store = lambda texts, fresh: self.cache.put_many(dict(zip(texts, fresh)))  # a stopped run resumes from here
-            for batch, fresh in self.embedder.embed_iter(mine, counts, store):
-                vectors.update(zip(mine[batch], fresh))
-                with self._lock:
-                    self._embedded.add_many(mine[batch])
-                    self.stats.embedded_chunks += len(fresh)
-                    self.stats.embedded_tokens += sum(counts[batch])
+            mine, elsewhere = self._claim_across_processes([t for t in claimed if t not in vectors])
+            try:
+                vectors.update(self._embed(mine, [misses[t] for t in mine]))
+            finally:
+                if self.claim_owner:
+                    self.cache.release_many(mine, self.claim_owner)
+            vectors.update(self._stored_elsewhere(elsewhere))
         finally:
             self._release(claimed, done)
         for event in {id(e): e for e in theirs.values()}.values():
             event.wait()  # another partition is embedding these right now
         vectors.update(theirs_stored := self.cache.get_many(list(theirs)))
         self._hits(len(theirs_stored))
-        missing = {t: misses[t] for t in theirs if t not in vectors}  # its request failed: ours to do
+        missing = {t: misses[t] for t in [*theirs, *elsewhere] if t not in vectors}  # its request failed: ours to do
         return vectors if not missing else {**vectors, **self._embedded_vectors(missing)}
+
+    def _embed(self, texts: list[str], counts: list[int]) -> dict[str, np.ndarray]:
+        vectors = {}
+        store = lambda batch, fresh: self.cache.put_many(dict(zip(batch, fresh)))  # a stopped run resumes from here
+        for batch, fresh in self.embedder.embed_iter(texts, counts, store):
+            vectors.update(zip(texts[batch], fresh))
+            with self._lock:
+                self._embedded.add_many(texts[batch])
+                self.stats.embedded_chunks += len(fresh)
+                self.stats.embedded_tokens += sum(counts[batch])
+        return vectors
+
+    def _claim_across_processes(self, texts: list[str]) -> tuple[list[str], list[str]]:
+        """With `claim_owner` set (cluster workers sharing one cache), split `texts` into those
+        this process now holds and those another process is embedding."""
+        if not self.claim_owner or not texts:
+            return texts, []
+        held = set(self.cache.claim_many(texts, self.claim_owner, CLAIM_SECONDS))
+        return [t for t in texts if t in held], [t for t in texts if t not in held]
+
+    def _stored_elsewhere(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Wait for another process to store `texts`; those it let go of unstored are left out."""
+        found, pending = {}, texts
+        while pending:
+            found.update(self.cache.get_many(pending))
+            still = self.cache.claimed([t for t in pending if t not in found])
+            found.update(self.cache.get_many([t for t in pending if t not in found and t not in still]))  # stored, then let go
+            pending = [t for t in pending if t in still and t not in found]
+            if pending:
+                time.sleep(0.1)
+        self._hits(len(found))
+        return found
 
     def _stored_since_lookup(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Of `texts`, those this run embedded after the lookup (a batch ahead, or another
@@ -184,14 +220,22 @@ class TextEmbedder:
                 self._in_flight.pop(text, None)
         done.set()
 
+    def count_distinct(self, hashes: np.ndarray, chunk_counts: np.ndarray) -> None:
+        """Count the texts (by `hash64`) this run had not seen, and their chunks. Partitions
+        embedded in other processes report theirs here, so a text they share counts once."""
+        with self._lock:
+            new = self._seen.add_hashes(hashes) if len(hashes) else np.zeros(0, dtype=bool)
+            self.stats.distinct_texts += int(new.sum())
+            self.stats.chunks += int(chunk_counts[new].sum())
+            if self.distinct_log is not None:
+                self.distinct_log.append((hashes[new], chunk_counts[new]))
+
     def _count(self, raw_texts: list, keys: list[str], chunked: dict[str, list[Chunk]]) -> None:
         with self._lock:
             self.stats.rows += len(raw_texts)
             self.stats.null_texts += sum(1 for key in keys if not key)
-            for (key, chunks), new in zip(chunked.items(), self._seen.add_many(list(chunked))):
-                if new:
-                    self.stats.distinct_texts += 1
-                    self.stats.chunks += len(chunks)
+        hashes = hash64(list(chunked)) if chunked else np.zeros(0, dtype=np.int64)
+        self.count_distinct(hashes, np.fromiter(map(len, chunked.values()), dtype=np.int64, count=len(chunked)))
 
 
 def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int) -> PreparedRows:

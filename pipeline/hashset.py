@@ -48,9 +48,11 @@ class HashSet:
     def add_many(self, values: pa.Array | list) -> np.ndarray:
         """Add each value in order; for each, True if it was new (a repeat within `values` too).
         `values` are one column's: all ints, all strings or all bytes."""
-        if not len(values):
-            return np.zeros(0, dtype=bool)
-        keys = hash64(values)
+        return self.add_hashes(hash64(values)) if len(values) else np.zeros(0, dtype=bool)
+
+    def add_hashes(self, keys: np.ndarray) -> np.ndarray:
+        """`add_many` for values already hashed with `hash64` (in this process or another one
+        running the same polars)."""
         distinct, first = np.unique(keys, return_index=True)
         new = np.zeros(len(keys), dtype=bool)
         fresh = ~(_contains(self._sorted, distinct) | _contains(self._recent, distinct))

@@ -50,6 +50,7 @@ class Run:
     owns_embedder: bool = True
     remote_outputs: list[RemoteOutput] = field(default_factory=list)  # copied up once published
     published_at: str = ""  # output.path as configured: a local path or a URL
+    elsewhere: dict = field(default_factory=dict)  # cluster workers' request counts, by process
 
     @property
     def dimensions(self) -> int:

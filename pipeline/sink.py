@@ -84,10 +84,18 @@ class ParquetSink:
     and writes the manifest last.
     """
 
-    def __init__(self, path: str | Path, metadata: dict[str, str], run_key: str):
+    def __init__(self, path: str | Path, metadata: dict[str, str], run_key: str, *, locked: bool = True):
+        """`locked=False` writes parts into the staging directory of a run that another
+        process (the flow, whose workers these are) has open and holds the lock for."""
         self.path = Path(path)
         self.metadata = {key: str(value) for key, value in metadata.items()}
+        self.run_key = run_key
         self.staging = self.path / f".staging-{run_key}"
+        self._lock = None
+        if not locked:
+            if not self.staging.is_dir():
+                raise EmbedpipeError(f"output path {self.path}: this worker cannot see the run's staging directory; on a cluster, output.path and cache.path must be on storage every worker shares")
+            return
         try:
             self.staging.mkdir(parents=True, exist_ok=True)
             self._lock = open(self.path / ".lock", "w")
@@ -144,4 +152,5 @@ class ParquetSink:
 
     def close(self) -> None:
         """Let another run write this output."""
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()

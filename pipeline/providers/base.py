@@ -45,6 +45,13 @@ class Embedder(ABC):
             else:
                 self.requests += 1
 
+    def count_elsewhere(self, requests: int, retries: dict[str, int], timed_out_tokens: int) -> None:
+        """Add what a copy of this embedder in another process (a cluster worker) sent."""
+        with self._tally_lock:
+            self.requests += requests
+            self.retries.update(retries)
+            self.timed_out_tokens += timed_out_tokens
+
     @property
     @abstractmethod
     def dimensions(self) -> int:

@@ -1,0 +1,63 @@
+"""The embed flow's partitions on a Dask cluster (`embedding.task_runner: dask`).
+
+Each worker process embeds whole partitions with its own share of the rate limit
+(`pipeline.workers`); the flow keeps no more partitions running than the cluster has threads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prefect import get_run_logger, task
+from prefect.client.orchestration import get_client
+
+from flows.embed import _IN_MEMORY, read_api_key, run_partitions
+from pipeline.config import EmbeddingConfig
+from pipeline.errors import ConfigError, EmbedpipeError
+from pipeline.run import Run
+from pipeline.workers import PartitionResult, RunSpec, absorb, embed_partition_in_worker, run_spec
+
+
+@task(**_IN_MEMORY, task_run_name="embed-partition-{index}")
+def embed_partition_on_worker(spec: RunSpec, index: int) -> PartitionResult:
+    """One partition, in a Dask worker: reopens provider, cache and output from the spec.
+    The key is read where the work runs, so it never travels as a task parameter."""
+    return embed_partition_in_worker(spec, index, read_api_key(spec.config.embedding))
+
+
+def dask_runner(config: EmbeddingConfig, local_workers: int):
+    """A DaskTaskRunner on the scheduler at `config.dask_address`, or on a local cluster of
+    `local_workers` single-threaded processes started for this run."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigError("embedding.task_runner dask needs prefect-dask: pip install 'embedpipe[dask]'") from None
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines narrate every connection
+    if config.dask_address:
+        return DaskTaskRunner(address=config.dask_address)
+    with get_client(sync_client=True) as client:  # workers report to this flow's server, even a temporary one
+        api_url = str(client.api_url)
+    cluster = {"n_workers": local_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None, "env": {"PREFECT_API_URL": api_url, "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning"}}
+    return DaskTaskRunner(cluster_kwargs=cluster)
+
+
+def cluster_shape(runner) -> tuple[int, int]:
+    """The cluster's worker processes and threads: the rate-limit share is per process, and
+    no more partitions run at once than there are threads."""
+    try:
+        threads = runner.client.nthreads()
+    except OSError as exc:  # distributed's connection errors are OSErrors (TimeoutError, CommClosedError)
+        raise EmbedpipeError(f"embedding.dask_address: cannot reach the Dask scheduler ({exc})") from None
+    if not threads:
+        raise EmbedpipeError("embedding.dask_address: the Dask cluster has no workers; start some, then run again")
+    return len(threads), sum(threads.values())
+
+
+def embed_on_dask(run: Run) -> dict[int, int]:
+    """Every partition of the prepared `run`, on the cluster; each partition's row count."""
+    with dask_runner(run.config.embedding, run.config.source.parallel_partitions) as runner:
+        processes, threads = cluster_shape(runner)
+        spec = run_spec(run, processes)
+        get_run_logger().info("Dask: %d worker processes, %d threads; each process gets 1/%d of the rate limit", processes, threads, processes)
+        submit = lambda i: runner.submit(embed_partition_on_worker, parameters={"spec": spec, "index": i})
+        return run_partitions(submit, len(run.partitions), threads, run.plan.total_rows, lambda result: absorb(run, result))

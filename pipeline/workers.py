@@ -1,0 +1,148 @@
+"""Partitions embedded in other processes — a Dask cluster's workers — within one rate limit.
+
+The flow prepares the run as always (input checked, output staged and locked), then hands
+each worker a `RunSpec`: plain data, no live client, cache or open file. The worker reopens
+the provider, the cache and the staging directory from it, embeds the partition, and sends
+back a `PartitionResult` that `absorb` folds into the flow's counts.
+
+The rate limit is shared by an explicit split, not by a lock server: each of the cluster's
+N worker processes gets 1/N of the requests and tokens per minute (and of the requests in
+flight), and keeps one embedder — so one pair of buckets — for its whole life. Buckets that
+each spend within their share can never together spend more than the account's budget, and
+no request waits on a network round trip to a coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.cache import VectorCache
+from pipeline.config import Config
+from pipeline.embed import TextEmbedder
+from pipeline.incremental import PreviousOutput
+from pipeline.partitions import Partition
+from pipeline.providers import get_embedder
+from pipeline.providers.base import Embedder
+from pipeline.run import Run, embed_partition
+from pipeline.sink import ParquetSink
+from pipeline.source import SourcePlan
+
+# Counters a worker's partition adds to the run's; distinct texts and chunks are merged by hash.
+_ADDITIVE = ("rows", "unchanged_rows", "reused_rows", "null_texts", "cache_hits", "embedded_chunks", "embedded_tokens")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a worker process needs to embed any partition of a prepared run. Never the API
+    key: each worker reads it from its own environment or the Prefect Secret block."""
+
+    config: Config  # with this worker's share of the rate limit
+    plan: SourcePlan
+    partitions: list[Partition]
+    metadata: dict
+    run_key: str  # names the staging directory the flow created
+    previous: PreviousOutput | None
+    sources: dict[int, dict]
+    max_tokens: int
+    overlap_tokens: int
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """What a worker did for one partition."""
+
+    index: int
+    rows: int
+    stats: dict[str, int]  # the `_ADDITIVE` counters
+    distinct: tuple[np.ndarray, np.ndarray]  # hash64 of each distinct text, and its chunk count
+    sender: str  # the worker process's embedder; its counters below are its totals for the run
+    requests: int
+    retries: dict[str, int]
+    timed_out_tokens: int
+
+
+def shared_config(config: Config, workers: int) -> Config:
+    """`config` with 1/`workers` of the requests and tokens per minute and of the requests in
+    flight, so that `workers` processes spending their shares stay within the account's."""
+    embedding = config.embedding
+    share = embedding.model_copy(update={
+        "requests_per_minute": max(1, embedding.requests_per_minute // workers),
+        "tokens_per_minute": max(1, embedding.tokens_per_minute // workers),
+        "max_concurrency": max(1, embedding.max_concurrency // workers),
+    })
+    return config.model_copy(update={"embedding": share})
+
+
+def run_spec(run: Run, workers: int) -> RunSpec:
+    """The picklable half of a prepared run, for `workers` worker processes."""
+    return RunSpec(
+        shared_config(run.config, workers), run.plan, run.partitions, run.metadata, run.rows.run_key,
+        run.previous, run.sources, run.texts.max_tokens, run.texts.overlap_tokens,
+    )
+
+
+_embedders: OrderedDict[str, Embedder] = OrderedDict()  # by run and settings; the last few kept
+_embedders_lock = threading.Lock()
+_KEPT_EMBEDDERS = 4
+
+
+def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]:
+    """This process's embedder for the run `spec` describes, and a name for it that no other
+    process shares. Opened once per run and kept, so its rate-limit buckets remember what the
+    process already spent (a fresh pair would start full) and a local model loads once."""
+    key = hashlib.sha256(f"{spec.run_key}{spec.config.embedding.model_dump_json()}{api_key}".encode()).hexdigest()
+    with _embedders_lock:
+        if key not in _embedders:
+            _embedders[key] = get_embedder(spec.config.embedding, api_key)
+            while len(_embedders) > _KEPT_EMBEDDERS:
+                _embedders.popitem(last=False)[1].close()
+        _embedders.move_to_end(key)
+        return f"{socket.gethostname()}:{os.getpid()}:{key[:12]}", _embedders[key]
+
+
+def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) -> PartitionResult:
+    """Embed partition `index` of the run `spec` describes into its staged output part."""
+    sender, embedder = process_embedder(spec, api_key)
+    config = spec.config
+    cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
+    try:
+        rows = ParquetSink(config.output.path, spec.metadata, spec.run_key, locked=False)
+        chunks = ParquetSink(config.output.chunks_path, spec.metadata, spec.run_key, locked=False) if config.output.chunks_path else None
+        texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}", distinct_log=[])
+        run = Run(config, spec.plan, spec.partitions, texts, rows, chunks, 0.0, spec.metadata, spec.previous, spec.sources, owns_embedder=False)
+        written = embed_partition(run, index)
+    finally:
+        cache.close()
+    return PartitionResult(
+        index, written, {name: getattr(texts.stats, name) for name in _ADDITIVE}, _joined(texts.distinct_log),
+        sender, embedder.requests, dict(embedder.retries), embedder.timed_out_tokens,
+    )
+
+
+def _joined(log: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not log:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate([h for h, _ in log]), np.concatenate([c for _, c in log])
+
+
+def absorb(run: Run, result: PartitionResult) -> int:
+    """Fold a worker's counts into the run's; returns the partition's row count. Request
+    counts are each process's running totals (partitions in one process share its embedder):
+    only what grew since that process's last result is added."""
+    with run.texts._lock:
+        for name, value in result.stats.items():
+            setattr(run.texts.stats, name, getattr(run.texts.stats, name) + value)
+    run.texts.count_distinct(*result.distinct)
+    last = run.elsewhere.get(result.sender, (0, {}, 0))
+    if result.requests >= last[0]:  # results of one process may arrive out of order
+        run.elsewhere[result.sender] = (result.requests, result.retries, result.timed_out_tokens)
+        retries = {cause: n - last[1].get(cause, 0) for cause, n in result.retries.items()}
+        run.texts.embedder.count_elsewhere(result.requests - last[0], retries, result.timed_out_tokens - last[2])
+    return result.rows
