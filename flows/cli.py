@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from flows.console import live_progress
+from flows.console import hide_user_error_tracebacks, live_progress
 from pipeline.config import load_config
 from pipeline.errors import EmbedpipeError
 from pipeline.report import summary_lines
@@ -196,19 +196,7 @@ def prepare_prefect() -> None:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL")
     logging.getLogger("embedpipe").setLevel(logging.INFO)
-    logging.getLogger("prefect").addFilter(_UserErrorsWithoutTraceback())
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(_UserErrorsWithoutTraceback())
-
-
-class _UserErrorsWithoutTraceback(logging.Filter):
-    """Prefect logs a failed task with its traceback; for a user's mistake the message is enough."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], EmbedpipeError):
-            record.exc_info = None
-            record.exc_text = None
-        return True
+    hide_user_error_tracebacks()
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ Each worker process embeds whole partitions with its own share of the rate limit
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 
 from prefect import get_run_logger, task
 from prefect.client.orchestration import get_client
 
+from flows.console import hide_user_error_tracebacks
 from flows.embed import _IN_MEMORY, read_api_key, run_partitions
-from pipeline.config import EmbeddingConfig
+from pipeline.config import EmbeddingConfig, first_line
 from pipeline.errors import ConfigError, EmbedpipeError
 from pipeline.run import Run
 from pipeline.workers import PartitionResult, RunSpec, absorb, embed_partition_in_worker, run_spec
@@ -22,7 +24,12 @@ from pipeline.workers import PartitionResult, RunSpec, absorb, embed_partition_i
 def embed_partition_on_worker(spec: RunSpec, index: int) -> PartitionResult:
     """One partition, in a Dask worker: reopens provider, cache and output from the spec.
     The key is read where the work runs, so it never travels as a task parameter."""
-    return embed_partition_in_worker(spec, index, read_api_key(spec.config.embedding))
+    hide_user_error_tracebacks()  # this worker's process logs the task's failure itself
+    try:
+        return embed_partition_in_worker(spec, index, read_api_key(spec.config.embedding))
+    except EmbedpipeError as exc:  # the provider's exception it replaced cannot be unpickled: leave it behind
+        error = type(exc)(str(exc))
+    raise error
 
 
 def dask_runner(config: EmbeddingConfig, local_workers: int):
@@ -44,10 +51,7 @@ def dask_runner(config: EmbeddingConfig, local_workers: int):
 def cluster_shape(runner) -> tuple[int, int]:
     """The cluster's worker processes and threads: the rate-limit share is per process, and
     no more partitions run at once than there are threads."""
-    try:
-        threads = runner.client.nthreads()
-    except OSError as exc:  # distributed's connection errors are OSErrors (TimeoutError, CommClosedError)
-        raise EmbedpipeError(f"embedding.dask_address: cannot reach the Dask scheduler ({exc})") from None
+    threads = runner.client.nthreads()
     if not threads:
         raise EmbedpipeError("embedding.dask_address: the Dask cluster has no workers; start some, then run again")
     return len(threads), sum(threads.values())
@@ -55,8 +59,13 @@ def cluster_shape(runner) -> tuple[int, int]:
 
 def embed_on_dask(run: Run) -> dict[int, int]:
     """Every partition of the prepared `run`, on the cluster; each partition's row count."""
-    with dask_runner(run.config.embedding, run.config.source.parallel_partitions) as runner:
-        processes, threads = cluster_shape(runner)
+    config = run.config.embedding
+    with ExitStack() as stack:
+        try:
+            runner = stack.enter_context(dask_runner(config, run.config.source.parallel_partitions))
+            processes, threads = cluster_shape(runner)
+        except OSError as exc:  # distributed's connection failures: TimeoutError, CommClosedError
+            raise EmbedpipeError(f"embedding.dask_address {config.dask_address}: cannot reach the Dask scheduler ({first_line(exc)})") from None
         spec = run_spec(run, processes)
         get_run_logger().info("Dask: %d worker processes, %d threads; each process gets 1/%d of the rate limit", processes, threads, processes)
         submit = lambda i: runner.submit(embed_partition_on_worker, parameters={"spec": spec, "index": i})

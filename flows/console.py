@@ -1,12 +1,36 @@
-"""A live progress display for a terminal, drawn by rich from `pipeline.progress`."""
+"""What a terminal shows: a live progress display drawn by rich from `pipeline.progress`, and
+a user's mistake as its message, without Prefect's traceback."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 from pipeline import progress
+from pipeline.errors import EmbedpipeError
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failed task with its traceback; for a user's mistake the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], EmbedpipeError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_QUIET = _UserErrorsWithoutTraceback()
+
+
+def hide_user_error_tracebacks() -> None:
+    """Log an `EmbedpipeError` from a flow or task as its one line, in this process (the CLI's,
+    or a cluster worker's). Anything else keeps its traceback: it is a bug."""
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        if _QUIET not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_QUIET)
 
 
 @contextmanager

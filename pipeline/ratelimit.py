@@ -20,6 +20,7 @@ class TokenBucket:
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
         self.level = self.capacity  # an idle key starts with its minute banked, as the API's does
+        self.refill_delay = 0.0  # seconds a full bucket waits, once spent from, before refilling
         self._clock = clock
         self._updated = clock()
         self._lock = threading.Lock()
@@ -28,6 +29,8 @@ class TokenBucket:
         """Deduct `amount` now; return the seconds the caller must wait before sending."""
         with self._lock:
             self._refill()
+            if self.level >= self.capacity:  # the server's bucket starts refilling when this request arrives
+                self._updated += self.refill_delay
             self.level -= min(amount, self.capacity)
             return max(0.0, -self.level / self.rate)
 
@@ -47,8 +50,8 @@ class TokenBucket:
 
     def _refill(self) -> None:
         now = self._clock()
-        self.level = min(self.capacity, self.level + (now - self._updated) * self.rate)
-        self._updated = now
+        self.level = min(self.capacity, self.level + max(0.0, now - self._updated) * self.rate)
+        self._updated = max(now, self._updated)
 
 
 class RateLimiter:

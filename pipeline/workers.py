@@ -91,6 +91,11 @@ def run_spec(run: Run, workers: int) -> RunSpec:
 _embedders: OrderedDict[str, Embedder] = OrderedDict()  # by run and settings; the last few kept
 _embedders_lock = threading.Lock()
 _KEPT_EMBEDDERS = 4
+# A worker's first requests leave a freshly started process, on a machine busy starting the
+# others, up to a second or more after their budget was counted: the server's minute starts
+# that much later than the worker's. Its buckets start refilling this much later (once a
+# run), or their banked minute would run out at the server before it does here.
+WORKER_REFILL_DELAY = 2.0
 
 
 def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]:
@@ -101,6 +106,9 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]
     with _embedders_lock:
         if key not in _embedders:
             _embedders[key] = get_embedder(spec.config.embedding, api_key)
+            limiter = getattr(_embedders[key], "limiter", None)  # metered providers have one
+            if limiter is not None:
+                limiter.requests.refill_delay = limiter.tokens.refill_delay = WORKER_REFILL_DELAY
             while len(_embedders) > _KEPT_EMBEDDERS:
                 _embedders.popitem(last=False)[1].close()
         _embedders.move_to_end(key)

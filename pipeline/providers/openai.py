@@ -61,6 +61,7 @@ class OpenAIEmbedder(Embedder):
             max_retries=0,
             timeout=config.request_timeout_seconds,
         )
+        self.client.embeddings.with_raw_response  # imported on first use: here, not inside a request's budget
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
 
     @functools.cached_property

@@ -109,6 +109,7 @@ class FakeOpenAI:
         self.tokens_served = 0
         self.calls: Counter[str] = Counter()  # texts embedded, per text
         self.requests = 0  # every request, answered or refused
+        self.admitted: list[float] = []  # when each request within the limits was charged
         self.authorizations: Counter[str] = Counter()  # Authorization headers seen
         self.first_request_at: float | None = None  # time.monotonic() of the first request
         self.rejected: list[str] = []  # why each 400 was sent
@@ -201,6 +202,7 @@ class FakeOpenAI:
             return 429, body, {**self._limit_headers(), "retry-after-ms": str(int(wait * 1000) + 1)}
         for name, budget in self.budgets.items():
             budget.charge(needs[name])
+        self.admitted.append(time.monotonic())
         return None
 
     def _limit_headers(self) -> dict:

@@ -1,4 +1,5 @@
 import stat
+import time
 
 import numpy as np
 
@@ -41,3 +42,14 @@ def test_large_vectors_stored_in_files_round_trip(tmp_path):
     vector = np.arange(10_000, dtype=np.float32)
     cache.put_many({"big": vector})
     np.testing.assert_array_equal(cache.get_many(["big"])["big"], vector)
+
+
+def test_a_claimed_text_is_held_by_one_owner_until_released_or_lapsed(tmp_path):
+    first, second = VectorCache(tmp_path, "ns", 4), VectorCache(tmp_path, "ns", 4)  # two processes' handles
+    assert first.claim_many(["a", "b"], "worker-1", seconds=60) == ["a", "b"]
+    assert second.claim_many(["b", "c"], "worker-2", seconds=0.2) == ["c"]
+    assert second.claimed(["a", "b", "c", "d"]) == {"a", "b", "c"}
+    second.release_many(["a"], "worker-2")  # not its claim: nothing happens
+    first.release_many(["a"], "worker-1")
+    time.sleep(0.3)
+    assert first.claimed(["a", "b", "c"]) == {"b"}  # released, held, lapsed

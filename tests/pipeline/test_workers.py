@@ -1,0 +1,63 @@
+"""Partitions embedded in other processes, as a Dask cluster's workers embed them: the output,
+the counts and the bill must be those of a run in one process."""
+
+import multiprocessing
+import pickle
+from concurrent.futures import ProcessPoolExecutor
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import EmbedpipeError
+from pipeline.run import finish_run, prepare_run, run_pipeline
+from pipeline.workers import absorb, embed_partition_in_worker, run_spec, shared_config
+from tests.conftest import openai_config, write_parquet
+
+SHARED = [f"said in both files {i}" for i in range(40)]
+
+
+@pytest.fixture
+def two_files(tmp_path):
+    for name, own in (("a", 30), ("b", 50)):
+        texts = [f"only in {name} {i}" for i in range(own)] + SHARED + [None, SHARED[0]]
+        write_parquet(tmp_path / "in" / f"{name}.parquet", {"id": [f"{name}{i}" for i in range(len(texts))], "text": texts})
+    return tmp_path / "in"
+
+
+@pytest.mark.parametrize("workers, rpm, tpm, concurrency", [(1, 3000, 1_000_000, 8), (2, 1500, 500_000, 4), (3, 1000, 333_333, 2), (16, 187, 62_500, 1)])
+def test_each_worker_process_gets_an_equal_share_of_the_limits(tmp_path, fake_openai, workers, rpm, tpm, concurrency):
+    share = shared_config(openai_config(tmp_path, fake_openai, tmp_path), workers).embedding
+    assert (share.requests_per_minute, share.tokens_per_minute, share.max_concurrency) == (rpm, tpm, concurrency)
+
+
+def run_in_worker_processes(config, processes: int) -> dict:
+    """The embed flow's Dask path without Dask: partitions in `processes` other processes."""
+    run = prepare_run(config)
+    spec = run_spec(run, processes)
+    pickle.dumps(spec)  # it travels to the workers: plain data only
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(embed_partition_in_worker, spec, i, None) for i in range(len(run.partitions))]
+        parts = {i: absorb(run, future.result()) for i, future in enumerate(futures)}
+    return finish_run(run, parts)
+
+
+def test_partitions_in_other_processes_write_what_one_process_writes_and_pay_each_text_once(tmp_path, fake_openai, two_files):
+    manifest = run_in_worker_processes(openai_config(tmp_path / "cluster", fake_openai, two_files, source__parallel_partitions=2, embedding__batch_size=4), 2)
+    stats = manifest["stats"]
+    assert max(fake_openai.calls.values()) == 1 and len(fake_openai.calls) == 120  # shared texts: once, though both files ran at once
+    assert (stats["rows"], stats["null_texts"], stats["distinct_texts"], stats["chunks"]) == (164, 2, 120, 120)
+    assert (stats["embedded_chunks"], stats["cache_hits"]) == (120, 40)  # the shared texts: sent by one file, found by the other
+    assert stats["requests"] == fake_openai.requests
+    alone = run_pipeline(openai_config(tmp_path / "alone", fake_openai, two_files))
+    for name in ("part-00000.parquet", "part-00001.parquet"):
+        assert pq.read_table(tmp_path / "cluster" / "out" / name).equals(pq.read_table(tmp_path / "alone" / "out" / name))
+    assert alone["stats"]["distinct_texts"] == stats["distinct_texts"]
+
+
+def test_a_worker_that_cannot_see_the_staging_directory_says_what_to_share(tmp_path, fake_openai, two_files):
+    run = prepare_run(openai_config(tmp_path, fake_openai, two_files))
+    spec = run_spec(run, 2)
+    for staging in (tmp_path / "out").glob(".staging-*"):
+        staging.rmdir()
+    with pytest.raises(EmbedpipeError, match="output.path and cache.path must be on storage every worker shares"):
+        embed_partition_in_worker(spec, 0, None)
