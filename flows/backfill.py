@@ -24,6 +24,8 @@ def embed_hive_partition(value: str, config: Config, embedder: Embedder) -> dict
 def backfill(config: Config, key: str = "date", start: str | None = None, end: str | None = None, concurrency: int = 2) -> dict:
     """Embed every `key=value` partition of `config.source.path` between `start` and `end`."""
     todo, skipped = plan_backfill(config, key, start, end)
+    if config.embedding.task_runner != "threads":
+        get_run_logger().warning("backfill runs its partitions' runs in this process, sharing one rate limit; embedding.task_runner %s applies to embedpipe run only", config.embedding.task_runner)
     get_run_logger().info("backfill: %d partitions to run, %d up to date", len(todo), len(skipped))
     if not todo:
         return {"ran": [], "skipped": skipped, "rows": 0}

@@ -15,11 +15,6 @@ from tests.conftest import write_parquet
 SECRET = "sk-test-0123456789-never-print-me"
 
 
-@pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory):
-    return tmp_path_factory.mktemp("prefect-home")
-
-
 def embedpipe(args, prefect_home: Path, cwd: Path):
     env = {**os.environ, "PREFECT_HOME": str(prefect_home), "OPENAI_API_KEY": SECRET}
     env.pop("PREFECT_API_URL", None)

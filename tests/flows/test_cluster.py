@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import write_parquet
 from tests.fakes.openai_server import FakeOpenAI
-from tests.flows.test_cli import SECRET, embedpipe, prefect_home, write_config  # noqa: F401,F811  prefect_home is a fixture
+from tests.flows.test_cli import SECRET, embedpipe, write_config
 
 SHARED = [f"in both files {i}" for i in range(5)]
 RPM = 120  # the server banks 120 requests and refills 2 a second
