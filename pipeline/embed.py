@@ -220,6 +220,14 @@ class TextEmbedder:
                 self._in_flight.pop(text, None)
         done.set()
 
+    def add_counts(self, counters: dict[str, int], hashes: np.ndarray, chunk_counts: np.ndarray) -> None:
+        """Add what a partition embedded in another process counted: its counters, and its
+        distinct texts by `hash64`, so a text that partition shares with others counts once."""
+        with self._lock:
+            for name, value in counters.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+        self.count_distinct(hashes, chunk_counts)
+
     def count_distinct(self, hashes: np.ndarray, chunk_counts: np.ndarray) -> None:
         """Count the texts (by `hash64`) this run had not seen, and their chunks. Partitions
         embedded in other processes report theirs here, so a text they share counts once."""

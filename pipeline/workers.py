@@ -102,7 +102,7 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]
     """This process's embedder for the run `spec` describes, and a name for it that no other
     process shares. Opened once per run and kept, so its rate-limit buckets remember what the
     process already spent (a fresh pair would start full) and a local model loads once."""
-    key = hashlib.sha256(f"{spec.run_key}{spec.config.embedding.model_dump_json()}{api_key}".encode()).hexdigest()
+    key = hashlib.sha256(f"{spec.run_key}{spec.config.embedding.model_dump_json()}".encode()).hexdigest()  # never the API key
     with _embedders_lock:
         if key not in _embedders:
             _embedders[key] = get_embedder(spec.config.embedding, api_key)
@@ -144,10 +144,7 @@ def absorb(run: Run, result: PartitionResult) -> int:
     """Fold a worker's counts into the run's; returns the partition's row count. Request
     counts are each process's running totals (partitions in one process share its embedder):
     only what grew since that process's last result is added."""
-    with run.texts._lock:
-        for name, value in result.stats.items():
-            setattr(run.texts.stats, name, getattr(run.texts.stats, name) + value)
-    run.texts.count_distinct(*result.distinct)
+    run.texts.add_counts(result.stats, *result.distinct)
     last = run.elsewhere.get(result.sender, (0, {}, 0))
     if result.requests >= last[0]:  # results of one process may arrive out of order
         run.elsewhere[result.sender] = (result.requests, result.retries, result.timed_out_tokens)
