@@ -28,11 +28,11 @@ class TokenBucket:
     def take(self, amount: float) -> float:
         """Deduct `amount` now; return the seconds the caller must wait before sending."""
         with self._lock:
-            self._refill()
+            now = self._refill()
             if self.level >= self.capacity:  # the server's bucket starts refilling when this request arrives
                 self._updated += self.refill_delay
             self.level -= min(amount, self.capacity)
-            return max(0.0, -self.level / self.rate)
+            return max(0.0, -self.level / self.rate) + (self._updated - now if self.level < 0 else 0.0)
 
     def adjust(self, amount: float) -> None:
         """Charge (positive) or refund (negative) a difference found after the fact."""
@@ -44,14 +44,15 @@ class TokenBucket:
         """The server said only `remaining` was left, at some moment after `since` (when the
         request left; default now): never believe we have more than that plus the refill since."""
         with self._lock:
-            self._refill()
-            refilled = (self._updated - since) * self.rate if since is not None else 0.0
+            now = self._refill()
+            refilled = (now - since) * self.rate if since is not None else 0.0
             self.level = min(self.level, remaining + max(0.0, refilled))
 
-    def _refill(self) -> None:
+    def _refill(self) -> float:
         now = self._clock()
         self.level = min(self.capacity, self.level + max(0.0, now - self._updated) * self.rate)
-        self._updated = max(now, self._updated)
+        self._updated = max(now, self._updated)  # later than now while a refill delay runs
+        return now
 
 
 class RateLimiter:

@@ -115,3 +115,13 @@ def test_a_refused_request_is_refunded():
     limit.acquire(5_000)
     limit.refund(5_000)
     assert (limit.requests.level, limit.tokens.level) == (600, 60_000)
+
+
+@pytest.mark.parametrize("delay, first_after_bank", [(0.0, 1.0), (2.0, 3.0)])
+def test_a_refill_delay_holds_back_the_refill_once_when_a_full_bucket_is_first_spent(delay, first_after_bank):
+    clock = Clock()
+    bucket = TokenBucket(60, clock)
+    bucket.refill_delay = delay
+    assert [bucket.take(1) for _ in range(60)] == [0.0] * 60  # the banked minute goes at once
+    assert bucket.take(1) == pytest.approx(first_after_bank)
+    assert bucket.take(1) == pytest.approx(first_after_bank + 1)  # then one a second, as budgeted
