@@ -232,7 +232,7 @@ class TextEmbedder:
         """Count the texts (by `hash64`) this run had not seen, and their chunks. Partitions
         embedded in other processes report theirs here, so a text they share counts once."""
         with self._lock:
-            new = self._seen.add_hashes(hashes) if len(hashes) else np.zeros(0, dtype=bool)
+            new = self._seen.add_hashes(hashes)
             self.stats.distinct_texts += int(new.sum())
             self.stats.chunks += int(chunk_counts[new].sum())
             if self.distinct_log is not None:
@@ -242,8 +242,7 @@ class TextEmbedder:
         with self._lock:
             self.stats.rows += len(raw_texts)
             self.stats.null_texts += sum(1 for key in keys if not key)
-        hashes = hash64(list(chunked)) if chunked else np.zeros(0, dtype=np.int64)
-        self.count_distinct(hashes, np.fromiter(map(len, chunked.values()), dtype=np.int64, count=len(chunked)))
+        self.count_distinct(hash64(list(chunked)), np.fromiter(map(len, chunked.values()), dtype=np.int64, count=len(chunked)))
 
 
 def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int) -> PreparedRows:

@@ -79,6 +79,11 @@ class RateLimiter:
         self._clock = clock
         self._hold_until = 0.0  # set by back_off; also stops requests already waiting
 
+    def delay_refill(self, seconds: float) -> None:
+        """Start refilling `seconds` late each time a full bucket is first spent from: for a
+        client whose first requests reach the server well after they were counted."""
+        self.requests.refill_delay = self.tokens.refill_delay = seconds
+
     def acquire(self, tokens: int) -> float:
         """Block until one request of `tokens` tokens fits both budgets; return the clock then."""
         wait = max(self.requests.take(1), self.tokens.take(tokens))

@@ -28,7 +28,8 @@ def is_remote(path: str | None) -> bool:
 
 def localised(config: Config) -> tuple[Config, list["RemoteOutput"]]:
     """`config` with each remote path replaced by its local mirror: inputs fetched, the last
-    published output pulled. The outputs returned are pushed after the run publishes."""
+    published output pulled. A run checks the outputs returned writable before its first call
+    and pushes them after it publishes; an estimate only reads."""
     root = Path(config.cache.path) / "remote"
     source, output, outputs = config.source, config.output, []
     if is_remote(source.path):
@@ -37,7 +38,6 @@ def localised(config: Config) -> tuple[Config, list["RemoteOutput"]]:
         url = getattr(output, key)
         if is_remote(url):
             outputs.append(RemoteOutput(url, root / "outputs"))
-            outputs[-1].check_writable()
             outputs[-1].pull()
             output = output.model_copy(update={key: str(outputs[-1].local)})
     return config.model_copy(update={"source": source, "output": output}), outputs

@@ -64,6 +64,8 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     prompt_thread_switches()
     published_at = config.output.path
     config, remote_outputs = localised(config)  # object-store paths become local mirrors
+    for remote in remote_outputs:
+        remote.check_writable()
     key = settings_key(config)
     with ExitStack() as undo:  # whatever opened is closed again if a later step fails
         owns_embedder = embedder is None

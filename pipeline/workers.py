@@ -108,7 +108,7 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]
             _embedders[key] = get_embedder(spec.config.embedding, api_key)
             limiter = getattr(_embedders[key], "limiter", None)  # metered providers have one
             if limiter is not None:
-                limiter.requests.refill_delay = limiter.tokens.refill_delay = WORKER_REFILL_DELAY
+                limiter.delay_refill(WORKER_REFILL_DELAY)
             while len(_embedders) > _KEPT_EMBEDDERS:
                 _embedders.popitem(last=False)[1].close()
         _embedders.move_to_end(key)
