@@ -6,7 +6,7 @@ import queue
 import sys
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -32,6 +32,15 @@ def map_ahead(fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[
             yield item, future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def in_background(fn: Callable[..., R], *args, **kwargs) -> Future:
+    """Start `fn(*args, **kwargs)` in a thread of its own; its result waits in the future."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background")
+    try:
+        return pool.submit(fn, *args, **kwargs)
+    finally:
+        pool.shutdown(wait=False)  # the call still runs; the thread ends with it
 
 
 def prompt_thread_switches(seconds: float = 0.0005) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pipeline import __version__, progress
 from pipeline.cache import VectorCache
-from pipeline.concurrency import map_ahead, prefetch, prompt_thread_switches
+from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.chunking import chunk_limits
 from pipeline.config import Config
 from pipeline.embed import EmbeddedText, RowVectors, TextEmbedder
@@ -70,7 +70,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     with ExitStack() as undo:  # whatever opened is closed again if a later step fails
         owns_embedder = embedder is None
         if owns_embedder:  # the client (a TLS context: tens of ms) opens while the input is checked
-            opening = _in_background(get_embedder, config.embedding, api_key)
+            opening = in_background(get_embedder, config.embedding, api_key)
             undo.callback(lambda: opening.exception() or opening.result().close())
         plan, previous = checked_input(config)
         log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
@@ -91,14 +91,6 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
     progress.track(texts.stats, embedder, plan.total_rows)
     return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder, remote_outputs, published_at)
-
-
-def _in_background(fn, *args) -> Future:
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="open")
-    try:
-        return pool.submit(fn, *args)
-    finally:
-        pool.shutdown(wait=False)  # the call still runs; the thread ends with it
 
 
 def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: int) -> dict:

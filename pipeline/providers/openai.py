@@ -9,11 +9,14 @@ import base64
 import functools
 import logging
 import random
+import threading
 import time
 
+import httpx2
 import numpy as np
 import openai
 
+from pipeline.concurrency import in_background
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError, ResponseError
 from pipeline.providers.base import Embedder
@@ -55,13 +58,14 @@ class OpenAIEmbedder(Embedder):
                 f"no API key: set the environment variable {config.api_key_env} "
                 "(or embedding.api_key_block to a Prefect Secret block)"
             )
+        self._outgoing = threading.local()  # this thread's request: its tokens, then when it left
         self.client = openai.OpenAI(
             api_key=api_key or "unused",
             base_url=config.base_url,  # None: OPENAI_BASE_URL or api.openai.com
             max_retries=0,
             timeout=config.request_timeout_seconds,
+            http_client=openai.DefaultHttpxClient(transport=TransportBuiltInBackground(), event_hooks={"request": [self._take_budget]}),
         )
-        self.client.embeddings.with_raw_response  # imported on first use: here, not inside a request's budget
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
 
     @functools.cached_property
@@ -151,24 +155,53 @@ class OpenAIEmbedder(Embedder):
                 self.timed_out_tokens += tokens
 
     def _request(self, texts: list[str], tokens: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
-        sent_at = self.limiter.acquire(tokens)
+        self._outgoing.tokens, self._outgoing.sent_at = tokens, None
         self.tally()
-        extra = {"dimensions": self.config.dimensions} if self.config.dimensions else {}
-        raw = self.client.embeddings.with_raw_response.create(model=self.model, input=texts, encoding_format="base64", **extra)
-        response = raw.parse()
-        self.limiter.observe(raw.headers, tokens, response.usage.prompt_tokens if response.usage else None, sent_at)
-        return decode_response(response.data, len(texts), dimensions)
+        body = {"model": self.model, "input": texts, "encoding_format": "base64"}
+        if self.config.dimensions:
+            body["dimensions"] = self.config.dimensions
+        # client.post, as openai documents for raw access: `embeddings.create` walks every input
+        # string to transform it and parses the answer into a model per vector, milliseconds
+        # of interpreter time a request (tens on the first) that the other threads wait for
+        response = self.client.post("/embeddings", body=body, cast_to=httpx2.Response)
+        payload = _json_object(response)
+        self.limiter.observe(response.headers, tokens, _prompt_tokens(payload), self._outgoing.sent_at)
+        return decode_response(payload.get("data"), len(texts), dimensions)
+
+    def _take_budget(self, request) -> None:
+        """httpx calls this when a request is built and about to be sent. The budget is taken
+        here, not before the client spent its milliseconds (tens, on a first request) building
+        it: the server charges on arrival, so the two buckets then start refilling together."""
+        tokens, self._outgoing.tokens = getattr(self._outgoing, "tokens", None), None  # a redirect pays nothing more
+        if tokens is not None:
+            self._outgoing.sent_at = self.limiter.acquire(tokens)
 
     def close(self) -> None:
         self.client.close()
 
 
-def decode_response(items: list, count: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
-    """Place base64 float32 items by their `index`. Returns the vectors and, for each position
-    without a usable one, why: missing, repeated, wrong length, non-finite or all zero."""
+class TransportBuiltInBackground(httpx2.BaseTransport):
+    """httpx's own transport, built in a thread: loading the CA bundle for TLS takes tens of
+    milliseconds, spent while the input is checked rather than before the first request."""
+
+    def __init__(self):
+        self._built = in_background(httpx2.HTTPTransport, limits=openai.DEFAULT_CONNECTION_LIMITS)
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        return self._built.result().handle_request(request)
+
+    def close(self) -> None:
+        self._built.result().close()
+
+
+def decode_response(items: list | None, count: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
+    """Place the answer's base64 float32 items (JSON objects) by their `index`. Returns the
+    vectors and, for each position without a usable one, why: missing, repeated, wrong
+    length, non-finite or all zero."""
     by_index: dict[int, list] = {}
-    for item in items:
-        by_index.setdefault(item.index, []).append(item.embedding)
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict):
+            by_index.setdefault(item.get("index"), []).append(item.get("embedding"))
     vectors, bad = None, {}
     for i in range(count):
         found = by_index.get(i, [])
@@ -181,6 +214,22 @@ def decode_response(items: list, count: int, dimensions: int | None) -> tuple[np
             vectors = np.zeros((count, dimensions), dtype=np.float32)
         vectors[i] = vector
     return (vectors if vectors is not None else np.zeros((count, dimensions or 0), dtype=np.float32)), bad
+
+
+def _json_object(response: httpx2.Response) -> dict:
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise ResponseError(f"the answer is not a JSON object: {response.text[:80]!r}")
+    return payload
+
+
+def _prompt_tokens(payload: dict) -> int | None:
+    usage = payload.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return tokens if isinstance(tokens, int) else None
 
 
 def _decode_one(embedding, dimensions: int | None) -> tuple[np.ndarray | None, str | None]:

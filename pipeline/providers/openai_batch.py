@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 import uuid
-from types import SimpleNamespace
 from typing import Iterable
 
 import numpy as np
@@ -184,8 +183,8 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
             texts, response = requests.get(line.get("custom_id")), line.get("response") or {}
             if texts is None or response.get("status_code") != 200:
                 continue
-            items = [SimpleNamespace(**item) for item in response["body"].get("data", [])]
-            vectors, bad = decode_response(items, len(texts), self.dimensions)
+            body = response.get("body")
+            vectors, bad = decode_response(body.get("data") if isinstance(body, dict) else None, len(texts), self.dimensions)
             found.update((text, vectors[i]) for i, text in enumerate(texts) if i not in bad)
         if found:
             cache.put_many(dict(zip(found, l2_normalise(np.stack(list(found.values()))))))

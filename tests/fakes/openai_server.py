@@ -54,6 +54,15 @@ def wrong_dimension(payload: dict) -> dict:
     return payload
 
 
+def not_json(payload: dict) -> bytes:
+    return b"<html>502 Bad Gateway</html>"  # a proxy's page, with status 200
+
+
+def no_data(payload: dict) -> dict:
+    del payload["data"]
+    return payload
+
+
 class Budget:
     """One per-minute limit as the API enforces it: banked up to a minute, refilled continuously."""
 

@@ -7,7 +7,7 @@ from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
 from pipeline.providers.base import pack_batches
 from pipeline.providers.openai import OpenAIEmbedder
-from tests.fakes.openai_server import drop_last_item, duplicate_index, fake_vector, nan_vector, wrong_dimension
+from tests.fakes.openai_server import drop_last_item, duplicate_index, fake_vector, nan_vector, no_data, not_json, wrong_dimension
 
 
 def embedder(server, **overrides):
@@ -56,7 +56,7 @@ def test_fatal_answers_stop_at_once_with_the_fix(fake_openai, status, code, mess
     assert fake_openai.requests == 1 and "sk-te" not in str(error.value)
 
 
-@pytest.mark.parametrize("corrupt", [nan_vector, drop_last_item, duplicate_index, wrong_dimension])
+@pytest.mark.parametrize("corrupt", [nan_vector, drop_last_item, duplicate_index, wrong_dimension, not_json, no_data])
 def test_a_bad_response_is_retried_and_never_stored(fake_openai, corrupt):
     fake_openai.corruptions.append(corrupt)
     texts = ["one", "two", "three"]
@@ -65,7 +65,7 @@ def test_a_bad_response_is_retried_and_never_stored(fake_openai, corrupt):
     assert fake_openai.requests == 2
 
 
-@pytest.mark.parametrize("corrupt", [nan_vector, drop_last_item])
+@pytest.mark.parametrize("corrupt", [nan_vector, drop_last_item, not_json])
 def test_a_response_that_stays_bad_fails_loudly(fake_openai, corrupt):
     fake_openai.corruptions.extend([corrupt] * 3)
     with pytest.raises(ProviderError, match="3 attempts"):
