@@ -16,7 +16,6 @@ import httpx2
 import numpy as np
 import openai
 
-from pipeline.concurrency import in_background
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError, ResponseError
 from pipeline.providers.base import Embedder
@@ -64,7 +63,7 @@ class OpenAIEmbedder(Embedder):
             base_url=config.base_url,  # None: OPENAI_BASE_URL or api.openai.com
             max_retries=0,
             timeout=config.request_timeout_seconds,
-            http_client=openai.DefaultHttpxClient(transport=TransportBuiltInBackground(), event_hooks={"request": [self._take_budget]}),
+            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._take_budget]}),
         )
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
 
@@ -178,20 +177,6 @@ class OpenAIEmbedder(Embedder):
 
     def close(self) -> None:
         self.client.close()
-
-
-class TransportBuiltInBackground(httpx2.BaseTransport):
-    """httpx's own transport, built in a thread: loading the CA bundle for TLS takes tens of
-    milliseconds, spent while the input is checked rather than before the first request."""
-
-    def __init__(self):
-        self._built = in_background(httpx2.HTTPTransport, limits=openai.DEFAULT_CONNECTION_LIMITS)
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        return self._built.result().handle_request(request)
-
-    def close(self) -> None:
-        self._built.result().close()
 
 
 def decode_response(items: list | None, count: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
