@@ -169,8 +169,8 @@ class OpenAIEmbedder(Embedder):
 
     def _take_budget(self, request) -> None:
         """httpx calls this when a request is built and about to be sent. The budget is taken
-        here, not before the client spent its milliseconds (tens, on a first request) building
-        it: the server charges on arrival, so the two buckets then start refilling together."""
+        here, not before the client built it (milliseconds, more while other threads hold the
+        interpreter): the server charges on arrival, so both buckets start refilling together."""
         tokens, self._outgoing.tokens = getattr(self._outgoing, "tokens", None), None  # a redirect pays nothing more
         if tokens is not None:
             self._outgoing.sent_at = self.limiter.acquire(tokens)
