@@ -1,9 +1,12 @@
 """Client-side rate limits that spend the whole per-minute budget and no more.
 
 The API meters requests and tokens per minute with buckets that refill continuously. A
-`TokenBucket` mirrors one of them. Callers take their amount at once — the level may go
-negative — and sleep until the level is back at zero: first come, first served, so a large
-request is never starved by small ones, and the long-run rate is exactly the budget.
+`TokenBucket` mirrors one of them. Callers reserve their amount at once — the level may go
+negative — and wait until the refill has covered everything reserved up to and including
+theirs: first come, first served, so a large request is never starved by small ones, and the
+long-run rate is exactly the budget. A waiting caller asks again when it wakes, so a budget
+lowered meanwhile (a 429, a server header) delays the whole queue in step instead of releasing
+it at once.
 """
 
 from __future__ import annotations
@@ -21,18 +24,40 @@ class TokenBucket:
         self.rate = per_minute / 60.0
         self.level = self.capacity  # an idle key starts with its minute banked, as the API's does
         self.refill_delay = 0.0  # seconds a full bucket waits, once spent from, before refilling
+        self.reserved = 0.0  # everything ever reserved: a caller's place in line
+        self.waiting = 0.0  # reserved by callers still waiting to send
         self._clock = clock
         self._updated = clock()
         self._lock = threading.Lock()
 
-    def take(self, amount: float) -> float:
-        """Deduct `amount` now; return the seconds the caller must wait before sending."""
+    def reserve(self, amount: float) -> float:
+        """Deduct `amount` now; return its place in line: `wait` tells when it is covered."""
         with self._lock:
-            now = self._refill()
+            self._refill()
             if self.level >= self.capacity:  # the server's bucket starts refilling when this request arrives
                 self._updated += self.refill_delay
             self.level -= min(amount, self.capacity)
-            return max(0.0, -self.level / self.rate) + (self._updated - now if self.level < 0 else 0.0)
+            self.reserved += min(amount, self.capacity)
+            self.waiting += min(amount, self.capacity)
+            return self.reserved
+
+    def wait(self, place: float) -> float:
+        """Seconds until the refill covers everything reserved up to `place`, as of now."""
+        with self._lock:
+            now = self._refill()
+            short = place - self.reserved - self.level
+            return short / self.rate + max(0.0, self._updated - now) if short > 1e-6 else 0.0  # not float dust
+
+    def release(self, amount: float) -> None:
+        """A caller that reserved `amount` has stopped waiting (its request is leaving)."""
+        with self._lock:
+            self.waiting -= min(amount, self.capacity)
+
+    def take(self, amount: float) -> float:
+        """Reserve `amount` and return the seconds to wait, for a caller that will not ask again."""
+        place = self.reserve(amount)
+        self.release(amount)
+        return self.wait(place)
 
     def adjust(self, amount: float) -> None:
         """Charge (positive) or refund (negative) a difference found after the fact."""
@@ -42,11 +67,12 @@ class TokenBucket:
 
     def cap(self, remaining: float, since: float | None = None) -> None:
         """The server said only `remaining` was left, at some moment after `since` (when the
-        request left; default now): never believe we have more than that plus the refill since."""
+        request left; default now): never believe we have more than that plus the refill since,
+        less what callers still waiting have reserved (the server has not seen it yet)."""
         with self._lock:
             now = self._refill()
             refilled = (now - since) * self.rate if since is not None else 0.0
-            self.level = min(self.level, remaining + max(0.0, refilled))
+            self.level = min(self.level, remaining + max(0.0, refilled) - self.waiting)
 
     def _refill(self) -> float:
         now = self._clock()
@@ -89,12 +115,19 @@ class RateLimiter:
 
     def acquire(self, tokens: int) -> float:
         """Block until one request of `tokens` tokens fits both budgets; return the clock then."""
-        wait = max(self.requests.take(1), self.tokens.take(tokens))
-        if wait > 0:
-            self._sleep(wait + self.transit_margin)
-        while (held := self._hold_until - self._clock()) > 0:  # a 429 arrived while we waited
-            self._sleep(held)
+        places = self.requests.reserve(1), self.tokens.reserve(tokens)
+        try:
+            while (wait := self._wait(places)) > 0:
+                self._sleep(wait)
+        finally:
+            self.requests.release(1)
+            self.tokens.release(tokens)
         return self._clock()
+
+    def _wait(self, places: tuple[float, float]) -> float:
+        budget = max(self.requests.wait(places[0]), self.tokens.wait(places[1]))
+        held = self._hold_until - self._clock()  # a 429 arrived while we waited
+        return max(budget + self.transit_margin if budget > 0 else 0.0, held)
 
     def refund(self, tokens: int) -> None:
         """Give back a request the server refused without charging (a 429)."""
@@ -117,8 +150,10 @@ class RateLimiter:
 
     def back_off(self, seconds: float, tokens: int) -> None:
         """A 429 said a refused (and refunded) request of `tokens` tokens fits in `seconds`:
-        nobody sends before then, and the budgets hold no more than makes that true. They are
-        lowered, not emptied: an empty bucket would make the retry wait again for its own tokens."""
+        nobody sends before then, and the budgets hold no more than makes that true for the
+        first in line, with the others still waiting queued behind it at the budgeted pace
+        (not all released together when the hold ends, to meet the next 429). They are lowered,
+        not emptied: an empty bucket would make the retry wait again for its own tokens."""
         self.requests.cap(1 - seconds * self.requests.rate)
         self.tokens.cap(tokens - seconds * self.tokens.rate)
         self._hold_until = max(self._hold_until, self._clock() + seconds)

@@ -89,6 +89,29 @@ def test_a_refused_request_waits_its_retry_after_not_its_tokens_again():
     assert clock.now == pytest.approx(6.01)
 
 
+@pytest.mark.parametrize("waiting", [0, 1, 3])
+def test_after_a_429_requests_already_waiting_leave_at_the_budgeted_pace_not_together(waiting):
+    limit, clock = limiter(60, 10**9)  # one request a second
+    for _ in range(60):
+        limit.acquire(1)  # the banked minute
+    places = [limit.requests.reserve(1) for _ in range(waiting)]  # due in 1, 2, 3 s
+    limit.back_off(5.0, 1)  # a refused request fits in 5 s
+    assert [limit.requests.wait(place) for place in places] == pytest.approx([5.0 + n for n in range(waiting)])
+    for _ in places:
+        limit.requests.release(1)
+    limit.acquire(1)  # the refused request, again, behind those already in line
+    assert clock.now == pytest.approx(5.0 + waiting)
+
+
+def test_a_budget_lowered_while_a_request_waits_delays_it():
+    limit, clock = limiter(60, 10**9)
+    for _ in range(60):
+        limit.acquire(1)
+    place = limit.requests.reserve(1)  # due in 1 s
+    limit.observe({"x-ratelimit-remaining-requests": "-2"}, 1, None)  # another job spent two more
+    assert limit.requests.wait(place) == pytest.approx(3.0)
+
+
 def test_bucket_refills_continuously_up_to_one_minute():
     clock = Clock()
     bucket = TokenBucket(60, clock)
