@@ -6,7 +6,7 @@ negative — and wait until the refill has covered everything reserved up to and
 theirs: first come, first served, so a large request is never starved by small ones, and the
 long-run rate is exactly the budget. A waiting caller asks again when it wakes, so a budget
 lowered meanwhile (a 429, a server header) delays the whole queue in step instead of releasing
-it at once.
+it at once. `stop` wakes the queue for good: after an answer no retry can fix, nobody sends.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from __future__ import annotations
 import threading
 import time
 from typing import Callable, Mapping
+
+
+class Stopped(Exception):
+    """`RateLimiter.stop` was called while this caller waited, or before it came."""
 
 
 class TokenBucket:
@@ -53,12 +57,6 @@ class TokenBucket:
         with self._lock:
             self.waiting -= min(amount, self.capacity)
 
-    def take(self, amount: float) -> float:
-        """Reserve `amount` and return the seconds to wait, for a caller that will not ask again."""
-        place = self.reserve(amount)
-        self.release(amount)
-        return self.wait(place)
-
     def adjust(self, amount: float) -> None:
         """Charge (positive) or refund (negative) a difference found after the fact."""
         with self._lock:
@@ -97,14 +95,15 @@ class RateLimiter:
         self,
         requests_per_minute: float,
         tokens_per_minute: float,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         transit_margin: float = 0.03,
     ):
         self.requests = TokenBucket(requests_per_minute, clock)
         self.tokens = TokenBucket(tokens_per_minute, clock)
         self.transit_margin = transit_margin
-        self._sleep = sleep
+        self._stopped = threading.Event()
+        self._sleep = sleep or self._stopped.wait  # by default a sleep that `stop` cuts short
         self._clock = clock
         self._hold_until = 0.0  # set by back_off; also stops requests already waiting
 
@@ -114,15 +113,33 @@ class RateLimiter:
         self.requests.refill_delay = self.tokens.refill_delay = seconds
 
     def acquire(self, tokens: int) -> float:
-        """Block until one request of `tokens` tokens fits both budgets; return the clock then."""
+        """Block until one request of `tokens` tokens fits both budgets; return the clock then.
+        Raises `Stopped` once `stop` was called."""
         places = self.requests.reserve(1), self.tokens.reserve(tokens)
         try:
-            while (wait := self._wait(places)) > 0:
+            while not self.stopped and (wait := self._wait(places)) > 0:
                 self._sleep(wait)
         finally:
             self.requests.release(1)
             self.tokens.release(tokens)
+        if self.stopped:
+            raise Stopped("the rate limiter was stopped: no request leaves")
         return self._clock()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep `seconds` (a retry's backoff), or until `stop`."""
+        if not self.stopped:
+            self._sleep(seconds)
+
+    def stop(self) -> None:
+        """Wake every caller waiting in `acquire` or `sleep`: from now on `acquire` raises
+        `Stopped` instead of letting a request leave. For an answer that no retry can fix,
+        and for closing."""
+        self._stopped.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
 
     def _wait(self, places: tuple[float, float]) -> float:
         budget = max(self.requests.wait(places[0]), self.tokens.wait(places[1]))

@@ -1,6 +1,8 @@
 """OpenAI's embeddings endpoint, or any server that speaks its protocol (`embedding.base_url`).
 
 The client's own retries are off: every attempt passes the rate limiter and is counted here.
+An answer no retry can fix (a refused key, an empty quota) stops every request of the run,
+including those waiting for budget: none leaves after it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import functools
 import logging
 import random
 import threading
-import time
 
 import httpx2
 import numpy as np
@@ -66,6 +67,7 @@ class OpenAIEmbedder(Embedder):
             http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._take_budget]}),
         )
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+        self._fatal: ProviderError | None = None  # the answer that stopped every request
 
     @functools.cached_property
     def dimensions(self) -> int:
@@ -113,20 +115,22 @@ class OpenAIEmbedder(Embedder):
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         pending, last = list(range(len(texts))), None
         for attempt in range(self.config.max_attempts):
+            self._raise_if_stopped()
             tokens = sum(counts[i] for i in pending)
             try:
                 vectors, bad = self._request([texts[i] for i in pending], tokens, self.dimensions)
             except tuple(_RETRYABLE) as exc:
+                self._raise_if_stopped()  # the request hook refused to send it: not a connection error
                 last = exc
                 self._note_transient(exc, tokens)
                 wait = _retry_after(exc) or _backoff(attempt)
                 log.warning("%s; retrying %d texts in %.1f s (attempt %d of %d)", _describe(exc), len(pending), wait, attempt + 1, self.config.max_attempts)
-                time.sleep(wait)
+                self.limiter.sleep(wait)
                 continue
             except openai.APIStatusError as exc:
                 fatal = fatal_error(exc, self.config.api_key_env, self.model)
                 if fatal:
-                    raise fatal from None
+                    raise self._stop_all(fatal) from None
                 if isinstance(exc, openai.BadRequestError):
                     raise
                 last = exc  # what is left: 429 rate_limit_exceeded
@@ -145,6 +149,17 @@ class OpenAIEmbedder(Embedder):
             last = ResponseError(f"{len(bad)} of {len(good) + len(bad)} items unusable: {bad[next(iter(bad))]}")
             self.tally("bad response")
         raise ProviderError(f"{self.config.max_attempts} attempts at {len(texts)} texts failed; last: {_describe(last)}")
+
+    def _stop_all(self, fatal: ProviderError) -> ProviderError:
+        """Stop this embedder's other requests, those waiting for budget or a retry included:
+        each raises `fatal`'s message instead of sending."""
+        self._fatal = self._fatal or fatal
+        self.limiter.stop()
+        return fatal
+
+    def _raise_if_stopped(self) -> None:
+        if self.limiter.stopped:
+            raise ProviderError(str(self._fatal or "stopped: the run was closed while this request waited"))
 
     def _note_transient(self, exc: Exception, tokens: int) -> None:
         cause = next(name for kind, name in _RETRYABLE.items() if isinstance(exc, kind))
@@ -176,6 +191,7 @@ class OpenAIEmbedder(Embedder):
             self._outgoing.sent_at = self.limiter.acquire(tokens)
 
     def close(self) -> None:
+        self.limiter.stop()  # requests still waiting (after a failure elsewhere, or Ctrl-C) end now
         self.client.close()
 
 

@@ -122,7 +122,7 @@ class FakeOpenAI:
         self.authorizations: Counter[str] = Counter()  # Authorization headers seen
         self.first_request_at: float | None = None  # time.monotonic() of the first request
         self.rejected: list[str] = []  # why each 400 was sent
-        self.faults: deque = deque()  # (status, body, headers) answered to the next requests
+        self.faults: deque = deque()  # (status, body, headers) answered to the next requests; None: answer as usual
         self.corruptions: deque = deque()  # functions applied to the next good responses' bodies
         self.delays: deque = deque()  # extra seconds before the next good responses are sent
         self.quota_requests: int | None = None  # answered requests before the quota runs out
@@ -142,10 +142,11 @@ class FakeOpenAI:
         self._server.shutdown()
         self._server.server_close()
 
-    def fail_next(self, status: int, code: str = "error", message: str = "scripted failure", headers: dict | None = None, times: int = 1) -> None:
-        """Answer the next `times` requests with an error in OpenAI's shape."""
+    def fail_next(self, status: int, code: str = "error", message: str = "scripted failure", headers: dict | None = None, times: int = 1, after: int = 0) -> None:
+        """Answer the next `times` requests with an error in OpenAI's shape, once `after`
+        requests more have been answered as usual."""
         body = {"error": {"message": message, "type": code, "code": code, "param": None}}
-        self.faults.extend([(status, body, headers or {})] * times)
+        self.faults.extend([None] * after + [(status, body, headers or {})] * times)
 
     def slow_next(self, seconds: float, times: int = 1) -> None:
         """Embed (and so bill) the next `times` requests, but answer each `seconds` late."""
@@ -156,8 +157,9 @@ class FakeOpenAI:
         with self._lock:
             self.requests += 1
             self.first_request_at = self.first_request_at or time.monotonic()
-            if self.faults:
-                return self.faults.popleft()
+            fault = self.faults.popleft() if self.faults else None
+            if fault is not None:
+                return fault
             if self.quota_requests is not None:  # checked and spent at once: concurrent requests race here
                 if self.quota_requests <= 0:
                     body = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}

@@ -1,6 +1,8 @@
+import threading
+
 import pytest
 
-from pipeline.ratelimit import RateLimiter, TokenBucket
+from pipeline.ratelimit import RateLimiter, Stopped, TokenBucket
 
 
 class Clock:
@@ -12,6 +14,13 @@ class Clock:
 
     def sleep(self, seconds):
         self.now += seconds
+
+
+def take(bucket, amount):
+    """One caller that reserves `amount` and does not ask again: the seconds it waits."""
+    place = bucket.reserve(amount)
+    bucket.release(amount)
+    return bucket.wait(place)
 
 
 def limiter(rpm, tpm):
@@ -115,11 +124,11 @@ def test_a_budget_lowered_while_a_request_waits_delays_it():
 def test_bucket_refills_continuously_up_to_one_minute():
     clock = Clock()
     bucket = TokenBucket(60, clock)
-    assert bucket.take(60) == 0
+    assert take(bucket, 60) == 0
     clock.now = 30
-    assert bucket.take(30) == 0
+    assert take(bucket, 30) == 0
     clock.now = 1_000
-    assert bucket.take(0) == 0 and bucket.level == 60
+    assert take(bucket, 0) == 0 and bucket.level == 60
 
 
 def test_waiting_requests_leave_a_transit_margin_late_without_losing_throughput():
@@ -145,6 +154,19 @@ def test_a_refill_delay_holds_back_the_refill_once_when_a_full_bucket_is_first_s
     clock = Clock()
     bucket = TokenBucket(60, clock)
     bucket.refill_delay = delay
-    assert [bucket.take(1) for _ in range(60)] == [0.0] * 60  # the banked minute goes at once
-    assert bucket.take(1) == pytest.approx(first_after_bank)
-    assert bucket.take(1) == pytest.approx(first_after_bank + 1)  # then one a second, as budgeted
+    assert [take(bucket, 1) for _ in range(60)] == [0.0] * 60  # the banked minute goes at once
+    assert take(bucket, 1) == pytest.approx(first_after_bank)
+    assert take(bucket, 1) == pytest.approx(first_after_bank + 1)  # then one a second, as budgeted
+
+
+def test_stop_wakes_a_waiting_caller_and_refuses_later_ones():
+    limit = RateLimiter(1, 10**9)  # the real clock and sleep: one request a minute
+    limit.acquire(1)  # the banked minute
+    raised = []
+    waiting = threading.Thread(target=lambda: raised.append(pytest.raises(Stopped, limit.acquire, 1)))
+    waiting.start()  # due in a minute
+    limit.stop()
+    waiting.join(timeout=10)
+    assert raised and not waiting.is_alive()
+    with pytest.raises(Stopped):
+        limit.acquire(1)

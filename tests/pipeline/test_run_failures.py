@@ -76,6 +76,24 @@ def test_exhausted_quota_stops_at_once_and_the_next_run_resumes_from_the_cache(t
     assert manifest["stats"]["cache_hits"] == 5 * 16
 
 
+# fatal answer -> what the user is told
+FATAL = {
+    "quota used up": (lambda s: s.fail_next(429, code="insufficient_quota", after=5), "quota is used up"),
+    "key refused": (lambda s: s.fail_next(401, code="invalid_api_key", after=5), "API key was refused"),
+}
+
+
+@pytest.mark.parametrize("fatal", FATAL)
+def test_a_fatal_answer_also_stops_the_requests_waiting_for_budget(tmp_path, fatal):
+    inject, message = FATAL[fatal]
+    with FakeOpenAI() as server:
+        inject(server)  # the sixth request meets it
+        with pytest.raises(ProviderError, match=message):
+            run(tmp_path, server, embedding__requests_per_minute=6)  # six at once, then one each 10 s
+    assert server.requests == 6, "no request leaves after the fatal answer"
+    assert not (tmp_path / "out" / "part-00000.parquet").exists(), "nothing partial is visible"
+
+
 def test_a_spent_server_budget_costs_few_429s(tmp_path):
     with FakeOpenAI(rpm=600) as server:
         server.budgets["requests"].level = 0  # another job spent this minute's budget
