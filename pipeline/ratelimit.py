@@ -11,9 +11,13 @@ it at once. `stop` wakes the queue for good: after an answer no retry can fix, n
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Callable, Mapping
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_SECONDS_PER = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
 class Stopped(Exception):
@@ -152,14 +156,14 @@ class RateLimiter:
         self.tokens.adjust(-tokens)
 
     def observe(self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None, sent_at: float | None = None) -> None:
-        """Correct from the server's `x-ratelimit-remaining-*` headers and the response's usage.
+        """Correct from the server's `x-ratelimit-*` headers and the response's usage.
 
         The headers may date from when the server took the request, not from when its answer
         arrived (`sent_at` is when it left): taking them as current would throw away the
         refill during the request's latency, once per request that finds our bucket above zero.
         """
         for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-            remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
+            remaining = server_level(headers, name)
             if remaining is not None:
                 bucket.cap(remaining, sent_at)
         if used_tokens is not None and used_tokens != estimated_tokens:
@@ -174,6 +178,33 @@ class RateLimiter:
         self.requests.cap(1 - seconds * self.requests.rate)
         self.tokens.cap(tokens - seconds * self.tokens.rate)
         self._hold_until = max(self._hold_until, self._clock() + seconds)
+
+
+def server_level(headers: Mapping[str, str], name: str) -> float | None:
+    """What the server says is left of budget `name` ("requests" or "tokens"), or None.
+
+    `x-ratelimit-remaining-*` counts whole units, and at a few hundred requests a minute a
+    unit is a fifth of a second: taking the whole number as the level would keep our bucket
+    up to a unit below the server's for the rest of the run. Where the limit and the time
+    until the budget is full again (`x-ratelimit-reset-*`) come too, they give the fraction;
+    a reset that disagrees with the whole count by more than a unit (a server that means
+    something else by it) is ignored.
+    """
+    remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
+    limit = _number(headers.get(f"x-ratelimit-limit-{name}"))
+    until_full = _duration(headers.get(f"x-ratelimit-reset-{name}"))
+    if remaining is None or not limit or until_full is None:
+        return remaining
+    level = limit - until_full * limit / 60
+    return level if abs(level - remaining) <= 1 else remaining
+
+
+def _duration(value: str | None) -> float | None:
+    """Seconds in a duration as the API writes them ("6m0s", "1.5s", "20ms"), or None."""
+    parts = _DURATION_PART.findall(value or "")
+    if not parts or "".join(number + unit for number, unit in parts) != (value or "").strip():
+        return None
+    return sum(float(number) * _SECONDS_PER[unit] for number, unit in parts)
 
 
 def _number(value: str | None) -> float | None:

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from pipeline.ratelimit import RateLimiter, Stopped, TokenBucket
+from pipeline.ratelimit import RateLimiter, Stopped, TokenBucket, server_level
 
 
 class Clock:
@@ -69,6 +69,37 @@ def test_server_headers_keep_the_refill_since_the_request_left():
     assert limit.tokens.level == pytest.approx(1_500)
     limit.observe({"x-ratelimit-remaining-tokens": "0"}, 60_000, None)  # no send time: taken as now
     assert limit.tokens.level == 0
+
+
+def full_in(seconds):  # the x-ratelimit-* headers of a 300-requests-a-minute budget
+    return {"x-ratelimit-limit-requests": "300", "x-ratelimit-reset-requests": seconds}
+
+
+@pytest.mark.parametrize(
+    "headers, level",
+    [
+        ({"x-ratelimit-remaining-requests": "12"}, 12),  # whole units only
+        ({"x-ratelimit-remaining-requests": "0", **full_in("59.848s")}, 0.76),  # full again in 59.848 s: 0.76 left
+        ({"x-ratelimit-remaining-requests": "0", **full_in("1m0s")}, 0),
+        ({"x-ratelimit-remaining-tokens": "5990", "x-ratelimit-limit-tokens": "60000", "x-ratelimit-reset-tokens": "54ms"}, 5990),  # disagrees: ignored
+        ({"x-ratelimit-remaining-requests": "250", **full_in("30s")}, 250),  # a server that means something else by reset
+        ({"x-ratelimit-remaining-requests": "0", **full_in("soon")}, 0),
+        ({**full_in("59.848s")}, None),  # no count, no correction
+    ],
+)
+def test_server_level_takes_the_fraction_of_a_unit_from_the_reset_header(headers, level):
+    name = "tokens" if "x-ratelimit-remaining-tokens" in headers else "requests"
+    assert server_level(headers, name) == (pytest.approx(level) if level is not None else None)
+
+
+def test_a_fraction_of_a_request_left_on_the_server_is_not_rounded_away():
+    limit, clock = limiter(300, 10**9)  # a request every 0.2 s
+    for _ in range(300):
+        limit.acquire(1)  # the banked minute
+    clock.now = 0.19  # our bucket: 0.95 of a request
+    limit.observe({"x-ratelimit-remaining-requests": "0", **full_in("59.848s")}, 0, None)  # the server's: 0.76
+    limit.acquire(1)
+    assert clock.now == pytest.approx(0.19 + 0.048)  # not 0.19 + 0.2, as "0" alone would make it
 
 
 def test_usage_corrects_the_estimate():
