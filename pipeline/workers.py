@@ -104,6 +104,9 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]
     process already spent (a fresh pair would start full) and a local model loads once."""
     key = hashlib.sha256(f"{spec.run_key}{spec.config.embedding.model_dump_json()}".encode()).hexdigest()  # never the API key
     with _embedders_lock:
+        kept = _embedders.get(key)
+        if kept is not None and getattr(getattr(kept, "limiter", None), "stopped", False):
+            _embedders.pop(key).close()  # a fatal answer stopped it; the run started again (key or credit fixed) gets a fresh one
         if key not in _embedders:
             _embedders[key] = get_embedder(spec.config.embedding, api_key)
             limiter = getattr(_embedders[key], "limiter", None)  # metered providers have one

@@ -8,8 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import EmbedpipeError
-from pipeline.run import finish_run, prepare_run, run_pipeline
+from pipeline.errors import EmbedpipeError, ProviderError
+from pipeline.run import close_run, finish_run, prepare_run, run_pipeline
 from pipeline.workers import absorb, embed_partition_in_worker, run_spec, shared_config
 from tests.conftest import openai_config, write_parquet
 
@@ -61,3 +61,14 @@ def test_a_worker_that_cannot_see_the_staging_directory_says_what_to_share(tmp_p
         staging.rmdir()
     with pytest.raises(EmbedpipeError, match="output.path and cache.path must be on storage every worker shares"):
         embed_partition_in_worker(spec, 0, None)
+
+
+def test_a_worker_stopped_by_an_empty_quota_embeds_again_once_credit_is_added(tmp_path, fake_openai, two_files):
+    run = prepare_run(openai_config(tmp_path, fake_openai, two_files))
+    spec = run_spec(run, 1)
+    fake_openai.quota_requests = 0
+    with pytest.raises(ProviderError, match="quota is used up"):
+        embed_partition_in_worker(spec, 0, None)
+    fake_openai.quota_requests = None  # credit added; the same worker process is asked again
+    assert embed_partition_in_worker(spec, 0, None).rows == 72
+    close_run(run)
