@@ -126,13 +126,13 @@ def report(scenario: Scenario, tokens: int, results: list[dict]) -> None:
     work = tokens if scenario.binding == "tokens" else -(-scenario.texts // scenario.batch)
     lower_bound = (work - limit) / limit * 60
     print(f"\n{scenario.name}: {scenario.rpm:,} RPM, {scenario.tpm:,} TPM, {scenario.latency} s latency; "
-          f"{scenario.texts:,} texts, {tokens:,} tokens, {scenario.batch} texts a request; lower bound {lower_bound:.0f} s")
+          f"{scenario.texts:,} texts, {tokens:,} tokens, {scenario.batch} texts a request; lower bound {lower_bound:.2f} s (+ {scenario.latency} s latency)")
     print(f"{'client':<10} {'seconds':>8} {'sustained ' + scenario.binding[:-1] + 's/min ÷ limit':>30} {'429s ÷ requests':>16} {'time ÷ lower bound':>19} {'first request s':>16} {'budget idle s':>14}")
     for r in results:
         sustained = (work - limit) / r["seconds"] * 60 / limit
         rate_429 = r["rate_limited"] / max(r["requests"], 1)
         note = f"  FAILED {r['error']}" if r["error"] else ""
-        print(f"{r['client']:<10} {r['seconds']:>8.1f} {sustained:>30.3f} {rate_429:>16.4f} {r['seconds'] / lower_bound:>19.3f} {r['start_up']:>16.2f} {r['idle_seconds']:>14.2f}{note}")
+        print(f"{r['client']:<10} {r['seconds']:>8.2f} {sustained:>30.3f} {rate_429:>16.4f} {r['seconds'] / lower_bound:>19.3f} {r['start_up']:>16.2f} {r['idle_seconds']:>14.2f}{note}")
 
 
 def main() -> None:
