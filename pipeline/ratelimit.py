@@ -40,13 +40,14 @@ class TokenBucket:
 
     def reserve(self, amount: float) -> float:
         """Deduct `amount` now; return its place in line: `wait` tells when it is covered."""
+        amount = min(amount, self.capacity)  # a request larger than a minute's budget waits for one minute's
         with self._lock:
             self._refill()
             if self.level >= self.capacity:  # the server's bucket starts refilling when this request arrives
                 self._updated += self.refill_delay
-            self.level -= min(amount, self.capacity)
-            self.reserved += min(amount, self.capacity)
-            self.waiting += min(amount, self.capacity)
+            self.level -= amount
+            self.reserved += amount
+            self.waiting += amount
             return self.reserved
 
     def wait(self, place: float) -> float:
