@@ -34,12 +34,12 @@ class Embedder(ABC):
         self.requests = 0  # requests sent, counting every retry
         self.retries: Counter[str] = Counter()  # retried attempts, by cause
         self.timed_out_tokens = 0  # sent in attempts that timed out: possibly billed twice
-        self._tally_lock = threading.Lock()
-        self._in_flight = threading.BoundedSemaphore(max(1, config.max_concurrency))
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # see `_request_pool`
 
     def tally(self, retry_cause: str | None = None) -> None:
         """Count one request sent, or one retry for `retry_cause`; safe from worker threads."""
-        with self._tally_lock:
+        with self._lock:
             if retry_cause:
                 self.retries[retry_cause] += 1
             else:
@@ -47,7 +47,7 @@ class Embedder(ABC):
 
     def count_elsewhere(self, requests: int, retries: dict[str, int], timed_out_tokens: int) -> None:
         """Add what a copy of this embedder in another process (a cluster worker) sent."""
-        with self._tally_lock:
+        with self._lock:
             self.requests += requests
             self.retries.update(retries)
             self.timed_out_tokens += timed_out_tokens
@@ -86,21 +86,16 @@ class Embedder(ABC):
         first failure, requests not yet sent are cancelled, those already answered are still
         yielded, and then the failure is raised."""
         def work(batch: slice) -> np.ndarray:
-            with self._in_flight:  # the limit holds across partitions sharing this embedder
-                vectors = self._checked(texts[batch], token_counts[batch])
+            vectors = self._checked(texts[batch], token_counts[batch])
             if store is not None:
                 store(texts[batch], vectors)
             return vectors
 
-        batches = list(pack_batches(token_counts, self.batch_inputs, self.batch_tokens))
-        if self.max_concurrency <= 1 or len(batches) <= 1:
-            yield from ((batch, work(batch)) for batch in batches)
-            return
-        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="embed")
-        futures = {pool.submit(work, batch): batch for batch in batches}
+        pool = self._request_pool()
+        futures = {pool.submit(work, batch): batch for batch in pack_batches(token_counts, self.batch_inputs, self.batch_tokens)}
         failure = None
         try:
-            for future in as_completed(futures):
+            for future in as_completed(futures):  # after a failure, also waits for those running
                 if future.cancelled():
                     continue
                 if future.exception() is None:
@@ -110,9 +105,20 @@ class Embedder(ABC):
                     for pending in futures:
                         pending.cancel()
         finally:
-            pool.shutdown(wait=failure is not None, cancel_futures=True)  # on Ctrl-C, do not wait
+            for pending in futures:  # on Ctrl-C, or a consumer that stopped early: unsent requests never leave
+                pending.cancel()
         if failure is not None:
             raise failure
+
+    def _request_pool(self) -> ThreadPoolExecutor:
+        """The threads every request of this embedder is sent from, `max_concurrency` of them,
+        shared by all calls: requests leave in the order they were submitted, so a batch's
+        last requests are not overtaken by the next batch's, and the limit holds across
+        partitions sharing this embedder."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=max(1, self.max_concurrency), thread_name_prefix="embed")
+            return self._pool
 
     def _checked(self, texts: list[str], token_counts: list[int]) -> np.ndarray:
         vectors = self.embed_batch(texts, token_counts)
@@ -130,7 +136,11 @@ class Embedder(ABC):
         return self.max_batch_tokens
 
     def close(self) -> None:
-        """Release clients and models."""
+        """Release clients, models and threads; subclasses call this last."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def pack_batches(token_counts: list[int], max_inputs: int, max_tokens: int) -> Iterator[slice]:

@@ -165,7 +165,7 @@ class OpenAIEmbedder(Embedder):
         cause = next(name for kind, name in _RETRYABLE.items() if isinstance(exc, kind))
         self.tally(cause)
         if cause == "timeout":
-            with self._tally_lock:
+            with self._lock:
                 self.timed_out_tokens += tokens
 
     def _request(self, texts: list[str], tokens: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
@@ -193,6 +193,7 @@ class OpenAIEmbedder(Embedder):
     def close(self) -> None:
         self.limiter.stop()  # requests still waiting (after a failure elsewhere, or Ctrl-C) end now
         self.client.close()
+        super().close()
 
 
 def decode_response(items: list | None, count: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:

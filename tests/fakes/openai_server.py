@@ -117,6 +117,7 @@ class FakeOpenAI:
         self.refusals: list[tuple] = []  # (time.monotonic(), budget, level, needed) of each
         self.tokens_served = 0
         self.calls: Counter[str] = Counter()  # texts embedded, per text
+        self.admitted_inputs: list[list[str]] = []  # the texts of each request within the limits, in the order charged
         self.requests = 0  # every request, answered or refused
         self.admitted: list[float] = []  # when each request within the limits was charged
         self.authorizations: Counter[str] = Counter()  # Authorization headers seen
@@ -176,6 +177,7 @@ class FakeOpenAI:
             if limited:
                 return limited
             self.calls.update(texts)
+            self.admitted_inputs.append(texts)
             self.tokens_served += tokens
             delay = self.latency + (self.delays.popleft() if self.delays else 0.0)
         time.sleep(delay)

@@ -1,5 +1,8 @@
 """OpenAIEmbedder through real HTTP to the loopback server."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -7,7 +10,7 @@ from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
 from pipeline.providers.base import pack_batches
 from pipeline.providers.openai import OpenAIEmbedder
-from tests.fakes.openai_server import drop_last_item, duplicate_index, fake_vector, nan_vector, no_data, not_json, wrong_dimension
+from tests.fakes.openai_server import FakeOpenAI, drop_last_item, duplicate_index, fake_vector, nan_vector, no_data, not_json, wrong_dimension
 
 
 def embedder(server, **overrides):
@@ -33,6 +36,25 @@ def test_shuffled_items_are_put_back_in_order(fake_openai):
 )
 def test_requests_stay_within_input_and_token_limits(counts, max_inputs, max_tokens, expected):
     assert [s.stop - s.start for s in pack_batches(counts, max_inputs, max_tokens)] == expected
+
+
+def test_a_call_s_requests_all_leave_before_those_of_a_call_started_after_it():
+    # A record batch is written once its last answer is in: the next batch's requests must
+    # not overtake it, or the run ends waiting on a batch it could have finished first.
+    def embed(texts: list[str]) -> None:
+        for _ in shared.embed_iter(texts, [2] * len(texts), store=lambda *_: time.sleep(0.01)):  # as slow as a cache write
+            pass
+
+    with FakeOpenAI(latency=0.05) as server:
+        shared = embedder(server, batch_size=1, max_concurrency=2)
+        first = threading.Thread(target=embed, args=([f"first {i}" for i in range(8)],))
+        first.start()
+        while server.requests == 0:
+            time.sleep(0.001)
+        embed([f"second {i}" for i in range(4)])
+        first.join()
+    order = [texts[0].split()[0] for texts in server.admitted_inputs]
+    assert order == ["first"] * 8 + ["second"] * 4
 
 
 def test_dimensions_are_sent_when_configured(fake_openai):
