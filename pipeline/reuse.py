@@ -41,11 +41,16 @@ def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutp
 
 
 def _first_rows_first(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """The first batch's first rows (about a request's worth) on their own, so the first
-    request leaves without waiting for a whole batch to be normalised and chunked."""
+    """The first batch cut into slices of `rows` (about a request's worth), then twice, four
+    times as many, and so on: the first request leaves without waiting for a whole batch to
+    be normalised and chunked, and each slice is ready before the last one's budget is back."""
     first = next(batches, None)
-    if first is not None:
-        yield from (first.slice(0, rows), first.slice(rows)) if first.num_rows > rows else (first,)
+    start = 0
+    while first is not None:
+        yield first.slice(start, rows)
+        start, rows = start + rows, rows * 2
+        if start >= first.num_rows:
+            break
     yield from batches
 
 

@@ -2,6 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.reuse import _first_rows_first
 from pipeline.run import run_pipeline
 from tests.conftest import openai_config, write_parquet
 
@@ -49,3 +50,18 @@ def test_row_group_partitions_each_compare_with_their_own_earlier_part(tmp_path,
     stats = run_pipeline(config)["stats"]
     assert (stats["reused_rows"], list(fake_openai.calls)) == (39, ["a new text"])
     assert pq.read_table(config.output.path).column("text").to_pylist() == texts
+
+
+@pytest.mark.parametrize("sizes, rows, expected", [
+    ([8192, 100], 64, [64, 128, 256, 512, 1024, 2048, 4096, 64, 100]),  # later batches as read
+    ([300], 256, [256, 44]),
+    ([10, 10], 64, [10, 10]),
+    ([0], 64, [0]),
+    ([], 64, []),
+])
+def test_the_first_batch_is_handed_out_in_doubling_slices_every_row_once_in_order(sizes, rows, expected):
+    ids = iter(range(sum(sizes)))
+    batches = [pa.record_batch({"id": pa.array([next(ids) for _ in range(size)], pa.int64())}) for size in sizes]
+    slices = list(_first_rows_first(iter(batches), rows))
+    assert [s.num_rows for s in slices] == expected
+    assert [i for s in slices for i in s.column("id").to_pylist()] == list(range(sum(sizes)))
