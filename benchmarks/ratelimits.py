@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.ratelimits            # both scenarios, about 25 minutes
     .venv/bin/python -m benchmarks.ratelimits --quick    # a 1-minute smoke run
+    .venv/bin/python -m benchmarks.ratelimits --scenarios tokens-bound --clients embedpipe,langchain --runs 3
 
 The loopback server enforces RPM and TPM as the API does (a per-minute budget, banked up to
 one minute and refilled continuously, 429 with retry-after and x-ratelimit headers) and runs
@@ -132,6 +133,8 @@ def report(scenario: Scenario, tokens: int, results: list[dict]) -> None:
         sustained = (work - limit) / r["seconds"] * 60 / limit
         rate_429 = r["rate_limited"] / max(r["requests"], 1)
         note = f"  FAILED {r['error']}" if r["error"] else ""
+        if len(r["all_seconds"]) > 1:
+            note += "  runs: " + ", ".join(f"{seconds:.2f}" for seconds in r["all_seconds"])
         print(f"{r['client']:<10} {r['seconds']:>8.2f} {sustained:>30.3f} {rate_429:>16.4f} {r['seconds'] / lower_bound:>19.3f} {r['start_up']:>16.2f} {r['idle_seconds']:>14.2f}{note}")
 
 
@@ -139,14 +142,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a scaled-down smoke run")
     parser.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated subset of " + ", ".join(CLIENTS))
+    parser.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS), help="comma-separated subset of " + ", ".join(s.name for s in SCENARIOS))
+    parser.add_argument("--runs", type=int, default=1, help="rounds of every client, taken in turn; each client's median run is shown")
     args = parser.parse_args()
     for scenario in SCENARIOS:
+        if scenario.name not in args.scenarios.split(","):
+            continue
         if args.quick:
             scenario = Scenario(**{**scenario.__dict__, "texts": scenario.texts // 5, "rpm": scenario.rpm // 2, "tpm": scenario.tpm // 2})
         texts = corpus(scenario)
         tokens = sum(len(t) for t in cl100k_base().encode_ordinary_batch(texts))
-        results = [measure(client, scenario, texts) for client in args.clients.split(",")]
-        report(scenario, tokens, results)
+        clients = args.clients.split(",")
+        rounds = [[measure(client, scenario, texts) for client in clients] for _ in range(max(1, args.runs))]
+        report(scenario, tokens, [median_run([runs[i] for runs in rounds]) for i in range(len(clients))])
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median time (the faster middle one of an even count), with every run's time."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    return {**ordered[(len(ordered) - 1) // 2], "all_seconds": [r["seconds"] for r in runs]}
 
 
 if __name__ == "__main__":
