@@ -139,8 +139,8 @@ class Embedder(ABC):
         """Release clients, models and threads; subclasses call this last."""
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:  # not cancel_futures: a call waiting on a request it cancelled would wait forever;
+            pool.shutdown(wait=False)  # queued requests still run, and a stopped provider refuses each at once
 
 
 def pack_batches(token_counts: list[int], max_inputs: int, max_tokens: int) -> Iterator[slice]:

@@ -57,6 +57,27 @@ def test_a_call_s_requests_all_leave_before_those_of_a_call_started_after_it():
     assert order == ["first"] * 8 + ["second"] * 4
 
 
+def test_a_call_still_waiting_when_its_embedder_is_closed_fails_rather_than_coming_back_short():
+    outcome = []
+
+    def embed() -> None:
+        try:
+            outcome.append(shared.embed([f"text {i}" for i in range(4)], [2] * 4))
+        except ProviderError as exc:
+            outcome.append(exc)
+
+    with FakeOpenAI(latency=0.1) as server:
+        shared = embedder(server, batch_size=1, max_concurrency=1)
+        caller = threading.Thread(target=embed, daemon=True)
+        caller.start()
+        while server.requests == 0:
+            time.sleep(0.001)
+        shared.close()  # as a failing run closes what it opened, with another partition mid-call
+        caller.join(timeout=10)
+    assert not caller.is_alive(), "the call never returned"
+    assert isinstance(outcome[0], ProviderError) and "closed" in str(outcome[0])
+
+
 def test_dimensions_are_sent_when_configured(fake_openai):
     vectors = embedder(fake_openai, dimensions=8).embed(["hello"], [1])
     assert vectors.shape == (1, 8)
