@@ -176,6 +176,10 @@ class TextEmbedder:
         if not self.claim_owner or not texts:
             return texts, []
         held = set(self.cache.claim_many(texts, self.claim_owner, CLAIM_SECONDS))
+        stored = set(self.cache.get_many([t for t in texts if t in held]))  # by another process since our lookup, its claim let go
+        if stored:
+            self.cache.release_many(list(stored), self.claim_owner)
+            held -= stored  # read back by `_stored_elsewhere` as cache hits
         return [t for t in texts if t in held], [t for t in texts if t not in held]
 
     def _stored_elsewhere(self, texts: list[str]) -> dict[str, np.ndarray]:

@@ -1,0 +1,25 @@
+import numpy as np
+
+from pipeline.cache import VectorCache
+from pipeline.config import EmbeddingConfig
+from pipeline.embed import TextEmbedder
+from pipeline.providers.openai import OpenAIEmbedder
+
+
+def worker(tmp_path, server, owner: str) -> TextEmbedder:
+    """One cluster worker's embedder, claiming texts in a cache shared with the others."""
+    config = EmbeddingConfig(provider="openai", model="text-embedding-3-small", dimensions=server.dimensions, base_url=server.base_url)
+    embedder = OpenAIEmbedder(config, api_key="sk-test")
+    cache = VectorCache(tmp_path / "cache", embedder.cache_namespace, embedder.dimensions)
+    return TextEmbedder(embedder, cache, max_tokens=512, overlap_tokens=0, claim_owner=owner)
+
+
+def test_a_text_another_worker_stored_after_this_one_looked_it_up_is_not_paid_for_again(tmp_path, fake_openai):
+    texts = [f"shared ticket {i}" for i in range(6)]
+    first, second = worker(tmp_path, fake_openai, "a"), worker(tmp_path, fake_openai, "b")
+    looked_up = second.prepare(texts)  # every text missing from the cache, as yet
+    expected = first.complete(first.prepare(texts)).matrix  # embedded, stored, claims let go
+    got = second.complete(looked_up).matrix
+    assert max(fake_openai.calls.values()) == 1
+    np.testing.assert_array_equal(got, expected)
+    assert (second.stats.cache_hits, second.stats.embedded_chunks) == (6, 0)
