@@ -139,7 +139,7 @@ class Embedder(ABC):
         """Release clients, models and threads; subclasses call this last."""
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:  # not cancel_futures: a call waiting on a request it cancelled would wait forever;
+        if pool is not None:  # not cancel_futures: a call waiting on a request the pool cancelled would wait forever;
             pool.shutdown(wait=False)  # queued requests still run, and a stopped provider refuses each at once
 
 
