@@ -1,16 +1,16 @@
 import numpy as np
 
 from pipeline.cache import VectorCache
-from pipeline.config import EmbeddingConfig
 from pipeline.embed import TextEmbedder
-from pipeline.providers.openai import OpenAIEmbedder
+from pipeline.providers import get_embedder
+from tests.conftest import openai_config
 
 
 def worker(tmp_path, server, owner: str) -> TextEmbedder:
     """One cluster worker's embedder, claiming texts in a cache shared with the others."""
-    config = EmbeddingConfig(provider="openai", model="text-embedding-3-small", dimensions=server.dimensions, base_url=server.base_url)
-    embedder = OpenAIEmbedder(config, api_key="sk-test")
-    cache = VectorCache(tmp_path / "cache", embedder.cache_namespace, embedder.dimensions)
+    config = openai_config(tmp_path, server, tmp_path / "unread.parquet")
+    embedder = get_embedder(config.embedding, "sk-test")
+    cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
     return TextEmbedder(embedder, cache, max_tokens=512, overlap_tokens=0, claim_owner=owner)
 
 
