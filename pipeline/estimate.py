@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.cache import VectorCache
 from pipeline.chunking import chunk_limits
-from pipeline.config import Config
+from pipeline.config import Config, EmbeddingConfig
 from pipeline.embed import TextEmbedder
 from pipeline.errors import ConfigError, EmbedpipeError
 from pipeline.hashset import HashSet
@@ -157,23 +157,25 @@ def load_prices(path: str | Path | None) -> dict[str, dict[str, float]]:
         raise ConfigError(f"embedding.price_table {path}: cannot read it as model: {{sync: USD, batch: USD}} per million tokens ({type(exc).__name__})") from None
 
 
-def run_cost(config: Config, sync_tokens: int, batch_tokens: int = 0) -> float | None:
-    """What tokens sent through the endpoint and the Batch API cost; None if the model has no price."""
-    if config.embedding.provider == "local":
-        return 0.0
-    prices = load_prices(config.embedding.price_table).get(config.embedding.model)
-    return None if prices is None else round((sync_tokens * prices["sync"] + batch_tokens * prices["batch"]) / 1e6, 6)
+def model_price(embedding: EmbeddingConfig) -> dict[str, float] | None:
+    """USD per million tokens, {"sync": ..., "batch": ...}, for the configured model: nothing
+    for the local model, None where the price table has no entry for it."""
+    if embedding.provider == "local":
+        return {"sync": 0.0, "batch": 0.0}
+    return load_prices(embedding.price_table).get(embedding.model)
+
+
+def run_cost(price: dict[str, float] | None, sync_tokens: int, batch_tokens: int = 0) -> float | None:
+    """What tokens sent through the endpoint and the Batch API cost at `price` (`model_price`)."""
+    return None if price is None else round((sync_tokens * price["sync"] + batch_tokens * price["batch"]) / 1e6, 6)
 
 
 def _price(estimate: Estimate, config: Config) -> None:
     embedding = config.embedding
-    if embedding.provider == "local":
-        estimate.sync_usd = estimate.batch_usd = 0.0
-        return
-    prices = load_prices(embedding.price_table).get(embedding.model)
-    if prices is not None:
-        estimate.sync_usd = estimate.tokens_to_send * prices["sync"] / 1e6
-        estimate.batch_usd = estimate.tokens_to_send * prices["batch"] / 1e6
+    price = model_price(embedding)
+    if price is not None:
+        estimate.sync_usd = estimate.tokens_to_send * price["sync"] / 1e6
+        estimate.batch_usd = estimate.tokens_to_send * price["batch"] / 1e6
     if embedding.provider == "openai":
         estimate.minutes = max(estimate.tokens_to_send / embedding.tokens_per_minute, estimate.requests / embedding.requests_per_minute)
 

@@ -65,8 +65,8 @@ class HashSet:
 
     def contains_many(self, values: pa.Array | list) -> np.ndarray:
         """For each value, whether it was added before."""
-        if not len(values):
-            return np.zeros(0, dtype=bool)
+        if not len(values) or not len(self):  # nothing to find: no hashing (a run's first batch)
+            return np.zeros(len(values), dtype=bool)
         keys = hash64(values)
         return _contains(self._sorted, keys) | _contains(self._recent, keys)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +20,7 @@ from pipeline.chunking import chunk_limits
 from pipeline.config import Config
 from pipeline.embed import EmbeddedText, RowVectors, TextEmbedder
 from pipeline.errors import EmbedpipeError
-from pipeline.estimate import check_budget, checked_input, estimate_run, run_cost
+from pipeline.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.incremental import PreviousOutput, part_source, run_key, settings_key
@@ -51,6 +51,7 @@ class Run:
     remote_outputs: list[RemoteOutput] = field(default_factory=list)  # copied up once published
     published_at: str = ""  # output.path as configured: a local path or a URL
     elsewhere: dict = field(default_factory=dict)  # cluster workers' request counts, by process
+    price: dict | None = None  # `model_price`, read before anything is spent: a bad table fails first
 
     @property
     def dimensions(self) -> int:
@@ -69,15 +70,13 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     key = settings_key(config)
     with ExitStack() as undo:  # whatever opened is closed again if a later step fails
         owns_embedder = embedder is None
-        if owns_embedder:  # the client (a TLS context: tens of ms) opens while the input is checked
-            opening = in_background(get_embedder, config.embedding, api_key)
-            undo.callback(lambda: opening.exception() or opening.result().close())
+        opening = in_background(_open_embedder_and_cache, config, api_key, embedder)  # while the input is checked
+        undo.callback(_close_opened, opening, owns_embedder)
         plan, previous = checked_input(config)
         log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
-        embedder = opening.result() if owns_embedder else embedder
+        price = model_price(config.embedding)
+        embedder, cache = opening.result()
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
-        cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
-        undo.callback(cache.close)
         if config.embedding.max_cost_usd is not None:  # an extra read of the input, before any spending
             check_budget(estimate_run(config, plan, previous, embedder, cache, max_tokens, overlap), config.embedding.max_cost_usd)
         metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
@@ -90,7 +89,26 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     sources = {p.index: part_source(p) for p in partitions}  # as read now, not as found at publish
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
     progress.track(texts.stats, embedder, plan.total_rows)
-    return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder, remote_outputs, published_at)
+    return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder, remote_outputs, published_at, price=price)
+
+
+def _open_embedder_and_cache(config: Config, api_key: str | None, shared: Embedder | None) -> tuple[Embedder, VectorCache]:
+    """The provider (`shared`, or a new one) and the cache of its vectors."""
+    embedder = shared or get_embedder(config.embedding, api_key)
+    try:
+        return embedder, VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
+    except BaseException:
+        if shared is None:
+            embedder.close()
+        raise
+
+
+def _close_opened(opening: Future, owns_embedder: bool) -> None:
+    if opening.exception() is None:  # waits for it: nothing is left open behind a failed start
+        embedder, cache = opening.result()
+        cache.close()
+        if owns_embedder:
+            embedder.close()
 
 
 def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: int) -> dict:
@@ -193,7 +211,7 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
     stats.rate_limited = sum(n for cause, n in embedder.retries.items() if cause.endswith("429"))
-    stats.cost_usd = run_cost(run.config, stats.embedded_tokens, stats.batch_api.get("tokens", 0))
+    stats.cost_usd = run_cost(run.price, stats.embedded_tokens, stats.batch_api.get("tokens", 0))
     manifest = {**run.metadata, "output": run.published_at or str(run.config.output.path), "rows": run.plan.total_rows, "stats": stats.as_dict()}
     if run.chunks is not None:
         run.chunks.publish(manifest, parts, run.sources)

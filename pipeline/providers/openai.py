@@ -20,6 +20,7 @@ import openai
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError, ResponseError
 from pipeline.providers.base import Embedder
+from pipeline.providers.transport import BackgroundTransport
 from pipeline.ratelimit import RateLimiter
 from pipeline.tokens import encode_arrays
 
@@ -59,12 +60,13 @@ class OpenAIEmbedder(Embedder):
                 "(or embedding.api_key_block to a Prefect Secret block)"
             )
         self._outgoing = threading.local()  # this thread's request: its tokens, then when it left
+        self._transport = BackgroundTransport()
         self.client = openai.OpenAI(
             api_key=api_key or "unused",
             base_url=config.base_url,  # None: OPENAI_BASE_URL or api.openai.com
             max_retries=0,
             timeout=config.request_timeout_seconds,
-            http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._take_budget]}),
+            http_client=openai.DefaultHttpxClient(transport=self._transport, event_hooks={"request": [self._take_budget]}),
         )
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
         self._fatal: ProviderError | None = None  # the answer that stopped every request
@@ -78,6 +80,7 @@ class OpenAIEmbedder(Embedder):
         try:  # an unknown model tells us by answering
             vectors, bad = self._request(["dimension probe"], 2, dimensions=None)
         except openai.APIError as exc:
+            self._raise_if_stopped()
             fatal = fatal_error(exc, self.config.api_key_env, self.model)
             raise fatal or ProviderError(f"model {self.model}: asking its dimensions failed ({_describe(exc)}); set embedding.dimensions") from None
         if bad:

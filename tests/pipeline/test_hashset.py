@@ -21,11 +21,15 @@ def test_each_value_is_new_once(values, monkeypatch):
     assert seen.contains_many(values[::-1]).all()
 
 
-def test_contains_asks_without_adding():
+@pytest.mark.parametrize("added, asked, found", [
+    (["a", "b"], ["b", "c", "a"], [True, False, True]),
+    (["a", "b"], [], []),
+    ([], ["a", "b"], [False, False]),
+])
+def test_contains_asks_without_adding(added, asked, found):
     seen = HashSet()
-    seen.add_many(["a", "b"])
-    assert seen.contains_many(["b", "c", "a"]).tolist() == [True, False, True]
-    assert seen.contains_many([]).tolist() == [] and len(seen) == 2
+    seen.add_many(added)
+    assert seen.contains_many(asked).tolist() == found and len(seen) == len(added)
 
 
 def test_a_value_is_the_same_whatever_its_column_type():
