@@ -64,6 +64,13 @@ def test_what_an_estimate_cannot_know_is_one_clear_error(tmp_path, fake_openai, 
     assert fake_openai.requests == 0
 
 
+def test_a_price_table_that_cannot_be_read_stops_a_run_before_it_spends(tmp_path, fake_openai, source):
+    config = openai_config(tmp_path, fake_openai, source, embedding__price_table=str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="embedding.price_table .*missing.yaml: cannot read"):
+        run_pipeline(config)
+    assert fake_openai.requests == 0
+
+
 def test_an_unpriced_model_is_estimated_with_its_cost_unknown():
     lines = Estimate("openai", "mystery", rows=1, minutes=0.5).lines()
     assert "cost: unknown (no price for this model) through the embeddings endpoint" in lines[4]
