@@ -30,7 +30,8 @@ def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutp
     source = config.source
     earlier = previous.earlier_part(partition) if previous else None
     rows_before = PreviousRows.open(earlier, text_columns(source), config.output.vector_column)
-    for batch in _first_rows_first(partition.read(), min(1_024, texts.embedder.batch_inputs)):
+    request = texts.embedder.batch_inputs
+    for batch in _ends_apart(partition.read(), min(1_024, request), request, partition.rows):
         if rows_before is None:
             yield batch, None, texts.prepare(row_texts(batch, source))
             continue
@@ -38,6 +39,21 @@ def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutp
         texts.reuse(int(same.sum()))
         rest = batch.filter(pa.array(~same)) if same.any() else batch
         yield batch, (same, vectors), texts.prepare(row_texts(rest, source))
+
+
+def _ends_apart(batches: Iterator[pa.RecordBatch], first: int, request: int, total: int) -> Iterator[pa.RecordBatch]:
+    """The batches of a partition of `total` rows, each end of it handed out on its own: the
+    first batch as `_first_rows_first` cuts it, and the final request's rows (those left over
+    from whole requests of `request` rows, else `request`) apart from the batch before them,
+    so a run ends waiting for one request's rows to be pooled and written, not a batch's."""
+    seen = 0
+    for piece in _first_rows_first(batches, first):
+        seen += piece.num_rows
+        cut = piece.num_rows - (piece.num_rows % request or request) if seen >= total else 0
+        if cut > 0:  # a whole number of requests before it: cutting sends no extra request
+            yield piece.slice(0, cut)
+            piece = piece.slice(cut)
+        yield piece
 
 
 def _first_rows_first(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:

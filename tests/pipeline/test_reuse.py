@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.reuse import _first_rows_first
+from pipeline.reuse import _ends_apart
 from pipeline.run import run_pipeline
 from tests.conftest import openai_config, write_parquet
 
@@ -52,16 +52,27 @@ def test_row_group_partitions_each_compare_with_their_own_earlier_part(tmp_path,
     assert pq.read_table(config.output.path).column("text").to_pylist() == texts
 
 
-@pytest.mark.parametrize("sizes, rows, expected", [
-    ([8192, 100], 64, [64, 128, 256, 512, 1024, 2048, 4096, 64, 100]),  # later batches as read
-    ([300], 256, [256, 44]),
-    ([10, 10], 64, [10, 10]),
-    ([0], 64, [0]),
-    ([], 64, []),
+@pytest.mark.parametrize("sizes, first, per_request, expected", [
+    ([8192, 1808], 256, 256, [256, 512, 1024, 2048, 4096, 256, 1792, 16]),  # later batches as read, the final request apart
+    ([8192, 100], 64, 64, [64, 128, 256, 512, 1024, 2048, 4096, 64, 64, 36]),
+    ([3000], 256, 256, [256, 512, 1024, 1024, 184]),
+    ([5000], 1024, 2048, [1024, 2048, 1928]),  # the final request is the whole last slice
+    ([300], 256, 256, [256, 44]),
+    ([10, 10], 64, 64, [10, 10]),
+    ([0], 64, 64, [0]),
+    ([], 64, 64, []),
 ])
-def test_the_first_batch_is_handed_out_in_doubling_slices_every_row_once_in_order(sizes, rows, expected):
+def test_a_partition_s_first_batch_comes_in_doubling_slices_and_its_final_request_alone(sizes, first, per_request, expected):
     ids = iter(range(sum(sizes)))
     batches = [pa.record_batch({"id": pa.array([next(ids) for _ in range(size)], pa.int64())}) for size in sizes]
-    slices = list(_first_rows_first(iter(batches), rows))
+    slices = list(_ends_apart(iter(batches), first, per_request, sum(sizes)))
     assert [s.num_rows for s in slices] == expected
+    assert [i for s in slices for i in s.column("id").to_pylist()] == list(range(sum(sizes)))
+
+
+@pytest.mark.parametrize("sizes, total", [([100, 100], 100), ([100, 100], 500), ([100], 0)])
+def test_a_wrong_row_count_still_hands_out_every_row_once_in_order(sizes, total):
+    ids = iter(range(sum(sizes)))
+    batches = [pa.record_batch({"id": pa.array([next(ids) for _ in range(size)], pa.int64())}) for size in sizes]
+    slices = list(_ends_apart(iter(batches), 64, 64, total))
     assert [i for s in slices for i in s.column("id").to_pylist()] == list(range(sum(sizes)))
