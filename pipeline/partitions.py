@@ -28,6 +28,14 @@ class Partition:
         """The partition's rows as record batches."""
         yield from read_batches(self.file, row_groups=list(self.row_groups) if self.row_groups else None, encoding=self.encoding)
 
+    def read_head(self, rows: int) -> pa.RecordBatch | None:
+        """The partition's first `rows` rows (or fewer), read on their own: a Parquet reader
+        decodes a whole batch before handing out any of it. None for a CSV file, whose reader
+        hands out blocks of bytes, not of rows."""
+        if FORMATS[self.file.suffix.lower()] != "parquet":
+            return None
+        return next(read_batches(self.file, batch_rows=rows, row_groups=list(self.row_groups) if self.row_groups else None), None)
+
 
 def plan_partitions(plan: SourcePlan, rows_per_partition: int) -> list[Partition]:
     """Files in order; a Parquet file with more than `rows_per_partition` rows is cut at

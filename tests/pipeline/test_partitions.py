@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv  # noqa: F401  pa.csv
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -30,6 +31,18 @@ def test_a_large_parquet_file_is_split_at_row_groups_and_keeps_row_order(tmp_pat
     assert [f["rows"] for f in manifest["files"]] == [300, 300, 300, 100]
     table = pq.read_table(tmp_path / "out")
     assert table.column("id").to_pylist() == list(range(1000))
+
+
+@pytest.mark.parametrize("suffix, index, head", [
+    (".parquet", 1, [300, 301, 302]),  # the second partition: row groups 3-5
+    (".csv", 0, None),  # a CSV reader hands out blocks of bytes: no head apart
+])
+def test_a_partition_s_head_is_its_own_first_rows(tmp_path, suffix, index, head):
+    path = tmp_path / f"big{suffix}"
+    table = pa.table({"id": list(range(1000)), "text": [f"row {i}" for i in range(1000)]})
+    pq.write_table(table, path, row_group_size=100) if suffix == ".parquet" else pa.csv.write_csv(table, path)
+    found = plan_partitions(SourcePlan([path], [1000]), rows_per_partition=250)[index].read_head(3)
+    assert (found.column("id").to_pylist() if found is not None else None) == head
 
 
 def test_a_text_shared_by_concurrent_partitions_is_paid_once(tmp_path, fake_openai):

@@ -62,10 +62,12 @@ def test_row_group_partitions_each_compare_with_their_own_earlier_part(tmp_path,
     ([0], 64, 64, [0]),
     ([], 64, 64, []),
 ])
-def test_a_partition_s_first_batch_comes_in_doubling_slices_and_its_final_request_alone(sizes, first, per_request, expected):
+@pytest.mark.parametrize("head_apart", [False, True])
+def test_a_partition_s_first_batch_comes_in_doubling_slices_and_its_final_request_alone(sizes, first, per_request, expected, head_apart):
     ids = iter(range(sum(sizes)))
     batches = [pa.record_batch({"id": pa.array([next(ids) for _ in range(size)], pa.int64())}) for size in sizes]
-    slices = list(_ends_apart(iter(batches), first, per_request, sum(sizes)))
+    read_head = lambda: batches[0].slice(0, first) if head_apart and batches else None  # as a second reader of the same file would
+    slices = list(_ends_apart(iter(batches), first, per_request, sum(sizes), read_head))
     assert [s.num_rows for s in slices] == expected
     assert [i for s in slices for i in s.column("id").to_pylist()] == list(range(sum(sizes)))
 
