@@ -76,6 +76,9 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
         log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
         price = model_price(config.embedding)
         embedder, cache = opening.result()
+        if cache is None:  # the model's dimensions, asked of it only now that the input has passed
+            cache = _vector_cache(config, embedder)
+            undo.callback(cache.close)
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
         if config.embedding.max_cost_usd is not None:  # an extra read of the input, before any spending
             check_budget(estimate_run(config, plan, previous, embedder, cache, max_tokens, overlap), config.embedding.max_cost_usd)
@@ -92,21 +95,27 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder, remote_outputs, published_at, price=price)
 
 
-def _open_embedder_and_cache(config: Config, api_key: str | None, shared: Embedder | None) -> tuple[Embedder, VectorCache]:
-    """The provider (`shared`, or a new one) and the cache of its vectors."""
+def _open_embedder_and_cache(config: Config, api_key: str | None, shared: Embedder | None) -> tuple[Embedder, VectorCache | None]:
+    """The provider (`shared`, or a new one) and the cache of its vectors; no cache where
+    the model must be asked its dimensions, a paid call that waits for the input check."""
     embedder = shared or get_embedder(config.embedding, api_key)
     try:
-        return embedder, VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
+        return embedder, _vector_cache(config, embedder) if embedder.knows_dimensions else None
     except BaseException:
         if shared is None:
             embedder.close()
         raise
 
 
+def _vector_cache(config: Config, embedder: Embedder) -> VectorCache:
+    return VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
+
+
 def _close_opened(opening: Future, owns_embedder: bool) -> None:
     if opening.exception() is None:  # waits for it: nothing is left open behind a failed start
         embedder, cache = opening.result()
-        cache.close()
+        if cache is not None:
+            cache.close()
         if owns_embedder:
             embedder.close()
 

@@ -54,6 +54,16 @@ def test_a_bad_input_is_one_clear_line_and_costs_nothing(tmp_path, fake_openai, 
     assert not fake_openai.calls and not list(tmp_path.glob("out/*.parquet"))
 
 
+def test_a_model_that_must_be_asked_its_dimensions_is_asked_only_once_the_input_passes(tmp_path, fake_openai):
+    fake_openai.models = ("my-model",)
+    bad = openai_config(tmp_path, fake_openai, _parquet({"id": [1, 1], "text": ["a", "b"]})(tmp_path), embedding__model="my-model", embedding__dimensions=None)
+    with pytest.raises(EmbedpipeError, match="repeats id 1"):
+        run_pipeline(bad)
+    assert fake_openai.requests == 0
+    good = bad.model_copy(update={"source": bad.source.model_copy(update={"path": str(_parquet({"id": [1, 2], "text": ["a", "b"]})(tmp_path))})})
+    assert run_pipeline(good)["dimensions"] == fake_openai.dimensions
+
+
 @pytest.mark.parametrize("text, message", [
     ("source: {path: x.parquet}\nembeding: {model: m}\n", "unknown key embeding"),
     ("source: {path: x.parquet}\nembedding: {provider: opneai}\n", "embedding.provider: Input should be 'local', 'openai' or 'openai-batch'"),
