@@ -78,3 +78,13 @@ def test_a_wrong_row_count_still_hands_out_every_row_once_in_order(sizes, total)
     batches = [pa.record_batch({"id": pa.array([next(ids) for _ in range(size)], pa.int64())}) for size in sizes]
     slices = list(_ends_apart(iter(batches), 64, 64, total))
     assert [i for s in slices for i in s.column("id").to_pylist()] == list(range(sum(sizes)))
+
+
+def test_only_the_run_s_first_request_is_cut_small_and_each_part_s_last_goes_alone(tmp_path, fake_openai):
+    for name in ("a", "b"):
+        write_parquet(tmp_path / "in" / f"{name}.parquet", {"id": [f"{name}{i}" for i in range(600)], "text": [f"{name} text {i}" for i in range(600)]})
+    config = openai_config(tmp_path, fake_openai, tmp_path / "in", embedding__batch_size=256, embedding__max_concurrency=1, source__parallel_partitions=1)
+    run_pipeline(config)
+    requests = [len(inputs) for inputs in fake_openai.admitted_inputs]
+    assert requests == [64, 128, 256, 152, 256, 256, 88]  # file a: doubling from 64; file b: from a whole request
+    assert pq.read_table(config.output.path).column("id").to_pylist() == [f"{name}{i}" for name in "ab" for i in range(600)]
