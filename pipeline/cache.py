@@ -37,6 +37,11 @@ class VectorCache:
         except (OSError, diskcache.core.sqlite3.Error) as exc:
             raise EmbedpipeError(f"cache.path {self.path}: cannot open the cache ({exc})") from None
 
+    @classmethod
+    def for_embedder(cls, path: str | Path, embedder) -> "VectorCache":
+        """The cache of `embedder`'s vectors (its namespace and dimensions) at `path`."""
+        return cls(path, embedder.cache_namespace, embedder.dimensions)
+
     def key(self, text: str) -> str:
         return f"{self.namespace}/{text_hash(text)}"
 

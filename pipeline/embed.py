@@ -143,7 +143,8 @@ class TextEmbedder:
         claimed, theirs, done = self._claim(list(misses))
         try:
             vectors = self._stored_since_lookup(claimed)
-            mine, elsewhere = self._claim_across_processes([t for t in claimed if t not in vectors])
+            mine, elsewhere, stored = self._claim_across_processes([t for t in claimed if t not in vectors])
+            vectors.update(stored)
             try:
                 vectors.update(self._embed(mine, [misses[t] for t in mine]))
             finally:
@@ -170,17 +171,18 @@ class TextEmbedder:
                 self.stats.embedded_tokens += sum(counts[batch])
         return vectors
 
-    def _claim_across_processes(self, texts: list[str]) -> tuple[list[str], list[str]]:
+    def _claim_across_processes(self, texts: list[str]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
         """With `claim_owner` set (cluster workers sharing one cache), split `texts` into those
-        this process now holds and those another process is embedding."""
+        this process now holds, those another process is embedding, and the vectors of those
+        another process stored since our lookup (its claim let go; counted as cache hits)."""
         if not self.claim_owner or not texts:
-            return texts, []
+            return texts, [], {}
         held = set(self.cache.claim_many(texts, self.claim_owner, CLAIM_SECONDS))
-        stored = set(self.cache.get_many([t for t in texts if t in held]))  # by another process since our lookup, its claim let go
+        stored = self.cache.get_many([t for t in texts if t in held])
         if stored:
             self.cache.release_many(list(stored), self.claim_owner)
-            held -= stored  # read back by `_stored_elsewhere` as cache hits
-        return [t for t in texts if t in held], [t for t in texts if t not in held]
+            self._hits(len(stored))
+        return [t for t in texts if t in held and t not in stored], [t for t in texts if t not in held], stored
 
     def _stored_elsewhere(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Wait for another process to store `texts`; those it let go of unstored are left out."""

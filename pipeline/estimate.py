@@ -117,7 +117,7 @@ def estimate_config(config: Config, api_key: str | None) -> Estimate:
         if not embedder.knows_dimensions:
             raise ConfigError(f"embedding.dimensions: {embedder.model} would be asked its dimensions, and an estimate calls nothing; set it")
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
-        cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
+        cache = VectorCache.for_embedder(config.cache.path, embedder)
         try:
             return estimate_run(config, *checked_input(config), embedder, cache, max_tokens, overlap)
         finally:

@@ -13,7 +13,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.source import FORMATS, SourcePlan, read_batches
+from pipeline.source import BATCH_ROWS, FORMATS, SourcePlan, read_batches
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,9 @@ class Partition:
     row_groups: tuple[int, ...] | None = None  # None: the whole file
     encoding: str = "utf-8"  # of a CSV file
 
-    def read(self) -> Iterator[pa.RecordBatch]:
-        """The partition's rows as record batches."""
-        yield from read_batches(self.file, row_groups=list(self.row_groups) if self.row_groups else None, encoding=self.encoding)
+    def read(self, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """The partition's rows as record batches of `batch_rows` (a CSV file's as parsed)."""
+        yield from read_batches(self.file, batch_rows=batch_rows, row_groups=list(self.row_groups) if self.row_groups else None, encoding=self.encoding)
 
     def read_head(self, rows: int) -> pa.RecordBatch | None:
         """The partition's first `rows` rows (or fewer), read on their own: a Parquet reader
@@ -34,7 +34,7 @@ class Partition:
         hands out blocks of bytes, not of rows."""
         if FORMATS[self.file.suffix.lower()] != "parquet":
             return None
-        return next(read_batches(self.file, batch_rows=rows, row_groups=list(self.row_groups) if self.row_groups else None), None)
+        return next(self.read(batch_rows=rows), None)
 
 
 def plan_partitions(plan: SourcePlan, rows_per_partition: int) -> list[Partition]:

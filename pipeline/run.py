@@ -77,7 +77,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
         price = model_price(config.embedding)
         embedder, cache = opening.result()
         if cache is None:  # the model's dimensions, asked of it only now that the input has passed
-            cache = _vector_cache(config, embedder)
+            cache = VectorCache.for_embedder(config.cache.path, embedder)
             undo.callback(cache.close)
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
         if config.embedding.max_cost_usd is not None:  # an extra read of the input, before any spending
@@ -100,15 +100,11 @@ def _open_embedder_and_cache(config: Config, api_key: str | None, shared: Embedd
     the model must be asked its dimensions, a paid call that waits for the input check."""
     embedder = shared or get_embedder(config.embedding, api_key)
     try:
-        return embedder, _vector_cache(config, embedder) if embedder.knows_dimensions else None
+        return embedder, VectorCache.for_embedder(config.cache.path, embedder) if embedder.knows_dimensions else None
     except BaseException:
         if shared is None:
             embedder.close()
         raise
-
-
-def _vector_cache(config: Config, embedder: Embedder) -> VectorCache:
-    return VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
 
 
 def _close_opened(opening: Future, owns_embedder: bool) -> None:

@@ -122,7 +122,7 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
     """Embed partition `index` of the run `spec` describes into its staged output part."""
     sender, embedder = process_embedder(spec, api_key)
     config = spec.config
-    cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
+    cache = VectorCache.for_embedder(config.cache.path, embedder)
     try:
         rows = ParquetSink(config.output.path, spec.metadata, spec.run_key, locked=False)
         chunks = ParquetSink(config.output.chunks_path, spec.metadata, spec.run_key, locked=False) if config.output.chunks_path else None

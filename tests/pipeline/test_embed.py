@@ -10,7 +10,7 @@ def worker(tmp_path, server, owner: str) -> TextEmbedder:
     """One cluster worker's embedder, claiming texts in a cache shared with the others."""
     config = openai_config(tmp_path, server, tmp_path / "unread.parquet")
     embedder = get_embedder(config.embedding, "sk-test")
-    cache = VectorCache(config.cache.path, embedder.cache_namespace, embedder.dimensions)
+    cache = VectorCache.for_embedder(config.cache.path, embedder)
     return TextEmbedder(embedder, cache, max_tokens=512, overlap_tokens=0, claim_owner=owner)
 
 
