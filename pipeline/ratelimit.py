@@ -34,6 +34,7 @@ class TokenBucket:
         self.refill_delay = 0.0  # seconds a full bucket waits, once spent from, before refilling
         self.reserved = 0.0  # everything ever reserved: a caller's place in line
         self.waiting = 0.0  # reserved by callers still waiting to send
+        self.reserved_when_full: float | None = None  # `reserved` when last full, until a request is sent
         self._clock = clock
         self._updated = clock()
         self._lock = threading.Lock()
@@ -45,6 +46,7 @@ class TokenBucket:
             self._refill()
             if self.level >= self.capacity:  # the server's bucket starts refilling when this request arrives
                 self._updated += self.refill_delay
+                self.reserved_when_full = self.reserved
             self.level -= amount
             self.reserved += amount
             self.waiting += amount
@@ -56,6 +58,18 @@ class TokenBucket:
             now = self._refill()
             short = place - self.reserved - self.level
             return short / self.rate + max(0.0, self._updated - now) if short > 1e-6 else 0.0  # not float dust
+
+    def sent(self) -> None:
+        """A request has been written to the server in full. The server's bucket, full until
+        it charges the first request, refills nothing before then: whatever ours refilled
+        between being spent from full and this first send (a new connection, a TLS handshake,
+        a transport still being built) is taken back. Without a call, the refill runs from
+        the count."""
+        with self._lock:
+            if self.reserved_when_full is not None:
+                self._refill()
+                self.level = min(self.level, self.capacity - (self.reserved - self.reserved_when_full))
+                self.reserved_when_full = None
 
     def release(self, amount: float) -> None:
         """A caller that reserved `amount` has stopped waiting (its request is leaving)."""
@@ -88,12 +102,12 @@ class RateLimiter:
     """Requests-per-minute and tokens-per-minute budgets, kept together.
 
     Call `acquire` as the request goes on the wire (the openai provider does it from httpx's
-    request hook, after the client has built the request): the server charges on arrival, so
-    the two buckets then start refilling within a few milliseconds of each other. A request
-    that had to wait leaves `transit_margin` seconds after its budget is back, for the rest:
-    the first request of a run takes longer to reach the server (a new connection) than later
-    ones, so its bucket starts refilling a little later than ours. The shift is the same for
-    every waiting request, so it costs latency once, not throughput.
+    request hook, after the client has built the request), and `sent` once it is written: the
+    server's budget starts refilling when it charges the first request, and ours from the
+    moment that request could reach it, not before (a new connection, a TLS handshake). A
+    request that had to wait leaves `transit_margin` seconds after its budget is back, for the
+    rest: one request's trip from the wire to its charge may take longer than another's. The
+    shift is the same for every waiting request, so it costs latency once, not throughput.
     """
 
     def __init__(
@@ -102,7 +116,7 @@ class RateLimiter:
         tokens_per_minute: float,
         sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        transit_margin: float = 0.03,
+        transit_margin: float = 0.01,
     ):
         self.requests = TokenBucket(requests_per_minute, clock)
         self.tokens = TokenBucket(tokens_per_minute, clock)
@@ -130,6 +144,11 @@ class RateLimiter:
         if self.stopped:
             raise Stopped("the rate limiter was stopped: no request leaves")
         return self._clock()
+
+    def sent(self) -> None:
+        """A request is on the wire: the buckets start refilling if they waited for one."""
+        self.requests.sent()
+        self.tokens.sent()
 
     def sleep(self, seconds: float) -> None:
         """Sleep `seconds` (a retry's backoff), or until `stop`."""

@@ -188,10 +188,18 @@ class OpenAIEmbedder(Embedder):
     def _take_budget(self, request) -> None:
         """httpx calls this when a request is built and about to be sent. The budget is taken
         here, not before the client built it (milliseconds, more while other threads hold the
-        interpreter): the server charges on arrival, so both buckets start refilling together."""
+        interpreter): the server charges on arrival. The trace tells the limiter when the request
+        is written, after any new connection and TLS handshake: a bucket spent from full starts
+        refilling then, as the server's does."""
         tokens, self._outgoing.tokens = getattr(self._outgoing, "tokens", None), None  # a redirect pays nothing more
         if tokens is not None:
             self._outgoing.sent_at = self.limiter.acquire(tokens)
+        request.extensions["trace"] = self._trace
+
+    def _trace(self, event: str, info: dict) -> None:
+        """httpcore's `trace` extension: called at each step of sending a request."""
+        if event.endswith("send_request_body.complete"):
+            self.limiter.sent()
 
     def close(self) -> None:
         self.limiter.stop()  # requests still waiting (after a failure elsewhere, or Ctrl-C) end now

@@ -190,6 +190,29 @@ def test_a_refill_delay_holds_back_the_refill_once_when_a_full_bucket_is_first_s
     assert take(bucket, 1) == pytest.approx(first_after_bank + 1)  # then one a second, as budgeted
 
 
+@pytest.mark.parametrize(
+    "spent, sends, refill_delay, next_due",
+    [
+        (60, [], 0.0, 1.0),  # nobody reports a send: the refill runs from the count, as before
+        (60, [0.5], 0.0, 1.5),  # the first request reached the wire 0.5 s after it was counted
+        (60, [0.0], 0.0, 1.0),  # ... at once
+        (60, [0.2, 0.5], 0.0, 1.2),  # only the first send after a full bucket moves the refill
+        (60, [0.5], 2.0, 3.0),  # sent within a refill delay: the delay alone holds the refill back
+        (60, [3.0], 2.0, 4.0),  # sent after it: the refill starts at the send
+        (1, [5.0], 0.0, 6.0),  # a small first request, sent once ours was full again: 59 left
+    ],
+)
+def test_a_full_bucket_starts_refilling_when_its_first_request_is_sent(spent, sends, refill_delay, next_due):
+    clock = Clock()
+    bucket = TokenBucket(60, clock)  # one unit a second
+    bucket.refill_delay = refill_delay
+    take(bucket, spent)  # counted at 0
+    for at in sends:
+        clock.now = at
+        bucket.sent()
+    assert clock.now + take(bucket, 61 - spent) == pytest.approx(next_due)  # the minute's 61st unit
+
+
 def test_stop_wakes_a_waiting_caller_and_refuses_later_ones():
     limit = RateLimiter(1, 10**9)  # the real clock and sleep: one request a minute
     limit.acquire(1)  # the banked minute

@@ -3,6 +3,7 @@
 import threading
 import time
 
+import httpx2
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
 from pipeline.providers.base import pack_batches
 from pipeline.providers.openai import OpenAIEmbedder
+from pipeline.tokens import count_tokens
 from tests.fakes.openai_server import FakeOpenAI, drop_last_item, duplicate_index, fake_vector, nan_vector, no_data, not_json, wrong_dimension
 
 
@@ -55,6 +57,22 @@ def test_a_call_s_requests_all_leave_before_those_of_a_call_started_after_it():
         first.join()
     order = [texts[0].split()[0] for texts in server.admitted_inputs]
     assert order == ["first"] * 8 + ["second"] * 4
+
+
+def test_the_budget_refills_from_when_the_first_request_left_not_from_when_it_was_counted(monkeypatch):
+    # The first request waits 0.5 s to leave (here a connection pool still being built; on the
+    # real API a new connection and its TLS handshake), so the server's budget starts refilling
+    # 0.5 s after ours would have: the next request must not count that half second.
+    build = httpx2.HTTPTransport
+    monkeypatch.setattr(httpx2, "HTTPTransport", lambda **options: time.sleep(0.5) or build(**options))
+    bank = [f"{i} " + "word " * 400 for i in range(14)]  # most of the minute's 6,000 tokens
+    after = "word " * (6_000 - sum(map(count_tokens, bank)) + 30)  # due 0.3 s after the first request
+    with FakeOpenAI(tpm=6_000) as server:
+        client = embedder(server, tokens_per_minute=6_000)
+        for texts in (bank, [after]):
+            client.embed(texts, [count_tokens(t) for t in texts])
+        client.close()
+    assert (server.rate_limited, len(server.admitted)) == (0, 2)
 
 
 def test_a_call_still_waiting_when_its_embedder_is_closed_fails_rather_than_coming_back_short():
