@@ -68,6 +68,7 @@ class OpenAIEmbedder(Embedder):
             timeout=config.request_timeout_seconds,
             http_client=openai.DefaultHttpxClient(transport=self._transport, event_hooks={"request": [self._take_budget]}),
         )
+        self._transport.prepare(self.client.base_url.scheme)
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
         self._fatal: ProviderError | None = None  # the answer that stopped every request
 

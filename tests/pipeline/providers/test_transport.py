@@ -1,5 +1,6 @@
-"""The connection pool built in a thread: a request made before it is ready waits for it, and a
-certificate store that cannot be read stops the run with one line, before anything is sent."""
+"""The connection pools built in threads: a request made before its pool is ready waits for it; a
+certificate store that cannot be read stops an https run with one line, before anything is sent,
+and a plain-http server needs no certificates at all."""
 
 import time
 
@@ -11,6 +12,7 @@ import pytest
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
 from pipeline.providers.openai import OpenAIEmbedder
+from pipeline.providers.transport import BackgroundTransport
 from pipeline.run import run_pipeline
 from tests.conftest import openai_config, write_parquet
 from tests.fakes.openai_server import fake_vector
@@ -31,16 +33,31 @@ def test_a_request_made_while_the_pool_is_still_being_built_waits_for_it(fake_op
 
 
 @pytest.mark.parametrize("certificates", [None, "not a certificate\n"])
-def test_a_certificate_store_that_cannot_be_read_stops_the_run_before_any_request(tmp_path, fake_openai, monkeypatch, certificates):
+def test_a_certificate_store_that_cannot_be_read_stops_an_https_run_before_any_request(tmp_path, fake_openai, monkeypatch, certificates):
     store = tmp_path / "ca.pem"
     if certificates is not None:
         store.write_text(certificates)
     monkeypatch.setenv("SSL_CERT_FILE", str(store))
     source = write_parquet(tmp_path / "in.parquet", {"id": [1, 2], "text": ["a", "b"]})
-    config = openai_config(tmp_path, fake_openai, source)
+    https = fake_openai.base_url.replace("http://", "https://", 1)  # a regression would try TLS on loopback, never the internet
+    config = openai_config(tmp_path, fake_openai, source, embedding__base_url=https)
     with pytest.raises(ProviderError, match=r"^cannot set up HTTPS: .*; check SSL_CERT_FILE and SSL_CERT_DIR$"):
         run_pipeline(config)
     assert fake_openai.requests == 0 and not list((tmp_path / "out").glob("*.parquet"))
-    monkeypatch.delenv("SSL_CERT_FILE")
-    run_pipeline(config)  # the next run, the setting fixed, embeds every row
+
+
+def test_a_plain_http_server_needs_no_certificates(tmp_path, fake_openai, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))  # a model served on the local network
+    source = write_parquet(tmp_path / "in.parquet", {"id": [1, 2], "text": ["a", "b"]})
+    config = openai_config(tmp_path, fake_openai, source)
+    run_pipeline(config)
     assert pq.read_table(config.output.path).num_rows == 2
+
+
+def test_a_redirect_to_https_gets_the_pool_that_checks_certificates(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    transport = BackgroundTransport()
+    transport.prepare("http")  # the base URL's scheme
+    with pytest.raises(ProviderError, match=r"^cannot set up HTTPS"):
+        transport.handle_request(httpx2.Request("POST", "https://127.0.0.1:9/v1/embeddings"))
+    transport.close()
