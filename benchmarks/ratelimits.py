@@ -136,6 +136,19 @@ def report(scenario: Scenario, tokens: int, results: list[dict]) -> None:
         if len(r["all_seconds"]) > 1:
             note += "  runs: " + ", ".join(f"{seconds:.2f}" for seconds in r["all_seconds"])
         print(f"{r['client']:<10} {r['seconds']:>8.2f} {sustained:>30.3f} {rate_429:>16.4f} {r['seconds'] / lower_bound:>19.3f} {r['start_up']:>16.2f} {r['idle_seconds']:>14.2f}{note}")
+    ours = next((r for r in results if r["client"] == "embedpipe" and not r["error"]), None)
+    if ours is not None:
+        print(targets(ours, [r for r in results if r is not ours], (work - limit) / ours["seconds"] * 60 / limit))
+
+
+def targets(ours: dict, peers: list[dict], sustained: float) -> str:
+    """The issue's three targets for embedpipe's (median) run: each met or not, with its figure."""
+    rate_429 = ours["rate_limited"] / max(ours["requests"], 1)
+    checks = [(f"sustained ≥ 0.95 of the limit ({sustained:.3f})", sustained >= 0.95), (f"429s < 1% of requests ({rate_429:.2%})", rate_429 < 0.01)]
+    for peer in peers:
+        lead = peer["seconds"] - ours["seconds"]
+        checks.append((f"ahead of {peer['client']} ({'it failed' if peer['error'] else f'{lead:+.2f} s'})", bool(peer["error"]) or lead > 0))
+    return "targets: " + "; ".join(f"{what}: {'met' if ok else 'NOT met'}" for what, ok in checks)
 
 
 def main() -> None:
