@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.embed import _IN_MEMORY, read_api_key
+from flows.signals import reclaim_sigterm
 from pipeline.backfill import plan_backfill
 from pipeline.config import Config
 from pipeline.providers import get_embedder
@@ -23,6 +24,7 @@ def embed_hive_partition(value: str, config: Config, embedder: Embedder) -> dict
 @flow(name="backfill", log_prints=True)
 def backfill(config: Config, key: str = "date", start: str | None = None, end: str | None = None, concurrency: int = 2) -> dict:
     """Embed every `key=value` partition of `config.source.path` between `start` and `end`."""
+    reclaim_sigterm()
     todo, skipped = plan_backfill(config, key, start, end)
     if config.embedding.task_runner != "threads":
         get_run_logger().warning("backfill runs its partitions' runs in this process, sharing one rate limit; embedding.task_runner %s applies to embedpipe run only", config.embedding.task_runner)

@@ -1,4 +1,4 @@
-"""`embedpipe run | backfill | estimate | batches | similar | neighbours | cluster`: the command line."""
+"""`embedpipe run | backfill | estimate | batches | similar | neighbours | cluster | cache`: the command line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from flows import signals
 from flows.console import hide_user_error_tracebacks, live_progress
 from pipeline.config import load_config
 from pipeline.errors import EmbedpipeError
@@ -19,14 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "batches" and args.action != "list" and not args.batch_id:
         parser.error(f"batches {args.action} needs a batch id")
+    if args.command in SPENDING:
+        signals.stop_on_signals()
     try:
         return COMMANDS[args.command](args)
     except EmbedpipeError as exc:
+        signals.wait_if_stopping()
         print(f"embedpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("embedpipe: interrupted; nothing was published; the next run resumes from what was staged and cached", file=sys.stderr)
         return 130
+    finally:
+        signals.wait_if_stopping()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("output", help="an output.path that embedpipe run wrote")
     cluster.add_argument("--k", type=int, help="clusters (default: chosen by silhouette score)")
     cluster.add_argument("--to", help="where to write the results (default: OUTPUT-clusters)")
+    cache = commands.add_parser("cache", help="check the vector cache for damaged entries, or drop them")
+    cache.add_argument("action", choices=["check", "repair"], help="check: count what is damaged; repair: drop it, keep the rest")
+    cache.add_argument("target", help="a YAML run configuration (its cache.path) or a cache directory")
+    cache.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
     return parser
 
 
@@ -167,6 +177,19 @@ def cluster_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def cache_command(args: argparse.Namespace) -> int:
+    """`embedpipe cache check | repair TARGET`: exit 1 when check finds damage; no Prefect."""
+    from pipeline.cache_repair import cache_directory, check_cache, repair_cache
+
+    path = cache_directory(args.target, args.set)
+    if args.action == "repair":
+        print("\n".join(repair_cache(path).repair_lines()))
+        return 0
+    report = check_cache(path)
+    print("\n".join(report.check_lines(args.target)))
+    return 0 if report.clean else 1
+
+
 def _embedding_settings(config_path: str | None):
     from pipeline.config import EmbeddingConfig
 
@@ -178,9 +201,10 @@ def _snippet(text: str | None, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+SPENDING = {"run", "backfill"}  # commands whose Ctrl-C must stop the requests at once (flows.signals)
 COMMANDS = {
     "run": run_command, "backfill": backfill_command, "estimate": estimate_command, "deploy": deploy_command, "batches": batches_command,
-    "similar": similar_command, "neighbours": neighbours_command, "cluster": cluster_command,
+    "similar": similar_command, "neighbours": neighbours_command, "cluster": cluster_command, "cache": cache_command,
 }
 
 

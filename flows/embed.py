@@ -11,6 +11,7 @@ from prefect.futures import as_completed
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.signals import reclaim_sigterm
 from pipeline.config import Config, EmbeddingConfig
 from pipeline.errors import ProviderError
 from pipeline.report import summary_markdown
@@ -84,6 +85,7 @@ def embed_dataset(config: Config) -> dict:
     """Embed every row of `config.source` into `config.output`; returns the manifest.
     Partitions run as concurrent tasks, `source.parallel_partitions` at once, in this process
     or (`embedding.task_runner: dask`) on a Dask cluster."""
+    reclaim_sigterm()
     run = check_and_prepare(config)
     try:
         if run.texts.embedder.uses_batch_api:

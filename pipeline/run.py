@@ -161,17 +161,25 @@ def embed_partition(run: Run, index: int) -> int:
         run.texts.skip(kept, unchanged=True)
         log.info("partition %d (%s): unchanged since the last run, %d rows kept", index, partition.file, kept)
         return kept
-    rows, chunks = run.rows.open_part(index), run.chunks.open_part(index) if run.chunks else None
-    prepared = prefetch(prepared_batches(run.config, run.texts, run.previous, partition), depth=2)
-    for (batch, reused, _), result in map_ahead(lambda item: run.texts.complete(item[2]), prepared, ahead=2):
-        matrix, present = _merge(reused, result, run.dimensions)
-        vectors = vector_array(matrix, present)
-        rows.write(batch.append_column(pa.field(run.config.output.vector_column, vectors.type), vectors))
+    rows = run.rows.open_part(index, partition.rows)
+    chunks = run.chunks.open_part(index, partition.rows) if run.chunks else None
+    try:
+        prepared = prefetch(prepared_batches(run.config, run.texts, run.previous, partition), depth=2)
+        for (batch, reused, _), result in map_ahead(lambda item: run.texts.complete(item[2]), prepared, ahead=2):
+            matrix, present = _merge(reused, result, run.dimensions)
+            vectors = vector_array(matrix, present)
+            rows.write(batch.append_column(pa.field(run.config.output.vector_column, vectors.type), vectors))
+            if chunks is not None:
+                chunks.write(chunk_table(batch.column(source.id_column), result.embedded_texts(), run.dimensions))
         if chunks is not None:
-            chunks.write(chunk_table(batch.column(source.id_column), result.embedded_texts(), run.dimensions))
-    if chunks is not None:
-        chunks.finish()  # before the rows part: a finished rows part means both are done
-    written = rows.finish()
+            chunks.finish()  # before the rows part: a finished rows part means both are done
+        written = rows.finish()
+    except BaseException:
+        run.texts.embedder.stop(f"stopped: partition {index} failed")  # the run has failed: stop paying for it
+        for part in (rows, chunks):
+            if part is not None:
+                part.abandon()  # no half-written file stays behind; finished parts stay for the resume
+        raise
     log.info("partition %d (%s): %d rows embedded", index, partition.file, written)
     return written
 

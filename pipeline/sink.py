@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +21,27 @@ from pipeline.config import first_line
 from pipeline.errors import EmbedpipeError
 
 MANIFEST = "_manifest.json"
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_open_parts: weakref.WeakSet = weakref.WeakSet()  # parts being written, for `abandon_open_parts`
+
+
+@contextmanager
+def disk_space(path: Path, needs: str) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing `path` into one line naming it and what it
+    `needs`; other errors pass through."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _FULL and "No space left" not in str(exc) and "Disk quota" not in str(exc):
+            raise
+        raise EmbedpipeError(
+            f"{path}: the disk is full ({needs}); free space there or set output.path elsewhere. "
+            "The vectors already paid for are in the cache: the next run does not pay for them again"
+        ) from None
+
+
+def _megabytes(size: float) -> str:
+    return f"{size / 1e6:,.1f} MB"
 
 
 def vector_array(matrix: np.ndarray, present: np.ndarray | None = None) -> pa.FixedSizeListArray:
@@ -31,7 +56,12 @@ def write_file(table: pa.Table, path: Path) -> Path:
     """Write `table` to `path` whole or not at all: a temporary name, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
+    try:
+        with disk_space(path, f"writing {table.num_rows:,} rows needs about {_megabytes(table.nbytes)}"):
+            pq.write_table(table, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
 
@@ -51,28 +81,66 @@ def write_delta(output: Path, table_path: str) -> None:
 
 
 class PartWriter:
-    """One output part, written to a temporary name and renamed when whole."""
+    """One output part, written to a temporary name and renamed when whole. A part that fails
+    (a full disk) removes its temporary file: nothing half-written is left behind."""
 
-    def __init__(self, path: Path, metadata: dict[str, str]):
+    def __init__(self, path: Path, metadata: dict[str, str], expected_rows: int | None = None):
         self.path, self.metadata, self.rows = path, metadata, 0
+        self.expected_rows = expected_rows  # for what a full disk would need
         self._tmp = path.with_name(path.name + ".tmp")
         self._writer: pq.ParquetWriter | None = None
+        _open_parts.add(self)
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
-        if self._writer is None:
-            schema = table.schema.with_metadata({**(table.schema.metadata or {}), **self.metadata})
-            # Dictionary-encoding float vectors never pays and doubled the cost of a write.
-            plain = [f.name for f in schema if not pa.types.is_fixed_size_list(f.type)]
-            self._writer = pq.ParquetWriter(self._tmp, schema, use_dictionary=plain)
-        self._writer.write(table if isinstance(table, pa.Table) else pa.Table.from_batches([table]))
+        with self._removed_on_failure(table.nbytes):
+            if self._writer is None:
+                schema = table.schema.with_metadata({**(table.schema.metadata or {}), **self.metadata})
+                # Dictionary-encoding float vectors never pays and doubled the cost of a write.
+                plain = [f.name for f in schema if not pa.types.is_fixed_size_list(f.type)]
+                self._writer = pq.ParquetWriter(self._tmp, schema, use_dictionary=plain)
+            self._writer.write(table if isinstance(table, pa.Table) else pa.Table.from_batches([table]))
         self.rows += table.num_rows
 
     def finish(self) -> int:
         """Make the part whole (an input with no rows writes none); returns its row count."""
         if self._writer is not None:
-            self._writer.close()
+            with self._removed_on_failure(0):
+                self._writer.close()
             os.replace(self._tmp, self.path)
+        _open_parts.discard(self)
         return self.rows
+
+    def abandon(self) -> None:
+        """Remove the temporary file (the run is stopping); a finished part stays."""
+        self._tmp.unlink(missing_ok=True)
+        _open_parts.discard(self)
+
+    @contextmanager
+    def _removed_on_failure(self, batch_bytes: int) -> Iterator[None]:
+        try:
+            with disk_space(self.path.parent.parent, self._needs(batch_bytes)):
+                yield
+        except BaseException:
+            if self._writer is not None:
+                try:
+                    self._writer.close()
+                except OSError:
+                    pass  # the disk is still full: the file goes anyway
+                self._writer = None
+            self.abandon()
+            raise
+
+    def _needs(self, batch_bytes: int) -> str:
+        written = self._tmp.stat().st_size if self._tmp.exists() else 0
+        rows = max(self.rows, 1)
+        total = written / rows * self.expected_rows if self.expected_rows and self.rows else written + batch_bytes
+        return f"{self.path.name} needs about {_megabytes(max(total, batch_bytes))}"
+
+
+def abandon_open_parts() -> None:
+    """Remove the temporary files of every part still being written in this process."""
+    for part in list(_open_parts):
+        part.abandon()
 
 
 class ParquetSink:
@@ -97,8 +165,9 @@ class ParquetSink:
                 raise EmbedpipeError(f"output path {self.path}: this worker cannot see the run's staging directory; on a cluster, output.path and cache.path must be on storage every worker shares")
             return
         try:
-            self.staging.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.path / ".lock", "w")
+            with disk_space(self.path, "creating the output directory"):
+                self.staging.mkdir(parents=True, exist_ok=True)
+                self._lock = open(self.path / ".lock", "w")
         except OSError as exc:
             raise EmbedpipeError(f"output path {self.path}: cannot create it ({exc.strerror})") from None
         try:  # one run at a time per output: a scheduled run must not interleave with a manual one
@@ -116,8 +185,9 @@ class ParquetSink:
         path = self.staging / self.part_name(index)
         return pq.ParquetFile(path).metadata.num_rows if path.exists() else None
 
-    def open_part(self, index: int) -> PartWriter:
-        return PartWriter(self.staging / self.part_name(index), self.metadata)
+    def open_part(self, index: int, expected_rows: int | None = None) -> PartWriter:
+        """A writer for part `index`; `expected_rows` sizes what a full disk would need."""
+        return PartWriter(self.staging / self.part_name(index), self.metadata, expected_rows)
 
     def adopt(self, index: int, previous: Path) -> int:
         """Stage an unchanged part from the previous run as part `index`, by hard link where the
@@ -127,7 +197,12 @@ class ParquetSink:
         try:
             os.link(previous, target)
         except OSError:
-            shutil.copyfile(previous, target)
+            try:
+                with disk_space(self.path, f"copying {previous.name} needs {_megabytes(previous.stat().st_size)}"):
+                    shutil.copyfile(previous, target)
+            except BaseException:
+                target.unlink(missing_ok=True)
+                raise
         return pq.ParquetFile(target).metadata.num_rows
 
     def publish(self, manifest: dict, parts: dict[int, int], sources: dict[int, dict] | None = None) -> dict:
@@ -142,8 +217,13 @@ class ParquetSink:
             if stale.name not in names:
                 stale.unlink()
         manifest = {**manifest, "files": [{"name": n, "rows": r, "source": source_of[n]} for n, r in names.items()]}
-        tmp = self.staging / MANIFEST
-        tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        tmp, text = self.staging / MANIFEST, json.dumps(manifest, indent=2, default=str)
+        try:
+            with disk_space(self.path, f"the manifest needs {_megabytes(len(text))}"):
+                tmp.write_text(text, encoding="utf-8")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.path / MANIFEST)
         for staging in self.path.glob(".staging-*"):  # this run's, and any an abandoned run left
             shutil.rmtree(staging, ignore_errors=True)

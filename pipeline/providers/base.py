@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 from abc import ABC, abstractmethod
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
 from pipeline.config import EmbeddingConfig
-from pipeline.errors import ResponseError
+from pipeline.errors import ProviderError, ResponseError
+
+_live: weakref.WeakSet = weakref.WeakSet()  # every embedder not yet closed, for `stop_every_embedder`
 
 
 class Embedder(ABC):
@@ -36,6 +41,10 @@ class Embedder(ABC):
         self.timed_out_tokens = 0  # sent in attempts that timed out: possibly billed twice
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None  # see `_request_pool`
+        self.stop_reason: str | None = None  # set by `stop`: no request leaves after it
+        self._in_flight = 0  # requests between leaving and their answer being stored
+        self._idle = threading.Condition(self._lock)
+        _live.add(self)
 
     def tally(self, retry_cause: str | None = None) -> None:
         """Count one request sent, or one retry for `retry_cause`; safe from worker threads."""
@@ -86,10 +95,15 @@ class Embedder(ABC):
         first failure, requests not yet sent are cancelled, those already answered are still
         yielded, and then the failure is raised."""
         def work(batch: slice) -> np.ndarray:
-            vectors = self._checked(texts[batch], token_counts[batch])
-            if store is not None:
-                store(texts[batch], vectors)
-            return vectors
+            with self._sending():
+                vectors = self._checked(texts[batch], token_counts[batch])
+                if store is not None:
+                    try:
+                        store(texts[batch], vectors)
+                    except BaseException as exc:  # answers that cannot be kept must not go on being bought
+                        self.stop(f"stopped: storing vectors failed: {exc}")
+                        raise
+                return vectors
 
         pool = self._request_pool()
         futures = {pool.submit(work, batch): batch for batch in pack_batches(token_counts, self.batch_inputs, self.batch_tokens)}
@@ -109,6 +123,34 @@ class Embedder(ABC):
                 pending.cancel()
         if failure is not None:
             raise failure
+
+    def stop(self, reason: str) -> None:
+        """From now on no request of this embedder leaves: those queued or waiting fail with
+        `reason`; those already on the wire finish, and their answers are stored."""
+        with self._lock:
+            self.stop_reason = self.stop_reason or reason
+
+    @contextmanager
+    def _sending(self) -> Iterator[None]:
+        """One request's life, from leaving to its answer stored; refused once stopped."""
+        with self._lock:
+            if self.stop_reason:
+                raise ProviderError(self.stop_reason)
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, deadline: float) -> int:
+        """Wait until no request is in flight or `time.monotonic()` passes `deadline`;
+        returns the requests still in flight."""
+        with self._lock:
+            while self._in_flight and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
+            return self._in_flight
 
     def _request_pool(self) -> ThreadPoolExecutor:
         """The threads every request of this embedder is sent from, `max_concurrency` of them,
@@ -139,8 +181,22 @@ class Embedder(ABC):
         """Release clients, models and threads; subclasses call this last."""
         with self._lock:
             pool, self._pool = self._pool, None
+        _live.discard(self)
         if pool is not None:  # not cancel_futures: a call waiting on a request the pool cancelled would wait forever;
             pool.shutdown(wait=False)  # queued requests still run, and a stopped provider refuses each at once
+
+
+def stop_every_embedder(reason: str) -> None:
+    """Stop every embedder of this process (see `Embedder.stop`): a user's Ctrl-C."""
+    for embedder in list(_live):
+        embedder.stop(reason)
+
+
+def wait_for_requests(seconds: float) -> int:
+    """Wait up to `seconds` for the requests on the wire to be answered and stored; returns
+    how many were still in flight then."""
+    deadline = time.monotonic() + seconds
+    return sum(embedder.wait_idle(deadline) for embedder in list(_live))
 
 
 def pack_batches(token_counts: list[int], max_inputs: int, max_tokens: int) -> Iterator[slice]:
