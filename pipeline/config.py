@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -107,6 +108,50 @@ class Config(_Section):
     cache: CacheConfig = CacheConfig()
     output: OutputConfig = OutputConfig()
 
+    @model_validator(mode="after")
+    def _output_apart_from_source(self) -> "Config":
+        for key in ("path", "chunks_path"):
+            problem = nesting_problem(self.source.path, getattr(self.output, key), f"output.{key}")
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+_GLOB_CHARACTERS = "*?["
+
+
+def nesting_problem(source: str, output: str | None, output_key: str) -> str | None:
+    """Why `output` may not be written where it is, or None: it must not lie inside `source`
+    (a file, a directory or a glob), nor `source` inside it, or a run reads its own output."""
+    if not output or _is_url(source) != _is_url(output):  # a local path and a URL never nest
+        return None
+    fix = f"the next run would read its own output; put {output_key} elsewhere"
+    source_root, output_root = _root(source, glob=True), _root(output)
+    if source_root == output_root:
+        return f"{output_key} {output} and source.path {source} are the same place: {fix}"
+    if _inside(output_root, source_root):
+        return f"{output_key} {output} lies inside source.path {source}: {fix}"
+    if _inside(source_root, output_root):
+        return f"source.path {source} lies inside {output_key} {output}: {fix}"
+    return None
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _root(path: str, glob: bool = False) -> str:
+    """Where `path` reads or writes: the path itself, or for a `glob` the directory before its
+    first glob character. URLs stay strings (compared by prefix); local paths are made absolute."""
+    cut = min((i for i in map(path.find, _GLOB_CHARACTERS) if i >= 0), default=None) if glob else None
+    if cut is not None:
+        path = os.path.dirname(path[:cut]) or "."
+    return path.rstrip("/") if _is_url(path) else str(Path(path).expanduser().resolve())
+
+
+def _inside(inner: str, outer: str) -> bool:
+    return inner.startswith(outer.rstrip("/") + "/")
+
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read `path`, apply `section.key=value` overrides, validate; raise ConfigError on any problem."""
@@ -151,6 +196,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         return f"unknown key {where}"
     if error["type"] == "missing":
         return f"missing key {where}"
+    if error["type"] == "value_error":  # our own validators' messages, without pydantic's prefix
+        message = str(error["ctx"]["error"])
+        return f"{where}: {message}" if error["loc"] else message
     return f"{where}: {error['msg']}"
 
 

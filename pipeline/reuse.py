@@ -40,8 +40,18 @@ def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutp
             continue
         same, vectors = rows_before.match(batch)
         texts.reuse(int(same.sum()))
-        rest = batch.filter(pa.array(~same)) if same.any() else batch
+        rest = _other_rows(batch, rows_before.text_columns, same) if same.any() else batch
         yield batch, (same, vectors), texts.prepare(row_texts(rest, source))
+
+
+def _other_rows(batch: pa.RecordBatch, columns: list[str], same: np.ndarray) -> pa.RecordBatch:
+    """The rows of `batch` that `same` leaves out, with only the text `columns` row_texts reads."""
+    texts = batch.select(columns)
+    # Arrow's filter has no kernel for string_view: such a column is filtered as large_string.
+    for i, field in enumerate(texts.schema):
+        if pa.types.is_string_view(field.type):
+            texts = texts.set_column(i, field.with_type(pa.large_string()), texts.column(i).cast(pa.large_string()))
+    return texts.filter(pa.array(~same))
 
 
 def _ends_apart(batches: Iterator[pa.RecordBatch], first: int, request: int, total: int, read_head: Callable[[], pa.RecordBatch | None] = lambda: None) -> Iterator[pa.RecordBatch]:

@@ -19,6 +19,7 @@ from pipeline.text import render_template, template_fields
 FORMATS = {".parquet": "parquet", ".csv": "csv"}
 BATCH_ROWS = 8192
 _CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
+_STRING_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,16 @@ def _check_columns(file: Path, schema: pa.Schema, columns: list[str], config: So
         raise SourceError(f"{file}: id column {config.id_column!r} holds {id_type}; use a text or integer column")
     if config.text_column:
         kind = schema.field(config.text_column).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        if not is_text_type(kind):
             raise SourceError(f"{file}: text column {config.text_column!r} holds {kind}, not text")
+
+
+def is_text_type(kind: pa.DataType) -> bool:
+    """Whether a column of `kind` holds text: string, large_string, string_view, a dictionary of
+    one of those, or all nulls."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_null(kind) or any(is_(kind) for is_ in _STRING_TYPES)
 
 
 def _try_template(file: Path, config: SourceConfig) -> None:

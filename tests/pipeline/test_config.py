@@ -58,3 +58,48 @@ def test_set_fills_a_section_left_empty(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+FIX = "the next run would read its own output; put output.{key} elsewhere"
+
+
+@pytest.mark.parametrize(
+    "source, output, chunks, message",
+    [
+        ("data", "data/out", None, "output.path data/out lies inside source.path data: the next run would read"),
+        ("data", "data", None, "output.path data and source.path data are the same place"),
+        ("data/./", "data", None, "output.path data and source.path data/./ are the same place"),
+        ("out/docs/in.parquet", "out/docs", None, "source.path out/docs/in.parquet lies inside output.path out/docs"),
+        ("out/docs/new", "out", None, "source.path out/docs/new lies inside output.path out"),
+        ("data/*.parquet", "data/out", None, "output.path data/out lies inside source.path data/*.parquet"),
+        ("data/2024-*/docs.parquet", "data/out", None, "output.path data/out lies inside source.path data/2024-*/"),
+        ("data/**/*.csv", "data/deep/out", None, "output.path data/deep/out lies inside source.path data/**/*.csv"),
+        ("*.parquet", "out", None, "output.path out lies inside source.path *.parquet"),
+        ("data", "vectors", "data/chunks", "output.chunks_path data/chunks lies inside source.path data: the next run"),
+        ("s3://bucket/in", "s3://bucket/in/out", None, "output.path s3://bucket/in/out lies inside source.path s3://"),
+        ("s3://bucket/in/*.parquet", "s3://bucket/in", None, "are the same place"),
+        ("data/docs.parquet", "data/out", None, None),  # a file beside the output is fine
+        ("data/docs.parquet", "data/docs", None, None),
+        ("data", "database", None, None),  # a shared prefix is not nesting
+        ("data/*.parquet", "out", "chunks", None),
+        ("s3://bucket/in", "s3://bucket/input", None, None),
+        ("s3://bucket/in", "in/out", None, None),  # a local path and a URL never nest
+        ("in", "s3://bucket/in/out", None, None),
+    ],
+)
+def test_an_output_inside_the_source_or_around_it_is_refused(tmp_path, monkeypatch, source, output, chunks, message):
+    monkeypatch.chdir(tmp_path)
+    chunks_line = f"  chunks_path: '{chunks}'\n" if chunks else ""
+    path = write(tmp_path, f"source:\n  path: '{source}'\noutput:\n  path: '{output}'\n{chunks_line}")
+    if message is None:
+        assert load_config(path).output.path == output
+        return
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value) and "\n" not in str(error.value)
+    assert str(error.value).endswith(FIX.format(key="chunks_path" if chunks else "path"))
+
+
+def test_a_set_override_is_checked_for_nesting_too(tmp_path):
+    with pytest.raises(ConfigError, match="output.path data/docs/out lies inside source.path data/docs: the next run"):
+        load_config(write(tmp_path, GOOD), ["source.path=data/docs", "output.path=data/docs/out"])

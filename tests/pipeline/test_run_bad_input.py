@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import EmbedpipeError
+from pipeline.estimate import estimate_config
 from pipeline.run import run_pipeline
 from tests.conftest import openai_config, write_parquet
 
@@ -101,3 +102,58 @@ def test_a_latin_1_csv_reads_with_source_encoding(tmp_path, fake_openai):
 def test_a_file_with_no_rows_is_a_run_of_no_rows(tmp_path, fake_openai, make):
     manifest = run_pipeline(openai_config(tmp_path, fake_openai, make(tmp_path)))
     assert (manifest["rows"], manifest["files"], fake_openai.requests) == (0, [], 0)
+
+
+TEXTS = ["alpha", None, "beta gamma", "alpha", "delta"]
+TEXT_COLUMNS = {
+    "large_string": lambda texts: pa.array(texts, pa.large_string()),
+    "string_view": lambda texts: pa.array(texts, pa.string_view()),
+    "dictionary of string": lambda texts: pa.array(texts).dictionary_encode(),
+    "dictionary of large_string": lambda texts: pa.array(texts, pa.large_string()).dictionary_encode(),
+}
+
+
+def _texts_of(kind: str, texts: list = TEXTS) -> dict:
+    return {"id": list(range(len(texts))), "text": TEXT_COLUMNS[kind](texts), "title": TEXT_COLUMNS[kind](texts)}
+
+
+def _csv_of_texts(tmp):
+    lines = [f"{i},{text or ''},{text or ''}" for i, text in enumerate(TEXTS)]
+    return _csv("\n".join(["id,text,title", *lines, ""]).encode())(tmp)
+
+
+def _vectors(config) -> list:
+    return pq.read_table(config.output.path).column(config.output.vector_column).to_pylist()
+
+
+# A CSV cell is never null, only empty, so a template fills a blank row with its separator: no template there.
+TEMPLATES = (None, "{title}: {text}")
+KINDS_AND_TEMPLATES = [(kind, template) for kind in TEXT_COLUMNS for template in TEMPLATES] + [("csv", None)]
+
+
+@pytest.mark.parametrize("kind, template", KINDS_AND_TEMPLATES)
+def test_any_text_column_type_embeds_like_a_plain_string_column(tmp_path, fake_openai, kind, template):
+    strings = write_parquet(tmp_path / "plain.parquet", {"id": list(range(5)), "text": TEXTS, "title": TEXTS})
+    plain = openai_config(tmp_path / "plain", fake_openai, strings, source__text_template=template)
+    source = _csv_of_texts(tmp_path) if kind == "csv" else write_parquet(tmp_path / "in.parquet", _texts_of(kind))
+    config = openai_config(tmp_path, fake_openai, source, source__text_template=template)
+    run_pipeline(plain)
+    assert run_pipeline(config)["rows"] == len(TEXTS)
+    output = pq.read_table(config.output.path)
+    assert [text or None for text in output.column("text").to_pylist()] == TEXTS  # every row, in order, kept
+    assert output.column_names == ["id", "text", "title", "embedding"]
+    assert _vectors(config) == _vectors(plain)
+
+
+@pytest.mark.parametrize("kind", TEXT_COLUMNS)
+def test_a_rewritten_input_of_any_text_type_reuses_the_rows_it_kept(tmp_path, fake_openai, kind):
+    config = openai_config(tmp_path, fake_openai, write_parquet(tmp_path / "in.parquet", _texts_of(kind)))
+    run_pipeline(config)
+    changed = [*TEXTS[:-1], "epsilon"]
+    write_parquet(tmp_path / "in.parquet", _texts_of(kind, changed))  # a new file: only its last row differs
+    fake_openai.calls.clear()
+    estimate = estimate_config(config, None)
+    stats = run_pipeline(config)["stats"]
+    assert (estimate.reused_rows, stats["reused_rows"], estimate.chunks_to_send) == (3, 3, 1)
+    assert list(fake_openai.calls) == ["epsilon"]
+    assert pq.read_table(config.output.path).column("text").to_pylist() == changed

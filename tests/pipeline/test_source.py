@@ -43,11 +43,16 @@ def _csv(tmp_path, body: bytes):
     return path
 
 
+def _dictionary_of_bytes(tmp_path):
+    return write_parquet(tmp_path / "t.parquet", {"id": [1], "text": pa.array([b"x"]).dictionary_encode()})
+
+
 BAD_INPUTS = {
     "missing text column": (lambda p: write_parquet(p / "t.parquet", {"id": [1], "body": ["x"]}), {}, "column 'text' not found"),
     "missing id column": (lambda p: write_parquet(p / "t.parquet", {"text": ["x"]}), {}, "column 'id' not found"),
     "missing template column": (lambda p: write_parquet(p / "t.parquet", {"id": [1], "title": ["x"]}), {"text_template": "{title} {body}"}, "column 'body' not found"),
     "non-text column": (lambda p: write_parquet(p / "t.parquet", {"id": [1], "text": [3.5]}), {}, "holds double, not text"),
+    "dictionary of bytes": (_dictionary_of_bytes, {}, "holds dictionary<values=binary"),
     "duplicate id": (lambda p: write_parquet(p / "t.parquet", {"id": [1, 2, 1], "text": ["a", "b", "c"]}), {}, "repeats id 1 at row 3"),
     "null id": (lambda p: write_parquet(p / "t.parquet", {"id": [1, None], "text": ["a", "b"]}), {}, "is null at row 2"),
     "bad template spec": (lambda p: write_parquet(p / "t.parquet", {"id": [1], "title": ["x"]}), {"text_template": "{title:d}"}, "text_template cannot be filled"),
@@ -88,3 +93,24 @@ def test_output_column_may_not_shadow_an_input_column(tmp_path):
 def test_all_null_text_column_is_accepted(tmp_path):
     path = write_parquet(tmp_path / "t.parquet", {"id": [1], "text": pa.array([None], type=pa.null())})
     assert validate_source(SourceConfig(path=str(path))).total_rows == 1
+
+
+TEXTS = ["alpha", None, "beta", "alpha"]
+TEMPLATED = [(None, TEXTS), ("{title}: {text}", ["alpha: alpha", None, "beta: beta", "alpha: alpha"])]
+TEXT_TYPES = {
+    "string": pa.array(TEXTS),
+    "large_string": pa.array(TEXTS, pa.large_string()),
+    "string_view": pa.array(TEXTS, pa.string_view()),
+    "dictionary of string": pa.array(TEXTS).dictionary_encode(),
+    "dictionary of large_string": pa.array(TEXTS, pa.large_string()).dictionary_encode(),
+}
+
+
+@pytest.mark.parametrize("kind", TEXT_TYPES)
+@pytest.mark.parametrize("template, expected", TEMPLATED)
+def test_every_kind_of_text_column_is_text(tmp_path, kind, template, expected):
+    column = TEXT_TYPES[kind]
+    path = write_parquet(tmp_path / "t.parquet", {"id": [1, 2, 3, 4], "text": column, "title": column})
+    config = SourceConfig(path=str(path), text_template=template)
+    assert validate_source(config).total_rows == 4
+    assert row_texts(next(read_batches(path)), config) == expected
