@@ -2,21 +2,50 @@
 
 Values are raw little-endian float32 bytes: diskcache stores bytes as-is, so nothing is
 ever unpickled from disk. Eviction is off: a full disk is an error, not a silent miss.
+Every vector read is checked, as answers are: one that is not finite, all zeros or the wrong
+size is a miss (and reported), so a damaged entry is embedded again and stored over.
+Every SQLite or file error is a `CacheError`: one line naming the path and the fix.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import diskcache
 import numpy as np
 
-from pipeline.errors import EmbedpipeError
+from pipeline.errors import CacheError
 from pipeline.text import text_hash
 
 _DTYPE = np.dtype("<f4")
 _MODE_RAW, _MODE_BINARY = diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY
+_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_LOOKUP_BATCH = 500  # keys per SQL query: one query per 500 keys is 30x faster than a `get` each
+
+
+def open_store(path: Path) -> diskcache.Cache:
+    """The diskcache at `path`, as every embedpipe cache opens it."""
+    # Each thread gets its own SQLite connection; diskcache's default 64 MB memory map and
+    # 32 MB page cache per connection would put hundreds of MB in RSS for a few threads.
+    return diskcache.Cache(
+        str(path), eviction_policy="none", size_limit=2**62, sqlite_mmap_size=0, sqlite_cache_size=2**10
+    )
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the cache held for some texts: their usable vectors, and the texts whose entry was
+    no usable vector (not finite, zero, the wrong size, not raw bytes): misses, to embed again."""
+
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    bad: list[str] = field(default_factory=list)
 
 
 class VectorCache:
@@ -26,16 +55,10 @@ class VectorCache:
         self.path = Path(path)
         self.namespace = namespace
         self.dimensions = dimensions
-        try:
+        with self._errors("open"):
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.path, 0o700)  # mkdir's mode is filtered by the umask
-            # Each thread gets its own SQLite connection; diskcache's default 64 MB memory map and
-            # 32 MB page cache per connection would put hundreds of MB in RSS for a few threads.
-            self._cache = diskcache.Cache(
-                str(self.path), eviction_policy="none", size_limit=2**62, sqlite_mmap_size=0, sqlite_cache_size=2**10
-            )
-        except (OSError, diskcache.core.sqlite3.Error) as exc:
-            raise EmbedpipeError(f"cache.path {self.path}: cannot open the cache ({exc})") from None
+            self._cache = open_store(self.path)
 
     @classmethod
     def for_embedder(cls, path: str | Path, embedder) -> "VectorCache":
@@ -46,57 +69,144 @@ class VectorCache:
         return f"{self.namespace}/{text_hash(text)}"
 
     def get_many(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """The cached vectors of those `texts` that have one; a wrong-sized entry counts as a miss.
+        """The cached usable vectors of those `texts` that have one; anything else is a miss."""
+        return self.lookup(texts).vectors
 
-        One SQL query per 500 keys instead of one `get` each (30x faster). Only entries stored
-        as raw bytes are read; anything else (a pickle someone put there) is a miss, never loaded.
+    def lookup(self, texts: list[str]) -> Lookup:
+        """The usable cached vectors of `texts`, and which texts had an entry that was not one.
+
+        Only raw bytes are read; anything else (a pickle someone put there) is bad, never loaded.
         """
         keys = {self.key(text): text for text in texts}
-        found, size = {}, self.dimensions * _DTYPE.itemsize
-        names = list(keys)
-        for start in range(0, len(names), 500):
-            batch = names[start : start + 500]
-            rows = self._cache._sql(
-                f"SELECT key, value, mode FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(batch))})", batch
-            ).fetchall()
-            for key, value, mode in rows:
-                raw = bytes(value) if mode == _MODE_RAW and value is not None else self._file_value(key, mode)
-                if raw is not None and len(raw) == size:
-                    found[keys[key]] = np.frombuffer(raw, dtype=_DTYPE)
-        return found
+        names, result = list(keys), Lookup()
+        with self._errors("read"):
+            for start in range(0, len(names), _LOOKUP_BATCH):
+                batch = names[start : start + _LOOKUP_BATCH]
+                marks = ",".join("?" * len(batch))
+                rows = self._cache._sql(
+                    f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})", batch
+                ).fetchall()
+                self._check_into(result, [(keys[key], self._raw_value(*stored)) for key, *stored in rows])
+        return result
 
-    def _file_value(self, key: str, mode: int) -> bytes | None:
-        # Vectors over diskcache's 32 KB inline limit live in files (MODE_BINARY): bytes too.
-        if mode != _MODE_BINARY:
+    def _check_into(self, result: Lookup, stored: list[tuple[str, bytes | None]]) -> None:
+        """Add (text, bytes) pairs to `result`: usable vectors, or bad texts. Those of the right
+        size are checked at once, as one matrix, not a check per vector."""
+        size = self.dimensions * _DTYPE.itemsize
+        texts, raws = [], []
+        for text, raw in stored:
+            if raw is not None and len(raw) == size:
+                texts.append(text)
+                raws.append(raw)
+            else:
+                result.bad.append(text)
+        matrix = np.frombuffer(b"".join(raws), dtype=_DTYPE).reshape(len(raws), self.dimensions)
+        usable = np.isfinite(matrix).all(axis=1) & matrix.any(axis=1)
+        if usable.all():  # nearly always
+            result.vectors.update(zip(texts, matrix))
+            return
+        result.vectors.update((text, vector) for text, vector, ok in zip(texts, matrix, usable) if ok)
+        result.bad.extend(text for text, ok in zip(texts, usable) if not ok)
+
+    def _raw_value(self, mode: int, filename: str | None, value) -> bytes | None:
+        """The bytes of an entry, or None where it holds anything else. Vectors over diskcache's
+        32 KB inline limit live in files (MODE_BINARY), read here directly: `Cache.get` would
+        unpickle whatever the row says by then."""
+        if mode == _MODE_RAW:
+            return value if type(value) is bytes else None
+        if mode != _MODE_BINARY or not filename:
             return None
-        value = self._cache.get(key)
-        return value if isinstance(value, bytes) else None
+        try:
+            return (self.path / filename).read_bytes()
+        except FileNotFoundError:  # deleted by hand: a miss, embedded again and stored over
+            return None
 
     def put_many(self, vectors: dict[str, np.ndarray]) -> None:
-        """Store vectors in one transaction."""
-        with self._cache.transact():
-            for text, vector in vectors.items():
-                self._cache.set(self.key(text), np.asarray(vector, dtype=_DTYPE).tobytes())
+        """Store vectors in one transaction; a `CacheError` if they cannot all be kept."""
+        needed = len(vectors) * (self.dimensions * _DTYPE.itemsize + 2 * len(self.key("")) + 64)
+        with self._errors("write", needed=needed, vectors=len(vectors)):
+            try:
+                with self._cache.transact():
+                    for text, vector in vectors.items():
+                        self._cache.set(self.key(text), np.asarray(vector, dtype=_DTYPE).tobytes())
+            except (sqlite3.Error, OSError):
+                self._roll_back()
+                raise
+
+    def _roll_back(self) -> None:
+        # A COMMIT that failed (disk full) can leave this connection's transaction open, and
+        # diskcache would then take every later BEGIN for a lock timeout.
+        try:
+            self._cache._sql("ROLLBACK")
+        except sqlite3.Error:
+            pass  # nothing was open
 
     def claim_many(self, texts: list[str], owner: str, seconds: float) -> list[str]:
         """Of `texts`, those `owner` now holds for up to `seconds`: while it does, no other
         process sharing this cache sends them. Those another owner holds are left out."""
-        with self._cache.transact():
+        with self._errors("write", needed=len(texts) * 256), self._cache.transact():
             return [text for text in texts if self._cache.add(self._claim_key(text), owner.encode(), expire=seconds)]
 
     def release_many(self, texts: list[str], owner: str) -> None:
         """Let go of `owner`'s claims on `texts` (stored or failed: either way, not sending)."""
-        with self._cache.transact():
+        with self._errors("write"), self._cache.transact():
             for text in texts:
                 if self._cache.get(self._claim_key(text)) == owner.encode():
                     self._cache.delete(self._claim_key(text))
 
     def claimed(self, texts: list[str]) -> set[str]:
         """Those of `texts` that an owner holds now."""
-        return {text for text in texts if self._cache.get(self._claim_key(text)) is not None}
+        with self._errors("read"):
+            return {text for text in texts if self._cache.get(self._claim_key(text)) is not None}
 
     def _claim_key(self, text: str) -> str:
         return f"claim:{self.key(text)}"
 
     def close(self) -> None:
-        self._cache.close()
+        with self._errors("close"):
+            self._cache.close()
+
+    @contextmanager
+    def _errors(self, action: str, needed: int = 0, vectors: int = 0) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise cache_error(self.path, exc, action, needed, vectors) from None
+
+
+def vector_fault(raw: bytes, dimensions: int) -> str | None:
+    """Why `raw` is not a usable vector of `dimensions` floats ("wrong size", "not finite",
+    "zero"), or None when it is one: the rule `VectorCache.lookup` applies to many at once."""
+    if len(raw) != dimensions * _DTYPE.itemsize:
+        return "wrong size"
+    vector = np.frombuffer(raw, dtype=_DTYPE)
+    if not np.isfinite(vector).all():
+        return "not finite"
+    return None if vector.any() else "zero"
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether `exc` says the SQLite file is damaged ("database disk image is malformed",
+    "file is not a database"), as opposed to full, locked or forbidden."""
+    return getattr(exc, "sqlite_errorname", None) in _DAMAGED or "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def cache_error(path: Path, exc: BaseException, action: str, needed: int = 0, vectors: int = 0) -> CacheError:
+    """The one line for a SQLite or file error of the cache at `path` while doing `action`."""
+    if is_damage(exc):
+        return CacheError(f"cache.path {path} is damaged ({exc}): run `embedpipe cache repair {path}` "
+                          "to drop the bad entries, or delete the directory")
+    if getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL" or getattr(exc, "errno", None) in _FULL:
+        what = f"it needs room to {action}"
+        if vectors:
+            what = f"storing {vectors:,} vectors needs about {_size(needed)} more"
+        return CacheError(f"cache.path {path}: the disk is full ({what}): free space there or set cache.path elsewhere")
+    return CacheError(f"cache.path {path}: cannot {action} the cache ({exc}): check the directory's permissions, "
+                      f"or run `embedpipe cache check {path}`")
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{max(1, round(nbytes / 1e3))} KB"

@@ -26,6 +26,7 @@ class RunStats:
     distinct_texts: int = 0
     chunks: int = 0  # chunks of the distinct texts
     cache_hits: int = 0  # chunks answered by the cache
+    bad_cache_entries: int = 0  # cached vectors not finite, zero or the wrong size: embedded again
     embedded_chunks: int = 0
     embedded_tokens: int = 0
     requests: int = 0  # every attempt sent to the provider
@@ -91,6 +92,7 @@ class TextEmbedder:
     distinct_log: list | None = None  # set to a list to keep (hashes, chunk counts) of each new distinct text
     _seen: HashSet = field(default_factory=HashSet, repr=False)  # distinct texts so far
     _embedded: HashSet = field(default_factory=HashSet, repr=False)  # chunks this run embedded and stored
+    _bad: HashSet = field(default_factory=HashSet, repr=False)  # chunks whose cached entry was bad, counted once
     _in_flight: dict = field(default_factory=dict, repr=False)  # text -> Event, while being embedded
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # partitions run in threads
 
@@ -122,7 +124,7 @@ class TextEmbedder:
         """`rows` with the cache's vectors for their chunks and the token counts of the others
         (counted only now: most chunks of most runs are cached)."""
         chunks = {c.text: c for chunks in rows.chunked.values() for c in chunks}
-        cached = self.cache.get_many(list(chunks))
+        cached = self._cached(list(chunks))
         misses = [chunk for text, chunk in chunks.items() if text not in cached]
         return replace(rows, cached=cached, misses=dict(zip((c.text for c in misses), token_counts(misses))))
 
@@ -155,7 +157,7 @@ class TextEmbedder:
             self._release(claimed, done)
         for event in {id(e): e for e in theirs.values()}.values():
             event.wait()  # another partition is embedding these right now
-        vectors.update(theirs_stored := self.cache.get_many(list(theirs)))
+        vectors.update(theirs_stored := self._cached(list(theirs)))
         self._hits(len(theirs_stored))
         missing = {t: misses[t] for t in [*theirs, *elsewhere] if t not in vectors}  # its request failed: ours to do
         return vectors if not missing else {**vectors, **self._embedded_vectors(missing)}
@@ -178,7 +180,7 @@ class TextEmbedder:
         if not self.claim_owner or not texts:
             return texts, [], {}
         held = set(self.cache.claim_many(texts, self.claim_owner, CLAIM_SECONDS))
-        stored = self.cache.get_many([t for t in texts if t in held])
+        stored = self._cached([t for t in texts if t in held])
         if stored:
             self.cache.release_many(list(stored), self.claim_owner)
             self._hits(len(stored))
@@ -188,9 +190,9 @@ class TextEmbedder:
         """Wait for another process to store `texts`; those it let go of unstored are left out."""
         found, pending = {}, texts
         while pending:
-            found.update(self.cache.get_many(pending))
+            found.update(self._cached(pending))
             still = self.cache.claimed([t for t in pending if t not in found])
-            found.update(self.cache.get_many([t for t in pending if t not in found and t not in still]))  # stored, then let go
+            found.update(self._cached([t for t in pending if t not in found and t not in still]))  # stored, then let go
             pending = [t for t in pending if t in still and t not in found]
             if pending:
                 time.sleep(0.1)
@@ -202,9 +204,18 @@ class TextEmbedder:
         partition), read back from the cache: counted as cache hits, never paid for twice."""
         with self._lock:
             maybe = [t for t, seen in zip(texts, self._embedded.contains_many(texts)) if seen]
-        found = self.cache.get_many(maybe) if maybe else {}
+        found = self._cached(maybe) if maybe else {}
         self._hits(len(found))
         return found
+
+    def _cached(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The cache's usable vectors for `texts`. An entry that is no usable vector is a miss,
+        counted once however often it is read before the vector embedded again replaces it."""
+        lookup = self.cache.lookup(texts)
+        if lookup.bad:
+            with self._lock:
+                self.stats.bad_cache_entries += int(self._bad.add_many(lookup.bad).sum())
+        return lookup.vectors
 
     def _hits(self, chunks: int) -> None:
         with self._lock:

@@ -26,3 +26,10 @@ class ResponseError(Exception):
     Retryable; never stored. Not an `EmbedpipeError`: if it persists it is reported
     as the provider misbehaving, with the last problem seen.
     """
+
+
+class CacheError(EmbedpipeError):
+    """The vector cache cannot be read or written: its file is damaged, or its disk is full.
+
+    A failed cache write stops the run: carrying on would pay again for what it could not keep.
+    """

@@ -9,10 +9,13 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
     s = manifest["stats"]
     retries = ", ".join(f"{cause} {n}" for cause, n in sorted(s["retries"].items())) or "none"
     cost = "unknown (no price for this model)" if s.get("cost_usd") is None else usd(s["cost_usd"])
+    bad = s.get("bad_cache_entries", 0)  # manifests written before the cache was checked lack it
+    bad_line = f"{bad:,} unusable entries (not finite, zero, wrong size, not bytes): embedded again"
     return [
         ("rows", f"{s['rows']:,} ({s['unchanged_rows']:,} in unchanged files, {s['reused_rows']:,} equal to the last output, {s['null_texts']:,} blank)"),
         ("distinct texts", f"{s['distinct_texts']:,} in {s['chunks']:,} chunks"),
         ("cache hits", f"{s['cache_hits']:,} chunks"),
+        *([("bad in cache", bad_line)] if bad else []),
         ("sent", f"{s['embedded_chunks']:,} chunks, {s['embedded_tokens']:,} tokens in {s['requests']:,} requests"),
         ("retries", f"{retries}; 429s {s['rate_limited']:,}; tokens in timed-out attempts {s['timed_out_tokens']:,}"),
         ("cost", cost),

@@ -20,3 +20,15 @@ def test_the_summary_names_every_figure_an_operator_asks_for():
 def test_the_markdown_summary_is_a_table_of_the_same_figures():
     markdown = summary_markdown(MANIFEST)
     assert markdown.startswith("# embedpipe run") and "| cost | $0.002066 |" in markdown
+
+
+def test_bad_cache_entries_get_a_line_only_when_there_were_some():
+    assert not any("bad in cache" in line for line in summary_lines(MANIFEST))  # a manifest from before the count
+    bad = {**MANIFEST, "stats": {**MANIFEST["stats"], "bad_cache_entries": 3}}
+    lines = summary_lines(bad)
+    assert lines[lines.index("  cache hits     25 chunks") + 1] == (
+        "  bad in cache   3 unusable entries (not finite, zero, wrong size, not bytes): embedded again"
+    )
+    assert "| bad in cache | 3 unusable entries" in summary_markdown(bad)
+    none = {**MANIFEST, "stats": {**MANIFEST["stats"], "bad_cache_entries": 0}}
+    assert not any("bad in cache" in line for line in summary_lines(none))
