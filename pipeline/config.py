@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Literal
 
@@ -118,34 +119,81 @@ class Config(_Section):
 
 
 _GLOB_CHARACTERS = "*?["
+_FIRST_PART = "part-00000.parquet"  # the name of an output's first part file
 
 
 def nesting_problem(source: str, output: str | None, output_key: str) -> str | None:
-    """Why `output` may not be written where it is, or None: it must not lie inside `source`
-    (a file, a directory or a glob), nor `source` inside it, or a run reads its own output."""
+    """Why `output` may not be written where it is, or None. A file or directory source must not
+    hold `output`, nor lie inside it; a glob source must not match the output's part files (nor,
+    if recursive, reach below the output), nor read from a folder inside the output."""
     if not output or _is_url(source) != _is_url(output):  # a local path and a URL never nest
         return None
-    fix = f"the next run would read its own output; put {output_key} elsewhere"
-    source_root, output_root = _root(source, glob=True), _root(output)
+    where = _glob_problem if _is_glob(source) else _path_problem
+    problem = where(source, output, output_key)
+    return problem and f"{problem}: the next run would read its own output; put {output_key} elsewhere"
+
+
+def _path_problem(source: str, output: str, output_key: str) -> str | None:
+    """How a file or directory `source` and `output` nest, or None."""
+    source_root, output_root = _root(source), _root(output)
     if source_root == output_root:
-        return f"{output_key} {output} and source.path {source} are the same place: {fix}"
+        return f"{output_key} {output} and source.path {source} are the same place"
     if _inside(output_root, source_root):
-        return f"{output_key} {output} lies inside source.path {source}: {fix}"
+        return f"{output_key} {output} lies inside source.path {source}"
     if _inside(source_root, output_root):
-        return f"source.path {source} lies inside {output_key} {output}: {fix}"
+        return f"source.path {source} lies inside {output_key} {output}"
     return None
+
+
+def _glob_problem(source: str, output: str, output_key: str) -> str | None:
+    """How a glob `source` would meet `output`, or None."""
+    folder, pattern = _glob_folder_and_pattern(source)
+    output_root = _root(output)
+    if _glob_reads(pattern, output_root):
+        return f"the glob source.path {source} would read {output_key} {output}'s files"
+    if folder == output_root:
+        return f"{output_key} {output} and source.path {source} are the same place"
+    if _inside(folder, output_root):
+        return f"source.path {source} lies inside {output_key} {output}"
+    return None
+
+
+def _glob_reads(pattern: list[str], output_root: str) -> bool:
+    """Whether the glob `pattern` (absolute, split at '/') would read files written under
+    `output_root`: a recursive one reaching into it, or any one matching its part files."""
+    output_names = output_root.split("/")
+    if "**" in pattern:
+        above = pattern[:pattern.index("**")]
+        return _matches(above, output_names[:len(above)])
+    return _matches(pattern, output_names + [_FIRST_PART])
+
+
+def _matches(patterns: list[str], names: list[str]) -> bool:
+    """Whether `names` match `patterns` one segment each, as a glob matches (a '*' never crosses a '/')."""
+    return len(patterns) == len(names) and all(fnmatch(name, part) for name, part in zip(names, patterns))
+
+
+def _glob_folder_and_pattern(source: str) -> tuple[str, list[str]]:
+    """The folder a glob reads from (the directory before its first glob character, made absolute),
+    and the whole glob made absolute and split at '/'."""
+    cut = min(i for i in map(source.find, _GLOB_CHARACTERS) if i >= 0)
+    folder = os.path.dirname(source[:cut])
+    rest = [name for name in source[len(folder):].split("/") if name not in ("", ".")]
+    folder = _root(folder or ".")
+    return folder, folder.rstrip("/").split("/") + rest
+
+
+def _is_glob(path: str) -> bool:
+    return any(character in path for character in _GLOB_CHARACTERS)
 
 
 def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _root(path: str, glob: bool = False) -> str:
-    """Where `path` reads or writes: the path itself, or for a `glob` the directory before its
-    first glob character. URLs stay strings (compared by prefix); local paths are made absolute."""
-    cut = min((i for i in map(path.find, _GLOB_CHARACTERS) if i >= 0), default=None) if glob else None
-    if cut is not None:
-        path = os.path.dirname(path[:cut]) or "."
+def _root(path: str) -> str:
+    """Where `path` reads or writes: URLs stay strings (compared by prefix, and segment by segment
+    against a glob); local paths are made absolute."""
     return path.rstrip("/") if _is_url(path) else str(Path(path).expanduser().resolve())
 
 

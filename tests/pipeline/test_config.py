@@ -71,17 +71,36 @@ FIX = "the next run would read its own output; put output.{key} elsewhere"
         ("data/./", "data", None, "output.path data and source.path data/./ are the same place"),
         ("out/docs/in.parquet", "out/docs", None, "source.path out/docs/in.parquet lies inside output.path out/docs"),
         ("out/docs/new", "out", None, "source.path out/docs/new lies inside output.path out"),
-        ("data/*.parquet", "data/out", None, "output.path data/out lies inside source.path data/*.parquet"),
-        ("data/2024-*/docs.parquet", "data/out", None, "output.path data/out lies inside source.path data/2024-*/"),
-        ("data/**/*.csv", "data/deep/out", None, "output.path data/deep/out lies inside source.path data/**/*.csv"),
-        ("*.parquet", "out", None, "output.path out lies inside source.path *.parquet"),
         ("data", "vectors", "data/chunks", "output.chunks_path data/chunks lies inside source.path data: the next run"),
         ("s3://bucket/in", "s3://bucket/in/out", None, "output.path s3://bucket/in/out lies inside source.path s3://"),
-        ("s3://bucket/in/*.parquet", "s3://bucket/in", None, "are the same place"),
+        ("s3://bucket/in/*.parquet", "s3://bucket/in", None, "the glob source.path s3://bucket/in/*.parquet would"),
+        # a glob is refused only where it could read the output's part files, or reads from inside the output
+        ("data/*.parquet", "data", None, "the glob source.path data/*.parquet would read output.path data's files"),
+        ("./data/*.parquet", "data/", None, "the glob source.path ./data/*.parquet would read output.path data/'s"),
+        ("data/*/*.parquet", "data/out", None, "the glob source.path data/*/*.parquet would read output.path data/out"),
+        ("data/[ab]*/*.parquet", "data/all", None, "the glob source.path data/[ab]*/*.parquet would read output"),
+        ("*/*.parquet", "out", None, "the glob source.path */*.parquet would read output.path out's files"),
+        ("data/**/*.parquet", "data/out", None, "the glob source.path data/**/*.parquet would read output.path"),
+        ("data/**/*.csv", "data/deep/out", None, "the glob source.path data/**/*.csv would read output.path"),
+        ("data/*/**/x.csv", "data/a/b", None, "the glob source.path data/*/**/x.csv would read output.path data/a/b"),
+        ("**/*.parquet", "out/docs", None, "the glob source.path **/*.parquet would read output.path out/docs's"),
+        ("in/*/*.parquet", "vectors", "in/chunks", "the glob source.path in/*/*.parquet would read output.chunks_path"),
+        ("data/*.csv", "data", None, "output.path data and source.path data/*.csv are the same place"),
+        ("data/in/*.parquet", "data", None, "source.path data/in/*.parquet lies inside output.path data"),
+        ("out/docs/*/*.parquet", "out", None, "source.path out/docs/*/*.parquet lies inside output.path out"),
         ("data/docs.parquet", "data/out", None, None),  # a file beside the output is fine
         ("data/docs.parquet", "data/docs", None, None),
         ("data", "database", None, None),  # a shared prefix is not nesting
         ("data/*.parquet", "out", "chunks", None),
+        ("*.parquet", "out/docs", None, None),  # '*' never crosses a '/': out/docs/part-00000.parquet is not read
+        ("*.parquet", "out", None, None),
+        ("data/*.parquet", "data/out", None, None),
+        ("data/2024-*/docs.parquet", "data/out", None, None),
+        ("data/*/x.parquet", "data/out", None, None),  # data/out/part-00000.parquet is not x.parquet
+        ("data/[ab]*/*.parquet", "data/out", None, None),
+        ("data/2024-*/**/*.parquet", "data/out", None, None),  # the recursion starts below data/2024-*
+        ("data/in/**/*.parquet", "data/out", None, None),
+        ("s3://bucket/in/*.parquet", "s3://bucket/in/out", None, None),
         ("s3://bucket/in", "s3://bucket/input", None, None),
         ("s3://bucket/in", "in/out", None, None),  # a local path and a URL never nest
         ("in", "s3://bucket/in/out", None, None),
@@ -103,3 +122,10 @@ def test_an_output_inside_the_source_or_around_it_is_refused(tmp_path, monkeypat
 def test_a_set_override_is_checked_for_nesting_too(tmp_path):
     with pytest.raises(ConfigError, match="output.path data/docs/out lies inside source.path data/docs: the next run"):
         load_config(write(tmp_path, GOOD), ["source.path=data/docs", "output.path=data/docs/out"])
+
+
+def test_a_glob_and_an_output_are_compared_as_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, f"source:\n  path: '{tmp_path}/*/*.parquet'\noutput:\n  path: out\n")
+    with pytest.raises(ConfigError, match=r"the glob source.path .*/\*/\*.parquet would read output.path out's files"):
+        load_config(path)

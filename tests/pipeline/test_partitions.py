@@ -46,9 +46,12 @@ def test_a_partition_s_head_is_its_own_first_rows(tmp_path, suffix, index, head)
 
 
 def test_a_text_shared_by_concurrent_partitions_is_paid_once(tmp_path, fake_openai):
+    source = tmp_path / "in"
+    source.mkdir()
     for i in range(4):
-        pq.write_table(pa.table({"id": [f"{i}-{j}" for j in range(50)], "text": [f"shared {j}" for j in range(50)]}), tmp_path / f"{i}.parquet")
-    config = openai_config(tmp_path, fake_openai, tmp_path, source__parallel_partitions=4)
+        table = pa.table({"id": [f"{i}-{j}" for j in range(50)], "text": [f"shared {j}" for j in range(50)]})
+        pq.write_table(table, source / f"{i}.parquet")
+    config = openai_config(tmp_path, fake_openai, source, source__parallel_partitions=4)
     run_pipeline(config)
     assert max(fake_openai.calls.values()) == 1
 

@@ -26,7 +26,7 @@ def two_files(tmp_path):
 
 @pytest.mark.parametrize("workers, rpm, tpm, concurrency", [(1, 3000, 1_000_000, 8), (2, 1500, 500_000, 4), (3, 1000, 333_333, 2), (16, 187, 62_500, 1)])
 def test_each_worker_process_gets_an_equal_share_of_the_limits(tmp_path, fake_openai, workers, rpm, tpm, concurrency):
-    share = shared_config(openai_config(tmp_path, fake_openai, tmp_path), workers).embedding
+    share = shared_config(openai_config(tmp_path, fake_openai, tmp_path / "in"), workers).embedding
     assert (share.requests_per_minute, share.tokens_per_minute, share.max_concurrency) == (rpm, tpm, concurrency)
 
 
