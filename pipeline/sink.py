@@ -35,7 +35,7 @@ def disk_space(path: Path, needs: str) -> Iterator[None]:
         if exc.errno not in _FULL and "No space left" not in str(exc) and "Disk quota" not in str(exc):
             raise
         raise EmbedpipeError(
-            f"{path}: the disk is full ({needs}); free space there or set output.path elsewhere. "
+            f"output.path {path}: the disk is full ({needs}); free space there or set output.path elsewhere. "
             "The vectors already paid for are in the cache: the next run does not pay for them again"
         ) from None
 

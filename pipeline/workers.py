@@ -35,7 +35,8 @@ from pipeline.sink import ParquetSink
 from pipeline.source import SourcePlan
 
 # Counters a worker's partition adds to the run's; distinct texts and chunks are merged by hash.
-_ADDITIVE = ("rows", "unchanged_rows", "reused_rows", "null_texts", "cache_hits", "embedded_chunks", "embedded_tokens")
+_ADDITIVE = ("rows", "unchanged_rows", "reused_rows", "null_texts", "cache_hits", "embedded_chunks", "embedded_tokens",
+             "bad_cache_entries")
 
 
 @dataclass(frozen=True)
