@@ -71,7 +71,8 @@ def embedpipe_setup(base_url: str, texts: list[str], scenario: Scenario, tmp: st
     pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), Path(tmp) / "in.parquet")
     config = Config.model_validate({
         "source": {"path": f"{tmp}/in.parquet"},
-        "embedding": {"provider": "openai", "model": "text-embedding-3-small", "dimensions": 16, "base_url": base_url, "requests_per_minute": scenario.rpm, "tokens_per_minute": scenario.tpm, "batch_size": scenario.batch, "max_concurrency": 16},
+        "embedding": {"provider": "openai", "model": "text-embedding-3-small", "dimensions": 16, "base_url": base_url, "requests_per_minute": scenario.rpm, "tokens_per_minute": scenario.tpm, "batch_size": scenario.batch, "max_concurrency": 16,
+                      "api_key_env": "EMBEDPIPE_BENCH_KEY"},  # named, as for any server not OpenAI's; the key is passed below
         "cache": {"path": f"{tmp}/cache"},
         "output": {"path": f"{tmp}/out"},
     })

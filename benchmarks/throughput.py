@@ -114,7 +114,8 @@ def serve(conn) -> None:
 def config_for(tmp: Path, base_url: str, source: Path, name: str) -> Config:
     return Config.model_validate({
         "source": {"path": str(source)},
-        "embedding": {"provider": "openai", "model": "text-embedding-3-small", "dimensions": 16, "base_url": base_url, "requests_per_minute": 10**9, "tokens_per_minute": 10**12, "max_concurrency": 4},
+        "embedding": {"provider": "openai", "model": "text-embedding-3-small", "dimensions": 16, "base_url": base_url, "requests_per_minute": 10**9, "tokens_per_minute": 10**12, "max_concurrency": 4,
+                      "api_key_env": "EMBEDPIPE_BENCH_KEY"},  # named, as for any server not OpenAI's; the key is passed in
         "cache": {"path": str(tmp / "cache")},
         "output": {"path": str(tmp / name)},
     })

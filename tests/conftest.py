@@ -26,10 +26,12 @@ def write_parquet(path: Path, columns: dict) -> Path:
 
 
 def openai_config(tmp_path: Path, server: FakeOpenAI, source: Path, **overrides) -> Config:
-    """A run config embedding `source` through `server`, with cache and output under `tmp_path`."""
+    """A run config embedding `source` through `server`, with cache and output under `tmp_path`.
+    It names `api_key_env`, as a config for a server other than OpenAI's must."""
+    embedding = {"provider": "openai", "model": "text-embedding-3-small", "dimensions": server.dimensions}
     raw = {
         "source": {"path": str(source)},
-        "embedding": {"provider": "openai", "model": "text-embedding-3-small", "dimensions": server.dimensions, "base_url": server.base_url},
+        "embedding": {**embedding, "base_url": server.base_url, "api_key_env": "OPENAI_API_KEY"},
         "cache": {"path": str(tmp_path / "cache")},
         "output": {"path": str(tmp_path / "out")},
     }

@@ -2,7 +2,9 @@
 
 The client's own retries are off: every attempt passes the rate limiter and is counted here.
 An answer no retry can fix (a refused key, an empty quota) stops every request of the run,
-including those waiting for budget: none leaves after it.
+including those waiting for budget: none leaves after it. A malformed answer, whatever is wrong
+with it, is retried for the items it got wrong, never a traceback. The default key variable,
+OPENAI_API_KEY, is only ever sent to OpenAI's own host.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import os
 import random
+import re
 import threading
 
 import httpx2
@@ -18,7 +22,7 @@ import numpy as np
 import openai
 
 from pipeline.config import EmbeddingConfig
-from pipeline.errors import ProviderError, ResponseError
+from pipeline.errors import ConfigError, ProviderError, ResponseError
 from pipeline.providers.base import Embedder
 from pipeline.providers.transport import BackgroundTransport
 from pipeline.ratelimit import RateLimiter
@@ -36,6 +40,10 @@ _FATAL = {  # our words, not the server's: a 401's message quotes part of the ke
     404: "model {model} was not found (404): check embedding.model and embedding.base_url",
 }
 _QUOTA = "the account's quota is used up (429 insufficient_quota): add credit or raise the limit"
+_JSON_TYPES = {
+    type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+    str: "a string", list: "a list", dict: "an object",
+}
 _RETRYABLE = {
     openai.APITimeoutError: "timeout",  # before APIConnectionError, its parent
     openai.APIConnectionError: "connection",
@@ -53,6 +61,7 @@ class OpenAIEmbedder(Embedder):
     max_input_tokens = 8192
 
     def __init__(self, config: EmbeddingConfig, api_key: str | None):
+        check_key_destination(config)  # before the client exists: no request can leave first
         super().__init__(config)
         if not api_key and not config.base_url:
             raise ProviderError(
@@ -78,15 +87,15 @@ class OpenAIEmbedder(Embedder):
             return self.config.dimensions
         if self.model in KNOWN_DIMENSIONS:
             return KNOWN_DIMENSIONS[self.model]
-        try:  # an unknown model tells us by answering
-            vectors, bad = self._request(["dimension probe"], 2, dimensions=None)
-        except openai.APIError as exc:
-            self._raise_if_stopped()
-            fatal = fatal_error(exc, self.config.api_key_env, self.model)
-            raise fatal or ProviderError(f"model {self.model}: asking its dimensions failed ({_describe(exc)}); set embedding.dimensions") from None
-        if bad:
-            raise ProviderError(f"model {self.model} gave no usable vector to a probe: {bad[0]}; set embedding.dimensions")
-        return vectors.shape[1]
+        try:  # an unknown model tells us by answering, retried as any request is
+            return self._with_retries(["dimension probe"], [2], probing=True).shape[1]
+        except openai.BadRequestError as exc:
+            problem = _describe(exc)
+        except ProviderError as exc:
+            if self._fatal or self.limiter.stopped:
+                raise
+            problem = str(exc)
+        raise ProviderError(f"model {self.model}: asking its dimensions failed ({problem}); set embedding.dimensions")
 
     @property
     def knows_dimensions(self) -> bool:
@@ -112,17 +121,19 @@ class OpenAIEmbedder(Embedder):
             half = len(texts) // 2
             return np.concatenate([self.embed_batch(texts[:half], counts[:half]), self.embed_batch(texts[half:], counts[half:])])
 
-    def _with_retries(self, texts: list[str], counts: list[int]) -> np.ndarray:
+    def _with_retries(self, texts: list[str], counts: list[int], probing: bool = False) -> np.ndarray:
         """Retry until every text has a good vector. Items a response got wrong (missing, repeated,
-        wrong length, non-finite) are asked for again; the good ones are kept, so no text is
-        paid for twice except where its own answer was unusable or the attempt timed out."""
-        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        not base64, wrong length, non-finite) are asked for again; the good ones are kept, so no
+        text is paid for twice except where its own answer was unusable or the attempt timed out.
+        `probing`: the dimensions are not known yet, and the first good vector sets them."""
+        dimensions = None if probing else self.dimensions
+        out = None if probing else np.empty((len(texts), dimensions), dtype=np.float32)
         pending, last = list(range(len(texts))), None
         for attempt in range(self.config.max_attempts):
             self._raise_if_stopped()
             tokens = sum(counts[i] for i in pending)
             try:
-                vectors, bad = self._request([texts[i] for i in pending], tokens, self.dimensions)
+                vectors, bad = self._request([texts[i] for i in pending], tokens, dimensions)
             except tuple(_RETRYABLE) as exc:
                 self._raise_if_stopped()  # the request hook refused to send it: not a connection error
                 last = exc
@@ -146,7 +157,11 @@ class OpenAIEmbedder(Embedder):
                 self.limiter.back_off(wait, tokens)
                 continue
             good = [k for k in range(len(pending)) if k not in bad]
-            out[[pending[k] for k in good]] = vectors[good]
+            if good and out is None:  # the probe's first good answer
+                dimensions = vectors.shape[1]
+                out = np.empty((len(texts), dimensions), dtype=np.float32)
+            if good:
+                out[[pending[k] for k in good]] = vectors[good]
             pending = [pending[k] for k in sorted(bad)]
             if not pending:
                 return out
@@ -208,14 +223,18 @@ class OpenAIEmbedder(Embedder):
         super().close()
 
 
-def decode_response(items: list | None, count: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
+def decode_response(items, count: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
     """Place the answer's base64 float32 items (JSON objects) by their `index`. Returns the
-    vectors and, for each position without a usable one, why: missing, repeated, wrong
-    length, non-finite or all zero."""
+    vectors and, for each position without a usable one, why: missing, repeated, not base64,
+    wrong length, non-finite or all zero. Whatever `items` holds, it raises nothing."""
+    if not isinstance(items, list):
+        problem = f"the answer's data is {_json_type(items)}, not a list"
+        return np.zeros((count, dimensions or 0), dtype=np.float32), dict.fromkeys(range(count), problem)
     by_index: dict[int, list] = {}
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, dict):
-            by_index.setdefault(item.get("index"), []).append(item.get("embedding"))
+    for item in items:
+        index = item.get("index") if isinstance(item, dict) else None
+        if type(index) is int:  # not a bool, float or string, which may equal or hash like one
+            by_index.setdefault(index, []).append(item.get("embedding"))
     vectors, bad = None, {}
     for i in range(count):
         found = by_index.get(i, [])
@@ -233,7 +252,7 @@ def decode_response(items: list | None, count: int, dimensions: int | None) -> t
 def _json_object(response: httpx2.Response) -> dict:
     try:
         payload = response.json()
-    except ValueError:
+    except ValueError:  # not JSON, or not text at all (UnicodeDecodeError)
         payload = None
     if not isinstance(payload, dict):
         raise ResponseError(f"the answer is not a JSON object: {response.text[:80]!r}")
@@ -243,13 +262,19 @@ def _json_object(response: httpx2.Response) -> dict:
 def _prompt_tokens(payload: dict) -> int | None:
     usage = payload.get("usage")
     tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    return tokens if isinstance(tokens, int) else None
+    return tokens if type(tokens) is int and tokens >= 0 else None  # a bool is an int too
 
 
 def _decode_one(embedding, dimensions: int | None) -> tuple[np.ndarray | None, str | None]:
     if not isinstance(embedding, str):
-        return None, "not base64"
-    vector = np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+        return None, f"the embedding is {_json_type(embedding)}, not a base64 string"
+    try:
+        raw = base64.b64decode(embedding, validate=True)
+    except ValueError:  # binascii.Error, or a character outside ASCII
+        return None, "the embedding is not valid base64"
+    if len(raw) % 4 or not raw:
+        return None, f"the embedding holds {len(raw)} bytes, not a whole number of float32 values (cut short?)"
+    vector = np.frombuffer(raw, dtype="<f4")
     if dimensions and len(vector) != dimensions:
         return None, f"{len(vector)} dimensions, expected {dimensions}"
     if not np.isfinite(vector).all():
@@ -257,6 +282,40 @@ def _decode_one(embedding, dimensions: int | None) -> tuple[np.ndarray | None, s
     if not vector.any():
         return None, "all zeros"
     return vector, None
+
+
+def _json_type(value) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def check_key_destination(config: EmbeddingConfig) -> None:
+    """Refuse a server other than OpenAI's unless the config names where its key comes from.
+
+    The default variable, OPENAI_API_KEY, holds an OpenAI key: it is sent only to OpenAI's own
+    host. Another server gets a key only from `api_key_env` or `api_key_block` given explicitly
+    (YAML or --set), even when that is OPENAI_API_KEY again. Raises ConfigError; sends nothing."""
+    if "api_key_env" in config.model_fields_set or config.api_key_block:
+        return
+    url = config.base_url or os.environ.get("OPENAI_BASE_URL")  # where the client will send it
+    if not url or is_openai_host(url):
+        return
+    shown = re.sub(r"//[^/]*@", "//", url).split("?")[0]  # user, password and query may hold a secret
+    where = f"embedding.base_url {shown}" if config.base_url else f"OPENAI_BASE_URL {shown} (base_url is null)"
+    raise ConfigError(
+        f"{where} is not OpenAI's: name the variable holding that server's key in embedding.api_key_env "
+        "(the default, OPENAI_API_KEY, is only ever sent to api.openai.com); "
+        "for a server that needs no key, name an unset variable"
+    )
+
+
+def is_openai_host(url: str) -> bool:
+    """Whether `url` is on OpenAI's own host: api.openai.com or another *.openai.com.
+    Azure's *.openai.azure.com is not: it takes an Azure key."""
+    try:
+        host = httpx2.URL(url).host.lower().rstrip(".")
+    except (httpx2.InvalidURL, TypeError, ValueError):
+        return False
+    return host == "openai.com" or host.endswith(".openai.com")
 
 
 def fatal_error(exc: Exception, api_key_env: str, model: str) -> ProviderError | None:

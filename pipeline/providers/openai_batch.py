@@ -180,12 +180,10 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         requests = ledger.read_input(local_id)
         found: dict[str, np.ndarray] = {}
         for line in self._read_lines(batch.output_file_id) + self._read_lines(batch.error_file_id):
-            texts, response = requests.get(line.get("custom_id")), line.get("response") or {}
-            if texts is None or response.get("status_code") != 200:
-                continue
-            body = response.get("body")
-            vectors, bad = decode_response(body.get("data") if isinstance(body, dict) else None, len(texts), self.dimensions)
-            found.update((text, vectors[i]) for i, text in enumerate(texts) if i not in bad)
+            texts, data = _answer(line, requests)
+            if texts is not None:
+                vectors, bad = decode_response(data, len(texts), self.dimensions)
+                found.update((text, vectors[i]) for i, text in enumerate(texts) if i not in bad)
         if found:
             cache.put_many(dict(zip(found, l2_normalise(np.stack(list(found.values()))))))
         missing = [text for texts in requests.values() for text in texts if text not in found]
@@ -194,10 +192,16 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         log.info("batch %s %s: %d vectors stored, %d texts to retry", batch.id, batch.status, len(found), len(missing))
 
     def _read_lines(self, file_id: str | None) -> list[dict]:
+        """The file's JSON object lines; a malformed one is skipped, and its texts are sent again."""
         if not file_id:
             return []
         content = self._call(lambda: self.client.files.content(file_id))
-        return [json.loads(line) for line in content.text.splitlines() if line.strip()]
+        written = [line for line in content.text.splitlines() if line.strip()]
+        lines = [line for line in map(_json_line, written) if isinstance(line, dict)]
+        if len(lines) < len(written):
+            skipped = len(written) - len(lines)
+            log.warning("file %s: %d lines are not JSON objects; their texts are sent again", file_id, skipped)
+        return lines
 
     def _call(self, request):
         """A Files or Batches call, retried on transient failures like an embeddings request."""
@@ -215,6 +219,24 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
                 self.tally("batch api 429")
             time.sleep(_backoff(attempt))
         raise ProviderError(f"the Batch API did not answer after {self.config.max_attempts} attempts")
+
+
+def _json_line(line: str):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _answer(line: dict, requests: dict[str, list[str]]) -> tuple[list[str] | None, object]:
+    """The texts of a successful output line's request and its answer's `data`; (None, None)
+    for a failed request or a line that names no request of this batch."""
+    custom_id, response = line.get("custom_id"), line.get("response")
+    texts = requests.get(custom_id) if isinstance(custom_id, str) else None
+    if texts is None or not isinstance(response, dict) or response.get("status_code") != 200:
+        return None, None
+    body = response.get("body")
+    return texts, body.get("data") if isinstance(body, dict) else None
 
 
 def describe_batch(batch) -> str:

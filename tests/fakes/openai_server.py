@@ -63,6 +63,71 @@ def no_data(payload: dict) -> dict:
     return payload
 
 
+def truncated_base64(payload: dict) -> dict:
+    """A vector cut short mid-float, still valid base64: numpy refuses its buffer."""
+    raw = base64.b64decode(payload["data"][0]["embedding"])
+    payload["data"][0]["embedding"] = base64.b64encode(raw[:-2]).decode()
+    return payload
+
+
+def invalid_base64(payload: dict) -> dict:
+    payload["data"][0]["embedding"] = "not*base64!" + payload["data"][0]["embedding"]
+    return payload
+
+
+def vector_as_number(payload: dict) -> dict:
+    payload["data"][0]["embedding"] = 0.5
+    return payload
+
+
+def vector_as_list(payload: dict) -> dict:
+    payload["data"][0]["embedding"] = ["0.1", None]
+    return payload
+
+
+def vector_as_null(payload: dict) -> dict:
+    payload["data"][0]["embedding"] = None
+    return payload
+
+
+def index_as_string(payload: dict) -> dict:
+    payload["data"][0]["index"] = str(payload["data"][0]["index"])
+    return payload
+
+
+def index_as_float(payload: dict) -> dict:
+    payload["data"][0]["index"] = float(payload["data"][0]["index"])  # equal to, and hashed as, the int
+    return payload
+
+
+def index_as_bool(payload: dict) -> dict:
+    payload["data"][0]["index"] = True  # equal to, and hashed as, 1
+    return payload
+
+
+def data_not_a_list(payload: dict) -> dict:
+    payload["data"] = {str(item["index"]): item for item in payload["data"]}
+    return payload
+
+
+def items_not_objects(payload: dict) -> dict:
+    payload["data"] = [json.dumps(item) for item in payload["data"]]
+    return payload
+
+
+def usage_as_string(payload: dict) -> dict:
+    payload["usage"] = "many tokens"  # the vectors are fine: nothing to retry
+    return payload
+
+
+def empty_body(payload: dict) -> bytes:
+    return b""
+
+
+def json_array_body(payload: dict) -> list:
+    return payload["data"]
+
+
 class Budget:
     """One per-minute limit as the API enforces it: banked up to a minute, refilled continuously."""
 

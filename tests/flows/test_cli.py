@@ -21,12 +21,14 @@ def embedpipe(args, prefect_home: Path, cwd: Path):
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def write_config(tmp_path, server, source, text_column="text"):
+def write_config(tmp_path, server, source, text_column="text", api_key_env="OPENAI_API_KEY"):
+    """A run config for `server`; `api_key_env` None leaves the key's variable out, as a new user might."""
     path = tmp_path / "run.yaml"
     path.write_text(
         f"source:\n  path: {source}\n  text_column: {text_column}\n"
         f"embedding:\n  provider: openai\n  model: text-embedding-3-small\n  dimensions: 16\n  base_url: {server.base_url}\n"
-        f"cache:\n  path: {tmp_path / 'cache'}\noutput:\n  path: {tmp_path / 'out'}\n"
+        + (f"  api_key_env: {api_key_env}\n" if api_key_env else "")
+        + f"cache:\n  path: {tmp_path / 'cache'}\noutput:\n  path: {tmp_path / 'out'}\n"
     )
     return path
 
@@ -136,3 +138,34 @@ def test_similar_neighbours_and_cluster_run_on_an_output(tmp_path, fake_openai, 
     assert (tmp_path / "out-clusters" / "clusters.png").stat().st_size > 10_000
     assert pq.read_table(tmp_path / "out-clusters" / "clusters.parquet").column("cluster").to_pylist().__len__() == 60
     assert {"embedpipe-neighbours", "embedpipe-clusters", "embedpipe-cluster-map"} <= artifact_keys(prefect_home)
+
+
+def test_a_server_that_keeps_answering_malformed_is_one_line_and_no_traceback(tmp_path, fake_openai, prefect_home):
+    from tests.fakes.openai_server import truncated_base64
+
+    fake_openai.corruptions.extend([truncated_base64] * 100)  # every vector cut short
+    source = write_parquet(tmp_path / "docs.parquet", {"id": [1, 2, 3], "text": ["alpha", "beta", "gamma"]})
+    config = str(write_config(tmp_path, fake_openai, source))
+    result = embedpipe(["run", config, "--set", "embedding.max_attempts=2"], prefect_home, tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("embedpipe: error: ")]
+    assert "2 attempts at 3 texts failed" in error and "cut short" in error
+    assert "Traceback" not in result.stdout + result.stderr
+    assert fake_openai.requests == 2
+
+
+KEYED_COMMANDS = [["run", "{config}"], ["estimate", "{config}"], ["batches", "list", "--config", "{config}"]]
+
+
+@pytest.mark.parametrize("command", KEYED_COMMANDS)
+def test_another_server_without_a_named_key_variable_is_refused_at_once(tmp_path, fake_openai, prefect_home, command):
+    source = write_parquet(tmp_path / "docs.parquet", {"id": [1], "text": ["alpha"]})
+    config = write_config(tmp_path, fake_openai, source, api_key_env=None)  # OPENAI_API_KEY is set, as for a user
+    result = embedpipe([arg.format(config=config) for arg in command], prefect_home, tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("embedpipe: error: ")]
+    assert error.startswith(f"embedpipe: error: embedding.base_url {fake_openai.base_url} is not OpenAI's: ")
+    assert "embedding.api_key_env" in error and "Traceback" not in result.stdout + result.stderr
+    assert command[0] == "run" or result.stderr.splitlines() == [error]  # run's stderr also holds Prefect's log
+    assert SECRET not in result.stdout + result.stderr
+    assert fake_openai.requests == 0 and not fake_openai.authorizations, "no request, so no key, reached the server"

@@ -8,7 +8,8 @@ import pytest
 from pipeline.errors import ProviderError
 from pipeline.run import run_pipeline
 from tests.conftest import openai_config, write_parquet
-from tests.fakes.openai_server import FakeOpenAI, drop_last_item, fake_vector, nan_vector
+from tests.fakes import openai_server
+from tests.fakes.openai_server import FakeOpenAI, drop_last_item, fake_vector, nan_vector, truncated_base64
 
 TEXTS = [f"ticket {i}: the printer on floor {i % 7} jams" for i in range(240)]
 
@@ -47,6 +48,44 @@ def test_recoverable_faults_lose_nothing_and_pay_once(tmp_path, fault):
     assert sum(n - 1 for n in server.calls.values()) == unusable, "only unusable answers are paid for again"
     assert manifest["stats"]["retries"].get("bad response", 0) == unusable
     assert sum(manifest["stats"]["retries"].values()) >= 2
+
+
+# malformed answer -> texts paid for again each time it is met: its first item's, or its request's 16
+MALFORMED = {
+    "base64 vector cut short": ("truncated_base64", 1),
+    "invalid base64": ("invalid_base64", 1),
+    "vector a number": ("vector_as_number", 1),
+    "vector a list": ("vector_as_list", 1),
+    "vector null": ("vector_as_null", 1),
+    "index a string": ("index_as_string", 1),
+    "index a float": ("index_as_float", 1),
+    "index a bool": ("index_as_bool", 1),
+    "data not a list": ("data_not_a_list", 16),
+    "items not objects": ("items_not_objects", 16),
+    "empty body": ("empty_body", 16),
+    "a JSON array body": ("json_array_body", 16),
+}
+
+
+@pytest.mark.parametrize("malformed", MALFORMED)
+def test_malformed_answers_are_retried_for_what_they_spoiled_and_every_row_is_exact(tmp_path, malformed):
+    corruption, spoiled = MALFORMED[malformed]
+    with FakeOpenAI(shuffle=True) as server:
+        server.corruptions.extend([getattr(openai_server, corruption)] * 3)
+        manifest, table = run(tmp_path, server)
+    assert_every_row_exact(table)
+    assert sum(n - 1 for n in server.calls.values()) == 3 * spoiled, "only what an answer spoiled is paid for again"
+    assert manifest["stats"]["retries"] == {"bad response": 3}
+
+
+def test_a_server_that_always_answers_malformed_is_one_error_after_max_attempts(tmp_path):
+    with FakeOpenAI() as server:
+        server.corruptions.extend([truncated_base64] * 1000)
+        with pytest.raises(ProviderError, match="3 attempts at 16 texts failed; last: .*cut short") as error:
+            run(tmp_path, server, embedding__max_attempts=3, embedding__max_concurrency=1)
+    assert "\n" not in str(error.value)
+    assert max(server.calls.values()) == 3, "no text is asked for more than max_attempts times"
+    assert not (tmp_path / "out" / "part-00000.parquet").exists(), "nothing partial is visible"
 
 
 def test_slow_answers_time_out_are_retried_and_reported(tmp_path):

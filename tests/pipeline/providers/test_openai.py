@@ -1,5 +1,6 @@
 """OpenAIEmbedder through real HTTP to the loopback server."""
 
+import base64
 import threading
 import time
 
@@ -10,13 +11,24 @@ import pytest
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
 from pipeline.providers.base import pack_batches
-from pipeline.providers.openai import OpenAIEmbedder
+from pipeline.providers.openai import OpenAIEmbedder, decode_response
 from pipeline.tokens import count_tokens
-from tests.fakes.openai_server import FakeOpenAI, drop_last_item, duplicate_index, fake_vector, nan_vector, no_data, not_json, wrong_dimension
+from tests.fakes.openai_server import (
+    FakeOpenAI, data_not_a_list, drop_last_item, duplicate_index, empty_body, fake_vector, index_as_bool,
+    index_as_float, index_as_string, invalid_base64, items_not_objects, json_array_body, nan_vector, no_data,
+    not_json, truncated_base64, usage_as_string, vector_as_list, vector_as_null, vector_as_number, wrong_dimension,
+)
+
+MALFORMED = [
+    truncated_base64, invalid_base64, vector_as_number, vector_as_list, vector_as_null, index_as_string, index_as_float,
+    index_as_bool, data_not_a_list, items_not_objects, empty_body, json_array_body,
+]
+BAD_ANSWERS = [nan_vector, drop_last_item, duplicate_index, wrong_dimension, not_json, no_data, *MALFORMED]
 
 
 def embedder(server, **overrides):
     settings = {"provider": "openai", "model": "text-embedding-3-small", "dimensions": server.dimensions, "base_url": server.base_url}
+    settings["api_key_env"] = "OPENAI_API_KEY"  # named: a server other than OpenAI's gets no key otherwise
     config = EmbeddingConfig(**{**settings, **overrides})
     return OpenAIEmbedder(config, api_key="sk-test")
 
@@ -117,7 +129,7 @@ def test_fatal_answers_stop_at_once_with_the_fix(fake_openai, status, code, mess
     assert fake_openai.requests == 1 and "sk-te" not in str(error.value)
 
 
-@pytest.mark.parametrize("corrupt", [nan_vector, drop_last_item, duplicate_index, wrong_dimension, not_json, no_data])
+@pytest.mark.parametrize("corrupt", BAD_ANSWERS)
 def test_a_bad_response_is_retried_and_never_stored(fake_openai, corrupt):
     fake_openai.corruptions.append(corrupt)
     texts = ["one", "two", "three"]
@@ -126,7 +138,7 @@ def test_a_bad_response_is_retried_and_never_stored(fake_openai, corrupt):
     assert fake_openai.requests == 2
 
 
-@pytest.mark.parametrize("corrupt", [nan_vector, drop_last_item, not_json])
+@pytest.mark.parametrize("corrupt", [nan_vector, drop_last_item, not_json, truncated_base64, data_not_a_list])
 def test_a_response_that_stays_bad_fails_loudly(fake_openai, corrupt):
     fake_openai.corruptions.extend([corrupt] * 3)
     with pytest.raises(ProviderError, match="3 attempts"):
@@ -153,3 +165,66 @@ def test_the_fake_rejects_what_the_real_api_rejects(fake_openai, text):
     with pytest.raises(ProviderError, match="rejected a text"):
         embedder(fake_openai).embed([text], [1])
     assert len(fake_openai.rejected) == 1
+
+
+def test_a_usage_of_the_wrong_type_is_ignored_and_the_vectors_kept(fake_openai):
+    fake_openai.corruptions.append(usage_as_string)
+    vectors = embedder(fake_openai).embed(["one", "two"], [1, 1])
+    np.testing.assert_allclose(vectors, np.stack([fake_vector(t, 16) for t in ["one", "two"]]), atol=1e-6)
+    assert fake_openai.requests == 1
+
+
+def _b64(values, cut: int = 0) -> str:
+    """`values` as float32 base64, the last `cut` bytes left out."""
+    raw = np.asarray(values, dtype="<f4").tobytes()
+    return base64.b64encode(raw[: len(raw) - cut]).decode()
+
+
+SECOND = {"index": 1, "embedding": _b64([0, 1])}  # a good item for the second text
+# data (the answer's `data`, for two texts of 2 dimensions) -> why each position is unusable
+DECODED = {
+    "good": ([SECOND, {"index": 0, "embedding": _b64([1, 0])}], {}),
+    "cut short": ([{"index": 0, "embedding": _b64([1, 0], cut=2)}, SECOND], {0: "not a whole number"}),
+    "not base64": ([{"index": 0, "embedding": "@@@@"}, SECOND], {0: "not valid base64"}),
+    "not ASCII": ([{"index": 0, "embedding": "é" * 8}, SECOND], {0: "not valid base64"}),
+    "empty vector": ([{"index": 0, "embedding": ""}, SECOND], {0: "0 bytes"}),
+    "number": ([{"index": 0, "embedding": 3}, SECOND], {0: "is a number"}),
+    "list": ([{"index": 0, "embedding": [1.0, 0.0]}, SECOND], {0: "is a list"}),
+    "object": ([{"index": 0, "embedding": {}}, SECOND], {0: "is an object"}),
+    "null": ([{"index": 0, "embedding": None}, SECOND], {0: "is null"}),
+    "index a string": ([{"index": "0", "embedding": _b64([1, 0])}, SECOND], {0: "missing"}),
+    "index a float": ([{"index": 0.0, "embedding": _b64([1, 0])}, SECOND], {0: "missing"}),
+    "index a bool": ([{"index": 0, "embedding": _b64([1, 0])}, {**SECOND, "index": True}], {1: "missing"}),
+    "index a list": ([{"index": [0], "embedding": _b64([1, 0])}, SECOND], {0: "missing"}),
+    "items not objects": (["x", 1, None, [0]], {0: "missing", 1: "missing"}),
+    "data an object": ({"0": {"index": 0}}, {0: "an object, not a list", 1: "an object, not a list"}),
+    "data null": (None, {0: "null, not a list", 1: "null, not a list"}),
+    "data a string": ("[]", {0: "a string, not a list", 1: "a string, not a list"}),
+}
+
+
+@pytest.mark.parametrize("case", DECODED)
+@pytest.mark.parametrize("dimensions", [2, None])
+def test_any_malformed_data_is_a_reason_per_item_never_an_exception(case, dimensions):
+    data, expected = DECODED[case]
+    vectors, bad = decode_response(data, 2, dimensions)
+    assert set(bad) == set(expected) and all(expected[i] in bad[i] for i in bad), bad
+    good = {0: [1, 0], 1: [0, 1]}
+    for i in set(good) - set(bad):
+        np.testing.assert_array_equal(vectors[i], good[i])
+
+
+@pytest.mark.parametrize("corrupt", [truncated_base64, data_not_a_list, empty_body])
+def test_a_malformed_answer_to_the_dimension_probe_is_retried(fake_openai, corrupt):
+    fake_openai.models += ("text-embedding-3-small-ft",)  # a model whose dimensions nobody knows
+    fake_openai.corruptions.append(corrupt)
+    assert embedder(fake_openai, dimensions=None, model="text-embedding-3-small-ft").dimensions == 16
+    assert fake_openai.requests == 2
+
+
+def test_a_probe_that_stays_malformed_is_one_error_naming_the_fix(fake_openai):
+    fake_openai.models += ("text-embedding-3-small-ft",)
+    fake_openai.corruptions.extend([truncated_base64] * 3)
+    with pytest.raises(ProviderError, match="3 attempts.*cut short.*set embedding.dimensions"):
+        embedder(fake_openai, dimensions=None, model="text-embedding-3-small-ft", max_attempts=3).dimensions
+    assert fake_openai.requests == 3

@@ -1,5 +1,6 @@
 """The Batch API path against the loopback server's files and batches."""
 
+import json
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pipeline.errors import ProviderError
 from pipeline.providers.batch_files import MAX_FILE_INPUTS, BatchPlanner
 from pipeline.run import run_pipeline
 from tests.conftest import openai_config, write_parquet
+from tests.fakes import openai_server
 from tests.fakes.openai_server import FakeOpenAI, fake_vector
 
 TEXTS = [f"order {i} arrived damaged, box {i % 5} crushed" for i in range(300)]
@@ -158,3 +160,60 @@ def test_planner_never_puts_more_than_the_enqueued_budget_in_one_file():
         files += [full] if full else []
     files.append(planner.flush())
     assert [f.tokens for f in files] == [1_000, 1_000, 1_000]
+
+
+def spoil_first_answer(api, corruption: str) -> None:
+    """The first request a batch runs gets a malformed answer (`corruption` from the fake server)."""
+    embed, pending = api.embed_body, [getattr(openai_server, corruption)]
+
+    def spoiled(body):
+        status, payload = embed(body)
+        return status, pending.pop()(payload) if pending and status == 200 else payload
+
+    api.embed_body = spoiled
+
+
+def spoil_first_line(api, spoil) -> None:
+    """The first line of the first output file is replaced by `spoil(that line's record)`."""
+    store, pending = api._store, [spoil]
+
+    def spoiled(records):
+        file_id = store(records)
+        if file_id and pending:
+            first, *rest = api.files[file_id].decode().splitlines(keepends=True)
+            api.files[file_id] = (pending.pop()(json.loads(first)) + "\n" + "".join(rest)).encode()
+        return file_id
+
+    api._store = spoiled
+
+
+def with_fields(**changes):
+    """A line spoiler: the record as JSON, each field in `changes` replaced by change(its value)."""
+    return lambda record: json.dumps({**record, **{name: change(record[name]) for name, change in changes.items()}})
+
+
+# a malformed output line or answer -> how it is injected; its one text is sent again in a new batch
+BATCH_MALFORMED = {
+    "vector cut short": lambda api: spoil_first_answer(api, "truncated_base64"),
+    "invalid base64": lambda api: spoil_first_answer(api, "invalid_base64"),
+    "vector a number": lambda api: spoil_first_answer(api, "vector_as_number"),
+    "index a string": lambda api: spoil_first_answer(api, "index_as_string"),
+    "data not a list": lambda api: spoil_first_answer(api, "data_not_a_list"),
+    "body a JSON array": lambda api: spoil_first_answer(api, "json_array_body"),
+    "line not JSON": lambda api: spoil_first_line(api, lambda record: json.dumps(record)[:40]),
+    "line a JSON array": lambda api: spoil_first_line(api, lambda record: json.dumps([record])),
+    "custom_id a list": lambda api: spoil_first_line(api, with_fields(custom_id=lambda old: [old])),
+    "response a string": lambda api: spoil_first_line(api, with_fields(response=lambda old: "ok")),
+    "body a string": lambda api: spoil_first_line(api, with_fields(response=lambda old: {**old, "body": "{}"})),
+}
+
+
+@pytest.mark.parametrize("malformed", BATCH_MALFORMED)
+def test_a_malformed_batch_output_sends_only_its_texts_again(tmp_path, server, malformed):
+    BATCH_MALFORMED[malformed](server.batch_api)
+    config = batch_config(tmp_path, server, embedding__batch_size=1)
+    manifest = run_pipeline(config)
+    assert_output_exact(config)
+    assert manifest["stats"]["batch_api"]["resubmitted_texts"] == 1
+    assert sum(n - 1 for n in server.batch_api.submitted.values()) == 1, "only the spoiled text is sent again"
+    assert server.requests == 0

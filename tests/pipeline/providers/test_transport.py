@@ -22,7 +22,8 @@ def test_a_request_made_while_the_pool_is_still_being_built_waits_for_it(fake_op
     build = httpx2.HTTPTransport
     monkeypatch.setattr(httpx2, "HTTPTransport", lambda **options: time.sleep(0.3) or build(**options))
     started = time.monotonic()
-    config = EmbeddingConfig(provider="openai", model="text-embedding-3-small", dimensions=fake_openai.dimensions, base_url=fake_openai.base_url)
+    settings = {"model": "text-embedding-3-small", "dimensions": 16, "api_key_env": "OPENAI_API_KEY"}
+    config = EmbeddingConfig(provider="openai", base_url=fake_openai.base_url, **settings)
     embedder = OpenAIEmbedder(config, api_key="sk-test")
     try:
         vectors = embedder.embed(["a", "b", "c"], [1, 1, 1])
