@@ -176,9 +176,14 @@ class OpenAIEmbedder(Embedder):
         self.limiter.stop()
         return fatal
 
+    def stop(self, reason: str) -> None:
+        """As `Embedder.stop`; requests waiting for budget or a retry end now too."""
+        super().stop(reason)
+        self.limiter.stop()
+
     def _raise_if_stopped(self) -> None:
         if self.limiter.stopped:
-            raise ProviderError(str(self._fatal or "stopped: the run was closed while this request waited"))
+            raise ProviderError(str(self._fatal or self.stop_reason or "stopped: the run was closed while this request waited"))
 
     def _note_transient(self, exc: Exception, tokens: int) -> None:
         cause = next(name for kind, name in _RETRYABLE.items() if isinstance(exc, kind))
