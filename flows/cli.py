@@ -10,6 +10,7 @@ import sys
 from flows import signals
 from flows.console import hide_user_error_tracebacks, live_progress
 from pipeline.config import load_config
+from pipeline.providers import check_embedding_config
 from pipeline.errors import EmbedpipeError
 from pipeline.report import summary_lines
 
@@ -85,6 +86,7 @@ def _with_config(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace) -> int:
     """`embedpipe run CONFIG`: the embed flow once, then its summary."""
     config = load_config(args.config, args.set)
+    check_embedding_config(config.embedding)  # before Prefect starts: a refusal is instant
     prepare_prefect()
     from flows.embed import embed_dataset
 
@@ -97,6 +99,7 @@ def run_command(args: argparse.Namespace) -> int:
 def backfill_command(args: argparse.Namespace) -> int:
     """`embedpipe backfill CONFIG`: the backfill flow over key=value partitions."""
     config = load_config(args.config, args.set)
+    check_embedding_config(config.embedding)  # before Prefect starts: a refusal is instant
     prepare_prefect()
     from flows.backfill import backfill as backfill_flow
 
@@ -122,6 +125,7 @@ def estimate_command(args: argparse.Namespace) -> int:
 def deploy_command(args: argparse.Namespace) -> int:
     """`embedpipe deploy CONFIG --cron ...`: checked now, so a typo fails here and not at 3 am."""
     config = load_config(args.config, args.set)
+    check_embedding_config(config.embedding)  # before Prefect starts: a refusal is instant
     prepare_prefect()
     from flows.deploy import deploy
 

@@ -31,3 +31,9 @@ PROVIDERS = {"local": _local, "openai": _openai, "openai-batch": _openai_batch}
 def get_embedder(config: EmbeddingConfig, api_key: str | None = None) -> Embedder:
     """The embedder `config.provider` names, ready to use (the config allows only these names)."""
     return PROVIDERS[config.provider]()(config, api_key)
+
+
+def check_embedding_config(config: EmbeddingConfig) -> None:
+    """What `config.provider` refuses (e.g. an API key bound for another host), raised before
+    anything starts; makes no call."""
+    PROVIDERS[config.provider]().check_config(config)

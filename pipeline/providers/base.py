@@ -46,6 +46,10 @@ class Embedder(ABC):
         self._idle = threading.Condition(self._lock)
         _live.add(self)
 
+    @classmethod
+    def check_config(cls, config: EmbeddingConfig) -> None:
+        """Refuse settings this provider cannot run with, before anything starts (no call is made)."""
+
     def tally(self, retry_cause: str | None = None) -> None:
         """Count one request sent, or one retry for `retry_cause`; safe from worker threads."""
         with self._lock:

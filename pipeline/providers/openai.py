@@ -9,7 +9,6 @@ OPENAI_API_KEY, is only ever sent to OpenAI's own host.
 
 from __future__ import annotations
 
-import base64
 import functools
 import logging
 import os
@@ -24,6 +23,7 @@ import openai
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ConfigError, ProviderError, ResponseError
 from pipeline.providers.base import Embedder
+from pipeline.providers.openai_answers import decode_response, json_object, prompt_tokens
 from pipeline.providers.transport import BackgroundTransport
 from pipeline.ratelimit import RateLimiter
 from pipeline.tokens import encode_arrays
@@ -40,10 +40,6 @@ _FATAL = {  # our words, not the server's: a 401's message quotes part of the ke
     404: "model {model} was not found (404): check embedding.model and embedding.base_url",
 }
 _QUOTA = "the account's quota is used up (429 insufficient_quota): add credit or raise the limit"
-_JSON_TYPES = {
-    type(None): "null", bool: "a boolean", int: "a number", float: "a number",
-    str: "a string", list: "a list", dict: "an object",
-}
 _RETRYABLE = {
     openai.APITimeoutError: "timeout",  # before APIConnectionError, its parent
     openai.APIConnectionError: "connection",
@@ -61,7 +57,7 @@ class OpenAIEmbedder(Embedder):
     max_input_tokens = 8192
 
     def __init__(self, config: EmbeddingConfig, api_key: str | None):
-        check_key_destination(config)  # before the client exists: no request can leave first
+        self.check_config(config)  # before the client exists: no request can leave first
         super().__init__(config)
         if not api_key and not config.base_url:
             raise ProviderError(
@@ -80,6 +76,10 @@ class OpenAIEmbedder(Embedder):
         self._transport.prepare(self.client.base_url.scheme)
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
         self._fatal: ProviderError | None = None  # the answer that stopped every request
+
+    @classmethod
+    def check_config(cls, config: EmbeddingConfig) -> None:
+        check_key_destination(config)
 
     @functools.cached_property
     def dimensions(self) -> int:
@@ -202,8 +202,8 @@ class OpenAIEmbedder(Embedder):
         # string to transform it and parses the answer into a model per vector, milliseconds
         # of interpreter time a request (tens on the first) that the other threads wait for
         response = self.client.post("/embeddings", body=body, cast_to=httpx2.Response)
-        payload = _json_object(response)
-        self.limiter.observe(response.headers, tokens, _prompt_tokens(payload), self._outgoing.sent_at)
+        payload = json_object(response)
+        self.limiter.observe(response.headers, tokens, prompt_tokens(payload), self._outgoing.sent_at)
         return decode_response(payload.get("data"), len(texts), dimensions)
 
     def _take_budget(self, request) -> None:
@@ -226,71 +226,6 @@ class OpenAIEmbedder(Embedder):
         self.limiter.stop()  # requests still waiting (after a failure elsewhere, or Ctrl-C) end now
         self.client.close()
         super().close()
-
-
-def decode_response(items, count: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
-    """Place the answer's base64 float32 items (JSON objects) by their `index`. Returns the
-    vectors and, for each position without a usable one, why: missing, repeated, not base64,
-    wrong length, non-finite or all zero. Whatever `items` holds, it raises nothing."""
-    if not isinstance(items, list):
-        problem = f"the answer's data is {_json_type(items)}, not a list"
-        return np.zeros((count, dimensions or 0), dtype=np.float32), dict.fromkeys(range(count), problem)
-    by_index: dict[int, list] = {}
-    for item in items:
-        index = item.get("index") if isinstance(item, dict) else None
-        if type(index) is int:  # not a bool, float or string, which may equal or hash like one
-            by_index.setdefault(index, []).append(item.get("embedding"))
-    vectors, bad = None, {}
-    for i in range(count):
-        found = by_index.get(i, [])
-        vector, problem = _decode_one(found[0], dimensions) if len(found) == 1 else (None, f"index {i} {'repeated' if found else 'missing'}")
-        if problem:
-            bad[i] = problem
-            continue
-        if vectors is None:
-            dimensions = dimensions or len(vector)
-            vectors = np.zeros((count, dimensions), dtype=np.float32)
-        vectors[i] = vector
-    return (vectors if vectors is not None else np.zeros((count, dimensions or 0), dtype=np.float32)), bad
-
-
-def _json_object(response: httpx2.Response) -> dict:
-    try:
-        payload = response.json()
-    except ValueError:  # not JSON, or not text at all (UnicodeDecodeError)
-        payload = None
-    if not isinstance(payload, dict):
-        raise ResponseError(f"the answer is not a JSON object: {response.text[:80]!r}")
-    return payload
-
-
-def _prompt_tokens(payload: dict) -> int | None:
-    usage = payload.get("usage")
-    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    return tokens if type(tokens) is int and tokens >= 0 else None  # a bool is an int too
-
-
-def _decode_one(embedding, dimensions: int | None) -> tuple[np.ndarray | None, str | None]:
-    if not isinstance(embedding, str):
-        return None, f"the embedding is {_json_type(embedding)}, not a base64 string"
-    try:
-        raw = base64.b64decode(embedding, validate=True)
-    except ValueError:  # binascii.Error, or a character outside ASCII
-        return None, "the embedding is not valid base64"
-    if len(raw) % 4 or not raw:
-        return None, f"the embedding holds {len(raw)} bytes, not a whole number of float32 values (cut short?)"
-    vector = np.frombuffer(raw, dtype="<f4")
-    if dimensions and len(vector) != dimensions:
-        return None, f"{len(vector)} dimensions, expected {dimensions}"
-    if not np.isfinite(vector).all():
-        return None, "non-finite values"
-    if not vector.any():
-        return None, "all zeros"
-    return vector, None
-
-
-def _json_type(value) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def check_key_destination(config: EmbeddingConfig) -> None:

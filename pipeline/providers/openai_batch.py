@@ -24,7 +24,8 @@ from pipeline.cache import VectorCache
 from pipeline.errors import ProviderError
 from pipeline.providers.base import l2_normalise
 from pipeline.providers.batch_files import BatchFile, BatchLedger, BatchPlanner, request_lines
-from pipeline.providers.openai import OpenAIEmbedder, _backoff, _describe, decode_response, fatal_error
+from pipeline.providers.openai import OpenAIEmbedder, _backoff, _describe, fatal_error
+from pipeline.providers.openai_answers import decode_response
 from pipeline.hashset import HashSet
 from pipeline.tokens import count_tokens
 

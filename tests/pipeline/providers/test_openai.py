@@ -11,7 +11,8 @@ import pytest
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
 from pipeline.providers.base import pack_batches
-from pipeline.providers.openai import OpenAIEmbedder, decode_response
+from pipeline.providers.openai import OpenAIEmbedder
+from pipeline.providers.openai_answers import decode_response
 from pipeline.tokens import count_tokens
 from tests.fakes.openai_server import (
     FakeOpenAI, data_not_a_list, drop_last_item, duplicate_index, empty_body, fake_vector, index_as_bool,

@@ -1,0 +1,83 @@
+"""Reading an embeddings answer: whatever the server sent, a vector per good item and a reason
+for each bad one, never an exception other than `ResponseError`."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx2
+import numpy as np
+
+from pipeline.errors import ResponseError
+
+_JSON_TYPES = {
+    type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+    str: "a string", list: "a list", dict: "an object",
+}
+
+
+def decode_response(items, count: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
+    """Place the answer's base64 float32 items (JSON objects) by their `index`. Returns the
+    vectors and, for each position without a usable one, why: missing, repeated, not base64,
+    wrong length, non-finite or all zero. Whatever `items` holds, it raises nothing."""
+    if not isinstance(items, list):
+        problem = f"the answer's data is {_json_type(items)}, not a list"
+        return np.zeros((count, dimensions or 0), dtype=np.float32), dict.fromkeys(range(count), problem)
+    by_index: dict[int, list] = {}
+    for item in items:
+        index = item.get("index") if isinstance(item, dict) else None
+        if type(index) is int:  # not a bool, float or string, which may equal or hash like one
+            by_index.setdefault(index, []).append(item.get("embedding"))
+    vectors, bad = None, {}
+    for i in range(count):
+        found = by_index.get(i, [])
+        vector, problem = _decode_one(found[0], dimensions) if len(found) == 1 else (None, f"index {i} {'repeated' if found else 'missing'}")
+        if problem:
+            bad[i] = problem
+            continue
+        if vectors is None:
+            dimensions = dimensions or len(vector)
+            vectors = np.zeros((count, dimensions), dtype=np.float32)
+        vectors[i] = vector
+    return (vectors if vectors is not None else np.zeros((count, dimensions or 0), dtype=np.float32)), bad
+
+
+def json_object(response: httpx2.Response) -> dict:
+    """The answer's body as a JSON object; anything else is a ResponseError (retried)."""
+    try:
+        payload = response.json()
+    except ValueError:  # not JSON, or not text at all (UnicodeDecodeError)
+        payload = None
+    if not isinstance(payload, dict):
+        raise ResponseError(f"the answer is not a JSON object: {response.text[:80]!r}")
+    return payload
+
+
+def prompt_tokens(payload: dict) -> int | None:
+    """The tokens the server says it counted, when it says so as a whole number."""
+    usage = payload.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return tokens if type(tokens) is int and tokens >= 0 else None  # a bool is an int too
+
+
+def _decode_one(embedding, dimensions: int | None) -> tuple[np.ndarray | None, str | None]:
+    if not isinstance(embedding, str):
+        return None, f"the embedding is {_json_type(embedding)}, not a base64 string"
+    try:
+        raw = base64.b64decode(embedding, validate=True)
+    except ValueError:  # binascii.Error, or a character outside ASCII
+        return None, "the embedding is not valid base64"
+    if len(raw) % 4 or not raw:
+        return None, f"the embedding holds {len(raw)} bytes, not a whole number of float32 values (cut short?)"
+    vector = np.frombuffer(raw, dtype="<f4")
+    if dimensions and len(vector) != dimensions:
+        return None, f"{len(vector)} dimensions, expected {dimensions}"
+    if not np.isfinite(vector).all():
+        return None, "non-finite values"
+    if not vector.any():
+        return None, "all zeros"
+    return vector, None
+
+
+def _json_type(value) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
