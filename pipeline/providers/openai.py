@@ -183,7 +183,8 @@ class OpenAIEmbedder(Embedder):
 
     def _raise_if_stopped(self) -> None:
         if self.limiter.stopped:
-            raise ProviderError(str(self._fatal or self.stop_reason or "stopped: the run was closed while this request waited"))
+            reason = self._fatal or self.stop_reason or "stopped: the run was closed while this request waited"
+            raise ProviderError(str(reason))
 
     def _note_transient(self, exc: Exception, tokens: int) -> None:
         cause = next(name for kind, name in _RETRYABLE.items() if isinstance(exc, kind))

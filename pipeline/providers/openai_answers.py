@@ -31,7 +31,10 @@ def decode_response(items, count: int, dimensions: int | None) -> tuple[np.ndarr
     vectors, bad = None, {}
     for i in range(count):
         found = by_index.get(i, [])
-        vector, problem = _decode_one(found[0], dimensions) if len(found) == 1 else (None, f"index {i} {'repeated' if found else 'missing'}")
+        if len(found) == 1:
+            vector, problem = _decode_one(found[0], dimensions)
+        else:
+            vector, problem = None, f"index {i} {'repeated' if found else 'missing'}"
         if problem:
             bad[i] = problem
             continue
