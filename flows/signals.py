@@ -55,13 +55,19 @@ def wait_if_stopping() -> None:
 def _handle(signum: int, frame) -> None:
     global _first
     if _first is not None:  # the second signal: no more waiting
-        _exit(signal.Signals(signum), in_flight=None)
+        _exit_in_thread(signal.Signals(signum), None)
         return
     _first = signal.Signals(signum)
     # What fails from here on fails because of the stop: the line printed at exit says it all
     logging.disable(logging.CRITICAL)
     stop_every_embedder(f"stopped by {_first.name}: no request is sent after it")
     threading.Thread(target=_drain_then_exit, args=(_first,), name="stopping", daemon=True).start()
+
+
+def _exit_in_thread(signum: signal.Signals, in_flight: int | None) -> None:
+    # Not in the handler itself: it may have interrupted the main thread inside a write to
+    # stderr, where writing again raises instead of printing the line.
+    threading.Thread(target=_exit, args=(signum, in_flight), name="exiting", daemon=True).start()
 
 
 def _drain_then_exit(signum: signal.Signals) -> None:
@@ -73,10 +79,8 @@ def _exit(signum: signal.Signals, in_flight: int | None) -> None:
         return  # the other path is already exiting
     try:
         abandon_open_parts()
-        if sys.stderr.isatty():
-            sys.stderr.write("\r\x1b[2K\x1b[?25h")  # the progress bar's line cleared, the cursor shown again
-        print(f"embedpipe: {_message(signum, in_flight)}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
+        clear = "\r\x1b[2K\x1b[?25h" if os.isatty(2) else ""  # the progress bar's line cleared, the cursor shown
+        os.write(2, f"{clear}embedpipe: {_message(signum, in_flight)}\n".encode())  # past Python's buffers and their locks
         stop_temporary_prefect_server()
     finally:
         os._exit(EXIT_CODES[signum])
