@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipeline.config import Config
 from tests.fakes.openai_server import FakeOpenAI
@@ -39,3 +40,17 @@ def openai_config(tmp_path: Path, server: FakeOpenAI, source: Path, **overrides)
         section, name = key.split("__")
         raw.setdefault(section, {})[name] = value
     return Config.model_validate(raw)
+
+
+def write_run_yaml(tmp_path: Path, server: FakeOpenAI, texts: list[str], **embedding) -> Path:
+    """`tmp_path/run.yaml`: `texts` (ids 0..n) from `tmp_path/in/docs.parquet` through `server`, cache and
+    output under `tmp_path`; `embedding` adds or overrides embedding keys. For the command line."""
+    source = write_parquet(tmp_path / "in" / "docs.parquet", {"id": list(range(len(texts))), "text": texts})
+    settings = {"provider": "openai", "model": "text-embedding-3-small", "dimensions": server.dimensions,
+                "base_url": server.base_url, "api_key_env": "OPENAI_API_KEY", **embedding}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "source": {"path": str(source)}, "embedding": settings,
+        "cache": {"path": str(tmp_path / "cache")}, "output": {"path": str(tmp_path / "out")},
+    }))
+    return path
