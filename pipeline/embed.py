@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -12,33 +12,8 @@ from pipeline.cache import VectorCache
 from pipeline.chunking import Chunk, chunk_texts, token_counts
 from pipeline.hashset import HashSet, hash64
 from pipeline.providers.base import Embedder, l2_normalise
+from pipeline.counts import ChunkTally, RunStats
 from pipeline.text import normalise_paragraphs
-
-
-@dataclass
-class RunStats:
-    """What a run did, for the summary and the manifest."""
-
-    rows: int = 0
-    unchanged_rows: int = 0  # kept from the last run: their input files did not change
-    reused_rows: int = 0  # in changed files, rows equal to the last run's: its vectors kept
-    null_texts: int = 0  # null, empty or whitespace-only: null vector, nothing sent
-    distinct_texts: int = 0
-    chunks: int = 0  # chunks of the distinct texts
-    cache_hits: int = 0  # chunks answered by the cache
-    bad_cache_entries: int = 0  # cached vectors not finite, zero or the wrong size: embedded again
-    embedded_chunks: int = 0
-    embedded_tokens: int = 0
-    requests: int = 0  # every attempt sent to the provider
-    retries: dict = field(default_factory=dict)  # retried attempts by cause
-    rate_limited: int = 0  # answers that were 429 rate_limit_exceeded, all retried
-    timed_out_tokens: int = 0  # in attempts that timed out and were resent: maybe billed twice
-    batch_api: dict = field(default_factory=dict)  # openai-batch: batches, requests, inputs sent
-    cost_usd: float | None = None  # tokens sent at the price table's price; None: no price known
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -89,8 +64,9 @@ class TextEmbedder:
     overlap_tokens: int
     stats: RunStats = field(default_factory=RunStats)
     claim_owner: str | None = None  # set where other processes share the cache: claims texts there too
-    distinct_log: list | None = None  # set to a list to keep (hashes, chunk counts) of each new distinct text
     _seen: HashSet = field(default_factory=HashSet, repr=False)  # distinct texts so far
+    _tally: ChunkTally = field(default_factory=ChunkTally, repr=False)  # distinct chunks so far, and how each was had
+    _sent_ahead: HashSet = field(default_factory=HashSet, repr=False)  # chunks handed to the Batch API before the run
     _embedded: HashSet = field(default_factory=HashSet, repr=False)  # chunks this run embedded and stored
     _bad: HashSet = field(default_factory=HashSet, repr=False)  # chunks whose cached entry was bad, counted once
     _in_flight: dict = field(default_factory=dict, repr=False)  # text -> Event, while being embedded
@@ -113,12 +89,17 @@ class TextEmbedder:
         """All that needs no network, safe to run ahead in another thread: normalise, dedupe,
         chunk, look the chunks up in the cache and count the tokens of those it lacks."""
         rows = self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens))
-        self._count(raw_texts, rows.keys, rows.chunked)
+        self._count(raw_texts, rows)
         return rows
 
-    def missing_chunks(self, raw_texts: list[str | None]) -> dict[str, int]:
-        """The chunks (text -> tokens) of these rows that the cache lacks; counts nothing."""
-        return self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)).misses
+    def send_ahead(self, raw_texts: list[str | None]) -> dict[str, int]:
+        """The chunks (text -> tokens) of these rows that the cache lacks, for the Batch API to
+        embed before the run reads them again: those the cache holds by then count as sent."""
+        misses = self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)).misses
+        if misses:
+            with self._lock:
+                self._sent_ahead.add_many(list(misses))
+        return misses
 
     def looked_up(self, rows: PreparedRows) -> PreparedRows:
         """`rows` with the cache's vectors for their chunks and the token counts of the others
@@ -130,7 +111,6 @@ class TextEmbedder:
 
     def complete(self, rows: PreparedRows) -> RowVectors:
         """The network half: embed the chunks the cache lacked, pool chunks into row vectors."""
-        self._hits(len(rows.cached))
         vectors = {**rows.cached, **self._embedded_vectors(rows.misses)}
         pooled = {key: pool_chunks(chunks, vectors) for key, chunks in rows.chunked.items()}
         blank = np.zeros(self.embedder.dimensions, dtype=np.float32)
@@ -157,8 +137,7 @@ class TextEmbedder:
             self._release(claimed, done)
         for event in {id(e): e for e in theirs.values()}.values():
             event.wait()  # another partition is embedding these right now
-        vectors.update(theirs_stored := self._cached(list(theirs)))
-        self._hits(len(theirs_stored))
+        vectors.update(self._cached(list(theirs)))  # counted by the partition that embedded them
         missing = {t: misses[t] for t in [*theirs, *elsewhere] if t not in vectors}  # its request failed: ours to do
         return vectors if not missing else {**vectors, **self._embedded_vectors(missing)}
 
@@ -167,23 +146,25 @@ class TextEmbedder:
         store = lambda batch, fresh: self.cache.put_many(dict(zip(batch, fresh)))  # a stopped run resumes from here
         for batch, fresh in self.embedder.embed_iter(texts, counts, store):
             vectors.update(zip(texts[batch], fresh))
+            hashes = hash64(texts[batch])
             with self._lock:
-                self._embedded.add_many(texts[batch])
-                self.stats.embedded_chunks += len(fresh)
+                self._embedded.add_hashes(hashes)
+                self._tally.add("sent", hashes)
                 self.stats.embedded_tokens += sum(counts[batch])
+                self._tally_into_stats()
         return vectors
 
     def _claim_across_processes(self, texts: list[str]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
         """With `claim_owner` set (cluster workers sharing one cache), split `texts` into those
         this process now holds, those another process is embedding, and the vectors of those
-        another process stored since our lookup (its claim let go; counted as cache hits)."""
+        another process stored since our lookup (its claim let go; counted as in flight elsewhere)."""
         if not self.claim_owner or not texts:
             return texts, [], {}
         held = set(self.cache.claim_many(texts, self.claim_owner, CLAIM_SECONDS))
         stored = self._cached([t for t in texts if t in held])
         if stored:
             self.cache.release_many(list(stored), self.claim_owner)
-            self._hits(len(stored))
+            self._count_elsewhere(list(stored))
         return [t for t in texts if t in held and t not in stored], [t for t in texts if t not in held], stored
 
     def _stored_elsewhere(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -196,17 +177,15 @@ class TextEmbedder:
             pending = [t for t in pending if t in still and t not in found]
             if pending:
                 time.sleep(0.1)
-        self._hits(len(found))
+        self._count_elsewhere(list(found))
         return found
 
     def _stored_since_lookup(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Of `texts`, those this run embedded after the lookup (a batch ahead, or another
-        partition), read back from the cache: counted as cache hits, never paid for twice."""
+        partition), read back from the cache: counted once, as sent, never paid for twice."""
         with self._lock:
             maybe = [t for t, seen in zip(texts, self._embedded.contains_many(texts)) if seen]
-        found = self._cached(maybe) if maybe else {}
-        self._hits(len(found))
-        return found
+        return self._cached(maybe) if maybe else {}
 
     def _cached(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The cache's usable vectors for `texts`. An entry that is no usable vector is a miss,
@@ -217,9 +196,17 @@ class TextEmbedder:
                 self.stats.bad_cache_entries += int(self._bad.add_many(lookup.bad).sum())
         return lookup.vectors
 
-    def _hits(self, chunks: int) -> None:
-        with self._lock:
-            self.stats.cache_hits += chunks
+    def _count_elsewhere(self, texts: list[str]) -> None:
+        if texts:
+            hashes = hash64(texts)
+            with self._lock:
+                self._tally.add("elsewhere", hashes)
+                self._tally_into_stats()
+
+    def _tally_into_stats(self) -> None:  # under the lock
+        counts = self._tally.counts
+        self.stats.cache_hits, self.stats.embedded_chunks = counts["hit"], counts["sent"]
+        self.stats.in_flight_elsewhere = counts["elsewhere"]
 
     def _claim(self, misses: list[str]) -> tuple[list[str], dict[str, threading.Event], threading.Event]:
         """Split misses into those this call embeds and those another partition is already
@@ -237,29 +224,47 @@ class TextEmbedder:
                 self._in_flight.pop(text, None)
         done.set()
 
-    def add_counts(self, counters: dict[str, int], hashes: np.ndarray, chunk_counts: np.ndarray) -> None:
-        """Add what a partition embedded in another process counted: its counters, and its
-        distinct texts by `hash64`, so a text that partition shares with others counts once."""
+    def add_counts(self, counters: dict[str, int], texts: np.ndarray, chunks: dict[str, np.ndarray]) -> None:
+        """Add what a partition embedded in another process counted (`counts_to_merge` there):
+        its counters, its distinct texts and its chunk tally by `hash64`, so that a text or a
+        chunk it shares with other partitions counts once."""
         with self._lock:
             for name, value in counters.items():
                 setattr(self.stats, name, getattr(self.stats, name) + value)
-        self.count_distinct(hashes, chunk_counts)
+            self._count_texts(texts)
+            self.stats.chunks += self._tally.merge(chunks)
+            self._tally_into_stats()
 
-    def count_distinct(self, hashes: np.ndarray, chunk_counts: np.ndarray) -> None:
-        """Count the texts (by `hash64`) this run had not seen, and their chunks. Partitions
-        embedded in other processes report theirs here, so a text they share counts once."""
+    def counts_to_merge(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """This embedder's distinct texts and chunk tally, as hashes, for `add_counts` elsewhere."""
         with self._lock:
-            new = self._seen.add_hashes(hashes)
-            self.stats.distinct_texts += int(new.sum())
-            self.stats.chunks += int(chunk_counts[new].sum())
-            if self.distinct_log is not None:
-                self.distinct_log.append((hashes[new], chunk_counts[new]))
+            return self._seen.hashes(), self._tally.export()
 
-    def _count(self, raw_texts: list, keys: list[str], chunked: dict[str, list[Chunk]]) -> None:
+    def _count_texts(self, hashes: np.ndarray) -> None:  # under the lock
+        self.stats.distinct_texts += int(self._seen.add_hashes(hashes).sum())
+
+    def _count(self, raw_texts: list, rows: PreparedRows) -> None:
+        """Count the rows, the texts not seen before and the chunks met for the first time: as
+        cache hits where the cache held them (as sent where the Batch API had just embedded
+        them); the others are counted when embedded."""
+        chunks = list({c.text: None for chunks in rows.chunked.values() for c in chunks})
+        texts, hashes = _hashes(list(rows.chunked)), _hashes(chunks)
+        cached = np.array([text in rows.cached for text in chunks], dtype=bool)
         with self._lock:
             self.stats.rows += len(raw_texts)
-            self.stats.null_texts += sum(1 for key in keys if not key)
-        self.count_distinct(hash64(list(chunked)), np.fromiter(map(len, chunked.values()), dtype=np.int64, count=len(chunked)))
+            self.stats.null_texts += sum(1 for key in rows.keys if not key)
+            self._count_texts(texts)
+            first = self._tally.meet(hashes)
+            self.stats.chunks += int(first.sum())
+            found = hashes[first & cached]
+            ahead = self._sent_ahead.contains_hashes(found)
+            self._tally.add("sent", found[ahead])
+            self._tally.add("hit", found[~ahead])
+            self._tally_into_stats()
+
+
+def _hashes(texts: list[str]) -> np.ndarray:
+    return hash64(texts) if texts else np.zeros(0, dtype=np.int64)
 
 
 def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int) -> PreparedRows:

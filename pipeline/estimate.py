@@ -41,7 +41,7 @@ class Estimate:
     reused_rows: int = 0
     distinct_texts: int = 0
     chunks: int = 0
-    cache_hits: int = 0
+    cache_hits: int = 0  # chunks = cache_hits + chunks_to_send, each chunk counted once, as in a run's summary
     chunks_to_send: int = 0
     tokens_to_send: int = 0
     requests: int = 0
@@ -94,17 +94,15 @@ def estimate_run(config: Config, plan: SourcePlan, previous: PreviousOutput | No
             texts.skip(partition.rows, unchanged=True)
             continue
         for _, _, rows in prepared_batches(config, texts, previous, partition):
-            misses = rows.misses
+            misses = rows.misses  # a chunk missed once is missed whenever met: the cache is only read here
             new = [(text, tokens) for (text, tokens), fresh in zip(misses.items(), sent.add_many(list(misses))) if fresh]
             counts = [tokens for _, tokens in new]
-            looked_up = len({chunk.text for chunks in rows.chunked.values() for chunk in chunks})
-            estimate.cache_hits += looked_up - len(new)  # as in a run: sent earlier in it, then found
             estimate.chunks_to_send += len(new)
             estimate.tokens_to_send += sum(counts)
             estimate.requests += sum(1 for _ in pack_batches(counts, embedder.batch_inputs, embedder.batch_tokens))
     stats = texts.stats
     estimate.rows, estimate.unchanged_rows, estimate.reused_rows = stats.rows, stats.unchanged_rows, stats.reused_rows
-    estimate.distinct_texts, estimate.chunks = stats.distinct_texts, stats.chunks
+    estimate.distinct_texts, estimate.chunks, estimate.cache_hits = stats.distinct_texts, stats.chunks, stats.cache_hits
     _price(estimate, config)
     return estimate
 

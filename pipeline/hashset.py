@@ -67,8 +67,15 @@ class HashSet:
         """For each value, whether it was added before."""
         if not len(values) or not len(self):  # nothing to find: no hashing (a run's first batch)
             return np.zeros(len(values), dtype=bool)
-        keys = hash64(values)
+        return self.contains_hashes(hash64(values))
+
+    def contains_hashes(self, keys: np.ndarray) -> np.ndarray:
+        """`contains_many` for values already hashed with `hash64`."""
         return _contains(self._sorted, keys) | _contains(self._recent, keys)
+
+    def hashes(self) -> np.ndarray:
+        """Every member's hash, sorted: to send this set to another process."""
+        return _merge(self._sorted, self._recent)
 
 
 def _merge(members: np.ndarray, fresh: np.ndarray) -> np.ndarray:

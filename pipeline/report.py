@@ -11,12 +11,18 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
     cost = "unknown (no price for this model)" if s.get("cost_usd") is None else usd(s["cost_usd"])
     bad = s.get("bad_cache_entries", 0)  # manifests written before the cache was checked lack it
     bad_line = f"{bad:,} unusable entries (not finite, zero, wrong size, not bytes): embedded again"
+    elsewhere = s.get("in_flight_elsewhere", 0)
+    elsewhere_line = f"{elsewhere:,} chunks another process sharing the cache was embedding: awaited, not paid here"
+    batches = s.get("batch_api", {}).get("batches", 0)
+    sent = f"{s['embedded_chunks']:,} chunks, {s['embedded_tokens']:,} tokens in {s['requests']:,} requests"
+    sent += f" and {batches:,} Batch API batches" if batches else ""
     return [
         ("rows", f"{s['rows']:,} ({s['unchanged_rows']:,} in unchanged files, {s['reused_rows']:,} equal to the last output, {s['null_texts']:,} blank)"),
         ("distinct texts", f"{s['distinct_texts']:,} in {s['chunks']:,} chunks"),
         ("cache hits", f"{s['cache_hits']:,} chunks"),
         *([("bad in cache", bad_line)] if bad else []),
-        ("sent", f"{s['embedded_chunks']:,} chunks, {s['embedded_tokens']:,} tokens in {s['requests']:,} requests"),
+        ("sent", sent),
+        *([("in flight", elsewhere_line)] if elsewhere else []),
         ("retries", f"{retries}; 429s {s['rate_limited']:,}; tokens in timed-out attempts {s['timed_out_tokens']:,}"),
         ("cost", cost),
         ("seconds", f"{s['seconds']:,.1f}"),

@@ -138,9 +138,11 @@ def embed_through_batch_api(run: Run) -> None:
         for p in run.partitions:
             if run.rows.finished_rows(p.index) is None and not (run.previous and run.previous.part_for(p)):
                 for batch in p.read():
-                    yield from run.texts.missing_chunks(row_texts(batch, source)).items()
+                    yield from run.texts.send_ahead(row_texts(batch, source)).items()
 
-    run.texts.stats.batch_api = run.texts.embedder.run_batches(misses(), run.texts.cache)
+    counts = run.texts.embedder.run_batches(misses(), run.texts.cache)
+    run.texts.stats.batch_api = counts
+    run.texts.stats.embedded_tokens += counts.get("tokens", 0)  # sent: the endpoint's tokens and the Batch API's
 
 
 def embed_partition(run: Run, index: int) -> int:
@@ -224,7 +226,8 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
     stats.rate_limited = sum(n for cause, n in embedder.retries.items() if cause.endswith("429"))
-    stats.cost_usd = run_cost(run.price, stats.embedded_tokens, stats.batch_api.get("tokens", 0))
+    batch_tokens = stats.batch_api.get("tokens", 0)
+    stats.cost_usd = run_cost(run.price, stats.embedded_tokens - batch_tokens, batch_tokens)
     manifest = {**run.metadata, "output": run.published_at or str(run.config.output.path), "rows": run.plan.total_rows, "stats": stats.as_dict()}
     if run.chunks is not None:
         run.chunks.publish(manifest, parts, run.sources)

@@ -34,9 +34,9 @@ from pipeline.run import Run, embed_partition
 from pipeline.sink import ParquetSink
 from pipeline.source import SourcePlan
 
-# Counters a worker's partition adds to the run's; distinct texts and chunks are merged by hash.
-_ADDITIVE = ("rows", "unchanged_rows", "reused_rows", "null_texts", "cache_hits", "embedded_chunks", "embedded_tokens",
-             "bad_cache_entries")
+# Counters a worker's partition adds to the run's; distinct texts and chunks (hits, sent and in
+# flight elsewhere) are merged by hash, so a chunk one worker sent and another found counts once.
+_ADDITIVE = ("rows", "unchanged_rows", "reused_rows", "null_texts", "embedded_tokens", "bad_cache_entries")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ class PartitionResult:
     index: int
     rows: int
     stats: dict[str, int]  # the `_ADDITIVE` counters
-    distinct: tuple[np.ndarray, np.ndarray]  # hash64 of each distinct text, and its chunk count
+    texts: np.ndarray  # hash64 of each distinct text
+    chunks: dict[str, np.ndarray]  # `ChunkTally.export`: the chunks met, and how each was had
     sender: str  # the worker process's embedder; its counters below are its totals for the run
     requests: int
     retries: dict[str, int]
@@ -127,28 +128,22 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
     try:
         rows = ParquetSink(config.output.path, spec.metadata, spec.run_key, locked=False)
         chunks = ParquetSink(config.output.chunks_path, spec.metadata, spec.run_key, locked=False) if config.output.chunks_path else None
-        texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}", distinct_log=[])
+        texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}")
         run = Run(config, spec.plan, spec.partitions, texts, rows, chunks, 0.0, spec.metadata, spec.previous, spec.sources, owns_embedder=False)
         written = embed_partition(run, index)
     finally:
         cache.close()
     return PartitionResult(
-        index, written, {name: getattr(texts.stats, name) for name in _ADDITIVE}, _joined(texts.distinct_log),
+        index, written, {name: getattr(texts.stats, name) for name in _ADDITIVE}, *texts.counts_to_merge(),
         sender, embedder.requests, dict(embedder.retries), embedder.timed_out_tokens,
     )
-
-
-def _joined(log: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    if not log:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate([h for h, _ in log]), np.concatenate([c for _, c in log])
 
 
 def absorb(run: Run, result: PartitionResult) -> int:
     """Fold a worker's counts into the run's; returns the partition's row count. Request
     counts are each process's running totals (partitions in one process share its embedder):
     only what grew since that process's last result is added."""
-    run.texts.add_counts(result.stats, *result.distinct)
+    run.texts.add_counts(result.stats, result.texts, result.chunks)
     last = run.elsewhere.get(result.sender, (0, {}, 0))
     if result.requests >= last[0]:  # results of one process may arrive out of order
         run.elsewhere[result.sender] = (result.requests, result.retries, result.timed_out_tokens)

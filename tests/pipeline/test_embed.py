@@ -22,4 +22,4 @@ def test_a_text_another_worker_stored_after_this_one_looked_it_up_is_not_paid_fo
     got = second.complete(looked_up).matrix
     assert max(fake_openai.calls.values()) == 1
     np.testing.assert_array_equal(got, expected)
-    assert (second.stats.cache_hits, second.stats.embedded_chunks) == (6, 0)
+    assert (second.stats.cache_hits, second.stats.embedded_chunks, second.stats.in_flight_elsewhere) == (0, 0, 6)

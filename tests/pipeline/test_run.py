@@ -67,13 +67,13 @@ def test_duplicates_are_embedded_once_and_a_second_run_makes_no_call(tmp_path, f
 
 def test_a_text_in_a_later_batch_is_paid_once_though_that_batch_was_looked_up_ahead(tmp_path):
     # The second batch is read, chunked and looked up in the cache while the first one's
-    # request is still in flight: the shared text is a miss then, and a hit when it is sent.
+    # request is still in flight: the shared text is a miss then, found when it is sent, and counted once, as sent.
     texts = ["shared text"] + [f"row {i}" for i in range(1, 3_000)] + ["shared text"]
     source = write_parquet(tmp_path / "in.parquet", {"id": list(range(len(texts))), "text": texts})
     with FakeOpenAI(latency=0.3) as server:
         stats = run_pipeline(openai_config(tmp_path, server, source))["stats"]
     assert server.calls["shared text"] == 1
-    assert (stats["embedded_chunks"], stats["cache_hits"]) == (3_000, 1)
+    assert (stats["chunks"], stats["embedded_chunks"], stats["cache_hits"]) == (3_000, 3_000, 0)
 
 
 def test_a_100k_token_text_is_chunked_and_never_rejected(tmp_path, fake_openai):

@@ -1,0 +1,88 @@
+"""What a run counts (`RunStats`), each distinct chunk once (`ChunkTally`): as a cache hit, as
+sent, or as in flight elsewhere.
+
+A run meets a chunk many times (in several texts, in several record batches, in several
+partitions) but counts it once, so that `chunks = cache hits + sent + in flight elsewhere`.
+Chunks are kept as `hash64` values, eight bytes each. Cluster workers each keep a tally of
+their partition and the flow merges them by hash: a chunk one worker sent and another then
+found in the cache is one chunk, sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from pipeline.hashset import HashSet
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the summary and the manifest."""
+
+    rows: int = 0
+    unchanged_rows: int = 0  # kept from the last run: their input files did not change
+    reused_rows: int = 0  # in changed files, rows equal to the last run's: its vectors kept
+    null_texts: int = 0  # null, empty or whitespace-only: null vector, nothing sent
+    distinct_texts: int = 0
+    # chunks = cache_hits + embedded_chunks + in_flight_elsewhere: each chunk counted once, when first met
+    chunks: int = 0  # distinct chunks of the distinct texts, by chunk text across the whole run
+    cache_hits: int = 0  # chunks the cache held when the run first met them
+    bad_cache_entries: int = 0  # cached vectors not finite, zero or the wrong size: embedded again, counted as sent
+    embedded_chunks: int = 0  # chunks sent, through the endpoint or the Batch API
+    embedded_tokens: int = 0  # tokens of every accepted request, Batch API included: the server's usage
+    in_flight_elsewhere: int = 0  # chunks another process sharing the cache was embedding: awaited, not paid here
+    requests: int = 0  # every attempt sent to the provider
+    retries: dict = field(default_factory=dict)  # retried attempts by cause
+    rate_limited: int = 0  # answers that were 429 rate_limit_exceeded, all retried
+    timed_out_tokens: int = 0  # in attempts that timed out and were resent: maybe billed twice
+    batch_api: dict = field(default_factory=dict)  # openai-batch: batches, requests, inputs sent
+    cost_usd: float | None = None  # tokens sent at the price table's price; None: no price known
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# The classes a chunk can be counted in, the strongest first: a chunk reported in two is
+# counted in the stronger one only, whichever report came first.
+KINDS = ("sent", "hit", "elsewhere")
+
+
+class ChunkTally:
+    """The distinct chunks met, and how each got its vector."""
+
+    def __init__(self):
+        self.met = HashSet()  # every distinct chunk met: the run's `chunks`
+        self._kinds = {kind: HashSet() for kind in KINDS}
+        self.counts = dict.fromkeys(KINDS, 0)
+
+    def meet(self, hashes: np.ndarray) -> np.ndarray:
+        """Note chunks met; for each, True where the run meets it for the first time."""
+        return self.met.add_hashes(hashes)
+
+    def add(self, kind: str, hashes: np.ndarray) -> None:
+        """Count chunks as `kind`, unless already counted as it or as a stronger kind; a chunk
+        counted as a weaker kind moves to this one."""
+        rank = KINDS.index(kind)
+        keys = np.unique(hashes)
+        for stronger in KINDS[:rank]:
+            keys = keys[~self._kinds[stronger].contains_hashes(keys)]
+        keys = keys[self._kinds[kind].add_hashes(keys)]
+        self.counts[kind] += len(keys)
+        for weaker in KINDS[rank + 1:]:  # counted in the strongest weaker kind that holds it
+            held = self._kinds[weaker].contains_hashes(keys)
+            self.counts[weaker] -= int(held.sum())
+            keys = keys[~held]
+
+    def export(self) -> dict[str, np.ndarray]:
+        """The chunks met and each kind's chunks, as hashes: plain data for another process."""
+        return {"met": self.met.hashes(), **{kind: members.hashes() for kind, members in self._kinds.items()}}
+
+    def merge(self, exported: dict[str, np.ndarray]) -> int:
+        """Add another tally's `export`; returns how many of its chunks this one had not met."""
+        new = int(self.meet(exported["met"]).sum())
+        for kind in KINDS:
+            self.add(kind, exported[kind])
+        return new
