@@ -71,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--k", type=int, help="clusters (default: chosen by silhouette score)")
     cluster.add_argument("--to", help="where to write the results (default: OUTPUT-clusters)")
     cache = commands.add_parser("cache", help="check the vector cache for damaged entries, or drop them")
-    cache.add_argument("action", choices=["check", "repair"], help="check: count what is damaged; repair: drop it, keep the rest")
+    cache.add_argument("action", choices=["check", "repair"],
+                       help="check: count what is damaged; repair: drop it, keep the rest")
     cache.add_argument("target", help="a YAML run configuration (its cache.path) or a cache directory")
-    cache.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
+    cache.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one config key")
     return parser
 
 

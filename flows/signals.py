@@ -80,7 +80,8 @@ def _exit(signum: signal.Signals, in_flight: int | None) -> None:
     try:
         abandon_open_parts()
         clear = "\r\x1b[2K\x1b[?25h" if os.isatty(2) else ""  # the progress bar's line cleared, the cursor shown
-        os.write(2, f"{clear}embedpipe: {_message(signum, in_flight)}\n".encode())  # past Python's buffers and their locks
+        # straight to fd 2, past Python's buffers and their locks
+        os.write(2, f"{clear}embedpipe: {_message(signum, in_flight)}\n".encode())
         stop_temporary_prefect_server()
     finally:
         os._exit(EXIT_CODES[signum])
