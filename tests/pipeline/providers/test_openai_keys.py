@@ -48,7 +48,8 @@ def test_the_default_key_goes_only_to_openai(monkeypatch, base_url, environment,
     if not refused:
         OpenAIEmbedder(config, api_key=SECRET).close()
         return
-    with pytest.raises(ConfigError, match="is not OpenAI's: name the variable holding that server's key in embedding.api_key_env"):
+    refusal = "is not OpenAI's: name the variable holding that server's key in embedding.api_key_env"
+    with pytest.raises(ConfigError, match=refusal):
         OpenAIEmbedder(config, api_key=SECRET)
 
 
@@ -88,7 +89,8 @@ def _batch(embedding: EmbeddingConfig) -> EmbeddingConfig:
 
 
 def _unknown_model(config: Config) -> Config:
-    return config.model_copy(update={"embedding": config.embedding.model_copy(update={"model": "my-model", "dimensions": None})})
+    embedding = config.embedding.model_copy(update={"model": "my-model", "dimensions": None})
+    return config.model_copy(update={"embedding": embedding})
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
