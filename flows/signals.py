@@ -93,7 +93,7 @@ def _message(signum: signal.Signals, in_flight: int | None) -> str:
     elif in_flight:
         lost = f"{in_flight} requests still unanswered after {DRAIN_SECONDS:.0f} s were abandoned"
     else:
-        lost = "answers already paid for are cached"
+        lost = "every answer received is cached"
     return (f"interrupted by {signum.name}: no request was sent after it; {lost}; nothing was published. "
             "Run the same command again to resume from the cache and the staged parts")
 
