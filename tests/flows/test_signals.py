@@ -15,7 +15,7 @@ from tests.conftest import write_run_yaml
 from tests.fakes.openai_server import FakeOpenAI
 
 TEXTS = [f"ticket {i}: the printer on floor {i % 9} jams again" for i in range(600)]
-ON_THE_WIRE = 0.05  # a request written just before the signal may still be arriving this much later
+ON_THE_WIRE = 0.3  # a request written just before the signal may still arrive this much later on a loaded machine
 
 
 def embedpipe(config: Path, prefect_home: Path, **popen) -> subprocess.Popen:

@@ -43,7 +43,7 @@ def test_after_a_stop_no_request_leaves_and_answers_on_the_wire_are_cached(tmp_p
         with pytest.raises(ProviderError, match="stopped by the test"):
             run_pipeline(config)
         assert wait_for_requests(1.0) == 0
-        late = [t for t in server.admitted if t > stopped[0] + 0.05]
+        late = [t for t in server.admitted if t > stopped[0] + 0.2]  # one written just before may still be arriving
         assert late == [], "a request left after the stop"
         paid = sum(server.calls.values())
         manifest = run_pipeline(openai_config(tmp_path, server, source, embedding__batch_size=10))  # same cache
