@@ -6,9 +6,10 @@ import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -167,23 +168,35 @@ def embed_partition(run: Run, index: int) -> int:
     chunks = run.chunks.open_part(index, partition.rows) if run.chunks else None
     try:
         prepared = prefetch(prepared_batches(run.config, run.texts, run.previous, partition), depth=2)
-        for (batch, reused, _), result in map_ahead(lambda item: run.texts.complete(item[2]), prepared, ahead=2):
-            matrix, present = _merge(reused, result, run.dimensions)
-            vectors = vector_array(matrix, present)
-            rows.write(batch.append_column(pa.field(run.config.output.vector_column, vectors.type), vectors))
+        embedded = map_ahead(lambda item: run.texts.complete(item[2]), prepared, ahead=2)
+        # On a failure: requests stop first, then the reading and embedding threads end (not when collected)
+        with closing(prepared), closing(embedded), _stop_on_failure(run.texts.embedder, index):
+            for (batch, reused, _), result in embedded:
+                matrix, present = _merge(reused, result, run.dimensions)
+                vectors = vector_array(matrix, present)
+                rows.write(batch.append_column(pa.field(run.config.output.vector_column, vectors.type), vectors))
+                if chunks is not None:
+                    chunks.write(chunk_table(batch.column(source.id_column), result.embedded_texts(), run.dimensions))
             if chunks is not None:
-                chunks.write(chunk_table(batch.column(source.id_column), result.embedded_texts(), run.dimensions))
-        if chunks is not None:
-            chunks.finish()  # before the rows part: a finished rows part means both are done
-        written = rows.finish()
+                chunks.finish()  # before the rows part: a finished rows part means both are done
+            written = rows.finish()
     except BaseException:
-        run.texts.embedder.stop(f"stopped: partition {index} failed")  # the run has failed: stop paying for it
         for part in (rows, chunks):
             if part is not None:
                 part.abandon()  # no half-written file stays behind; finished parts stay for the resume
         raise
     log.info("partition %d (%s): %d rows embedded", index, partition.file, written)
     return written
+
+
+@contextmanager
+def _stop_on_failure(embedder: Embedder, index: int) -> Iterator[None]:
+    """A failed partition fails the run: no request of it, or of any other partition, leaves after."""
+    try:
+        yield
+    except BaseException:
+        embedder.stop(f"stopped: partition {index} failed")
+        raise
 
 
 def _merge(reused: tuple | None, result: RowVectors, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
