@@ -9,7 +9,6 @@ Every SQLite or file error is a `CacheError`: one line naming the path and the f
 
 from __future__ import annotations
 
-import errno
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -20,13 +19,12 @@ from typing import Iterator
 import diskcache
 import numpy as np
 
-from pipeline.errors import CacheError
+from pipeline.errors import CacheError, is_disk_full
 from pipeline.text import text_hash
 
 _DTYPE = np.dtype("<f4")
 _MODE_RAW, _MODE_BINARY = diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY
 _DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
-_FULL = {errno.ENOSPC, errno.EDQUOT}
 _LOOKUP_BATCH = 500  # keys per SQL query: one query per 500 keys is 30x faster than a `get` each
 
 
@@ -196,7 +194,7 @@ def cache_error(path: Path, exc: BaseException, action: str, needed: int = 0, ve
     if is_damage(exc):
         return CacheError(f"cache.path {path} is damaged ({exc}): run `embedpipe cache repair {path}` "
                           "to drop the bad entries, or delete the directory")
-    if getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL" or getattr(exc, "errno", None) in _FULL:
+    if is_disk_full(exc):
         what = f"it needs room to {action}"
         if vectors:
             what = f"storing {vectors:,} vectors needs about {_size(needed)} more"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -18,10 +17,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.config import first_line
-from pipeline.errors import EmbedpipeError
+from pipeline.errors import EmbedpipeError, is_disk_full
 
 MANIFEST = "_manifest.json"
-_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _open_parts: weakref.WeakSet = weakref.WeakSet()  # parts being written, for `abandon_open_parts`
 
 
@@ -32,7 +30,7 @@ def disk_space(path: Path, needs: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno not in _FULL and "No space left" not in str(exc) and "Disk quota" not in str(exc):
+        if not is_disk_full(exc):
             raise
         raise EmbedpipeError(
             f"output.path {path}: the disk is full ({needs}); free space there or set output.path elsewhere. "
