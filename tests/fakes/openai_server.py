@@ -129,33 +129,82 @@ def json_array_body(payload: dict) -> list:
 
 
 class Budget:
-    """One per-minute limit as the API enforces it: banked up to a minute, refilled continuously."""
+    """One per-minute limit as a server enforces it: `window` seconds of budget banked.
 
-    def __init__(self, per_minute: float):
+    "bucket" (the API's way): a token bucket of capacity `limit * window / 60`, refilled
+    continuously at `limit / 60` a second, starting full; window=60 banks a whole minute.
+    "fixed": a counter of that capacity that resets at each multiple of `window` seconds from
+    the start, nothing carried over. Either way a request above the whole capacity is admitted
+    only when the budget is full, and leaves it in debt.
+    """
+
+    def __init__(self, per_minute: float, window: float = 60.0, kind: str = "bucket"):
+        if kind not in ("bucket", "fixed"):
+            raise ValueError(f"window_kind must be 'bucket' or 'fixed', not {kind!r}")
         self.limit = per_minute
-        self.level = float(per_minute)
-        self.updated = time.monotonic()
+        self.window = window
+        self.kind = kind
+        self.origin = time.monotonic()  # fixed windows start at multiples of `window` from here
+        self.level = self.capacity
+        self.updated = self.origin
         self.spending = False  # set by the first charge
         self.idle_seconds = 0.0  # refill lost to a full bucket since then: budget a client left unused
 
+    @property
+    def capacity(self) -> float:
+        return self.limit * self.window / 60
+
     def refill(self) -> None:
         now = time.monotonic()
-        refilled = self.level + (now - self.updated) * self.limit / 60
-        if self.spending and refilled > self.limit:
-            self.idle_seconds += (refilled - self.limit) * 60 / self.limit
-        self.level = min(self.limit, refilled)
+        if self.kind == "fixed":
+            if self._window_index(now) != self._window_index(self.updated):
+                self.level = self.capacity
+        else:
+            refilled = self.level + (now - self.updated) * self.limit / 60
+            if self.spending and refilled > self.capacity:
+                self.idle_seconds += (refilled - self.capacity) * 60 / self.limit
+            self.level = min(self.capacity, refilled)
         self.updated = now
+
+    def admits(self, amount: float) -> bool:
+        """Whether `amount` may be charged now (after `refill`)."""
+        return self.level >= min(amount, self.capacity)
 
     def charge(self, amount: float) -> None:
         self.level -= amount
         self.spending = True
 
+    def set_limit(self, per_minute: float) -> None:
+        """Enforce a new per-minute limit from now on: the capacity follows, the level is clipped to it."""
+        self.refill()
+        self.limit = per_minute
+        self.level = min(self.level, self.capacity)
+
     def seconds_until(self, amount: float) -> float:
-        return max(0.0, (amount - self.level) * 60 / self.limit)
+        """How long until `amount` is admitted, if nothing else is charged."""
+        if self.admits(amount):
+            return 0.0
+        if self.kind == "fixed":
+            return self._next_window_in()
+        return (min(amount, self.capacity) - self.level) * 60 / self.limit
 
     def headers(self, name: str) -> dict:
-        reset = (self.limit - self.level) * 60 / self.limit
-        return {f"x-ratelimit-limit-{name}": str(int(self.limit)), f"x-ratelimit-remaining-{name}": str(int(self.level)), f"x-ratelimit-reset-{name}": f"{reset:.3f}s"}
+        if self.kind == "fixed":
+            reset = self._next_window_in()
+        else:
+            reset = (self.capacity - self.level) * 60 / self.limit
+        return {
+            f"x-ratelimit-limit-{name}": str(int(self.limit)),
+            f"x-ratelimit-remaining-{name}": str(max(0, int(self.level))),
+            f"x-ratelimit-reset-{name}": f"{reset:.3f}s",
+        }
+
+    def _window_index(self, at: float) -> int:
+        return int((at - self.origin) // self.window)
+
+    def _next_window_in(self) -> float:
+        now = time.monotonic()
+        return (self._window_index(now) + 1) * self.window - (now - self.origin)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -168,16 +217,23 @@ class _QuietServer(ThreadingHTTPServer):
 class FakeOpenAI:
     """Start with `with FakeOpenAI() as server:`; point clients at `server.base_url`.
 
-    `rpm` and `tpm` enforce rate limits with 429s and `x-ratelimit-*` headers; `latency` delays
-    every answer.
+    `rpm` and `tpm` enforce rate limits with 429s and `x-ratelimit-*` headers (none with
+    `send_limit_headers=False`); each banks `window` seconds of budget, as a token bucket or, with
+    `window_kind="fixed"`, as counters reset every `window` seconds (see `Budget`); `set_limits`
+    changes them mid-run. `latency` plus `latency_per_1k_tokens` per 1,000 tokens delays every
+    answer within the limits.
     """
 
-    def __init__(self, dimensions: int = 16, shuffle: bool = False, models: tuple[str, ...] = ("text-embedding-3-small",), rpm: float | None = None, tpm: float | None = None, latency: float = 0.0):
+    def __init__(self, dimensions: int = 16, shuffle: bool = False, models: tuple[str, ...] = ("text-embedding-3-small",), rpm: float | None = None, tpm: float | None = None, latency: float = 0.0,
+                 window: float = 60.0, window_kind: str = "bucket", send_limit_headers: bool = True, latency_per_1k_tokens: float = 0.0):
         self.dimensions = dimensions
         self.shuffle = shuffle
         self.models = models
-        self.budgets = {name: Budget(limit) for name, limit in (("requests", rpm), ("tokens", tpm)) if limit}
+        self.window, self.window_kind = window, window_kind
+        self.budgets = {name: Budget(limit, window, window_kind) for name, limit in (("requests", rpm), ("tokens", tpm)) if limit}
+        self.send_limit_headers = send_limit_headers
         self.latency = latency
+        self.latency_per_1k_tokens = latency_per_1k_tokens
         self.rate_limited = 0  # requests answered 429 for going over rpm or tpm
         self.refusals: list[tuple] = []  # (time.monotonic(), budget, level, needed) of each
         self.tokens_served = 0
@@ -185,6 +241,7 @@ class FakeOpenAI:
         self.admitted_inputs: list[list[str]] = []  # the texts of each request within the limits, in the order charged
         self.requests = 0  # every request, answered or refused
         self.admitted: list[float] = []  # when each request within the limits was charged
+        self.admissions: list[tuple[float, int]] = []  # (time.monotonic(), tokens) of each, for rates over any interval
         self.authorizations: Counter[str] = Counter()  # Authorization headers seen
         self.first_request_at: float | None = None  # time.monotonic() of the first request
         self.rejected: list[str] = []  # why each 400 was sent
@@ -201,7 +258,8 @@ class FakeOpenAI:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
     def __enter__(self) -> "FakeOpenAI":
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # polled every 50 ms, so `shutdown` (which waits for a poll) takes no 0.5 s per server
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -244,7 +302,7 @@ class FakeOpenAI:
             self.calls.update(texts)
             self.admitted_inputs.append(texts)
             self.tokens_served += tokens
-            delay = self.latency + (self.delays.popleft() if self.delays else 0.0)
+            delay = self.latency + self.latency_per_1k_tokens * tokens / 1000 + (self.delays.popleft() if self.delays else 0.0)
         time.sleep(delay)
         status, payload = self.embed_body(body)
         with self._lock:
@@ -270,20 +328,45 @@ class FakeOpenAI:
         needs = {"requests": 1, "tokens": tokens}
         for budget in self.budgets.values():
             budget.refill()
-        short = {name: b.seconds_until(needs[name]) for name, b in self.budgets.items() if b.level < needs[name]}
+        short = {name: b.seconds_until(needs[name]) for name, b in self.budgets.items() if not b.admits(needs[name])}
         if short:
             self.rate_limited += 1
             name, wait = max(short.items(), key=lambda item: item[1])
             self.refusals.append((time.monotonic(), name, self.budgets[name].level, needs[name]))
             message = f"Rate limit reached on {name} per min. Please try again in {wait * 1000:.0f}ms."
             body = {"error": {"message": message, "type": name, "param": None, "code": "rate_limit_exceeded"}}
-            return 429, body, {**self._limit_headers(), "retry-after-ms": str(int(wait * 1000) + 1)}
+            return 429, body, {**self._current_headers(), "retry-after-ms": str(int(wait * 1000) + 1)}
         for name, budget in self.budgets.items():
             budget.charge(needs[name])
-        self.admitted.append(time.monotonic())
+        now = time.monotonic()
+        self.admitted.append(now)
+        self.admissions.append((now, tokens))
         return None
 
+    def set_limits(self, rpm: float | None = None, tpm: float | None = None) -> None:
+        """Enforce new per-minute limits from now on (None: unchanged), as a server whose limits
+        drop mid-run; a limit not set before starts full."""
+        with self._lock:
+            for name, limit in (("requests", rpm), ("tokens", tpm)):
+                if limit is None:
+                    continue
+                if name in self.budgets:
+                    self.budgets[name].set_limit(limit)
+                else:
+                    self.budgets[name] = Budget(limit, self.window, self.window_kind)
+
     def _limit_headers(self) -> dict:
+        if not self.send_limit_headers:
+            return {}
+        with self._lock:
+            return self._current_headers()
+
+    def _current_headers(self) -> dict:
+        """The x-ratelimit-* headers of the budgets' levels now; the caller holds the lock."""
+        if not self.send_limit_headers:
+            return {}
+        for budget in self.budgets.values():
+            budget.refill()
         return {key: value for name, b in self.budgets.items() for key, value in b.headers(name).items()}
 
     def _problem(self, model: str | None, texts: list) -> tuple[int, dict, dict] | None:
