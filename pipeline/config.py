@@ -57,9 +57,9 @@ class EmbeddingConfig(_Section):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     api_key_block: str | None = None  # name of a Prefect Secret block holding the key
-    requests_per_minute: int = 3000
-    tokens_per_minute: int = 1_000_000
-    max_concurrency: int = 8  # requests in flight at once
+    requests_per_minute: int | None = None  # None: the server's, from its x-ratelimit-limit-* headers; a value is a cap
+    tokens_per_minute: int | None = None
+    max_concurrency: int | None = None  # requests in flight at once; None: as many as the budget lets leave, up to 32
     request_timeout_seconds: float = 60.0
     max_attempts: int = 6  # per request, for 429, 5xx, timeouts and malformed answers
     batch_size: int | None = None  # texts per request; None = the provider's maximum

@@ -74,6 +74,8 @@ class Estimate:
             return "no rate limit (local model)"
         if self.provider == "openai-batch":
             return "within the Batch API's 24 h window"
+        if self.minutes is None:
+            return "as fast as the server's rate limits allow (no limits configured: they come with its answers)"
         return f"at least {self.minutes:,.1f} min at the configured rate limits"
 
 
@@ -174,6 +176,8 @@ def _price(estimate: Estimate, config: Config) -> None:
     if price is not None:
         estimate.sync_usd = estimate.tokens_to_send * price["sync"] / 1e6
         estimate.batch_usd = estimate.tokens_to_send * price["batch"] / 1e6
-    if embedding.provider == "openai":
-        estimate.minutes = max(estimate.tokens_to_send / embedding.tokens_per_minute, estimate.requests / embedding.requests_per_minute)
+    if embedding.provider == "openai":  # the configured caps only: the server's own limits come with its answers
+        bounds = [(estimate.tokens_to_send, embedding.tokens_per_minute), (estimate.requests, embedding.requests_per_minute)]
+        known = [amount / limit for amount, limit in bounds if limit]
+        estimate.minutes = max(known) if known else None
 

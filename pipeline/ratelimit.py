@@ -1,101 +1,43 @@
-"""Client-side rate limits that spend the whole per-minute budget and no more.
+"""Client-side rate limits that spend the whole budget the server allows, and no more.
 
-The API meters requests and tokens per minute with buckets that refill continuously. A
-`TokenBucket` mirrors one of them. Callers reserve their amount at once — the level may go
-negative — and wait until the refill has covered everything reserved up to and including
-theirs: first come, first served, so a large request is never starved by small ones, and the
-long-run rate is exactly the budget. A waiting caller asks again when it wakes, so a budget
-lowered meanwhile (a 429, a server header) delays the whole queue in step instead of releasing
-it at once. `stop` wakes the queue for good: after an answer no retry can fix, nobody sends.
+`RateLimiter` keeps a requests bucket and a tokens bucket (`TokenBucket`). Their limits are the
+server's, from its `x-ratelimit-limit-*` headers, capped by the configured ones where set; with
+neither known, nothing is held back but the 429s' retry-after. How much of the limit the server
+banks — a minute, or a few seconds — is learned (`LearnedWindow`), as is whether it takes our
+full rate. `stop` wakes every waiting caller for good: after an answer no retry can fix,
+nobody sends.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
-_SECONDS_PER = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+from pipeline.learned_window import LearnedWindow
+from pipeline.ratelimit_headers import server_level, server_limit
+from pipeline.token_bucket import TokenBucket
+
+log = logging.getLogger("embedpipe")
+NAMES = ("requests", "tokens")
+FIRST_REQUEST_TOKENS = 8192  # the most the first request carries, before any limit is known
+SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the window holds
+_CAP_SETTING = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
 
 
 class Stopped(Exception):
     """`RateLimiter.stop` was called while this caller waited, or before it came."""
 
 
-class TokenBucket:
-    """`per_minute` units a minute, banked up to one minute's worth, refilled continuously."""
+@dataclass(frozen=True)
+class Ticket:
+    """A request let through: when it left, and its debt in seconds of the limit (None: no
+    limit was known), for `observe` or `refused` when its answer comes."""
 
-    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic):
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.level = self.capacity  # an idle key starts with its minute banked, as the API's does
-        self.refill_delay = 0.0  # seconds a full bucket waits, once spent from, before refilling
-        self.reserved = 0.0  # everything ever reserved: a caller's place in line
-        self.waiting = 0.0  # reserved by callers still waiting to send
-        self.reserved_when_full: float | None = None  # `reserved` when last full, until a request is sent
-        self._clock = clock
-        self._updated = clock()
-        self._lock = threading.Lock()
-
-    def reserve(self, amount: float) -> float:
-        """Deduct `amount` now; return its place in line: `wait` tells when it is covered."""
-        amount = min(amount, self.capacity)  # a request larger than a minute's budget waits for one minute's
-        with self._lock:
-            self._refill()
-            if self.level >= self.capacity:  # the server's bucket starts refilling when this request arrives
-                self._updated += self.refill_delay
-                self.reserved_when_full = self.reserved
-            self.level -= amount
-            self.reserved += amount
-            self.waiting += amount
-            return self.reserved
-
-    def wait(self, place: float) -> float:
-        """Seconds until the refill covers everything reserved up to `place`, as of now."""
-        with self._lock:
-            now = self._refill()
-            short = place - self.reserved - self.level
-            return short / self.rate + max(0.0, self._updated - now) if short > 1e-6 else 0.0  # not float dust
-
-    def sent(self) -> None:
-        """A request has been written to the server in full. The server's bucket, full until
-        it charges the first request, refills nothing before then: whatever ours refilled
-        between being spent from full and this first send (a new connection, a TLS handshake,
-        a transport still being built) is taken back. Without a call, the refill runs from
-        the count."""
-        with self._lock:
-            if self.reserved_when_full is not None:
-                self._refill()
-                self.level = min(self.level, self.capacity - (self.reserved - self.reserved_when_full))
-                self.reserved_when_full = None
-
-    def release(self, amount: float) -> None:
-        """A caller that reserved `amount` has stopped waiting (its request is leaving)."""
-        with self._lock:
-            self.waiting -= min(amount, self.capacity)
-
-    def adjust(self, amount: float) -> None:
-        """Charge (positive) or refund (negative) a difference found after the fact."""
-        with self._lock:
-            self._refill()
-            self.level = min(self.capacity, self.level - amount)
-
-    def cap(self, remaining: float, since: float | None = None) -> None:
-        """The server said only `remaining` was left, at some moment after `since` (when the
-        request left; default now): never believe we have more than that plus the refill since,
-        less what callers still waiting have reserved (the server has not seen it yet)."""
-        with self._lock:
-            now = self._refill()
-            refilled = (now - since) * self.rate if since is not None else 0.0
-            self.level = min(self.level, remaining + max(0.0, refilled) - self.waiting)
-
-    def _refill(self) -> float:
-        now = self._clock()
-        self.level = min(self.capacity, self.level + max(0.0, now - self._updated) * self.rate)
-        self._updated = max(now, self._updated)  # later than now while a refill delay runs
-        return now
+    sent_at: float
+    debt: float | None = None
 
 
 class RateLimiter:
@@ -104,36 +46,59 @@ class RateLimiter:
     Call `acquire` as the request goes on the wire (the openai provider does it from httpx's
     request hook, after the client has built the request), and `sent` once it is written: the
     server's budget starts refilling when it charges the first request, and ours from the
-    moment that request could reach it, not before (a new connection, a TLS handshake). A
-    request that had to wait leaves `transit_margin` seconds after its budget is back, for the
-    rest: one request's trip from the wire to its charge may take longer than another's. The
-    shift is the same for every waiting request, so it costs latency once, not throughput.
+    moment that request could reach it, not before. A request that had to wait leaves
+    `transit_margin` seconds after its budget is back: one request's trip from the wire to its
+    charge may take longer than another's. With `first_answer_first`, only one request leaves
+    until the first answer tells the limits and how full the server's budget is.
+    `share`: the part of the server's limits this process may spend (1/N for N processes on one key).
     """
 
     def __init__(
         self,
-        requests_per_minute: float,
-        tokens_per_minute: float,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
         sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         transit_margin: float = 0.01,
+        share: float = 1.0,
+        first_answer_first: bool = False,
     ):
-        self.requests = TokenBucket(requests_per_minute, clock)
-        self.tokens = TokenBucket(tokens_per_minute, clock)
+        self.caps = {"requests": requests_per_minute, "tokens": tokens_per_minute}
+        self.server_limits: dict[str, float | None] = dict.fromkeys(NAMES)
+        self.share = share
+        self.window = LearnedWindow()
+        self.held_back: dict[str, tuple[float, float]] = {}  # budget -> (cap, server's share), once seen
+        self.requests = TokenBucket(self.limit("requests"), clock)
+        self.tokens = TokenBucket(self.limit("tokens"), clock)
         self.transit_margin = transit_margin
         self._stopped = threading.Event()
         self._sleep = sleep or self._stopped.wait  # by default a sleep that `stop` cuts short
         self._clock = clock
         self._hold_until = 0.0  # set by back_off; also stops requests already waiting
+        self._learning = threading.RLock()  # the learned limits, window and pace
+        self._first = threading.Condition()
+        self._answered = not first_answer_first
+        self._first_sender: int | None = None  # the thread whose request goes first
+
+    def limit(self, name: str) -> float | None:
+        """Budget `name` a minute for this process: the server's share, within the cap."""
+        known = [v for v in (self.caps[name], (self.server_limits[name] or 0) * self.share) if v]
+        return min(known) if known else None
+
+    @property
+    def answered(self) -> bool:
+        """Whether an answer came back (the first request's, when `first_answer_first`)."""
+        return self._answered
 
     def delay_refill(self, seconds: float) -> None:
         """Start refilling `seconds` late each time a full bucket is first spent from: for a
         client whose first requests reach the server well after they were counted."""
         self.requests.refill_delay = self.tokens.refill_delay = seconds
 
-    def acquire(self, tokens: int) -> float:
-        """Block until one request of `tokens` tokens fits both budgets; return the clock then.
+    def acquire(self, tokens: int) -> Ticket:
+        """Block until one request of `tokens` tokens fits both budgets; return its ticket.
         Raises `Stopped` once `stop` was called."""
+        self.wait_for_first_answer()
         places = self.requests.reserve(1), self.tokens.reserve(tokens)
         try:
             while not self.stopped and (wait := self._wait(places)) > 0:
@@ -143,7 +108,23 @@ class RateLimiter:
             self.tokens.release(tokens)
         if self.stopped:
             raise Stopped("the rate limiter was stopped: no request leaves")
-        return self._clock()
+        debts = [d for d in (self.requests.owe(1), self.tokens.owe(tokens)) if d is not None]
+        return Ticket(self._clock(), max(debts) if debts else None)
+
+    def request_tokens(self) -> int | None:
+        """The most tokens one request should carry (None: no limit known): a quarter of what
+        the learned window holds, so that the budget is spent in steps the server takes, or
+        more where a request budget would otherwise bind first; before the first answer, a
+        small request."""
+        if not self._answered:
+            return FIRST_REQUEST_TOKENS
+        if self.tokens.rate is None:
+            return None
+        window = self.tokens.rate * self.window.seconds
+        size = window / SHARE_OF_WINDOW
+        if self.requests.rate is not None:  # as many tokens a request as keeps the request budget from binding
+            size = max(size, min(window, 1.25 * self.tokens.rate / self.requests.rate))
+        return max(1, int(size))
 
     def sent(self) -> None:
         """A request is on the wire: the buckets start refilling if they waited for one."""
@@ -160,10 +141,34 @@ class RateLimiter:
         `Stopped` instead of letting a request leave. For an answer that no retry can fix,
         and for closing."""
         self._stopped.set()
+        self.settled()
 
     @property
     def stopped(self) -> bool:
         return self._stopped.is_set()
+
+    def settled(self) -> None:
+        """An attempt ended, answered or not: requests held back for the first answer may go."""
+        with self._first:
+            self._answered = True
+            self._first.notify_all()
+
+    def wait_for_first_answer(self) -> None:
+        """With `first_answer_first`, the first thread to call goes on: its request is the first.
+        Any other waits here until an answer came, or `stop`."""
+        me = threading.get_ident()
+        with self._first:
+            while not self._answered and self._first_sender not in (None, me):
+                self._first.wait()
+            if not self._answered:
+                self._first_sender = me
+
+    def pass_first_request(self) -> None:
+        """The thread chosen to send the first request has none to send: another goes first."""
+        with self._first:
+            if self._first_sender == threading.get_ident():
+                self._first_sender = None
+                self._first.notify_all()
 
     def _wait(self, places: tuple[float, float]) -> float:
         budget = max(self.requests.wait(places[0]), self.tokens.wait(places[1]))
@@ -175,19 +180,37 @@ class RateLimiter:
         self.requests.adjust(-1)
         self.tokens.adjust(-tokens)
 
-    def observe(self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None, sent_at: float | None = None) -> None:
-        """Correct from the server's `x-ratelimit-*` headers and the response's usage.
+    def observe(self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None, ticket: Ticket | None = None) -> None:
+        """Learn from an answer the server took: its limits, how full its budget is, and the
+        response's usage.
 
         The headers may date from when the server took the request, not from when its answer
-        arrived (`sent_at` is when it left): taking them as current would throw away the
+        arrived (the ticket says when it left): taking them as current would throw away the
         refill during the request's latency, once per request that finds our bucket above zero.
         """
-        for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-            remaining = server_level(headers, name)
-            if remaining is not None:
-                bucket.cap(remaining, sent_at)
+        self._learn_limits(headers, {"requests": 1, "tokens": estimated_tokens})
+        if ticket is not None and ticket.debt is not None:
+            with self._learning:
+                self._relearn(self.window.admitted(ticket.debt))
+        self._cap(headers, ticket)
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
+        self.settled()
+
+    def refused(self, headers: Mapping[str, str], tokens: int, ticket: Ticket | None = None) -> None:
+        """A 429 for a request of `tokens` tokens our model let through: refund it, learn the
+        limits its headers carry and what its debt says of the window. `back_off` follows."""
+        self.refund(tokens)
+        self._learn_limits(headers, None)
+        with self._learning:
+            if ticket is not None and ticket.debt is not None and self.window.refused(ticket.debt):
+                log.info(
+                    "the server refused a request our model let through: now spending at most %.1f s of the limit "
+                    "at once, at %.0f%% of it", self.window.seconds, 100 * self.window.pace,
+                )
+                self._relearn(True)
+        self._cap(headers, None)
+        self.settled()
 
     def back_off(self, seconds: float, tokens: int) -> None:
         """A 429 said a refused (and refunded) request of `tokens` tokens fits in `seconds`:
@@ -195,40 +218,60 @@ class RateLimiter:
         first in line, with the others still waiting queued behind it at the budgeted pace
         (not all released together when the hold ends, to meet the next 429). They are lowered,
         not emptied: an empty bucket would make the retry wait again for its own tokens."""
-        self.requests.cap(1 - seconds * self.requests.rate)
-        self.tokens.cap(tokens - seconds * self.tokens.rate)
+        for bucket, amount in ((self.requests, 1), (self.tokens, tokens)):
+            if bucket.rate is not None:
+                bucket.cap(amount - seconds * bucket.rate)
         self._hold_until = max(self._hold_until, self._clock() + seconds)
 
+    def _cap(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
+        for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
+            remaining = server_level(headers, name, self.window.seconds)
+            if remaining is not None:
+                bucket.cap(remaining * self.share, ticket.sent_at if ticket else None)
 
-def server_level(headers: Mapping[str, str], name: str) -> float | None:
-    """What the server says is left of budget `name` ("requests" or "tokens"), or None.
+    def _learn_limits(self, headers: Mapping[str, str], charged: dict[str, float] | None) -> None:
+        """Take the server's limits from its headers, and (for an answer it took: `charged`
+        holds what it charged) how many seconds of them its budget held."""
+        limits = {name: server_limit(headers, name) for name in NAMES}
+        with self._learning:
+            changed = any(v and v != self.server_limits[name] for name, v in limits.items())
+            self.server_limits.update({name: v for name, v in limits.items() if v})
+            held = [
+                (level + charged[name]) / (limits[name] / 60)
+                for name in NAMES
+                if charged and limits[name] and (level := _remaining(headers, name)) is not None
+            ]
+            widened = bool(held) and self.window.reported(min(held), first=not self._answered)
+            if changed:
+                self._note_caps()
+            self._relearn(changed or widened)
 
-    `x-ratelimit-remaining-*` counts whole units, and at a few hundred requests a minute a
-    unit is a fifth of a second: taking the whole number as the level would keep our bucket
-    up to a unit below the server's for the rest of the run. Where the limit and the time
-    until the budget is full again (`x-ratelimit-reset-*`) come too, they give the fraction;
-    a reset that disagrees with the whole count by more than a unit (a server that means
-    something else by it) is ignored.
-    """
-    remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
-    limit = _number(headers.get(f"x-ratelimit-limit-{name}"))
-    until_full = _duration(headers.get(f"x-ratelimit-reset-{name}"))
-    if remaining is None or not limit or until_full is None:
-        return remaining
-    level = limit - until_full * limit / 60
-    return level if abs(level - remaining) <= 1 else remaining
+    def _relearn(self, changed: bool) -> None:
+        """Apply the limits, window and pace learned so far to both buckets."""
+        if not changed:
+            return
+        with self._learning:
+            for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
+                limit = self.limit(name)
+                bucket.set_limit(limit * self.window.pace if limit else None, self.window.seconds)
+
+    def _note_caps(self) -> None:
+        """Say once, per budget, that a configured cap holds the run below what the server allows."""
+        for name in NAMES:
+            cap, server = self.caps[name], (self.server_limits[name] or 0) * self.share
+            if cap and server > cap * 1.01 and name not in self.held_back:
+                self.held_back[name] = (cap, server)
+                log.warning(
+                    "embedding.%s = %s holds this run below the server's %s a minute: raise it or leave it unset",
+                    _CAP_SETTING[name], f"{cap:,.0f}", f"{server:,.0f}",
+                )
 
 
-def _duration(value: str | None) -> float | None:
-    """Seconds in a duration as the API writes them ("6m0s", "1.5s", "20ms"), or None."""
-    parts = _DURATION_PART.findall(value or "")
-    if not parts or "".join(number + unit for number, unit in parts) != (value or "").strip():
-        return None
-    return sum(float(number) * _SECONDS_PER[unit] for number, unit in parts)
-
-
-def _number(value: str | None) -> float | None:
+def _remaining(headers: Mapping[str, str], name: str) -> float | None:
     try:
-        return float(value) if value is not None else None
-    except ValueError:
+        return max(0.0, float(headers[f"x-ratelimit-remaining-{name}"]))
+    except (KeyError, TypeError, ValueError):
         return None
+
+
+__all__ = ["RateLimiter", "Stopped", "Ticket", "TokenBucket", "server_level"]

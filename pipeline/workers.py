@@ -6,8 +6,9 @@ the provider, the cache and the staging directory from it, embeds the partition,
 back a `PartitionResult` that `absorb` folds into the flow's counts.
 
 The rate limit is shared by an explicit split, not by a lock server: each of the cluster's
-N worker processes gets 1/N of the requests and tokens per minute (and of the requests in
-flight), and keeps one embedder — so one pair of buckets — for its whole life. Buckets that
+N worker processes gets 1/N of the configured caps (and of the requests in flight), spends
+1/N of the limits and of the budget left that the server's headers report, and keeps one
+embedder — so one pair of buckets, one learned window — for its whole life. Buckets that
 each spend within their share can never together spend more than the account's budget, and
 no request waits on a network round trip to a coordinator.
 """
@@ -53,6 +54,7 @@ class RunSpec:
     sources: dict[int, dict]
     max_tokens: int
     overlap_tokens: int
+    workers: int = 1  # processes sharing the key: each spends 1/workers of what the server allows
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,9 @@ def shared_config(config: Config, workers: int) -> Config:
     flight, so that `workers` processes spending their shares stay within the account's."""
     embedding = config.embedding
     share = embedding.model_copy(update={
-        "requests_per_minute": max(1, embedding.requests_per_minute // workers),
-        "tokens_per_minute": max(1, embedding.tokens_per_minute // workers),
-        "max_concurrency": max(1, embedding.max_concurrency // workers),
+        name: max(1, value // workers)
+        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency")
+        if (value := getattr(embedding, name)) is not None
     })
     return config.model_copy(update={"embedding": share})
 
@@ -86,7 +88,7 @@ def run_spec(run: Run, workers: int) -> RunSpec:
     """The picklable half of a prepared run, for `workers` worker processes."""
     return RunSpec(
         shared_config(run.config, workers), run.plan, run.partitions, run.metadata, run.rows.run_key,
-        run.previous, run.sources, run.texts.max_tokens, run.texts.overlap_tokens,
+        run.previous, run.sources, run.texts.max_tokens, run.texts.overlap_tokens, workers,
     )
 
 
@@ -114,6 +116,7 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]
             limiter = getattr(_embedders[key], "limiter", None)  # metered providers have one
             if limiter is not None:
                 limiter.delay_refill(WORKER_REFILL_DELAY)
+                limiter.share = 1 / max(1, spec.workers)
             while len(_embedders) > _KEPT_EMBEDDERS:
                 _embedders.popitem(last=False)[1].close()
         _embedders.move_to_end(key)

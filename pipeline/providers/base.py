@@ -7,7 +7,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Callable, ClassVar, Iterator
 
@@ -17,6 +17,7 @@ from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError, ResponseError
 
 _live: weakref.WeakSet = weakref.WeakSet()  # every embedder not yet closed, for `stop_every_embedder`
+MAX_CONCURRENCY = 32  # threads sending requests when embedding.max_concurrency is unset
 
 
 class Embedder(ABC):
@@ -35,7 +36,7 @@ class Embedder(ABC):
     def __init__(self, config: EmbeddingConfig):
         self.config = config
         self.model = config.model
-        self.max_concurrency = config.max_concurrency
+        self.max_concurrency = config.max_concurrency or MAX_CONCURRENCY
         self.requests = 0  # requests sent, counting every retry
         self.retries: Counter[str] = Counter()  # retried attempts, by cause
         self.timed_out_tokens = 0  # sent in attempts that timed out: possibly billed twice
@@ -94,12 +95,20 @@ class Embedder(ABC):
 
     def embed_iter(self, texts: list[str], token_counts: list[int], store: Callable[[list[str], np.ndarray], None] | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """Send up to `max_concurrency` requests at once; yield (slice of texts, vectors) as each
-        completes. `store(texts, vectors)` runs in the worker the moment an answer is checked,
-        so a run killed later pays again for at most the requests then in flight. On the
-        first failure, requests not yet sent are cancelled, those already answered are still
-        yielded, and then the failure is raised."""
-        def work(batch: slice) -> np.ndarray:
+        completes. Each request takes the next texts when its thread picks it up, as many as
+        `batch_tokens` says then (the budget may have changed since the call). `store(texts,
+        vectors)` runs in the worker the moment an answer is checked, so a run killed later pays
+        again for at most the requests then in flight. On the first failure, requests not yet
+        sent are cancelled, those already answered are still yielded, and then the failure is raised."""
+        cursor = _Cursor(token_counts)
+
+        def work() -> tuple[slice, np.ndarray] | None:
             with self._sending():
+                self._wait_to_size_request()
+                batch = cursor.take(self.batch_inputs, self.batch_tokens)
+                if batch is None:
+                    self._nothing_to_send()
+                    return None
                 vectors = self._checked(texts[batch], token_counts[batch])
                 if store is not None:
                     try:
@@ -107,26 +116,38 @@ class Embedder(ABC):
                     except BaseException as exc:  # answers that cannot be kept must not go on being bought
                         self.stop(f"stopped: storing vectors failed: {exc}")
                         raise
-                return vectors
+                return batch, vectors
 
-        pool = self._request_pool()
-        futures = {pool.submit(work, batch): batch for batch in pack_batches(token_counts, self.batch_inputs, self.batch_tokens)}
-        failure = None
+        # Every request of this call is queued now, behind those of calls before it and ahead of
+        # those after: a record batch's last requests are not overtaken by the next batch's.
+        pool, futures, failure = self._request_pool(), set(), None
         try:
-            for future in as_completed(futures):  # after a failure, also waits for those running
-                if future.cancelled():
-                    continue
-                if future.exception() is None:
-                    yield futures[future], future.result()
-                elif failure is None:
-                    failure = future.exception()
-                    for pending in futures:
-                        pending.cancel()
+            while failure is None and cursor.left:
+                futures |= {pool.submit(work) for _ in pack_batches(cursor.left_counts(), self.batch_inputs, self.batch_tokens)}
+                while futures:
+                    done = wait(futures, return_when=FIRST_COMPLETED).done  # after a failure, also waits for those running
+                    futures -= done
+                    for future in done:
+                        if future.cancelled():
+                            continue
+                        if future.exception() is not None:
+                            failure = failure or future.exception()
+                            for pending in futures:
+                                pending.cancel()
+                        elif future.result() is not None:
+                            yield future.result()
         finally:
             for pending in futures:  # on Ctrl-C, or a consumer that stopped early: unsent requests never leave
                 pending.cancel()
         if failure is not None:
             raise failure
+
+    def _wait_to_size_request(self) -> None:
+        """Return when the next request's size can be chosen (a metered provider first waits for
+        the answer that tells its limits)."""
+
+    def _nothing_to_send(self) -> None:
+        """A request found no texts left to take."""
 
     def stop(self, reason: str) -> None:
         """From now on no request of this embedder leaves: those queued or waiting fail with
@@ -181,6 +202,11 @@ class Embedder(ABC):
         """Tokens per request."""
         return self.max_batch_tokens
 
+    @property
+    def held_back(self) -> dict[str, tuple[float, float]]:
+        """Budgets a configured cap holds below what the server allows: name -> (cap, server's)."""
+        return {}
+
     def close(self) -> None:
         """Release clients, models and threads; subclasses call this last."""
         with self._lock:
@@ -203,16 +229,47 @@ def wait_for_requests(seconds: float) -> int:
     return sum(embedder.wait_idle(deadline) for embedder in list(_live))
 
 
+class _Cursor:
+    """Consecutive slices of one call's texts, handed out in order, each sized when taken."""
+
+    def __init__(self, token_counts: list[int]):
+        self.token_counts = token_counts
+        self.start = 0
+        self._lock = threading.Lock()
+
+    @property
+    def left(self) -> bool:
+        return self.start < len(self.token_counts)
+
+    def left_counts(self) -> list[int]:
+        return self.token_counts[self.start :]
+
+    def take(self, max_inputs: int, max_tokens: int) -> slice | None:
+        with self._lock:
+            if not self.left:
+                return None
+            batch = next_batch(self.token_counts, self.start, max_inputs, max_tokens)
+            self.start = batch.stop
+            return batch
+
+
 def pack_batches(token_counts: list[int], max_inputs: int, max_tokens: int) -> Iterator[slice]:
     """Consecutive slices holding at most `max_inputs` texts and `max_tokens` tokens each."""
-    start, tokens = 0, 0
-    for i, count in enumerate(token_counts):
-        if i > start and (i - start == max_inputs or tokens + count > max_tokens):
-            yield slice(start, i)
-            start, tokens = i, 0
-        tokens += count
-    if start < len(token_counts):
-        yield slice(start, len(token_counts))
+    start = 0
+    while start < len(token_counts):
+        batch = next_batch(token_counts, start, max_inputs, max_tokens)
+        yield batch
+        start = batch.stop
+
+
+def next_batch(token_counts: list[int], start: int, max_inputs: int, max_tokens: int) -> slice:
+    """The slice from `start` holding at most `max_inputs` texts and `max_tokens` tokens (at
+    least one text, however long)."""
+    stop, tokens = start, 0
+    while stop < len(token_counts) and stop - start < max_inputs and (stop == start or tokens + token_counts[stop] <= max_tokens):
+        tokens += token_counts[stop]
+        stop += 1
+    return slice(start, stop)
 
 
 def check_vectors(vectors: np.ndarray, count: int, dimensions: int) -> None:

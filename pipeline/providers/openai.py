@@ -74,7 +74,7 @@ class OpenAIEmbedder(Embedder):
             http_client=openai.DefaultHttpxClient(transport=self._transport, event_hooks={"request": [self._take_budget]}),
         )
         self._transport.prepare(self.client.base_url.scheme)
-        self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+        self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute, first_answer_first=True)
         self._fatal: ProviderError | None = None  # the answer that stopped every request
 
     @classmethod
@@ -107,7 +107,18 @@ class OpenAIEmbedder(Embedder):
 
     @property
     def batch_tokens(self) -> int:
-        return min(self.max_batch_tokens, self.config.tokens_per_minute)  # a request must fit a minute
+        """Tokens per request: what the rate limiter says the server's budget takes in one step."""
+        return min(self.max_batch_tokens, self.limiter.request_tokens() or self.max_batch_tokens)
+
+    def _wait_to_size_request(self) -> None:
+        self.limiter.wait_for_first_answer()  # the first request is small; the others are sized by its answer
+
+    def _nothing_to_send(self) -> None:
+        self.limiter.pass_first_request()
+
+    @property
+    def held_back(self) -> dict[str, tuple[float, float]]:
+        return dict(self.limiter.held_back)
 
     def embed_batch(self, texts: list[str], token_counts: list[int] | None = None) -> np.ndarray:
         """One request, retried on transient failures; a rejected batch is split, never resent whole."""
@@ -138,6 +149,7 @@ class OpenAIEmbedder(Embedder):
                 self._raise_if_stopped()  # the request hook refused to send it: not a connection error
                 last = exc
                 self._note_transient(exc, tokens)
+                self.limiter.settled()
                 wait = _retry_after(exc) or _backoff(attempt)
                 log.warning("%s; retrying %d texts in %.1f s (attempt %d of %d)", _describe(exc), len(pending), wait, attempt + 1, self.config.max_attempts)
                 self.limiter.sleep(wait)
@@ -147,11 +159,11 @@ class OpenAIEmbedder(Embedder):
                 if fatal:
                     raise self._stop_all(fatal) from None
                 if isinstance(exc, openai.BadRequestError):
+                    self.limiter.settled()
                     raise
                 last = exc  # what is left: 429 rate_limit_exceeded
                 self.tally("429")
-                self.limiter.refund(tokens)
-                self.limiter.observe(exc.response.headers, tokens, None)
+                self.limiter.refused(exc.response.headers, tokens, getattr(self._outgoing, "ticket", None))
                 wait = _retry_after(exc) or _backoff(attempt)
                 log.info("rate limited (429): all requests wait %.1f s", wait)
                 self.limiter.back_off(wait, tokens)
@@ -194,7 +206,7 @@ class OpenAIEmbedder(Embedder):
                 self.timed_out_tokens += tokens
 
     def _request(self, texts: list[str], tokens: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
-        self._outgoing.tokens, self._outgoing.sent_at = tokens, None
+        self._outgoing.tokens, self._outgoing.ticket = tokens, None
         self.tally()
         body = {"model": self.model, "input": texts, "encoding_format": "base64"}
         if self.config.dimensions:
@@ -204,7 +216,7 @@ class OpenAIEmbedder(Embedder):
         # of interpreter time a request (tens on the first) that the other threads wait for
         response = self.client.post("/embeddings", body=body, cast_to=httpx2.Response)
         payload = json_object(response)
-        self.limiter.observe(response.headers, tokens, prompt_tokens(payload), self._outgoing.sent_at)
+        self.limiter.observe(response.headers, tokens, prompt_tokens(payload), self._outgoing.ticket)
         return decode_response(payload.get("data"), len(texts), dimensions)
 
     def _take_budget(self, request) -> None:
@@ -215,7 +227,7 @@ class OpenAIEmbedder(Embedder):
         refilling then, as the server's does."""
         tokens, self._outgoing.tokens = getattr(self._outgoing, "tokens", None), None  # a redirect pays nothing more
         if tokens is not None:
-            self._outgoing.sent_at = self.limiter.acquire(tokens)
+            self._outgoing.ticket = self.limiter.acquire(tokens)
         request.extensions["trace"] = self._trace
 
     def _trace(self, event: str, info: dict) -> None:

@@ -24,10 +24,15 @@ def two_files(tmp_path):
     return tmp_path / "in"
 
 
-@pytest.mark.parametrize("workers, rpm, tpm, concurrency", [(1, 3000, 1_000_000, 8), (2, 1500, 500_000, 4), (3, 1000, 333_333, 2), (16, 187, 62_500, 1)])
-def test_each_worker_process_gets_an_equal_share_of_the_limits(tmp_path, fake_openai, workers, rpm, tpm, concurrency):
-    share = shared_config(openai_config(tmp_path, fake_openai, tmp_path / "in"), workers).embedding
-    assert (share.requests_per_minute, share.tokens_per_minute, share.max_concurrency) == (rpm, tpm, concurrency)
+@pytest.mark.parametrize(
+    "workers, rpm, tpm, concurrency",
+    [(1, 3000, 1_000_000, 8), (2, 1500, 500_000, 4), (3, 1000, 333_333, 2), (16, 187, 62_500, 1), (4, None, None, None)],
+)
+def test_each_worker_process_gets_an_equal_share_of_the_configured_caps(tmp_path, fake_openai, workers, rpm, tpm, concurrency):
+    caps = {"requests_per_minute": 3000, "tokens_per_minute": 1_000_000, "max_concurrency": 8} if rpm else {}
+    config = openai_config(tmp_path, fake_openai, tmp_path / "in", **{f"embedding__{k}": v for k, v in caps.items()})
+    share = shared_config(config, workers).embedding
+    assert (share.requests_per_minute, share.tokens_per_minute, share.max_concurrency) == (rpm, tpm, concurrency)  # unset stays unset
 
 
 def run_in_worker_processes(config, processes: int) -> dict:

@@ -1,0 +1,78 @@
+"""How much budget a server really lets a client spend at once, learned while the run goes.
+
+A server that banks a minute lets an idle key spend a whole minute's budget at once; one that
+enforces its rate over 1 or 10 seconds refuses anything past that window's share. The window
+is learned in seconds of the limit, so it holds when the limit itself changes.
+
+Every request leaves with its *debt*: what our sends since the bucket was last full would
+owe a server refilling at the limit (the seconds of budget they drew ahead). A request the
+server took shows the window holds at least its debt; one it refused, at more than any it
+took, shows the window ends below it. A refusal at a debt it had already taken is a server
+that spends slower than our rate (a fixed window, another client on the key): we pace below
+the limit and shrink the window. Sustained success lets both grow back, never past the
+shallowest debt refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MINUTE = 60.0  # the API's classic budget: a whole minute banked
+FLOOR = 1.0  # the shortest window servers are known to enforce (Azure: 1 or 10 s)
+GROW_AFTER = 100  # requests taken in a row before the window and the pace grow back a step
+GROWTH = 1.25
+SLOWER = 0.95  # pace kept after a refusal our model cannot explain
+SLOWEST = 0.8
+JITTER = 0.8  # a refusal above this share of the deepest debt taken is taken as the window's end
+
+
+@dataclass
+class LearnedWindow:
+    """Seconds of the limit the server banks (`seconds`), and the share of it we spend (`pace`)."""
+
+    seconds: float = MINUTE
+    pace: float = 1.0
+    accepted: float = 0.0  # the deepest debt, in seconds, the server took
+    ceiling: float = math.inf  # the shallowest debt above `accepted` it refused
+    streak: int = 0  # requests taken since the last refusal
+    heard: bool = False  # a server's headers told us how full its bucket was
+
+    def reported(self, seconds: float, first: bool = False) -> bool:
+        """The server's headers show its bucket held `seconds` of the limit (what it reports
+        left plus what it just charged). The report on a run's `first` request sets the window
+        (an idle key starts full); others only widen it. Returns whether the window changed."""
+        before = self.seconds
+        if first and not self.heard:
+            self.heard, self.seconds = True, _within(seconds)
+        elif seconds > self.seconds * 1.01:
+            self.seconds = _within(seconds)
+            self.ceiling = max(self.ceiling, self.seconds)
+        return self.seconds != before
+
+    def admitted(self, debt: float) -> bool:
+        """The server took a request that left at `debt` seconds; returns whether anything grew."""
+        self.accepted = max(self.accepted, debt)
+        self.streak += 1
+        if self.streak % GROW_AFTER or (self.seconds >= min(MINUTE, self.ceiling) and self.pace >= 1):
+            return False
+        self.seconds = min(MINUTE, max(self.seconds, min(self.ceiling, self.seconds * GROWTH)))
+        self.pace = min(1.0, self.pace + (1 - SLOWER) / 2)
+        return True
+
+    def refused(self, debt: float) -> bool:
+        """The server refused a request that left at `debt` seconds, which our model said fitted;
+        returns whether the window or the pace changed."""
+        before = (self.seconds, self.pace)
+        self.streak = 0
+        if debt > self.accepted * JITTER:  # past everything it took: the window ends in between
+            self.ceiling = min(self.ceiling, debt)
+            self.seconds = _within(min(self.seconds, max(self.accepted, FLOOR)))
+        else:
+            self.pace = max(SLOWEST, self.pace * SLOWER)
+            self.seconds = _within(self.seconds / 2)
+        return (self.seconds, self.pace) != before
+
+
+def _within(seconds: float) -> float:
+    return min(MINUTE, max(FLOOR, seconds))
