@@ -209,6 +209,7 @@ class Budget:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # a real server's backlog: socketserver's 5 resets a burst of new connections
 
     def handle_error(self, request, client_address):
         pass  # a client killed mid-request (as tests do) is not the server's error
@@ -224,13 +225,16 @@ class FakeOpenAI:
     answer within the limits.
     """
 
-    def __init__(self, dimensions: int = 16, shuffle: bool = False, models: tuple[str, ...] = ("text-embedding-3-small",), rpm: float | None = None, tpm: float | None = None, latency: float = 0.0,
-                 window: float = 60.0, window_kind: str = "bucket", send_limit_headers: bool = True, latency_per_1k_tokens: float = 0.0):
+    def __init__(self, dimensions: int = 16, shuffle: bool = False,
+                 models: tuple[str, ...] = ("text-embedding-3-small",), rpm: float | None = None,
+                 tpm: float | None = None, latency: float = 0.0, window: float = 60.0, window_kind: str = "bucket",
+                 send_limit_headers: bool = True, latency_per_1k_tokens: float = 0.0):
         self.dimensions = dimensions
         self.shuffle = shuffle
         self.models = models
         self.window, self.window_kind = window, window_kind
-        self.budgets = {name: Budget(limit, window, window_kind) for name, limit in (("requests", rpm), ("tokens", tpm)) if limit}
+        limits = (("requests", rpm), ("tokens", tpm))
+        self.budgets = {name: Budget(limit, window, window_kind) for name, limit in limits if limit}
         self.send_limit_headers = send_limit_headers
         self.latency = latency
         self.latency_per_1k_tokens = latency_per_1k_tokens
@@ -302,7 +306,8 @@ class FakeOpenAI:
             self.calls.update(texts)
             self.admitted_inputs.append(texts)
             self.tokens_served += tokens
-            delay = self.latency + self.latency_per_1k_tokens * tokens / 1000 + (self.delays.popleft() if self.delays else 0.0)
+            extra = self.delays.popleft() if self.delays else 0.0
+            delay = self.latency + self.latency_per_1k_tokens * tokens / 1000 + extra
         time.sleep(delay)
         status, payload = self.embed_body(body)
         with self._lock:
