@@ -24,6 +24,7 @@ GROW_AFTER = 100  # requests taken in a row before the window and the pace grow 
 GROWTH = 1.25
 SLOWER = 0.95  # pace kept after a refusal our model cannot explain
 SLOWEST = 0.8
+MARGIN = 0.95  # of a window the headers report: they round down, and lag the charge they follow
 JITTER = 0.8  # a refusal above this share of the deepest debt taken is taken as the window's end
 
 
@@ -36,27 +37,38 @@ class LearnedWindow:
     accepted: float = 0.0  # the deepest debt, in seconds, the server took
     ceiling: float = math.inf  # the shallowest debt above `accepted` it refused
     streak: int = 0  # requests taken since the last refusal
-    heard: bool = False  # a server's headers told us how full its bucket was
+    heard: float = 0.0  # the fullest the server's headers ever showed its bucket, in seconds (0: never)
 
     def reported(self, seconds: float, first: bool = False) -> bool:
         """The server's headers show its bucket held `seconds` of the limit (what it reports
         left plus what it just charged). The report on a run's `first` request sets the window
         (an idle key starts full); others only widen it. Returns whether the window changed."""
-        before = self.seconds
+        before, seconds = self.seconds, _within(seconds * MARGIN)
         if first and not self.heard:
-            self.heard, self.seconds = True, _within(seconds)
+            self.seconds = seconds
         elif seconds > self.seconds * 1.01:
-            self.seconds = _within(seconds)
-            self.ceiling = max(self.ceiling, self.seconds)
+            self.seconds = seconds
+            self.ceiling = max(self.ceiling, seconds)
+        self.heard = max(self.heard, seconds)
         return self.seconds != before
+
+    def assume_shortest(self) -> bool:
+        """No report came with the first answer: assume the shortest window until success says more."""
+        before, self.seconds = self.seconds, FLOOR
+        return self.seconds != before
+
+    @property
+    def widest(self) -> float:
+        """The window growth may reach: below any refusal, and no wider than the headers ever showed."""
+        return min(MINUTE, self.ceiling, self.heard or MINUTE)
 
     def admitted(self, debt: float) -> bool:
         """The server took a request that left at `debt` seconds; returns whether anything grew."""
         self.accepted = max(self.accepted, debt)
         self.streak += 1
-        if self.streak % GROW_AFTER or (self.seconds >= min(MINUTE, self.ceiling) and self.pace >= 1):
+        if self.streak % GROW_AFTER or (self.seconds >= self.widest and self.pace >= 1):
             return False
-        self.seconds = min(MINUTE, max(self.seconds, min(self.ceiling, self.seconds * GROWTH)))
+        self.seconds = max(self.seconds, min(self.widest, self.seconds * GROWTH))
         self.pace = min(1.0, self.pace + (1 - SLOWER) / 2)
         return True
 

@@ -22,8 +22,9 @@ from pipeline.token_bucket import TokenBucket
 
 log = logging.getLogger("embedpipe")
 NAMES = ("requests", "tokens")
-FIRST_REQUEST_TOKENS = 8192  # the most the first request carries, before any limit is known
+FIRST_REQUEST_TOKENS = 1024  # before any limit is known: a request most servers' windows take (or one text)
 SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the window holds
+MOST_SECONDS_A_REQUEST = 2.0  # and 2 s of the limit: an answer's latency grows with its size, the last one's is the run's tail
 _CAP_SETTING = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
 
 
@@ -113,15 +114,15 @@ class RateLimiter:
 
     def request_tokens(self) -> int | None:
         """The most tokens one request should carry (None: no limit known): a quarter of what
-        the learned window holds, so that the budget is spent in steps the server takes, or
-        more where a request budget would otherwise bind first; before the first answer, a
-        small request."""
+        the learned window holds, so that the budget is spent in steps the server takes, and no
+        more than 2 s of the limit, or more where the request budget would otherwise bind
+        first; before the first answer, a small request."""
         if not self._answered:
             return FIRST_REQUEST_TOKENS
         if self.tokens.rate is None:
             return None
         window = self.tokens.rate * self.window.seconds
-        size = window / SHARE_OF_WINDOW
+        size = min(window / SHARE_OF_WINDOW, self.tokens.rate * MOST_SECONDS_A_REQUEST)
         if self.requests.rate is not None:  # as many tokens a request as keeps the request budget from binding
             size = max(size, min(window, 1.25 * self.tokens.rate / self.requests.rate))
         return max(1, int(size))
@@ -188,7 +189,12 @@ class RateLimiter:
         arrived (the ticket says when it left): taking them as current would throw away the
         refill during the request's latency, once per request that finds our bucket above zero.
         """
+        first = not self._answered
         self._learn_limits(headers, {"requests": 1, "tokens": estimated_tokens})
+        if first:  # the first request was charged before any limit was known: it is the debt so far
+            self._first_answer_without_levels()
+            self.requests.owe(1)
+            self.tokens.owe(estimated_tokens)
         if ticket is not None and ticket.debt is not None:
             with self._learning:
                 self._relearn(self.window.admitted(ticket.debt))
@@ -245,6 +251,14 @@ class RateLimiter:
             if changed:
                 self._note_caps()
             self._relearn(changed or widened)
+
+    def _first_answer_without_levels(self) -> None:
+        """A server whose first answer does not say how full its budget is may bank no more than a
+        second: start there, and let sustained success widen the window."""
+        with self._learning:
+            if not self.window.heard and self.window.assume_shortest():
+                log.info("the server does not say how full its budget is: spending 1 s of the limits at once, more as it allows")
+                self._relearn(True)
 
     def _relearn(self, changed: bool) -> None:
         """Apply the limits, window and pace learned so far to both buckets."""

@@ -51,7 +51,6 @@ class TokenBucket:
 
     def reserve(self, amount: float) -> float:
         """Deduct `amount` now; return its place in line: `wait` tells when it is covered."""
-        amount = min(amount, self.capacity)  # a request larger than the window waits for a full one
         with self._lock:
             self._refill()
             if self.level >= self.capacity:  # the server's bucket starts refilling when this request arrives
@@ -86,7 +85,7 @@ class TokenBucket:
     def release(self, amount: float) -> None:
         """A caller that reserved `amount` has stopped waiting (its request is leaving)."""
         with self._lock:
-            self.waiting -= min(amount, self.capacity)
+            self.waiting -= amount
 
     def owe(self, amount: float) -> float | None:
         """A request of `amount` leaves now: its debt in seconds of the limit (None: no limit)."""

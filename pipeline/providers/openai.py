@@ -25,7 +25,7 @@ from pipeline.errors import ConfigError, ProviderError, ResponseError
 from pipeline.providers.base import Embedder
 from pipeline.providers.openai_answers import decode_response, json_object, prompt_tokens
 from pipeline.providers.transport import BackgroundTransport
-from pipeline.ratelimit import RateLimiter
+from pipeline.ratelimit import RateLimiter, Stopped
 from pipeline.tokens import encode_arrays
 
 log = logging.getLogger("embedpipe")
@@ -145,6 +145,9 @@ class OpenAIEmbedder(Embedder):
             tokens = sum(counts[i] for i in pending)
             try:
                 vectors, bad = self._request([texts[i] for i in pending], tokens, dimensions)
+            except Stopped:  # the request hook refused to send it
+                self._raise_if_stopped()
+                raise
             except tuple(_RETRYABLE) as exc:
                 self._raise_if_stopped()  # the request hook refused to send it: not a connection error
                 last = exc

@@ -26,18 +26,19 @@ def stop_when(condition, stopped: list) -> threading.Thread:
     return thread
 
 
-# what the requests are doing when the stop comes -> settings
+# what the requests are doing when the stop comes -> the server's limits, the run's settings
 WAITING = {
-    "waiting for budget": {"embedding__requests_per_minute": 6},  # six at once, then one each 10 s
-    "queued behind the concurrency limit": {"embedding__max_concurrency": 1},
+    "waiting for budget": ({"rpm": 6}, {}),  # six at once, then one each 10 s
+    "queued behind the concurrency limit": ({}, {"embedding__max_concurrency": 1}),
 }
 
 
 @pytest.mark.parametrize("waiting", WAITING)
 def test_after_a_stop_no_request_leaves_and_answers_on_the_wire_are_cached(tmp_path, waiting):
     source = write_parquet(tmp_path / "in.parquet", {"id": list(range(len(TEXTS))), "text": TEXTS})
-    with FakeOpenAI(latency=0.3) as server:
-        config = openai_config(tmp_path, server, source, embedding__batch_size=10, **WAITING[waiting])
+    limits, settings = WAITING[waiting]
+    with FakeOpenAI(latency=0.3, **limits) as server:
+        config = openai_config(tmp_path, server, source, embedding__batch_size=10, **settings)
         stopped: list[float] = []
         stop_when(lambda: len(server.admitted) >= 3, stopped)
         with pytest.raises(ProviderError, match="stopped by the test"):
@@ -46,6 +47,7 @@ def test_after_a_stop_no_request_leaves_and_answers_on_the_wire_are_cached(tmp_p
         late = [t for t in server.admitted if t > stopped[0] + 0.2]  # one written just before may still be arriving
         assert late == [], "a request left after the stop"
         paid = sum(server.calls.values())
+        server.set_limits(rpm=10**6)  # the run after: no waiting
         manifest = run_pipeline(openai_config(tmp_path, server, source, embedding__batch_size=10))  # same cache
     assert max(server.calls.values()) == 1, "an answer on the wire at the stop was not cached"
     assert manifest["stats"]["cache_hits"] == paid
