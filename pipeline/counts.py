@@ -36,6 +36,7 @@ class RunStats:
     requests: int = 0  # every attempt sent to the provider
     retries: dict = field(default_factory=dict)  # retried attempts by cause
     rate_limited: int = 0  # answers that were 429 rate_limit_exceeded, all retried
+    held_back: dict = field(default_factory=dict)  # budget -> [configured cap, the server's limit above it], a minute
     timed_out_tokens: int = 0  # in attempts that timed out and were resent: maybe billed twice
     batch_api: dict = field(default_factory=dict)  # openai-batch: batches, requests, inputs sent
     cost_usd: float | None = None  # tokens sent at the price table's price; None: no price known

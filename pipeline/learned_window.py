@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 MINUTE = 60.0  # the API's classic budget: a whole minute banked
 FLOOR = 1.0  # the shortest window servers are known to enforce (Azure: 1 or 10 s)
-GROW_AFTER = 100  # requests taken in a row before the window and the pace grow back a step
+GROW_AFTER = 20  # requests taken in a row before the window and the pace grow back a step
 GROWTH = 1.25
 SLOWER = 0.95  # pace kept after a refusal our model cannot explain
 SLOWEST = 0.8
-MARGIN = 0.95  # of a window the headers report: they round down, and lag the charge they follow
+MARGIN = 0.99  # of a window the headers report: a request that lands on its very edge may be refused
 JITTER = 0.8  # a refusal above this share of the deepest debt taken is taken as the window's end
 
 
@@ -42,13 +42,14 @@ class LearnedWindow:
     def reported(self, seconds: float, first: bool = False) -> bool:
         """The server's headers show its bucket held `seconds` of the limit (what it reports
         left plus what it just charged). The report on a run's `first` request sets the window
-        (an idle key starts full); others only widen it. Returns whether the window changed."""
-        before, seconds = self.seconds, _within(seconds * MARGIN)
+        (an idle key starts full); others only widen it, never past the debts it took once it
+        refused one. Returns
+        whether the window changed."""
+        before, seconds = self.seconds, _within(min(seconds * MARGIN, self._proven))  # a refusal outweighs any report
         if first and not self.heard:
             self.seconds = seconds
         elif seconds > self.seconds * 1.01:
             self.seconds = seconds
-            self.ceiling = max(self.ceiling, seconds)
         self.heard = max(self.heard, seconds)
         return self.seconds != before
 
@@ -59,8 +60,14 @@ class LearnedWindow:
 
     @property
     def widest(self) -> float:
-        """The window growth may reach: below any refusal, and no wider than the headers ever showed."""
-        return min(MINUTE, self.ceiling, self.heard or MINUTE)
+        """The window growth may reach: no wider than the headers ever showed, and once refused, no
+        deeper than a debt the server took."""
+        return min(MINUTE, self.heard or MINUTE, self._proven)
+
+    @property
+    def _proven(self) -> float:
+        """Once the server refused a debt past those it took, the deepest it took; else no bound."""
+        return max(self.accepted, FLOOR) if self.ceiling < math.inf else math.inf
 
     def admitted(self, debt: float) -> bool:
         """The server took a request that left at `debt` seconds; returns whether anything grew."""

@@ -11,6 +11,7 @@ nobody sends.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ NAMES = ("requests", "tokens")
 FIRST_REQUEST_TOKENS = 1024  # before any limit is known: a request most servers' windows take (or one text)
 SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the window holds
 MOST_SECONDS_A_REQUEST = 2.0  # and 2 s of the limit: an answer's latency grows with its size, the last one's is the run's tail
+LONGEST_NAP = 0.5  # a waiting request asks again this often: a limit raised meanwhile lets it go sooner
 _CAP_SETTING = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
 
 
@@ -76,6 +78,7 @@ class RateLimiter:
         self._sleep = sleep or self._stopped.wait  # by default a sleep that `stop` cuts short
         self._clock = clock
         self._hold_until = 0.0  # set by back_off; also stops requests already waiting
+        self._limits_changed_at = -math.inf  # when the server's headers last reported other limits
         self._learning = threading.RLock()  # the learned limits, window and pace
         self._first = threading.Condition()
         self._answered = not first_answer_first
@@ -102,8 +105,7 @@ class RateLimiter:
         self.wait_for_first_answer()
         places = self.requests.reserve(1), self.tokens.reserve(tokens)
         try:
-            while not self.stopped and (wait := self._wait(places)) > 0:
-                self._sleep(wait)
+            self._wait_for(places)
         finally:
             self.requests.release(1)
             self.tokens.release(tokens)
@@ -171,6 +173,16 @@ class RateLimiter:
                 self._first_sender = None
                 self._first.notify_all()
 
+    def _wait_for(self, places: tuple[float, float]) -> None:
+        """Sleep until the budgets cover `places`, and the transit margin after, or `stop`."""
+        due = self._clock()
+        while not self.stopped:
+            wait = self._wait(places)  # asked again at each nap: the budget may have changed
+            due = self._clock() + wait if wait > 0 else due
+            if (left := due - self._clock()) <= 0:
+                return
+            self._sleep(min(left, LONGEST_NAP))
+
     def _wait(self, places: tuple[float, float]) -> float:
         budget = max(self.requests.wait(places[0]), self.tokens.wait(places[1]))
         held = self._hold_until - self._clock()  # a 429 arrived while we waited
@@ -190,7 +202,8 @@ class RateLimiter:
         refill during the request's latency, once per request that finds our bucket above zero.
         """
         first = not self._answered
-        self._learn_limits(headers, {"requests": 1, "tokens": estimated_tokens})
+        since = self._clock() - ticket.sent_at if ticket is not None else 0.0
+        self._learn_limits(headers, {"requests": 1, "tokens": estimated_tokens}, since)
         if first:  # the first request was charged before any limit was known: it is the debt so far
             self._first_answer_without_levels()
             self.requests.owe(1)
@@ -209,7 +222,7 @@ class RateLimiter:
         self.refund(tokens)
         self._learn_limits(headers, None)
         with self._learning:
-            if ticket is not None and ticket.debt is not None and self.window.refused(ticket.debt):
+            if _teaches(ticket, self._limits_changed_at) and self.window.refused(ticket.debt):
                 log.info(
                     "the server refused a request our model let through: now spending at most %.1f s of the limit "
                     "at once, at %.0f%% of it", self.window.seconds, 100 * self.window.pace,
@@ -235,15 +248,18 @@ class RateLimiter:
             if remaining is not None:
                 bucket.cap(remaining * self.share, ticket.sent_at if ticket else None)
 
-    def _learn_limits(self, headers: Mapping[str, str], charged: dict[str, float] | None) -> None:
+    def _learn_limits(self, headers: Mapping[str, str], charged: dict[str, float] | None, since: float = 0.0) -> None:
         """Take the server's limits from its headers, and (for an answer it took: `charged`
-        holds what it charged) how many seconds of them its budget held."""
+        holds what it charged, `since` seconds ago) how many seconds of them its budget held:
+        what it reports left may include the refill since."""
         limits = {name: server_limit(headers, name) for name in NAMES}
         with self._learning:
             changed = any(v and v != self.server_limits[name] for name, v in limits.items())
+            if changed:
+                self._limits_changed_at = self._clock()
             self.server_limits.update({name: v for name, v in limits.items() if v})
             held = [
-                (level + charged[name]) / (limits[name] / 60)
+                (level + charged[name]) / (limits[name] / 60) - since
                 for name in NAMES
                 if charged and limits[name] and (level := _remaining(headers, name)) is not None
             ]
@@ -279,6 +295,12 @@ class RateLimiter:
                     "embedding.%s = %s holds this run below the server's %s a minute: raise it or leave it unset",
                     _CAP_SETTING[name], f"{cap:,.0f}", f"{server:,.0f}",
                 )
+
+
+def _teaches(ticket: Ticket | None, limits_changed_at: float) -> bool:
+    """Whether a refusal says something of the window: the request left under a known limit,
+    and the limit has not changed since (requests sent at the old rate meet the new one)."""
+    return ticket is not None and ticket.debt is not None and ticket.sent_at > limits_changed_at
 
 
 def _remaining(headers: Mapping[str, str], name: str) -> float | None:

@@ -24,10 +24,19 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
         ("sent", sent),
         *([("in flight", elsewhere_line)] if elsewhere else []),
         ("retries", f"{retries}; 429s {s['rate_limited']:,}; tokens in timed-out attempts {s['timed_out_tokens']:,}"),
+        *([("rate limits", _held_back(s["held_back"]))] if s.get("held_back") else []),
         ("cost", cost),
         ("seconds", f"{s['seconds']:,.1f}"),
         ("output", f"{manifest['output']} ({manifest['model']} via {manifest['provider']}, {manifest['dimensions']} dims)"),
     ]
+
+
+def _held_back(held: dict) -> str:
+    caps = "; ".join(
+        f"embedding.{name}_per_minute {cap:,.0f} held the run below the server's {server:,.0f}"
+        for name, (cap, server) in sorted(held.items())
+    )
+    return caps + ": raise or unset it"
 
 
 def summary_lines(manifest: dict) -> list[str]:

@@ -239,6 +239,7 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
     stats.rate_limited = sum(n for cause, n in embedder.retries.items() if cause.endswith("429"))
+    stats.held_back = {name: [cap, server] for name, (cap, server) in embedder.held_back.items()}
     batch_tokens = stats.batch_api.get("tokens", 0)
     stats.cost_usd = run_cost(run.price, stats.embedded_tokens - batch_tokens, batch_tokens)
     manifest = {**run.metadata, "output": run.published_at or str(run.config.output.path), "rows": run.plan.total_rows, "stats": stats.as_dict()}

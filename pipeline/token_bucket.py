@@ -44,10 +44,13 @@ class TokenBucket:
             if per_minute is None:
                 self.rate, self.capacity, self.level = None, math.inf, math.inf
                 return
-            unlimited = self.rate is None
+            unlimited, rate = self.rate is None, self.rate
             self.rate = per_minute / 60.0
             self.capacity = self.rate * window
             self.level = self.capacity if unlimited else min(self.level, self.capacity)
+            if rate != self.rate:  # debt met at the old rate, in the new one's terms: what is spent of the window
+                self.debt = max(0.0, self.capacity - self.level - self.waiting)
+                self._debt_updated = self._clock()
 
     def reserve(self, amount: float) -> float:
         """Deduct `amount` now; return its place in line: `wait` tells when it is covered."""

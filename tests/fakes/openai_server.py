@@ -303,6 +303,7 @@ class FakeOpenAI:
             limited = self._admit(tokens)
             if limited:
                 return limited
+            headers = self._current_headers()  # as of the charge, as a server's limiter writes them
             self.calls.update(texts)
             self.admitted_inputs.append(texts)
             self.tokens_served += tokens
@@ -312,7 +313,7 @@ class FakeOpenAI:
         status, payload = self.embed_body(body)
         with self._lock:
             corrupt = self.corruptions.popleft() if self.corruptions else None
-        return status, corrupt(payload) if corrupt else payload, self._limit_headers()
+        return status, corrupt(payload) if corrupt else payload, headers
 
     def embed_body(self, body: dict) -> tuple[int, dict]:
         """The embeddings answer for one request body, limits aside: shared with the Batch API."""
@@ -359,12 +360,6 @@ class FakeOpenAI:
                     self.budgets[name].set_limit(limit)
                 else:
                     self.budgets[name] = Budget(limit, self.window, self.window_kind)
-
-    def _limit_headers(self) -> dict:
-        if not self.send_limit_headers:
-            return {}
-        with self._lock:
-            return self._current_headers()
 
     def _current_headers(self) -> dict:
         """The x-ratelimit-* headers of the budgets' levels now; the caller holds the lock."""

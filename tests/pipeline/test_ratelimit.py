@@ -224,3 +224,107 @@ def test_stop_wakes_a_waiting_caller_and_refuses_later_ones():
     assert raised and not waiting.is_alive()
     with pytest.raises(Stopped):
         limit.acquire(1)
+
+
+def answer_headers(limit_requests=None, limit_tokens=None, **remaining):
+    headers = {f"x-ratelimit-limit-{name}": str(v) for name, v in (("requests", limit_requests), ("tokens", limit_tokens)) if v}
+    return {**headers, **{f"x-ratelimit-remaining-{name}": str(v) for name, v in remaining.items()}}
+
+
+@pytest.mark.parametrize(
+    "cap, server, limit",
+    [
+        (None, 600, 600),  # nothing configured: the server's
+        (300, 600, 300),  # a cap below it holds
+        (900, 600, 600),  # a cap above it: the server's
+        (300, None, 300),  # a server that says nothing: the cap
+        (None, None, None),  # neither: no limit but the 429s
+    ],
+)
+def test_the_limit_is_the_servers_within_the_configured_cap(cap, server, limit):
+    limit_now, _ = limiter(cap, None)
+    limit_now.observe(answer_headers(limit_requests=server), 1, None)
+    assert limit_now.limit("requests") == limit
+
+
+def test_a_cap_below_the_servers_limit_is_said_once(caplog):
+    limit, _ = limiter(None, 60_000)
+    for _ in range(3):
+        limit.observe(answer_headers(limit_tokens=1_000_000), 1, None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["embedding.tokens_per_minute = 60,000 holds this run below the server's 1,000,000 a minute: raise it or leave it unset"]
+    assert limit.held_back == {"tokens": (60_000, 1_000_000)}
+
+
+@pytest.mark.parametrize(
+    "rpm, tpm, window, size",
+    [
+        (10_000, 600_000, 1.0, 2_500),  # a quarter of the second's 10,000 tokens
+        (10_000, 600_000, 10.0, 20_000),  # 2 s of the limit, not a quarter of ten
+        (20, 600_000, 10.0, 37_500),  # a request each 3 s: big enough that requests do not bind first
+        (None, None, 60.0, None),  # no limit known: the provider's maximum
+    ],
+)
+def test_a_request_carries_a_share_of_what_the_window_holds(rpm, tpm, window, size):
+    limit, _ = limiter(rpm, tpm)
+    limit.window.seconds = window
+    limit._relearn(True)
+    assert limit.request_tokens() == size
+
+
+def test_processes_sharing_a_key_each_spend_their_share_of_what_the_server_reports():
+    limit, _ = limiter(None, None)
+    limit.share = 0.5
+    limit.observe(answer_headers(limit_tokens=600_000, tokens=300_000), 0, None)
+    assert limit.limit("tokens") == 300_000 and limit.tokens.level == 150_000
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_a_limit_the_server_changes_is_followed_at_its_next_answer(factor):
+    limit, _ = limiter(None, None)
+    limit.observe(answer_headers(limit_tokens=600_000), 0, None)
+    limit.observe(answer_headers(limit_tokens=int(600_000 * factor)), 0, None)
+    assert limit.tokens.rate == 10_000 * factor
+
+
+class SecondsServer:
+    """A server in one thread on the test's clock: it enforces `tpm` over a `window`-second
+    bucket, but reports what is left as if it banked a whole minute (as a server may)."""
+
+    def __init__(self, clock, tpm, window):
+        self.clock, self.rate, self.capacity = clock, tpm / 60, tpm * window / 60
+        self.level, self.minute_level, self.updated = self.capacity, float(tpm), 0.0
+        self.tpm, self.answers = tpm, []  # (time, refused)
+
+    def take(self, tokens):
+        elapsed, self.updated = self.clock.now - self.updated, self.clock.now
+        self.level = min(self.capacity, self.level + elapsed * self.rate)
+        self.minute_level = min(self.tpm, self.minute_level + elapsed * self.rate)
+        refused = self.level < tokens
+        if not refused:
+            self.level -= tokens
+            self.minute_level -= tokens
+        self.answers.append((self.clock.now, refused))
+        headers = answer_headers(limit_tokens=self.tpm, tokens=max(0, int(self.minute_level)))
+        return refused, headers, max(0.001, (tokens - self.level) / self.rate)  # retry-after-ms: whole milliseconds
+
+
+def test_after_the_first_surprise_a_server_that_enforces_seconds_refuses_under_one_percent():
+    clock = Clock()
+    limit = RateLimiter(sleep=clock.sleep, clock=clock, first_answer_first=True)
+    server = SecondsServer(clock, tpm=600_000, window=1.0)
+    sent = 0
+    while sent < 600_000 * 5:  # five minutes of the limit
+        tokens = min(limit.request_tokens() or 300_000, 300_000)
+        ticket = limit.acquire(tokens)
+        refused, headers, retry_after = server.take(tokens)
+        if refused:
+            limit.refused(headers, tokens, ticket)
+            limit.back_off(retry_after, tokens)
+            continue
+        limit.observe(headers, tokens, tokens, ticket)
+        sent += tokens
+    first = next(at for at, refused in server.answers if refused)
+    later = [refused for at, refused in server.answers if at > first + 60]  # a minute to learn
+    assert sum(later) < 0.01 * len(later)
+    assert clock.now < 5 * 60 / 0.95  # at least 0.95 of the limit sustained

@@ -1,0 +1,97 @@
+"""Rate limits as servers enforce them, through the loopback server: with no limits configured,
+the client takes them from the server's headers, learns how much of them it banks, follows a
+limit that changes, and spends within the window."""
+
+import random
+import threading
+import time
+
+import pytest
+
+from pipeline.config import EmbeddingConfig
+from pipeline.providers.openai import OpenAIEmbedder
+from pipeline.report import summary_lines
+from pipeline.run import run_pipeline
+from pipeline.tokens import count_tokens
+from tests.conftest import openai_config, write_parquet
+from tests.fakes.openai_server import FakeOpenAI
+
+WORDS = "invoice refund printer login password shipping delay broken screen battery order account".split()
+
+
+def corpus(tokens: int, seed: int = 0) -> list[str]:
+    """Distinct texts of about 20 tokens each, `tokens` in all."""
+    rng = random.Random(seed)
+    return [f"{seed}-{i} " + " ".join(rng.choice(WORDS) for _ in range(16)) for i in range(tokens // 20)]
+
+
+def embed_all(server: FakeOpenAI, texts: list[str], **settings) -> OpenAIEmbedder:
+    config = EmbeddingConfig(
+        provider="openai", model="text-embedding-3-small", dimensions=server.dimensions,
+        base_url=server.base_url, api_key_env="EMBEDPIPE_TEST_KEY", **settings,
+    )
+    client = OpenAIEmbedder(config, api_key="sk-test")
+    client.embed(texts, [count_tokens(t) for t in texts])
+    client.close()
+    return client
+
+
+@pytest.mark.parametrize("window", [1.0, 10.0])
+def test_a_server_that_banks_seconds_is_learned_from_its_headers_without_a_429(window):
+    with FakeOpenAI(tpm=60_000, window=window, latency=0.02) as server:  # 1,000 tokens a second
+        texts = corpus(int(1_000 * (window + 4)))  # the window's bank, and four seconds more
+        client = embed_all(server, texts)
+    assert server.rate_limited == 0 and len(server.calls) == len(texts)
+    assert client.limiter.limit("tokens") == 60_000  # none configured: the server's
+    after_first = [tokens for _, tokens in server.admissions[1:]]
+    assert max(after_first) <= 1_000 * window / 4  # a quarter of what the window holds
+
+
+def test_a_cap_below_the_servers_limit_holds_and_the_summary_says_so(tmp_path, caplog):
+    texts = corpus(4_000)
+    source = write_parquet(tmp_path / "in.parquet", {"id": list(range(len(texts))), "text": texts})
+    with FakeOpenAI(tpm=6_000_000) as server:
+        manifest = run_pipeline(openai_config(tmp_path, server, source, embedding__tokens_per_minute=60_000))
+    assert manifest["stats"]["held_back"] == {"tokens": [60_000, 6_000_000]}
+    said = [r.getMessage() for r in caplog.records if "holds this run below" in r.getMessage()]
+    assert said == ["embedding.tokens_per_minute = 60,000 holds this run below the server's 6,000,000 a minute: raise it or leave it unset"]
+    assert any("rate limits" in line and "tokens_per_minute 60,000 held the run below" in line for line in summary_lines(manifest))
+
+
+def test_a_limit_halved_mid_run_and_restored_is_followed_within_a_few_requests_both_ways():
+    seen: list[tuple[float, float]] = []  # (when, the client's tokens a minute), at each change
+
+    def change_limits(server, client_box):
+        time.sleep(2.0)
+        changes = []
+        for tpm in (60_000, 120_000):
+            changes.append((time.monotonic(), tpm))
+            server.set_limits(tpm=tpm)
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                rate = client_box[0].limiter.limit("tokens")
+                if rate and (not seen or seen[-1][1] != rate):
+                    seen.append((time.monotonic(), rate))
+                time.sleep(0.005)
+        client_box.append(changes)
+
+    with FakeOpenAI(tpm=120_000, window=2.0, latency=0.02) as server:  # 2,000 tokens a second, 4,000 banked
+        texts = corpus(4_000 + 2_000 * 6)
+        box: list = []
+        config = EmbeddingConfig(
+            provider="openai", model="text-embedding-3-small", dimensions=16,
+            base_url=server.base_url, api_key_env="EMBEDPIPE_TEST_KEY",
+        )
+        client = OpenAIEmbedder(config, api_key="sk-test")
+        box.append(client)
+        watcher = threading.Thread(target=change_limits, args=(server, box), daemon=True)
+        watcher.start()
+        client.embed(texts, [count_tokens(t) for t in texts])
+        watcher.join()
+        client.close()
+    changes = box[-1]
+    for changed_at, tpm in changes:
+        followed_at = next(at for at, limit in seen if limit == tpm and at >= changed_at)
+        between = [at for at, _ in server.admissions if changed_at <= at <= followed_at]
+        assert len(between) <= 3, f"{len(between)} requests went at the old limit of {tpm}"
+    assert server.rate_limited <= 2  # those that were on their way when the limit fell
