@@ -12,6 +12,7 @@ from pipeline.errors import EmbedpipeError, ProviderError
 from pipeline.run import close_run, finish_run, prepare_run, run_pipeline
 from pipeline.workers import absorb, embed_partition_in_worker, run_spec, shared_config
 from tests.conftest import openai_config, write_parquet
+from tests.fakes.openai_server import FakeOpenAI
 
 SHARED = [f"said in both files {i}" for i in range(40)]
 
@@ -79,3 +80,19 @@ def test_a_worker_stopped_by_an_empty_quota_embeds_again_once_credit_is_added(tm
     fake_openai.quota_requests = None  # credit added; the same worker process is asked again
     assert embed_partition_in_worker(spec, 0, None).rows == 72
     close_run(run)
+
+
+def test_processes_sharing_a_key_stay_within_its_window_together(tmp_path):
+    """Two worker processes, no limits configured: each learns the server's limits and spends
+    half of them and of what it reports left, so that together they stay within a window of
+    two seconds."""
+    for name in ("a", "b"):
+        texts = [f"{name} {i} " + "refund printer delay " * 5 for i in range(300)]  # about 20 tokens each
+        write_parquet(tmp_path / "in" / f"{name}.parquet", {"id": [f"{name}{i}" for i in range(len(texts))], "text": texts})
+    with FakeOpenAI(tpm=120_000, window=2.0, latency=0.02) as server:  # 2,000 tokens a second, 4,000 banked
+        manifest = run_in_worker_processes(openai_config(tmp_path, server, tmp_path / "in", source__parallel_partitions=2), 2)
+    assert manifest["rows"] == 600 and len(server.calls) == 600
+    # Both first requests may be charged before either answer says what is left: a refusal per
+    # process as they start, then none.
+    assert [at for at, *_ in server.refusals if at > server.first_request_at + 1.0] == []
+    assert server.rate_limited <= 2
