@@ -25,7 +25,8 @@ log = logging.getLogger("embedpipe")
 NAMES = ("requests", "tokens")
 FIRST_REQUEST_TOKENS = 1024  # before any limit is known: a request most servers' windows take (or one text)
 SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the window holds
-MOST_SECONDS_A_REQUEST = 2.0  # and 2 s of the limit: an answer's latency grows with its size, the last one's is the run's tail
+# and at most 2 s of the limit: an answer's latency grows with its size, and the last one's is the run's tail
+MOST_SECONDS_A_REQUEST = 2.0
 LONGEST_NAP = 0.5  # a waiting request asks again this often: a limit raised meanwhile lets it go sooner
 _CAP_SETTING = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
 
@@ -193,7 +194,9 @@ class RateLimiter:
         self.requests.adjust(-1)
         self.tokens.adjust(-tokens)
 
-    def observe(self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None, ticket: Ticket | None = None) -> None:
+    def observe(
+        self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None, ticket: Ticket | None = None
+    ) -> None:
         """Learn from an answer the server took: its limits, how full its budget is, and the
         response's usage.
 
@@ -273,7 +276,9 @@ class RateLimiter:
         second: start there, and let sustained success widen the window."""
         with self._learning:
             if not self.window.heard and self.window.assume_shortest():
-                log.info("the server does not say how full its budget is: spending 1 s of the limits at once, more as it allows")
+                log.info(
+                    "the server does not say how full its budget is: spending 1 s of the limits at once, more if it allows"
+                )
                 self._relearn(True)
 
     def _relearn(self, changed: bool) -> None:

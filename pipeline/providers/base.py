@@ -93,7 +93,9 @@ class Embedder(ABC):
             out[batch] = vectors
         return out
 
-    def embed_iter(self, texts: list[str], token_counts: list[int], store: Callable[[list[str], np.ndarray], None] | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    def embed_iter(
+        self, texts: list[str], token_counts: list[int], store: Callable[[list[str], np.ndarray], None] | None = None
+    ) -> Iterator[tuple[slice, np.ndarray]]:
         """Send up to `max_concurrency` requests at once; yield (slice of texts, vectors) as each
         completes. Each request takes the next texts when its thread picks it up, as many as
         `batch_tokens` says then (the budget may have changed since the call). `store(texts,
@@ -120,12 +122,14 @@ class Embedder(ABC):
 
         # Every request of this call is queued now, behind those of calls before it and ahead of
         # those after: a record batch's last requests are not overtaken by the next batch's.
-        pool, futures, failure = self._request_pool(), set(), None
+        pool, failure = self._request_pool(), None
+        futures: set[Future] = set()
         try:
             while failure is None and cursor.left:
-                futures |= {pool.submit(work) for _ in pack_batches(cursor.left_counts(), self.batch_inputs, self.batch_tokens)}
-                while futures:
-                    done = wait(futures, return_when=FIRST_COMPLETED).done  # after a failure, also waits for those running
+                batches = pack_batches(cursor.left_counts(), self.batch_inputs, self.batch_tokens)
+                futures |= {pool.submit(work) for _ in batches}  # each takes its texts when it runs
+                while futures:  # after a failure, also waits for those running
+                    done = wait(futures, return_when=FIRST_COMPLETED).done
                     futures -= done
                     for future in done:
                         if future.cancelled():
@@ -266,7 +270,9 @@ def next_batch(token_counts: list[int], start: int, max_inputs: int, max_tokens:
     """The slice from `start` holding at most `max_inputs` texts and `max_tokens` tokens (at
     least one text, however long)."""
     stop, tokens = start, 0
-    while stop < len(token_counts) and stop - start < max_inputs and (stop == start or tokens + token_counts[stop] <= max_tokens):
+    while stop < len(token_counts) and stop - start < max_inputs:
+        if stop > start and tokens + token_counts[stop] > max_tokens:
+            break
         tokens += token_counts[stop]
         stop += 1
     return slice(start, stop)
