@@ -133,6 +133,12 @@ class OpenAIEmbedder(Embedder):
             return np.concatenate([self.embed_batch(texts[:half], counts[:half]), self.embed_batch(texts[half:], counts[half:])])
 
     def _with_retries(self, texts: list[str], counts: list[int], probing: bool = False) -> np.ndarray:
+        try:
+            return self._until_all_good(texts, counts, probing)
+        finally:
+            self.limiter.settled()  # however it ended, no request waits for this one's answer any longer
+
+    def _until_all_good(self, texts: list[str], counts: list[int], probing: bool = False) -> np.ndarray:
         """Retry until every text has a good vector. Items a response got wrong (missing, repeated,
         not base64, wrong length, non-finite) are asked for again; the good ones are kept, so no
         text is paid for twice except where its own answer was unusable or the attempt timed out.
