@@ -24,7 +24,7 @@ GROW_AFTER = 20  # requests taken in a row before the window and the pace grow b
 GROWTH = 1.25
 SLOWER = 0.95  # pace kept after a refusal our model cannot explain
 SLOWEST = 0.8
-MARGIN = 0.99  # of a window the headers report: a request that lands on its very edge may be refused
+MARGIN = 0.05  # seconds kept short of the window the headers report: a request on its very edge may be refused
 JITTER = 0.8  # a refusal above this share of the deepest debt taken is taken as the window's end
 
 
@@ -45,7 +45,7 @@ class LearnedWindow:
         (an idle key starts full); others only widen it, never past the debts it took once it
         refused one. Returns
         whether the window changed."""
-        before, seconds = self.seconds, _within(min(seconds * MARGIN, self._proven))  # a refusal outweighs any report
+        before, seconds = self.seconds, _within(min(seconds - MARGIN, self._proven))  # a refusal outweighs any report
         if first and not self.heard:
             self.seconds = seconds
         elif seconds > self.seconds * 1.01:

@@ -8,11 +8,11 @@ from pipeline.learned_window import FLOOR, GROW_AFTER, MARGIN, MINUTE, SLOWER, L
 @pytest.mark.parametrize(
     "reports, seconds",
     [
-        ([(60.2, True)], 60.2 * MARGIN),  # an idle key's first answer: a whole minute banked
-        ([(10.1, True)], 10.1 * MARGIN),  # a server that banks ten seconds
+        ([(60.2, True)], 60.0),  # an idle key's first answer: a whole minute banked
+        ([(10.1, True)], 10.1 - MARGIN),  # a server that banks ten seconds
         ([(0.3, True)], FLOOR),  # never below the shortest window servers enforce
-        ([(10.1, True), (3.0, False)], 10.1 * MARGIN),  # a later, emptier bucket says nothing of its size
-        ([(10.1, True), (20.0, False)], 20.0 * MARGIN),  # a fuller one widens it
+        ([(10.1, True), (3.0, False)], 10.1 - MARGIN),  # a later, emptier bucket says nothing of its size
+        ([(10.1, True), (20.0, False)], 20.0 - MARGIN),  # a fuller one widens it
         ([(0.5, False)], MINUTE),  # not the run's first request: the key may have been busy
     ],
 )
