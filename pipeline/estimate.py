@@ -22,7 +22,7 @@ from pipeline.hashset import HashSet
 from pipeline.incremental import PreviousOutput, settings_key
 from pipeline.partitions import plan_partitions
 from pipeline.providers import get_embedder
-from pipeline.providers.base import Embedder, pack_batches
+from pipeline.providers.base import Embedder, next_batch, pack_batches
 from pipeline.remote import localised
 from pipeline.reuse import prepared_batches
 from pipeline.source import SourcePlan, validate_source
@@ -101,7 +101,7 @@ def estimate_run(config: Config, plan: SourcePlan, previous: PreviousOutput | No
             counts = [tokens for _, tokens in new]
             estimate.chunks_to_send += len(new)
             estimate.tokens_to_send += sum(counts)
-            estimate.requests += sum(1 for _ in pack_batches(counts, embedder.batch_inputs, embedder.batch_tokens))
+            estimate.requests += _requests(counts, embedder, first=not estimate.requests)
     stats = texts.stats
     estimate.rows, estimate.unchanged_rows, estimate.reused_rows = stats.rows, stats.unchanged_rows, stats.reused_rows
     estimate.distinct_texts, estimate.chunks, estimate.cache_hits = stats.distinct_texts, stats.chunks, stats.cache_hits
@@ -168,6 +168,13 @@ def model_price(embedding: EmbeddingConfig) -> dict[str, float] | None:
 def run_cost(price: dict[str, float] | None, sync_tokens: int, batch_tokens: int = 0) -> float | None:
     """What tokens sent through the endpoint and the Batch API cost at `price` (`model_price`)."""
     return None if price is None else round((sync_tokens * price["sync"] + batch_tokens * price["batch"]) / 1e6, 6)
+
+
+def _requests(counts: list[int], embedder: Embedder, first: bool) -> int:
+    """The requests `counts` take, the run's `first` (a smaller one, for a metered provider) among them."""
+    first_tokens, tokens = embedder.planned_batch_tokens
+    start = next_batch(counts, 0, embedder.batch_inputs, first_tokens).stop if first and counts else 0
+    return int(start > 0) + sum(1 for _ in pack_batches(counts[start:], embedder.batch_inputs, tokens))
 
 
 def _price(estimate: Estimate, config: Config) -> None:

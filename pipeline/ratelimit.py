@@ -120,8 +120,10 @@ class RateLimiter:
         the learned window holds, so that the budget is spent in steps the server takes, and no
         more than 1 s of the limit, or more where the request budget would otherwise bind
         first; before the first answer, a small request."""
-        if not self._answered:
-            return FIRST_REQUEST_TOKENS
+        return self.later_request_tokens() if self._answered else FIRST_REQUEST_TOKENS
+
+    def later_request_tokens(self) -> int | None:
+        """`request_tokens` once the first answer is in, with the limits and window known so far."""
         if self.tokens.rate is None:
             return None
         window = self.tokens.rate * self.window.seconds

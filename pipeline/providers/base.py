@@ -207,6 +207,12 @@ class Embedder(ABC):
         return self.max_batch_tokens
 
     @property
+    def planned_batch_tokens(self) -> tuple[int, int]:
+        """Tokens in a run's first request and in the others, as far as known before it starts
+        (what `embedpipe estimate` counts requests by)."""
+        return self.batch_tokens, self.batch_tokens
+
+    @property
     def held_back(self) -> dict[str, tuple[float, float]]:
         """Budgets a configured cap holds below what the server allows: name -> (cap, server's)."""
         return {}

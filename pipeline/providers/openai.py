@@ -25,7 +25,7 @@ from pipeline.errors import ConfigError, ProviderError, ResponseError
 from pipeline.providers.base import Embedder
 from pipeline.providers.openai_answers import decode_response, json_object, prompt_tokens
 from pipeline.providers.transport import BackgroundTransport
-from pipeline.ratelimit import RateLimiter, Stopped
+from pipeline.ratelimit import FIRST_REQUEST_TOKENS, RateLimiter, Stopped
 from pipeline.tokens import encode_arrays
 
 log = logging.getLogger("embedpipe")
@@ -109,6 +109,11 @@ class OpenAIEmbedder(Embedder):
     def batch_tokens(self) -> int:
         """Tokens per request: what the rate limiter says the server's budget takes in one step."""
         return min(self.max_batch_tokens, self.limiter.request_tokens() or self.max_batch_tokens)
+
+    @property
+    def planned_batch_tokens(self) -> tuple[int, int]:
+        later = self.limiter.later_request_tokens() or self.max_batch_tokens
+        return min(self.max_batch_tokens, FIRST_REQUEST_TOKENS), min(self.max_batch_tokens, later)
 
     def _wait_to_size_request(self) -> None:
         self.limiter.wait_for_first_answer()  # the first request is small; the others are sized by its answer
