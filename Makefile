@@ -6,13 +6,13 @@ BIN    := $(VENV)/bin
 WHEELS := $(wildcard /opt/wheels)
 PIP    := $(BIN)/pip install --disable-pip-version-check -q $(if $(WHEELS),--find-links $(WHEELS))
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[local,downstream,s3,dask,test]'
+	$(PIP) -e '.[local,downstream,s3,dask,test,lint]'
 	touch $@
 
 run: $(BIN)/.installed
@@ -21,8 +21,13 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
+lint: $(BIN)/.installed
+	$(BIN)/ruff check pipeline flows
+	$(BIN)/ruff format --check pipeline flows
+	$(BIN)/mypy
+
 bench: $(BIN)/.installed
-	$(PIP) -e '.[local,downstream,s3,dask,test,bench]'
+	$(PIP) -e '.[local,downstream,s3,dask,test,lint,bench]'
 	$(BIN)/python -m benchmarks.ratelimits
 	$(BIN)/python -m benchmarks.throughput
 

@@ -10,8 +10,8 @@ import sys
 from flows import signals
 from flows.console import hide_user_error_tracebacks, live_progress
 from pipeline.config import load_config
-from pipeline.providers import check_embedding_config
 from pipeline.errors import EmbedpipeError
+from pipeline.providers import check_embedding_config
 from pipeline.report import summary_lines
 
 
@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("embedpipe: interrupted; nothing was published; the next run resumes from what was staged and cached", file=sys.stderr)
+        print(
+            "embedpipe: interrupted; nothing was published; the next run resumes from what was staged and cached",
+            file=sys.stderr,
+        )
         return 130
     finally:
         signals.wait_if_stopping()
@@ -41,47 +44,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedpipe", description="Embed tables of text into tables of vectors.")
     commands = parser.add_subparsers(dest="command", required=True)
     _with_config(commands.add_parser("run", help="run the embed flow once"))
-    backfill = _with_config(commands.add_parser("backfill", help="run every key=value partition of source.path, skipping those up to date"))
+    backfill = _with_config(
+        commands.add_parser("backfill", help="run every key=value partition of source.path, skipping those up to date")
+    )
     backfill.add_argument("--key", default="date", help="the partition key (default: date)")
     backfill.add_argument("--from", dest="start", help="first partition value, inclusive (e.g. 2026-01-01)")
     backfill.add_argument("--to", dest="end", help="last partition value, inclusive")
     backfill.add_argument("--concurrency", type=int, default=2, help="partitions at once (default: 2)")
-    estimate = _with_config(commands.add_parser("estimate", help="count what a run would send and what it would cost; sends nothing"))
+    estimate = _with_config(
+        commands.add_parser("estimate", help="count what a run would send and what it would cost; sends nothing")
+    )
     estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
     batches = commands.add_parser("batches", help="list, inspect or cancel Batch API jobs")
     batches.add_argument("action", choices=["list", "status", "cancel"])
     batches.add_argument("batch_id", nargs="?", help="the batch, for status and cancel")
     batches.add_argument("--config", help="YAML run configuration to take base_url and the key's variable from")
-    deploy = _with_config(commands.add_parser("deploy", help="run the embed flow on a schedule against a Prefect server"))
+    deploy = _with_config(
+        commands.add_parser("deploy", help="run the embed flow on a schedule against a Prefect server")
+    )
     deploy.add_argument("--cron", required=True, help='when to run, e.g. "0 * * * *" (hourly)')
     deploy.add_argument("--name", default="scheduled", help="the deployment's name (default: scheduled)")
-    deploy.add_argument("--pool", help="register on this work pool for a worker to run; without it, serve here until stopped")
+    deploy.add_argument(
+        "--pool", help="register on this work pool for a worker to run; without it, serve here until stopped"
+    )
     similar = commands.add_parser("similar", help="the rows of an output nearest to a query")
     similar.add_argument("output", help="an output.path that embedpipe run wrote")
     similar.add_argument("--query", required=True, help="the text to search for")
     similar.add_argument("-k", type=int, default=10, help="rows to show (default: 10)")
     similar.add_argument("--config", help="YAML run configuration to take base_url and the key's variable from")
-    neighbours = commands.add_parser("neighbours", help="write every row's k nearest rows to Parquet (the neighbours flow)")
+    neighbours = commands.add_parser(
+        "neighbours", help="write every row's k nearest rows to Parquet (the neighbours flow)"
+    )
     neighbours.add_argument("output", help="an output.path that embedpipe run wrote")
     neighbours.add_argument("-k", type=int, default=10, help="neighbours per row (default: 10)")
-    neighbours.add_argument("--method", choices=["auto", "exact", "approximate"], default="auto", help="auto: exact up to a million rows")
+    neighbours.add_argument(
+        "--method", choices=["auto", "exact", "approximate"], default="auto", help="auto: exact up to a million rows"
+    )
     neighbours.add_argument("--to", help="where to write neighbours.parquet (default: OUTPUT-neighbours)")
     cluster = commands.add_parser("cluster", help="k-means clusters of an output, with a PNG map (the cluster flow)")
     cluster.add_argument("output", help="an output.path that embedpipe run wrote")
     cluster.add_argument("--k", type=int, help="clusters (default: chosen by silhouette score)")
     cluster.add_argument("--to", help="where to write the results (default: OUTPUT-clusters)")
     cache = commands.add_parser("cache", help="check the vector cache for damaged entries, or drop them")
-    cache.add_argument("action", choices=["check", "repair"],
-                       help="check: count what is damaged; repair: drop it, keep the rest")
+    cache.add_argument(
+        "action", choices=["check", "repair"], help="check: count what is damaged; repair: drop it, keep the rest"
+    )
     cache.add_argument("target", help="a YAML run configuration (its cache.path) or a cache directory")
-    cache.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override one config key")
+    cache.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key"
+    )
     return parser
 
 
 def _with_config(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
     command.add_argument("config", help="YAML run configuration")
-    command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key")
+    command.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key"
+    )
     return command
 
 
@@ -106,8 +125,13 @@ def backfill_command(args: argparse.Namespace) -> int:
     from flows.backfill import backfill as backfill_flow
 
     with live_progress(sys.stderr.isatty()):
-        result = backfill_flow(config, key=args.key, start=args.start, end=args.end, concurrency=max(1, args.concurrency))
-    print(f"backfill: {len(result['ran'])} partitions embedded ({result['rows']} rows), {len(result['skipped'])} already up to date")
+        result = backfill_flow(
+            config, key=args.key, start=args.start, end=args.end, concurrency=max(1, args.concurrency)
+        )
+    print(
+        f"backfill: {len(result['ran'])} partitions embedded ({result['rows']} rows), {len(result['skipped'])} "
+        "already up to date"
+    )
     return 0
 
 
@@ -132,7 +156,10 @@ def deploy_command(args: argparse.Namespace) -> int:
     from flows.deploy import deploy
 
     deployment = deploy(config, args.cron, args.name, args.pool)
-    print(f"deployment embed-dataset/{args.name} ({deployment}) runs on {args.cron!r} from work pool {args.pool}; start a worker: prefect worker start --pool {args.pool}")
+    print(
+        f"deployment embed-dataset/{args.name} ({deployment}) runs on {args.cron!r} from work pool {args.pool}; start "
+        f"a worker: prefect worker start --pool {args.pool}"
+    )
     return 0
 
 
@@ -142,7 +169,7 @@ def batches_command(args: argparse.Namespace) -> int:
 
     settings = _embedding_settings(args.config).model_copy(update={"provider": "openai-batch"})
     embedder = OpenAIBatchEmbedder(settings, os.environ.get(settings.api_key_env))
-    print("\n".join(batch_command(embedder, args.action, args.batch_id)) or "no batches")
+    print("\n".join(batch_command(embedder, args.action, args.batch_id or "")) or "no batches")
     return 0
 
 
@@ -177,7 +204,10 @@ def cluster_command(args: argparse.Namespace) -> int:
     from flows.downstream import cluster_flow
 
     result = cluster_flow(args.output, k=args.k, to=args.to)
-    print(f"clusters: {result['how']}; written to {result['folder']} (clusters.parquet, cluster_summary.parquet, clusters.png)")
+    print(
+        f"clusters: {result['how']}; written to {result['folder']} (clusters.parquet, cluster_summary.parquet, "
+        "clusters.png)"
+    )
     for cluster, (size, centrals) in enumerate(zip(result["sizes"], result["centrals"])):
         print(f"  {cluster:>3}  {size:>7,}  {_snippet(centrals[0] if centrals else '')}")
     return 0
@@ -209,8 +239,15 @@ def _snippet(text: str | None, width: int = 90) -> str:
 
 SPENDING = {"run", "backfill"}  # commands whose Ctrl-C must stop the requests at once (flows.signals)
 COMMANDS = {
-    "run": run_command, "backfill": backfill_command, "estimate": estimate_command, "deploy": deploy_command, "batches": batches_command,
-    "similar": similar_command, "neighbours": neighbours_command, "cluster": cluster_command, "cache": cache_command,
+    "run": run_command,
+    "backfill": backfill_command,
+    "estimate": estimate_command,
+    "deploy": deploy_command,
+    "batches": batches_command,
+    "similar": similar_command,
+    "neighbours": neighbours_command,
+    "cluster": cluster_command,
+    "cache": cache_command,
 }
 
 

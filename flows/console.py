@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from pipeline import progress
 from pipeline.errors import EmbedpipeError
@@ -64,5 +64,7 @@ def live_progress(enabled: bool, interval: float = 0.5) -> Iterator[None]:
 
 def _detail(now: progress.Snapshot) -> str:
     eta = "" if now.eta_seconds is None else f", {now.eta_seconds:,.0f} s left"
-    return (f"{now.rows:,}/{now.total_rows:,} rows, {now.tokens_per_second:,.0f} tokens/s, "
-            f"{now.requests_per_second:,.1f} requests/s, cache hits {now.cache_hits:,}{eta}")
+    return (
+        f"{now.rows:,}/{now.total_rows:,} rows, {now.tokens_per_second:,.0f} tokens/s, "
+        f"{now.requests_per_second:,.1f} requests/s, cache hits {now.cache_hits:,}{eta}"
+    )

@@ -9,6 +9,9 @@ flow's parameter; the API key is not: the worker reads it from its environment o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
+
+from prefect import Flow
 
 from flows.embed import embed_dataset
 from pipeline.config import Config
@@ -23,6 +26,14 @@ def deploy(config: Config, cron: str, name: str, pool: str | None) -> str:
     if pool is None:
         embed_dataset.serve(name=name, cron=cron, parameters=parameters)  # blocks until stopped
         return ""
-    flow = embed_dataset.from_source(source=str(PROJECT), entrypoint=ENTRYPOINT)
-    deployment_id = flow.deploy(name=name, work_pool_name=pool, cron=cron, parameters=parameters, build=False, push=False, print_next_steps=False)
+    flow = cast(Flow, embed_dataset.from_source(source=str(PROJECT), entrypoint=ENTRYPOINT))  # sync: not a coroutine
+    deployment_id = flow.deploy(
+        name=name,
+        work_pool_name=pool,
+        cron=cron,
+        parameters=parameters,
+        build=False,
+        push=False,
+        print_next_steps=False,
+    )
     return str(deployment_id)

@@ -7,32 +7,31 @@ so no task retries. Each flow publishes its result table (and the cluster map) a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pyarrow as pa
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
+from flows.task_options import IN_MEMORY
 from pipeline.clustering import Clusters, central_texts, cluster_vectors, draw_map, summary_table
 from pipeline.similarity import Embedded, neighbours_table, read_output
 from pipeline.sink import write_file
 
-_IN_MEMORY = {"cache_policy": NO_CACHE, "persist_result": False}  # arrays stay in this process
 
-
-@task(**_IN_MEMORY)
+@task(**IN_MEMORY)
 def load(output: str) -> Embedded:
     """The output's ids, texts and vectors."""
     return read_output(output)
 
 
-@task(**_IN_MEMORY)
+@task(**IN_MEMORY)
 def find_neighbours(embedded: Embedded, k: int, method: str) -> pa.Table:
     """Every row's k nearest rows: exact up to a million rows, else an HNSW index."""
     return neighbours_table(embedded, k, method)
 
 
-@task(**_IN_MEMORY)
+@task(**IN_MEMORY)
 def fit_clusters(embedded: Embedded, k: int | None) -> Clusters:
     """k-means; k chosen by silhouette score when not given."""
     return cluster_vectors(embedded.vectors, k)
@@ -42,9 +41,11 @@ def fit_clusters(embedded: Embedded, k: int | None) -> Clusters:
 def neighbours_flow(output: str, k: int = 10, method: str = "auto", to: str | None = None) -> dict:
     """Write `neighbours.parquet` (id, neighbour_ids, scores) for every row with a vector."""
     embedded = load(output)
-    table = find_neighbours(embedded, k, method)
+    table = cast(pa.Table, find_neighbours(embedded, k, method))  # sync: not a coroutine
     path = write_file(table, Path(to or f"{output}-neighbours") / "neighbours.parquet")
-    create_table_artifact(table.slice(0, 20).to_pylist(), key="embedpipe-neighbours", description=f"first rows of {path}")
+    create_table_artifact(
+        table.slice(0, 20).to_pylist(), key="embedpipe-neighbours", description=f"first rows of {path}"
+    )
     return {"rows": table.num_rows, "path": str(path)}
 
 
@@ -56,11 +57,24 @@ def cluster_flow(output: str, k: int | None = None, to: str | None = None) -> di
     texts = embedded.texts.to_pylist() if embedded.texts is not None else [str(i) for i in embedded.ids.to_pylist()]
     centrals = central_texts(texts, clusters)
     folder = Path(to or f"{output}-clusters")
-    write_file(pa.table({"id": embedded.ids, "cluster": clusters.labels, "distance": clusters.distances}), folder / "clusters.parquet")
+    write_file(
+        pa.table({"id": embedded.ids, "cluster": clusters.labels, "distance": clusters.distances}),
+        folder / "clusters.parquet",
+    )
     summary = summary_table(clusters, centrals)
     write_file(summary, folder / "cluster_summary.parquet")
     title = f"{len(texts):,} rows of {output} in {clusters.k} clusters ({embedded.settings.get('model')})"
     picture = draw_map(embedded.vectors, clusters, centrals, folder / "clusters.png", title)
-    create_table_artifact(summary.to_pylist(), key="embedpipe-clusters", description=f"clusters of {output}: {clusters.how}")
-    create_markdown_artifact(f"# Clusters of {output}\n\n{clusters.how}\n\nMap: `{picture.resolve()}`\n", key="embedpipe-cluster-map")
-    return {"k": clusters.k, "how": clusters.how, "sizes": clusters.sizes.tolist(), "folder": str(folder), "centrals": centrals}
+    create_table_artifact(
+        summary.to_pylist(), key="embedpipe-clusters", description=f"clusters of {output}: {clusters.how}"
+    )
+    create_markdown_artifact(
+        f"# Clusters of {output}\n\n{clusters.how}\n\nMap: `{picture.resolve()}`\n", key="embedpipe-cluster-map"
+    )
+    return {
+        "k": clusters.k,
+        "how": clusters.how,
+        "sizes": clusters.sizes.tolist(),
+        "folder": str(folder),
+        "centrals": centrals,
+    }

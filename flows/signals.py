@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 
@@ -94,8 +95,10 @@ def _message(signum: signal.Signals, in_flight: int | None) -> str:
         lost = f"{in_flight} requests still unanswered after {DRAIN_SECONDS:.0f} s were abandoned"
     else:
         lost = "every answer received is cached"
-    return (f"interrupted by {signum.name}: no request was sent after it; {lost}; nothing was published. "
-            "Run the same command again to resume from the cache and the staged parts")
+    return (
+        f"interrupted by {signum.name}: no request was sent after it; {lost}; nothing was published. "
+        "Run the same command again to resume from the cache and the staged parts"
+    )
 
 
 def stop_temporary_prefect_server() -> None:
@@ -110,6 +113,6 @@ def stop_temporary_prefect_server() -> None:
         process.terminate()
         try:
             process.wait(SERVER_STOP_SECONDS)
-        except Exception:  # subprocess.TimeoutExpired: it did not stop in time
+        except subprocess.TimeoutExpired:  # it did not stop in time
             process.kill()
             process.wait()

@@ -9,12 +9,13 @@ Every SQLite or file error is a `CacheError`: one line naming the path and the f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import diskcache
 import numpy as np
@@ -59,7 +60,7 @@ class VectorCache:
             self._cache = open_store(self.path)
 
     @classmethod
-    def for_embedder(cls, path: str | Path, embedder) -> "VectorCache":
+    def for_embedder(cls, path: str | Path, embedder) -> VectorCache:
         """The cache of `embedder`'s vectors (its namespace and dimensions) at `path`."""
         return cls(path, embedder.cache_namespace, embedder.dimensions)
 
@@ -99,7 +100,7 @@ class VectorCache:
             else:
                 result.bad.append(text)
         matrix = np.frombuffer(b"".join(raws), dtype=_DTYPE).reshape(len(raws), self.dimensions)
-        usable = np.isfinite(matrix).all(axis=1) & matrix.any(axis=1)
+        usable = np.asarray(np.isfinite(matrix).all(axis=1) & matrix.any(axis=1))
         if usable.all():  # nearly always
             result.vectors.update(zip(texts, matrix))
             return
@@ -134,10 +135,8 @@ class VectorCache:
     def _roll_back(self) -> None:
         # A COMMIT that failed (disk full) can leave this connection's transaction open, and
         # diskcache would then take every later BEGIN for a lock timeout.
-        try:
+        with contextlib.suppress(sqlite3.Error):  # nothing was open
             self._cache._sql("ROLLBACK")
-        except sqlite3.Error:
-            pass  # nothing was open
 
     def claim_many(self, texts: list[str], owner: str, seconds: float) -> list[str]:
         """Of `texts`, those `owner` now holds for up to `seconds`: while it does, no other
@@ -192,15 +191,19 @@ def is_damage(exc: BaseException) -> bool:
 def cache_error(path: Path, exc: BaseException, action: str, needed: int = 0, vectors: int = 0) -> CacheError:
     """The one line for a SQLite or file error of the cache at `path` while doing `action`."""
     if is_damage(exc):
-        return CacheError(f"cache.path {path} is damaged ({exc}): run `embedpipe cache repair {path}` "
-                          "to drop the bad entries, or delete the directory")
+        return CacheError(
+            f"cache.path {path} is damaged ({exc}): run `embedpipe cache repair {path}` "
+            "to drop the bad entries, or delete the directory"
+        )
     if is_disk_full(exc):
         what = f"it needs room to {action}"
         if vectors:
             what = f"storing {vectors:,} vectors needs about {_size(needed)} more"
         return CacheError(f"cache.path {path}: the disk is full ({what}): free space there or set cache.path elsewhere")
-    return CacheError(f"cache.path {path}: cannot {action} the cache ({exc}): check the directory's permissions, "
-                      f"or run `embedpipe cache check {path}`")
+    return CacheError(
+        f"cache.path {path}: cannot {action} the cache ({exc}): check the directory's permissions, "
+        f"or run `embedpipe cache check {path}`"
+    )
 
 
 def _size(nbytes: int) -> str:

@@ -14,9 +14,9 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from diskcache.core import MODE_BINARY, MODE_RAW
 
@@ -145,11 +145,11 @@ def repair_cache(path: str | Path) -> CacheReport:
 def _copy_good_vectors(fresh: Path, report: CacheReport) -> None:
     store = open_store(fresh)
     try:
-        batch = []
+        batch: list[tuple[str, bytes]] = []
         for row in _readable_rows(report):
             value = _classify(row, report)
             if value is not None:
-                batch.append((row.key, value))
+                batch.append((str(row.key), value))  # a vector's key is a string: `_classify` matched it
             if len(batch) >= _COPY_BATCH:
                 _store(store, batch)
                 batch = []
@@ -183,8 +183,10 @@ def _swap(path: Path, fresh: Path) -> None:
             if not (child.name.startswith(_DB) or (child.is_dir() and _VALUE_DIR.fullmatch(child.name))):
                 child.rename(path / child.name)
     except OSError as exc:
-        raise CacheError(f"cache.path {path} is repaired, but moving the rest of the old one ({aside}) "
-                         f"into it failed ({exc}): move what is left there by hand") from None
+        raise CacheError(
+            f"cache.path {path} is repaired, but moving the rest of the old one ({aside}) "
+            f"into it failed ({exc}): move what is left there by hand"
+        ) from None
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -239,7 +241,7 @@ def _rows(db: sqlite3.Connection, first: int, last: int) -> list[Row | None]:
         return [Row(*row) for row in db.execute(query, (first, last)).fetchall()]
     except sqlite3.DatabaseError:
         pass
-    rows = []
+    rows: list[Row | None] = []
     for rowid in range(first, last + 1):
         try:
             rows.extend(Row(*row) for row in db.execute(query, (rowid, rowid)).fetchall())
@@ -255,8 +257,8 @@ def _classify(row: Row, report: CacheReport) -> bytes | None:
         report.lapsed_claims += row.expire_time is not None and row.expire_time < time.time()
         return None
     value, fault = _vector_bytes(row, report.path)
-    if fault is None:
-        fault = vector_fault(value, int(_KEY.fullmatch(row.key)["dimensions"]))
+    if fault is None and value is not None:
+        fault = vector_fault(value, int(_KEY.fullmatch(str(row.key))["dimensions"]))  # type: ignore[index]  # keys were matched
     if fault is not None:
         report.bad[fault] += 1
         return None

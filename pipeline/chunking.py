@@ -12,6 +12,7 @@ before it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -70,7 +71,12 @@ def chunk_limits(chunking: ChunkingConfig, model_limit: int, model: str) -> tupl
     return max_tokens, overlap
 
 
-def chunk_texts(paragraph_lists: list[list[str]], max_tokens: int, overlap_tokens: int = 0, encoding: tiktoken.Encoding | None = None) -> list[list[Chunk]]:
+def chunk_texts(
+    paragraph_lists: list[list[str]],
+    max_tokens: int,
+    overlap_tokens: int = 0,
+    encoding: tiktoken.Encoding | None = None,
+) -> list[list[Chunk]]:
     """`chunk_by_tokens` for many texts, tokenised together in one batch call."""
     encoding = encoding or cl100k_base()
     texts = [" ".join(paragraphs) for paragraphs in paragraph_lists]
@@ -79,7 +85,8 @@ def chunk_texts(paragraph_lists: list[list[str]], max_tokens: int, overlap_token
     short = [_utf8_length(text) <= max_tokens for text in texts]
     token_lists = iter(encode_arrays([text for text, fits in zip(texts, short) if not fits], encoding))
     return [
-        ([Chunk(text, 0, len(text))] if text else []) if fits
+        ([Chunk(text, 0, len(text))] if text else [])
+        if fits
         else _chunk_one(text, paragraphs, next(token_lists), max_tokens, overlap_tokens, encoding)
         for text, paragraphs, fits in zip(texts, paragraph_lists, short)
     ]
@@ -89,12 +96,16 @@ def _utf8_length(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
-def chunk_by_tokens(paragraphs: list[str], max_tokens: int, overlap_tokens: int = 0, encoding: tiktoken.Encoding | None = None) -> list[Chunk]:
+def chunk_by_tokens(
+    paragraphs: list[str], max_tokens: int, overlap_tokens: int = 0, encoding: tiktoken.Encoding | None = None
+) -> list[Chunk]:
     """Chunks of `" ".join(paragraphs)`, each at most `max_tokens` tokens; [] for no text."""
     return chunk_texts([paragraphs], max_tokens, overlap_tokens, encoding)[0]
 
 
-def _chunk_one(text: str, paragraphs: list[str], tokens: np.ndarray, max_tokens: int, overlap_tokens: int, enc) -> list[Chunk]:
+def _chunk_one(
+    text: str, paragraphs: list[str], tokens: np.ndarray, max_tokens: int, overlap_tokens: int, enc
+) -> list[Chunk]:
     if not text:
         return []
     if len(tokens) <= max_tokens:
@@ -144,10 +155,8 @@ class _TokenIndex:
 def _token_byte_lengths(enc: tiktoken.Encoding) -> np.ndarray:
     lengths = np.zeros(enc.n_vocab, dtype=np.int64)
     for token in range(enc.n_vocab):
-        try:
+        with contextlib.suppress(KeyError):  # ids between the ordinary and the special tokens
             lengths[token] = len(enc.decode_single_token_bytes(token))
-        except KeyError:  # ids between the ordinary and the special tokens
-            pass
     return lengths
 
 
@@ -173,7 +182,9 @@ def _split(index: _TokenIndex, start: int, end: int, level: int, max_tokens: int
     spans = []
     for a, b in pairwise([start, *cuts, end]):
         count = index.count(a, b)
-        spans.extend([_Span(a, b, count)] if count <= max_tokens else _split(index, a, b, level + 1, max_tokens, run_tokens))
+        spans.extend(
+            [_Span(a, b, count)] if count <= max_tokens else _split(index, a, b, level + 1, max_tokens, run_tokens)
+        )
     return spans
 
 

@@ -44,7 +44,7 @@ def choose_k(vectors: np.ndarray, candidates=K_CANDIDATES, seed: int = 0) -> tup
     if not usable:
         return 1, "one cluster: too few rows to compare any k"
     scores = {k: float(silhouette_score(sample, _fit(sample, k, seed).labels_, metric="cosine")) for k in usable}
-    best = max(scores, key=scores.get)
+    best = max(scores, key=lambda k: scores[k])
     listed = ", ".join(f"k={k}: {s:.3f}" for k, s in scores.items())
     return best, f"k={best}, the best silhouette score on {len(sample):,} sampled rows ({listed})"
 
@@ -58,7 +58,9 @@ def cluster_vectors(vectors: np.ndarray, k: int | None = None, seed: int = 0) ->
     k, how = (k, f"k={k}, as given") if k is not None else choose_k(vectors, seed=seed)
     model = _fit(vectors, k, seed)
     distances = np.linalg.norm(vectors - model.cluster_centers_[model.labels_], axis=1)
-    return Clusters(model.labels_.astype(np.int32), distances.astype(np.float32), model.cluster_centers_.astype(np.float32), k, how)
+    return Clusters(
+        model.labels_.astype(np.int32), distances.astype(np.float32), model.cluster_centers_.astype(np.float32), k, how
+    )
 
 
 def _fit(vectors: np.ndarray, k: int, seed: int):
@@ -71,16 +73,21 @@ def central_texts(texts: list[str | None], clusters: Clusters, per_cluster: int 
     """For each cluster, the texts of its rows nearest the centre, nearest first."""
     order = np.lexsort((clusters.distances, clusters.labels))  # by cluster, then by distance
     starts = np.searchsorted(clusters.labels[order], np.arange(clusters.k))
-    return [[texts[i] or "" for i in order[start : start + min(per_cluster, size)]] for start, size in zip(starts, clusters.sizes)]
+    return [
+        [texts[i] or "" for i in order[start : start + min(per_cluster, size)]]
+        for start, size in zip(starts, clusters.sizes)
+    ]
 
 
 def summary_table(clusters: Clusters, centrals: list[list[str]]) -> pa.Table:
     """One row per cluster: id, size, and its most central texts."""
-    return pa.table({
-        "cluster": pa.array(np.arange(clusters.k, dtype=np.int32)),
-        "size": pa.array(clusters.sizes.astype(np.int64)),
-        "central_texts": pa.array(centrals, type=pa.list_(pa.string())),
-    })
+    return pa.table(
+        {
+            "cluster": pa.array(np.arange(clusters.k, dtype=np.int32)),
+            "size": pa.array(clusters.sizes.astype(np.int64)),
+            "central_texts": pa.array(centrals, type=pa.list_(pa.string())),
+        }
+    )
 
 
 def draw_map(vectors: np.ndarray, clusters: Clusters, centrals: list[list[str]], path: Path, title: str) -> Path:
@@ -101,10 +108,24 @@ def draw_map(vectors: np.ndarray, clusters: Clusters, centrals: list[list[str]],
     points, centres = plane.transform(vectors[shown]), plane.transform(clusters.centres)
     colours = [plt.get_cmap("tab20")(i % 20) if i < 20 else plt.get_cmap("tab20b")(i % 20) for i in range(clusters.k)]
     figure, (axes, key) = plt.subplots(1, 2, figsize=(16, 9), dpi=100, gridspec_kw={"width_ratios": [3, 2]})
-    axes.scatter(points[:, 0], points[:, 1], c=[colours[label] for label in clusters.labels[shown]], s=12, alpha=0.6, linewidths=0)
+    axes.scatter(
+        points[:, 0],
+        points[:, 1],
+        c=[colours[label] for label in clusters.labels[shown]],
+        s=12,
+        alpha=0.6,
+        linewidths=0,
+    )
     for cluster, (x, y) in enumerate(centres):
-        axes.annotate(str(cluster), (x, y), fontsize=9, fontweight="bold", ha="center", va="center",
-                      bbox={"boxstyle": "circle,pad=0.25", "fc": "white", "ec": colours[cluster], "lw": 2})
+        axes.annotate(
+            str(cluster),
+            (x, y),
+            fontsize=9,
+            fontweight="bold",
+            ha="center",
+            va="center",
+            bbox={"boxstyle": "circle,pad=0.25", "fc": "white", "ec": colours[cluster], "lw": 2},
+        )
     axes.set_title(title)
     axes.set_xticks([]), axes.set_yticks([])
     key.axis("off")
@@ -112,7 +133,8 @@ def draw_map(vectors: np.ndarray, clusters: Clusters, centrals: list[list[str]],
     for line, cluster in enumerate(order[:40]):
         y = 1 - line / max(len(order[:40]), 20)
         key.text(0, y, "●", color=colours[cluster], fontsize=12, va="top", transform=key.transAxes)
-        text = f"{cluster:>2}  {clusters.sizes[cluster]:>6,}  {_short(centrals[cluster][0] if centrals[cluster] else '', 8)}"
+        central = centrals[cluster][0] if centrals[cluster] else ""
+        text = f"{cluster:>2}  {clusters.sizes[cluster]:>6,}  {_short(central, 8)}"
         key.text(0.04, y, text, fontsize=9, family="monospace", va="top", transform=key.transAxes)
     key.set_title("cluster, rows, most central text", loc="left", fontsize=10)
     figure.tight_layout()

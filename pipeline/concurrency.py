@@ -6,15 +6,16 @@ import queue
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 _DONE = object()
 
 
-def map_ahead(fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[tuple[T, R]]:
+def map_ahead(fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Generator[tuple[T, R]]:
     """Yield `(item, fn(item))` in order, with up to `ahead` calls running at once in threads:
     the next item's requests leave while the last ones of this item are still in flight.
 
@@ -51,7 +52,7 @@ def prompt_thread_switches(seconds: float = 0.0005) -> None:
     sys.setswitchinterval(min(sys.getswitchinterval(), seconds))
 
 
-def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int) -> Generator[T]:
     """Yield `items`, computed up to `depth` ahead in a background thread.
 
     An exception in the producer is raised in the consumer, in order. If the consumer stops
@@ -71,7 +72,7 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
                     break
                 slots.put((item, None))
             slots.put((_DONE, None))
-        except BaseException as exc:  # handed to the consumer, raised there
+        except BaseException as exc:  # noqa: BLE001  handed to the consumer, raised there
             slots.put((_DONE, exc))
         finally:
             getattr(source, "close", lambda: None)()  # release the open reader

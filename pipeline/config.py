@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Literal
@@ -27,7 +28,7 @@ class SourceConfig(_Section):
     parallel_partitions: int = 2  # partitions processed at once
 
     @model_validator(mode="after")
-    def _one_text_spec(self) -> "SourceConfig":
+    def _one_text_spec(self) -> SourceConfig:
         if self.text_column and self.text_template:
             raise ValueError("set text_column or text_template, not both")
         if not self.text_column and not self.text_template:
@@ -42,7 +43,7 @@ class ChunkingConfig(_Section):
     overlap_tokens: int = 64
 
     @model_validator(mode="after")
-    def _sane(self) -> "ChunkingConfig":
+    def _sane(self) -> ChunkingConfig:
         if self.max_tokens < 8:
             raise ValueError("max_tokens must be at least 8")
         if not 0 <= self.overlap_tokens < self.max_tokens:
@@ -66,7 +67,9 @@ class EmbeddingConfig(_Section):
     max_cost_usd: float | None = None  # a run estimated to cost more stops before its first call
     price_table: str | None = None  # YAML of model: {sync, batch} USD per 1M tokens; None = configs/prices.yaml
     task_runner: Literal["threads", "dask"] = "threads"  # where partitions run: this process, or a Dask cluster
-    dask_address: str | None = None  # a running Dask scheduler; None = a local cluster of source.parallel_partitions processes
+    dask_address: str | None = (
+        None  # a running Dask scheduler; None = a local cluster of source.parallel_partitions processes
+    )
     # openai-batch only
     batch_max_enqueued_tokens: int = 3_000_000  # tokens in flight at once; more goes in waves
     batch_max_inputs_per_file: int = 50_000
@@ -75,8 +78,15 @@ class EmbeddingConfig(_Section):
     batch_fallback_sync: bool = False  # finish what batches could not through the sync endpoint
 
     @model_validator(mode="after")
-    def _positive(self) -> "EmbeddingConfig":
-        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency", "max_attempts", "batch_size", "dimensions"):
+    def _positive(self) -> EmbeddingConfig:
+        for name in (
+            "requests_per_minute",
+            "tokens_per_minute",
+            "max_concurrency",
+            "max_attempts",
+            "batch_size",
+            "dimensions",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -94,7 +104,7 @@ class OutputConfig(_Section):
     delta_path: str | None = None  # set to also write the output as a Delta Lake table there
 
     @model_validator(mode="after")
-    def _separate(self) -> "OutputConfig":
+    def _separate(self) -> OutputConfig:
         if self.chunks_path:
             rows, chunks = Path(self.path).resolve(), Path(self.chunks_path).resolve()
             if rows == chunks or rows in chunks.parents or chunks in rows.parents:
@@ -110,7 +120,7 @@ class Config(_Section):
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
-    def _output_apart_from_source(self) -> "Config":
+    def _output_apart_from_source(self) -> Config:
         for key in ("path", "chunks_path"):
             problem = nesting_problem(self.source.path, getattr(self.output, key), f"output.{key}")
             if problem:
@@ -163,8 +173,8 @@ def _glob_reads(pattern: list[str], output_root: str) -> bool:
     `output_root`: a recursive one reaching into it, or any one matching its part files."""
     output_names = output_root.split("/")
     if "**" in pattern:
-        above = pattern[:pattern.index("**")]
-        return _matches(above, output_names[:len(above)])
+        above = pattern[: pattern.index("**")]
+        return _matches(above, output_names[: len(above)])
     return _matches(pattern, output_names + [_FIRST_PART])
 
 
@@ -178,7 +188,7 @@ def _glob_folder_and_pattern(source: str) -> tuple[str, list[str]]:
     and the whole glob made absolute and split at '/'."""
     cut = min(i for i in map(source.find, _GLOB_CHARACTERS) if i >= 0)
     folder = os.path.dirname(source[:cut])
-    rest = [name for name in source[len(folder):].split("/") if name not in ("", ".")]
+    rest = [name for name in source[len(folder) :].split("/") if name not in ("", ".")]
     folder = _root(folder or ".")
     return folder, folder.rstrip("/").split("/") + rest
 
@@ -201,7 +211,7 @@ def _inside(inner: str, outer: str) -> bool:
     return inner.startswith(outer.rstrip("/") + "/")
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Read `path`, apply `section.key=value` overrides, validate; raise ConfigError on any problem."""
     path = Path(path)
     try:

@@ -72,7 +72,7 @@ class ChunkTally:
             keys = keys[~self._kinds[stronger].contains_hashes(keys)]
         keys = keys[self._kinds[kind].add_hashes(keys)]
         self.counts[kind] += len(keys)
-        for weaker in KINDS[rank + 1:]:  # counted in the strongest weaker kind that holds it
+        for weaker in KINDS[rank + 1 :]:  # counted in the strongest weaker kind that holds it
             held = self._kinds[weaker].contains_hashes(keys)
             self.counts[weaker] -= int(held.sum())
             keys = keys[~held]

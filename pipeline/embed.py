@@ -10,9 +10,9 @@ import numpy as np
 
 from pipeline.cache import VectorCache
 from pipeline.chunking import Chunk, chunk_texts, token_counts
+from pipeline.counts import ChunkTally, RunStats
 from pipeline.hashset import HashSet, hash64
 from pipeline.providers.base import Embedder, l2_normalise
-from pipeline.counts import ChunkTally, RunStats
 from pipeline.text import normalise_paragraphs
 
 
@@ -47,7 +47,10 @@ class RowVectors:
 
     def embedded_texts(self) -> list[EmbeddedText | None]:
         """Per row, its chunks and their vectors (None where blank): the chunk table's rows."""
-        texts = {key: EmbeddedText(chunks, np.stack([self.chunk_vectors[c.text] for c in chunks])) for key, chunks in self.rows.chunked.items()}
+        texts = {
+            key: EmbeddedText(chunks, np.stack([self.chunk_vectors[c.text] for c in chunks]))
+            for key, chunks in self.rows.chunked.items()
+        }
         return [texts[key] if key else None for key in self.rows.keys]
 
 
@@ -142,8 +145,11 @@ class TextEmbedder:
         return vectors if not missing else {**vectors, **self._embedded_vectors(missing)}
 
     def _embed(self, texts: list[str], counts: list[int]) -> dict[str, np.ndarray]:
-        vectors = {}
-        store = lambda batch, fresh: self.cache.put_many(dict(zip(batch, fresh)))  # a stopped run resumes from here
+        vectors: dict[str, np.ndarray] = {}
+
+        def store(batch: list[str], fresh: np.ndarray) -> None:  # a stopped run resumes from here
+            self.cache.put_many(dict(zip(batch, fresh)))
+
         for batch, fresh in self.embedder.embed_iter(texts, counts, store):
             vectors.update(zip(texts[batch], fresh))
             hashes = hash64(texts[batch])

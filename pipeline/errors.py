@@ -12,8 +12,12 @@ def is_disk_full(exc: BaseException) -> bool:
     """Whether `exc` says the disk, a quota or a file size limit is full: an OSError's errno,
     SQLite's SQLITE_FULL, or pyarrow's message (its errors carry no errno)."""
     message = str(exc)
-    return (getattr(exc, "errno", None) in _DISK_FULL or getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
-            or "No space left" in message or "Disk quota" in message)
+    return (
+        getattr(exc, "errno", None) in _DISK_FULL
+        or getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
+        or "No space left" in message
+        or "Disk quota" in message
+    )
 
 
 class EmbedpipeError(Exception):

@@ -59,13 +59,18 @@ class Estimate:
 
     def lines(self) -> list[str]:
         """The estimate as a person reads it."""
-        money = lambda amount: "unknown (no price for this model)" if amount is None else usd(amount)
+
+        def money(amount: float | None) -> str:
+            return "unknown (no price for this model)" if amount is None else usd(amount)
+
         return [
             f"estimate for {self.model} through {self.provider}; nothing was sent",
-            f"  rows {self.rows:,} ({self.unchanged_rows:,} in unchanged files, {self.reused_rows:,} equal to the last output)",
+            f"  rows {self.rows:,} ({self.unchanged_rows:,} in unchanged files, {self.reused_rows:,} equal to the "
+            "last output)",
             f"  distinct texts {self.distinct_texts:,}, chunks {self.chunks:,}, cache hits {self.cache_hits:,}",
             f"  to send: chunks {self.chunks_to_send:,}, tokens {self.tokens_to_send:,}, requests {self.requests:,}",
-            f"  cost: {money(self.sync_usd)} through the embeddings endpoint, {money(self.batch_usd)} through the Batch API",
+            f"  cost: {money(self.sync_usd)} through the embeddings endpoint, {money(self.batch_usd)} through the "
+            "Batch API",
             f"  time: {self._time()}",
         ]
 
@@ -87,7 +92,15 @@ def checked_input(config: Config) -> tuple[SourcePlan, PreviousOutput | None]:
     return validate_source(config.source, output_column=config.output.vector_column, unchanged=unchanged), previous
 
 
-def estimate_run(config: Config, plan: SourcePlan, previous: PreviousOutput | None, embedder: Embedder, cache: VectorCache, max_tokens: int, overlap: int) -> Estimate:
+def estimate_run(
+    config: Config,
+    plan: SourcePlan,
+    previous: PreviousOutput | None,
+    embedder: Embedder,
+    cache: VectorCache,
+    max_tokens: int,
+    overlap: int,
+) -> Estimate:
     """Walk the checked input as a run would and count what it would send; calls no model."""
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
     sent, estimate = HashSet(), Estimate(config.embedding.provider, config.embedding.model)
@@ -97,7 +110,9 @@ def estimate_run(config: Config, plan: SourcePlan, previous: PreviousOutput | No
             continue
         for _, _, rows in prepared_batches(config, texts, previous, partition):
             misses = rows.misses  # a chunk missed once is missed whenever met: the cache is only read here
-            new = [(text, tokens) for (text, tokens), fresh in zip(misses.items(), sent.add_many(list(misses))) if fresh]
+            new = [
+                (text, tokens) for (text, tokens), fresh in zip(misses.items(), sent.add_many(list(misses))) if fresh
+            ]
             counts = [tokens for _, tokens in new]
             estimate.chunks_to_send += len(new)
             estimate.tokens_to_send += sum(counts)
@@ -115,7 +130,10 @@ def estimate_config(config: Config, api_key: str | None) -> Estimate:
     embedder = get_embedder(config.embedding, api_key or "not-needed-for-an-estimate")
     try:
         if not embedder.knows_dimensions:
-            raise ConfigError(f"embedding.dimensions: {embedder.model} would be asked its dimensions, and an estimate calls nothing; set it")
+            raise ConfigError(
+                f"embedding.dimensions: {embedder.model} would be asked its dimensions, and an estimate calls "
+                "nothing; set it"
+            )
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
         cache = VectorCache.for_embedder(config.cache.path, embedder)
         try:
@@ -130,7 +148,10 @@ def check_budget(estimate: Estimate, limit: float) -> None:
     """Stop before the first call when the run would cost more than `embedding.max_cost_usd`."""
     cost = estimate.cost_usd
     if cost is None:
-        raise ConfigError(f"embedding.max_cost_usd is set but the price table has no price for {estimate.model}; add it (embedding.price_table)")
+        raise ConfigError(
+            f"embedding.max_cost_usd is set but the price table has no price for {estimate.model}; add it "
+            "(embedding.price_table)"
+        )
     if cost > limit:
         raise BudgetError(
             f"this run would cost {usd(cost)} ({estimate.tokens_to_send:,} tokens through {estimate.provider}), "
@@ -152,9 +173,14 @@ def load_prices(path: str | Path | None) -> dict[str, dict[str, float]]:
     path = Path(path) if path else PRICE_TABLE
     try:
         table = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return {str(model): {kind: float(prices[kind]) for kind in ("sync", "batch")} for model, prices in table.items()}
+        return {
+            str(model): {kind: float(prices[kind]) for kind in ("sync", "batch")} for model, prices in table.items()
+        }
     except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"embedding.price_table {path}: cannot read it as model: {{sync: USD, batch: USD}} per million tokens ({type(exc).__name__})") from None
+        raise ConfigError(
+            f"embedding.price_table {path}: cannot read it as model: {{sync: USD, batch: USD}} per million tokens "
+            f"({type(exc).__name__})"
+        ) from None
 
 
 def model_price(embedding: EmbeddingConfig) -> dict[str, float] | None:
@@ -184,7 +210,9 @@ def _price(estimate: Estimate, config: Config) -> None:
         estimate.sync_usd = estimate.tokens_to_send * price["sync"] / 1e6
         estimate.batch_usd = estimate.tokens_to_send * price["batch"] / 1e6
     if embedding.provider == "openai":  # the configured caps only: the server's own limits come with its answers
-        bounds = [(estimate.tokens_to_send, embedding.tokens_per_minute), (estimate.requests, embedding.requests_per_minute)]
+        bounds = [
+            (estimate.tokens_to_send, embedding.tokens_per_minute),
+            (estimate.requests, embedding.requests_per_minute),
+        ]
         known = [amount / limit for amount, limit in bounds if limit]
         estimate.minutes = max(known) if known else None
-

@@ -36,7 +36,12 @@ def _edges(path: Path, size: int, mtime_ns: int) -> str:
 def fingerprint(file: Path) -> dict:
     """Path, size, modification time and a hash of the file's first and last 64 KiB."""
     stat = file.stat()
-    return {"path": str(file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "edges_sha256": _edges(file, stat.st_size, stat.st_mtime_ns)}
+    return {
+        "path": str(file),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "edges_sha256": _edges(file, stat.st_size, stat.st_mtime_ns),
+    }
 
 
 def run_key(settings: dict, files: list[Path]) -> str:
@@ -99,4 +104,10 @@ class PreviousOutput:
 
 
 def _key(source: dict) -> tuple:
-    return (source["path"], source["size"], source["mtime_ns"], source["edges_sha256"], tuple(source["row_groups"] or ()))
+    return (
+        source["path"],
+        source["size"],
+        source["mtime_ns"],
+        source["edges_sha256"],
+        tuple(source["row_groups"] or ()),
+    )

@@ -46,9 +46,7 @@ class LearnedWindow:
         refused one. Returns
         whether the window changed."""
         before, seconds = self.seconds, _within(min(seconds - MARGIN, self._proven))  # a refusal outweighs any report
-        if first and not self.heard:
-            self.seconds = seconds
-        elif seconds > self.seconds * 1.01:
+        if first and not self.heard or seconds > self.seconds * 1.01:
             self.seconds = seconds
         self.heard = max(self.heard, seconds)
         return self.seconds != before

@@ -6,9 +6,9 @@ a crashed attempt finished, and keep row order (parts are numbered in input orde
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,7 +26,12 @@ class Partition:
 
     def read(self, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """The partition's rows as record batches of `batch_rows` (a CSV file's as parsed)."""
-        yield from read_batches(self.file, batch_rows=batch_rows, row_groups=list(self.row_groups) if self.row_groups else None, encoding=self.encoding)
+        yield from read_batches(
+            self.file,
+            batch_rows=batch_rows,
+            row_groups=list(self.row_groups) if self.row_groups else None,
+            encoding=self.encoding,
+        )
 
     def read_head(self, rows: int) -> pa.RecordBatch | None:
         """The partition's first `rows` rows (or fewer), read on their own: a Parquet reader

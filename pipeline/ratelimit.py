@@ -14,8 +14,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from pipeline.learned_window import LearnedWindow
 from pipeline.ratelimit_headers import server_level, server_limit
@@ -227,10 +227,12 @@ class RateLimiter:
         self.refund(tokens)
         self._learn_limits(headers, None)
         with self._learning:
-            if _teaches(ticket, self._limits_changed_at) and self.window.refused(ticket.debt):
+            if (debt := _debt_to_learn_from(ticket, self._limits_changed_at)) is not None and self.window.refused(debt):
                 log.info(
                     "the server refused a request our model let through: now spending at most %.1f s of the limit "
-                    "at once, at %.0f%% of it", self.window.seconds, 100 * self.window.pace,
+                    "at once, at %.0f%% of it",
+                    self.window.seconds,
+                    100 * self.window.pace,
                 )
                 self._relearn(True)
         self._cap(headers, None)
@@ -264,9 +266,9 @@ class RateLimiter:
                 self._limits_changed_at = self._clock()
             self.server_limits.update({name: v for name, v in limits.items() if v})
             held = [
-                (level + charged[name]) / (limits[name] / 60) - since
+                (level + charged[name]) / (limit / 60) - since
                 for name in NAMES
-                if charged and limits[name] and (level := _remaining(headers, name)) is not None
+                if charged and (limit := limits[name]) and (level := _remaining(headers, name)) is not None
             ]
             widened = bool(held) and self.window.reported(min(held), first=not self._answered)
             if changed:
@@ -279,7 +281,8 @@ class RateLimiter:
         with self._learning:
             if not self.window.heard and self.window.assume_shortest():
                 log.info(
-                    "the server does not say how full its budget is: spending 1 s of the limits at once, more if it allows"
+                    "the server does not say how full its budget is: spending 1 s of the limits at once, more if it "
+                    "allows"
                 )
                 self._relearn(True)
 
@@ -300,14 +303,19 @@ class RateLimiter:
                 self.held_back[name] = (cap, server)
                 log.warning(
                     "embedding.%s = %s holds this run below the server's %s a minute: raise it or leave it unset",
-                    _CAP_SETTING[name], f"{cap:,.0f}", f"{server:,.0f}",
+                    _CAP_SETTING[name],
+                    f"{cap:,.0f}",
+                    f"{server:,.0f}",
                 )
 
 
-def _teaches(ticket: Ticket | None, limits_changed_at: float) -> bool:
-    """Whether a refusal says something of the window: the request left under a known limit,
-    and the limit has not changed since (requests sent at the old rate meet the new one)."""
-    return ticket is not None and ticket.debt is not None and ticket.sent_at > limits_changed_at
+def _debt_to_learn_from(ticket: Ticket | None, limits_changed_at: float) -> float | None:
+    """The debt a refused request left with, when its refusal says something of the window: it
+    left under a known limit, and the limit has not changed since (requests sent at the old
+    rate meet the new one)."""
+    if ticket is None or ticket.sent_at <= limits_changed_at:
+        return None
+    return ticket.debt
 
 
 def _remaining(headers: Mapping[str, str], name: str) -> float | None:

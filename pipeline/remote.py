@@ -23,10 +23,10 @@ from pipeline.source import FORMATS
 
 def is_remote(path: str | None) -> bool:
     """Whether `path` is a URL of a remote file system (not a local path or file://)."""
-    return bool(path) and "://" in path and path.split("://", 1)[0] not in ("file", "local")
+    return bool(path) and "://" in str(path) and str(path).split("://", 1)[0] not in ("file", "local")
 
 
-def localised(config: Config) -> tuple[Config, list["RemoteOutput"]]:
+def localised(config: Config) -> tuple[Config, list[RemoteOutput]]:
     """`config` with each remote path replaced by its local mirror: inputs fetched, the last
     published output pulled. A run checks the outputs returned writable before its first call
     and pushes them after it publishes; an estimate only reads."""
@@ -60,7 +60,7 @@ def fetch_inputs(url: str, root: Path) -> str:
     local = root / _slug(url)
     try:
         base, found = _listing(fs, path)
-        targets = {remote: local / remote[len(base):].lstrip("/") for remote in found}
+        targets = {remote: local / remote[len(base) :].lstrip("/") for remote in found}
         fetched = _read_json(local / ".fetched.json")
         for remote, target in targets.items():
             info = found[remote]
@@ -102,7 +102,10 @@ class RemoteOutput:
             self.fs.pipe_file(probe, b"")
             self.fs.rm_file(probe)
         except (OSError, ValueError) as exc:
-            raise EmbedpipeError(f"output.path {self.url}: cannot write there ({type(exc).__name__}: {first_line(exc)}); check the bucket and its permissions") from None
+            raise EmbedpipeError(
+                f"output.path {self.url}: cannot write there ({type(exc).__name__}: {first_line(exc)}); check the "
+                "bucket and its permissions"
+            ) from None
 
     def pull(self) -> None:
         """Bring the mirror level with the published output, for an incremental run made
@@ -125,7 +128,9 @@ class RemoteOutput:
             mine.write_bytes(remote)
             _write_json(self.local / ".pushed.json", {name: _mark(self.local / name) for name in names})
         except (OSError, ValueError, KeyError) as exc:
-            raise EmbedpipeError(f"output.path {self.url}: cannot read the last output ({type(exc).__name__}: {first_line(exc)})") from None
+            raise EmbedpipeError(
+                f"output.path {self.url}: cannot read the last output ({type(exc).__name__}: {first_line(exc)})"
+            ) from None
 
     def push(self) -> None:
         """Copy the published mirror up: the old manifest removed, changed parts uploaded,
@@ -147,12 +152,19 @@ class RemoteOutput:
                     self.fs.rm_file(f"{self.path}/{name}")
             self.fs.put_file(str(self.local / MANIFEST), f"{self.path}/{MANIFEST}")
         except (OSError, ValueError) as exc:
-            raise EmbedpipeError(f"output.path {self.url}: cannot copy the output up ({type(exc).__name__}: {first_line(exc)}); it is whole in {self.local}; run again to retry") from None
+            raise EmbedpipeError(
+                f"output.path {self.url}: cannot copy the output up ({type(exc).__name__}: {first_line(exc)}); it is "
+                f"whole in {self.local}; run again to retry"
+            ) from None
         _write_json(self.local / ".pushed.json", {name: pushed[name] for name in names})
 
     def _ls(self) -> dict[str, dict]:
         try:
-            return {info["name"]: info for info in self.fs.ls(self.path, detail=True, refresh=True) if info.get("type") == "file"}
+            return {
+                info["name"]: info
+                for info in self.fs.ls(self.path, detail=True, refresh=True)
+                if info.get("type") == "file"
+            }
         except FileNotFoundError:
             return {}
 
@@ -173,7 +185,7 @@ def _modified(info: dict) -> float | None:
     """The object's modification time, as a POSIX timestamp, where the file system says."""
     value = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
     if hasattr(value, "timestamp"):
-        return value.timestamp()
+        return float(value.timestamp())  # type: ignore[union-attr]  # a datetime
     return float(value) if isinstance(value, (int, float)) else None
 
 

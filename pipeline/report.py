@@ -17,7 +17,11 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
     sent = f"{s['embedded_chunks']:,} chunks, {s['embedded_tokens']:,} tokens in {s['requests']:,} requests"
     sent += f" and {batches:,} Batch API batches" if batches else ""
     return [
-        ("rows", f"{s['rows']:,} ({s['unchanged_rows']:,} in unchanged files, {s['reused_rows']:,} equal to the last output, {s['null_texts']:,} blank)"),
+        (
+            "rows",
+            f"{s['rows']:,} ({s['unchanged_rows']:,} in unchanged files, {s['reused_rows']:,} equal to the last "
+            f"output, {s['null_texts']:,} blank)",
+        ),
         ("distinct texts", f"{s['distinct_texts']:,} in {s['chunks']:,} chunks"),
         ("cache hits", f"{s['cache_hits']:,} chunks"),
         *([("bad in cache", bad_line)] if bad else []),
@@ -27,7 +31,10 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
         *([("rate limits", _held_back(s["held_back"]))] if s.get("held_back") else []),
         ("cost", cost),
         ("seconds", f"{s['seconds']:,.1f}"),
-        ("output", f"{manifest['output']} ({manifest['model']} via {manifest['provider']}, {manifest['dimensions']} dims)"),
+        (
+            "output",
+            f"{manifest['output']} ({manifest['model']} via {manifest['provider']}, {manifest['dimensions']} dims)",
+        ),
     ]
 
 

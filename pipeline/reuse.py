@@ -9,8 +9,8 @@ other rows are normalised, chunked and looked up. Memory stays one batch of each
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,9 @@ from pipeline.partitions import Partition
 from pipeline.source import BATCH_ROWS, row_texts, text_columns
 
 
-def prepared_batches(config: Config, texts: TextEmbedder, previous: PreviousOutput | None, partition: Partition) -> Iterator[tuple[pa.RecordBatch, tuple | None, PreparedRows]]:
+def prepared_batches(
+    config: Config, texts: TextEmbedder, previous: PreviousOutput | None, partition: Partition
+) -> Iterator[tuple[pa.RecordBatch, tuple | None, PreparedRows]]:
     """Each batch of `partition`; the rows whose vectors the last run's part already holds
     (a mask and those vectors, or None); and the other rows, normalised and chunked."""
     source = config.source
@@ -54,7 +56,13 @@ def _other_rows(batch: pa.RecordBatch, columns: list[str], same: np.ndarray) -> 
     return texts.filter(pa.array(~same))
 
 
-def _ends_apart(batches: Iterator[pa.RecordBatch], first: int, request: int, total: int, read_head: Callable[[], pa.RecordBatch | None] = lambda: None) -> Iterator[pa.RecordBatch]:
+def _ends_apart(
+    batches: Iterator[pa.RecordBatch],
+    first: int,
+    request: int,
+    total: int,
+    read_head: Callable[[], pa.RecordBatch | None] = lambda: None,
+) -> Iterator[pa.RecordBatch]:
     """The batches of a partition of `total` rows, each end of it handed out on its own: the
     first batch as `_first_rows_first` cuts it, and the final request's rows (those left over
     from whole requests of `request` rows, else `request`) apart from the batch before them,
@@ -69,7 +77,9 @@ def _ends_apart(batches: Iterator[pa.RecordBatch], first: int, request: int, tot
         yield piece
 
 
-def _first_rows_first(batches: Iterator[pa.RecordBatch], rows: int, read_head: Callable[[], pa.RecordBatch | None] = lambda: None) -> Iterator[pa.RecordBatch]:
+def _first_rows_first(
+    batches: Iterator[pa.RecordBatch], rows: int, read_head: Callable[[], pa.RecordBatch | None] = lambda: None
+) -> Iterator[pa.RecordBatch]:
     """The first batch cut into slices of `rows` (about a request's worth), then twice, four
     times as many, and so on: the first request leaves without waiting for a whole batch to
     be normalised and chunked, and each slice is ready before the last one's budget is back.
@@ -101,7 +111,7 @@ class PreviousRows:
         self._pending_rows = 0
 
     @classmethod
-    def open(cls, part: Path | None, text_columns: list[str], vector_column: str) -> "PreviousRows | None":
+    def open(cls, part: Path | None, text_columns: list[str], vector_column: str) -> PreviousRows | None:
         """None when there is no part to compare with, or it lacks a column we need."""
         if part is None:
             return None
@@ -150,4 +160,3 @@ def _same_values(current: pa.ChunkedArray | pa.Array, previous: pa.ChunkedArray)
         return pa.array(np.zeros(len(current), dtype=bool))
     both_null = pc.and_(pc.is_null(current), pc.is_null(previous))
     return pc.or_(pc.fill_null(equal, False), both_null)
-

@@ -5,30 +5,30 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Iterator
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline import __version__, progress
 from pipeline.cache import VectorCache
-from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.chunking import chunk_limits
+from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.config import Config
 from pipeline.embed import EmbeddedText, RowVectors, TextEmbedder
 from pipeline.errors import EmbedpipeError
 from pipeline.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
-from pipeline.providers import get_embedder
-from pipeline.providers.base import Embedder
 from pipeline.incremental import PreviousOutput, part_source, run_key, settings_key
 from pipeline.partitions import Partition, plan_partitions
-from pipeline.sink import ParquetSink, vector_array, write_delta
+from pipeline.providers import get_embedder
+from pipeline.providers.base import Embedder
 from pipeline.remote import RemoteOutput, localised
 from pipeline.reuse import prepared_batches
+from pipeline.sink import ParquetSink, vector_array, write_delta
 from pipeline.source import SourcePlan, row_texts
 
 log = logging.getLogger("embedpipe")
@@ -82,21 +82,45 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
             undo.callback(cache.close)
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
         if config.embedding.max_cost_usd is not None:  # an extra read of the input, before any spending
-            check_budget(estimate_run(config, plan, previous, embedder, cache, max_tokens, overlap), config.embedding.max_cost_usd)
+            check_budget(
+                estimate_run(config, plan, previous, embedder, cache, max_tokens, overlap),
+                config.embedding.max_cost_usd,
+            )
         metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
         staging = run_key({"config": config.model_dump(mode="json"), "settings": key}, plan.files)
         rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, staging)
         undo.callback(rows.close)
-        chunks = ParquetSink(config.output.chunks_path, {"embedpipe": json.dumps(metadata)}, staging) if config.output.chunks_path else None
+        chunks = (
+            ParquetSink(config.output.chunks_path, {"embedpipe": json.dumps(metadata)}, staging)
+            if config.output.chunks_path
+            else None
+        )
         undo.pop_all()  # the run owns them now
     partitions = plan_partitions(plan, config.source.partition_rows)
     sources = {p.index: part_source(p) for p in partitions}  # as read now, not as found at publish
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
     progress.track(texts.stats, embedder, plan.total_rows)
-    return Run(config, plan, partitions, texts, rows, chunks, started, {**metadata, "settings_key": key}, previous, sources, owns_embedder, remote_outputs, published_at, price=price)
+    return Run(
+        config,
+        plan,
+        partitions,
+        texts,
+        rows,
+        chunks,
+        started,
+        {**metadata, "settings_key": key},
+        previous,
+        sources,
+        owns_embedder,
+        remote_outputs,
+        published_at,
+        price=price,
+    )
 
 
-def _open_embedder_and_cache(config: Config, api_key: str | None, shared: Embedder | None) -> tuple[Embedder, VectorCache | None]:
+def _open_embedder_and_cache(
+    config: Config, api_key: str | None, shared: Embedder | None
+) -> tuple[Embedder, VectorCache | None]:
     """The provider (`shared`, or a new one) and the cache of its vectors; no cache where
     the model must be asked its dimensions, a paid call that waits for the input check."""
     embedder = shared or get_embedder(config.embedding, api_key)
@@ -124,9 +148,13 @@ def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: i
         "model": config.embedding.model,
         "dimensions": dimensions,
         "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap, "encoding": "cl100k_base"},
-        "columns": {"id": config.source.id_column, "text": config.source.text_column, "vector": config.output.vector_column},
+        "columns": {
+            "id": config.source.id_column,
+            "text": config.source.text_column,
+            "vector": config.output.vector_column,
+        },
         "pipeline_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -212,20 +240,24 @@ def _merge(reused: tuple | None, result: RowVectors, dimensions: int) -> tuple[n
 
 def chunk_table(ids: pa.Array, results: list[EmbeddedText | None], dimensions: int) -> pa.Table:
     """One row per chunk: id, chunk_index, text, token_count, char_start, char_end, vector."""
-    columns = {name: [] for name in ("row", "chunk_index", "text", "token_count", "char_start", "char_end", "vector")}
+    columns: dict[str, list] = {
+        name: [] for name in ("row", "chunk_index", "text", "token_count", "char_start", "char_end", "vector")
+    }
     for row, result in enumerate(results):
         for n, (chunk, vector) in enumerate(zip(result.chunks, result.chunk_vectors) if result else ()):
             for name, value in zip(columns, (row, n, chunk.text, chunk.tokens, chunk.start, chunk.end, vector)):
                 columns[name].append(value)
-    return pa.table({
-        "id": ids.take(pa.array(columns["row"], type=pa.int64())),
-        "chunk_index": pa.array(columns["chunk_index"], type=pa.int32()),
-        "text": pa.array(columns["text"], type=pa.string()),
-        "token_count": pa.array(columns["token_count"], type=pa.int32()),
-        "char_start": pa.array(columns["char_start"], type=pa.int64()),
-        "char_end": pa.array(columns["char_end"], type=pa.int64()),
-        "vector": vector_array(np.array(columns["vector"], dtype=np.float32).reshape(-1, dimensions)),
-    })
+    return pa.table(
+        {
+            "id": ids.take(pa.array(columns["row"], type=pa.int64())),
+            "chunk_index": pa.array(columns["chunk_index"], type=pa.int32()),
+            "text": pa.array(columns["text"], type=pa.string()),
+            "token_count": pa.array(columns["token_count"], type=pa.int32()),
+            "char_start": pa.array(columns["char_start"], type=pa.int64()),
+            "char_end": pa.array(columns["char_end"], type=pa.int64()),
+            "vector": vector_array(np.array(columns["vector"], dtype=np.float32).reshape(-1, dimensions)),
+        }
+    )
 
 
 def finish_run(run: Run, parts: dict[int, int]) -> dict:
@@ -237,12 +269,21 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         raise EmbedpipeError(f"row count mismatch: read {run.plan.total_rows}, wrote {written}; nothing published")
     stats.seconds = round(time.monotonic() - run.started, 2)
     embedder = run.texts.embedder
-    stats.requests, stats.retries, stats.timed_out_tokens = embedder.requests, dict(embedder.retries), embedder.timed_out_tokens
+    stats.requests, stats.retries, stats.timed_out_tokens = (
+        embedder.requests,
+        dict(embedder.retries),
+        embedder.timed_out_tokens,
+    )
     stats.rate_limited = sum(n for cause, n in embedder.retries.items() if cause.endswith("429"))
     stats.held_back = {name: [cap, server] for name, (cap, server) in embedder.held_back.items()}
     batch_tokens = stats.batch_api.get("tokens", 0)
     stats.cost_usd = run_cost(run.price, stats.embedded_tokens - batch_tokens, batch_tokens)
-    manifest = {**run.metadata, "output": run.published_at or str(run.config.output.path), "rows": run.plan.total_rows, "stats": stats.as_dict()}
+    manifest = {
+        **run.metadata,
+        "output": run.published_at or str(run.config.output.path),
+        "rows": run.plan.total_rows,
+        "stats": stats.as_dict(),
+    }
     if run.chunks is not None:
         run.chunks.publish(manifest, parts, run.sources)
     manifest = run.rows.publish(manifest, parts, run.sources)

@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipeline.config import EmbeddingConfig
 from pipeline.chunking import token_counts
+from pipeline.config import EmbeddingConfig
 from pipeline.embed import chunk_rows, pool_chunks
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import get_embedder
-from pipeline.remote import filesystem, is_remote
 from pipeline.providers.openai import KNOWN_DIMENSIONS
+from pipeline.remote import filesystem, is_remote
 from pipeline.sink import MANIFEST
 
 EXACT_LIMIT = 1_000_000  # rows; above this `auto` builds an approximate index
@@ -46,7 +46,9 @@ def read_output(output: str | Path) -> Embedded:
     try:
         settings = json.loads(fs.cat_file(f"{path}/{MANIFEST}") if fs else (Path(path) / MANIFEST).read_bytes())
     except (OSError, ValueError):
-        raise EmbedpipeError(f"{output}: no {MANIFEST} here; point at an output.path that embedpipe run has written") from None
+        raise EmbedpipeError(
+            f"{output}: no {MANIFEST} here; point at an output.path that embedpipe run has written"
+        ) from None
     columns = settings.get("columns") or {}
     id_column, text_column = columns.get("id", "id"), columns.get("text")
     vector_column = columns.get("vector", "embedding")
@@ -59,7 +61,9 @@ def read_output(output: str | Path) -> Embedded:
     return Embedded(table[id_column].combine_chunks(), texts, np.ascontiguousarray(vectors, dtype=np.float32), settings)
 
 
-def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, skip_self: bool = False, block: int = 4_096) -> tuple[np.ndarray, np.ndarray]:
+def exact_top_k(
+    queries: np.ndarray, vectors: np.ndarray, k: int, skip_self: bool = False, block: int = 4_096
+) -> tuple[np.ndarray, np.ndarray]:
     """For each query, the indices and scores of its `k` nearest vectors, best first.
     With `skip_self`, query i is vectors[i] and is not its own neighbour."""
     k = min(k, len(vectors) - (1 if skip_self else 0))
@@ -70,7 +74,11 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, skip_self: boo
         if skip_self:
             rows = np.arange(len(sims))
             sims[rows, start + rows] = -np.inf
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(np.arange(sims.shape[1]), (len(sims), 1))
+        top = (
+            np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            if k < sims.shape[1]
+            else np.tile(np.arange(sims.shape[1]), (len(sims), 1))
+        )
         top_scores = np.take_along_axis(sims, top, axis=1)
         order = np.argsort(-top_scores, axis=1, kind="stable")
         indices[start : start + block] = np.take_along_axis(top, order, axis=1)
@@ -78,11 +86,15 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, skip_self: boo
     return indices, scores
 
 
-def approximate_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, skip_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def approximate_top_k(
+    queries: np.ndarray, vectors: np.ndarray, k: int, skip_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """`exact_top_k`'s answer from an HNSW index (usearch, cosine metric)."""
     from usearch.index import Index
 
-    index = Index(ndim=vectors.shape[1], metric="ip", dtype="f32", connectivity=32, expansion_add=128, expansion_search=128)
+    index = Index(
+        ndim=vectors.shape[1], metric="ip", dtype="f32", connectivity=32, expansion_add=128, expansion_search=128
+    )
     index.add(np.arange(len(vectors)), vectors)
     extra = 1 if skip_self else 0
     found = index.search(queries, min(k + extra, len(vectors)))
@@ -97,7 +109,9 @@ def approximate_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, skip_sel
     return keys[:, :k], sims[:, :k]
 
 
-def nearest(queries: np.ndarray, vectors: np.ndarray, k: int, method: str = "auto", skip_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    queries: np.ndarray, vectors: np.ndarray, k: int, method: str = "auto", skip_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact up to `EXACT_LIMIT` rows with `method="auto"`, else approximate."""
     if method not in ("auto", "exact", "approximate"):
         raise EmbedpipeError(f"method {method!r}: use auto, exact or approximate")
@@ -111,11 +125,13 @@ def neighbours_table(embedded: Embedded, k: int, method: str = "auto") -> pa.Tab
     indices, scores = nearest(embedded.vectors, embedded.vectors, k, method, skip_self=True)
     width = indices.shape[1]
     offsets = pa.array(np.arange(0, indices.size + 1, width, dtype=np.int32))
-    return pa.table({
-        "id": embedded.ids,
-        "neighbour_ids": pa.ListArray.from_arrays(offsets, embedded.ids.take(pa.array(indices.ravel()))),
-        "scores": pa.ListArray.from_arrays(offsets, pa.array(scores.ravel())),
-    })
+    return pa.table(
+        {
+            "id": embedded.ids,
+            "neighbour_ids": pa.ListArray.from_arrays(offsets, embedded.ids.take(pa.array(indices.ravel()))),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores.ravel())),
+        }
+    )
 
 
 def embed_query(text: str, settings: dict, embedding: EmbeddingConfig, api_key: str | None) -> np.ndarray:
@@ -124,8 +140,12 @@ def embed_query(text: str, settings: dict, embedding: EmbeddingConfig, api_key: 
     provider = "openai" if settings["provider"] == "openai-batch" else settings["provider"]  # one query: no batch
     model, dimensions = settings["model"], settings["dimensions"]
     native = provider == "local" or KNOWN_DIMENSIONS.get(model) == dimensions  # ada-002 refuses the parameter
-    config = embedding.model_copy(update={"provider": provider, "model": model, "dimensions": None if native else dimensions})
-    [chunks] = chunk_rows([text], settings["chunking"]["max_tokens"], settings["chunking"]["overlap_tokens"]).chunked.values() or [[]]
+    config = embedding.model_copy(
+        update={"provider": provider, "model": model, "dimensions": None if native else dimensions}
+    )
+    [chunks] = chunk_rows(
+        [text], settings["chunking"]["max_tokens"], settings["chunking"]["overlap_tokens"]
+    ).chunked.values() or [[]]
     if not chunks:
         raise EmbedpipeError("the query is empty after normalising; give some text")
     embedder = get_embedder(config, api_key)
@@ -135,5 +155,7 @@ def embed_query(text: str, settings: dict, embedding: EmbeddingConfig, api_key: 
     finally:
         embedder.close()
     if embedder.dimensions != settings["dimensions"]:
-        raise EmbedpipeError(f"the query came back with {embedder.dimensions} dimensions, the output has {settings['dimensions']}")
+        raise EmbedpipeError(
+            f"the query came back with {embedder.dimensions} dimensions, the output has {settings['dimensions']}"
+        )
     return pool_chunks(chunks, dict(zip(texts, vectors)))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -64,7 +65,7 @@ def write_file(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def write_delta(output: Path, table_path: str) -> None:
+def write_delta(output: str | Path, table_path: str) -> None:
     """Copy the published output into a Delta Lake table at `table_path`, replacing its
     contents in one commit. Delta has no fixed-size list: vectors become list<float>."""
     from deltalake import write_deltalake
@@ -73,9 +74,16 @@ def write_delta(output: Path, table_path: str) -> None:
     if not parts:
         return
     try:
-        write_deltalake(table_path, ds.dataset(parts, format="parquet").scanner().to_reader(), mode="overwrite", schema_mode="overwrite")
-    except Exception as exc:  # deltalake raises its own and pyarrow's errors; the cause is what matters
-        raise EmbedpipeError(f"output.delta_path {table_path}: cannot write the Delta table ({type(exc).__name__}: {first_line(exc)})") from None
+        write_deltalake(
+            table_path,
+            ds.dataset(parts, format="parquet").scanner().to_reader(),
+            mode="overwrite",
+            schema_mode="overwrite",
+        )
+    except Exception as exc:  # noqa: BLE001  deltalake raises its own and pyarrow's errors; the cause is what matters
+        raise EmbedpipeError(
+            f"output.delta_path {table_path}: cannot write the Delta table ({type(exc).__name__}: {first_line(exc)})"
+        ) from None
 
 
 class PartWriter:
@@ -120,10 +128,8 @@ class PartWriter:
                 yield
         except BaseException:
             if self._writer is not None:
-                try:
+                with contextlib.suppress(OSError):  # the disk is still full: the file goes anyway
                     self._writer.close()
-                except OSError:
-                    pass  # the disk is still full: the file goes anyway
                 self._writer = None
             self.abandon()
             raise
@@ -160,19 +166,24 @@ class ParquetSink:
         self._lock = None
         if not locked:
             if not self.staging.is_dir():
-                raise EmbedpipeError(f"output path {self.path}: this worker cannot see the run's staging directory; on a cluster, output.path and cache.path must be on storage every worker shares")
+                raise EmbedpipeError(
+                    f"output path {self.path}: this worker cannot see the run's staging directory; on a cluster, "
+                    "output.path and cache.path must be on storage every worker shares"
+                )
             return
         try:
             with disk_space(self.path, "creating the output directory"):
                 self.staging.mkdir(parents=True, exist_ok=True)
-                self._lock = open(self.path / ".lock", "w")
+                self._lock = open(self.path / ".lock", "w")  # noqa: SIM115  held for the run
         except OSError as exc:
             raise EmbedpipeError(f"output path {self.path}: cannot create it ({exc.strerror})") from None
         try:  # one run at a time per output: a scheduled run must not interleave with a manual one
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise EmbedpipeError(f"output path {self.path}: another embedpipe run is writing it; wait for it to finish") from None
+            raise EmbedpipeError(
+                f"output path {self.path}: another embedpipe run is writing it; wait for it to finish"
+            ) from None
 
     @staticmethod
     def part_name(index: int) -> str:

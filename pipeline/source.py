@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import glob
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -52,7 +52,13 @@ def resolve_files(path: str) -> list[Path]:
     return sorted(files)
 
 
-def read_batches(file: Path, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS, row_groups: list[int] | None = None, encoding: str = "utf-8") -> Iterator[pa.RecordBatch]:
+def read_batches(
+    file: Path,
+    columns: list[str] | None = None,
+    batch_rows: int = BATCH_ROWS,
+    row_groups: list[int] | None = None,
+    encoding: str = "utf-8",
+) -> Iterator[pa.RecordBatch]:
     """Stream `file` (or some row groups of a Parquet file) as record batches; a read failure
     becomes a SourceError naming the file."""
     try:
@@ -77,13 +83,19 @@ def _read_error(file: Path, exc: Exception, encoding: str) -> SourceError:
     if isinstance(exc, LookupError):
         return SourceError(f"source.encoding {encoding!r}: no such encoding; use e.g. utf-8, latin-1 or cp1252")
     if kind == "csv" and "invalid UTF8" in str(exc):
-        return SourceError(f"{file}: not valid UTF-8 ({first_line(exc)}); if the file uses another encoding, set source.encoding (e.g. latin-1)")
+        return SourceError(
+            f"{file}: not valid UTF-8 ({first_line(exc)}); if the file uses another encoding, set source.encoding "
+            "(e.g. latin-1)"
+        )
     return SourceError(f"{file}: cannot read as {kind}: {first_line(exc)}")
 
 
 def text_columns(config: SourceConfig) -> list[str]:
     """The columns the text is built from."""
-    return template_fields(config.text_template) if config.text_template else [config.text_column]
+    if config.text_template:
+        return template_fields(config.text_template)
+    assert config.text_column is not None  # the config requires one of the two
+    return [config.text_column]
 
 
 def row_texts(batch: pa.RecordBatch, config: SourceConfig) -> list[str | None]:
@@ -93,7 +105,9 @@ def row_texts(batch: pa.RecordBatch, config: SourceConfig) -> list[str | None]:
     return render_template(config.text_template, {c: batch.column(c).to_pylist() for c in text_columns(config)})
 
 
-def validate_source(config: SourceConfig, output_column: str | None = None, unchanged: Callable[[Path], bool] = lambda f: False) -> SourcePlan:
+def validate_source(
+    config: SourceConfig, output_column: str | None = None, unchanged: Callable[[Path], bool] = lambda f: False
+) -> SourcePlan:
     """Check every file before any embedding: columns present, text columns textual, ids unique.
 
     `output_column`, the vector column to be added, must not already be an input column.
@@ -113,7 +127,9 @@ def validate_source(config: SourceConfig, output_column: str | None = None, unch
         schema = _schema(file, config.encoding)
         _check_columns(file, schema, [config.id_column, *needed], config)
         if output_column in schema.names:
-            raise SourceError(f"{file}: already has a column {output_column!r}; set output.vector_column to another name")
+            raise SourceError(
+                f"{file}: already has a column {output_column!r}; set output.vector_column to another name"
+            )
         changed = not unchanged(file)
         if config.text_template and changed:
             _try_template(file, config)
@@ -178,8 +194,9 @@ def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen:
         new = seen.add_many(ids)
         if not new.all():
             offset = int(new.argmin())
-            raise SourceError(f"{file}: column {id_column!r} repeats id {ids[offset].as_py()!r} at row {rows + offset + 1}; ids must be unique")
+            raise SourceError(
+                f"{file}: column {id_column!r} repeats id {ids[offset].as_py()!r} at row {rows + offset + 1}; ids "
+                "must be unique"
+            )
         rows += batch.num_rows
     return rows
-
-

@@ -44,7 +44,7 @@ def render_template(template: str, columns: dict[str, list]) -> list[str | None]
     """Fill `template` once per row; null values render empty; a row whose fields are all null is null."""
     names = list(columns)
     rows = zip(*(columns[name] for name in names)) if names else iter([()])
-    rendered = []
+    rendered: list[str | None] = []
     for values in rows:
         if all(value is None for value in values):
             rendered.append(None)

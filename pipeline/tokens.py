@@ -40,7 +40,10 @@ def encode_arrays(texts: list[str], encoding: tiktoken.Encoding | None = None) -
     encoder releases the GIL), so this beats `encode_ordinary_batch`; short ones cost less
     than handing them to a thread."""
     encoding = encoding or cl100k_base()
-    encode = lambda text: encoding.encode_to_numpy(text, disallowed_special=())
+
+    def encode(text: str) -> np.ndarray:
+        return encoding.encode_to_numpy(text, disallowed_special=())
+
     if len(texts) < 2 or sum(map(len, texts)) <= 2_000 * len(texts):
         return [encode(text) for text in texts]
     return list(_pool().map(encode, texts))

@@ -76,19 +76,29 @@ def shared_config(config: Config, workers: int) -> Config:
     """`config` with 1/`workers` of the requests and tokens per minute and of the requests in
     flight, so that `workers` processes spending their shares stay within the account's."""
     embedding = config.embedding
-    share = embedding.model_copy(update={
-        name: max(1, value // workers)
-        for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency")
-        if (value := getattr(embedding, name)) is not None
-    })
+    share = embedding.model_copy(
+        update={
+            name: max(1, value // workers)
+            for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency")
+            if (value := getattr(embedding, name)) is not None
+        }
+    )
     return config.model_copy(update={"embedding": share})
 
 
 def run_spec(run: Run, workers: int) -> RunSpec:
     """The picklable half of a prepared run, for `workers` worker processes."""
     return RunSpec(
-        shared_config(run.config, workers), run.plan, run.partitions, run.metadata, run.rows.run_key,
-        run.previous, run.sources, run.texts.max_tokens, run.texts.overlap_tokens, workers,
+        shared_config(run.config, workers),
+        run.plan,
+        run.partitions,
+        run.metadata,
+        run.rows.run_key,
+        run.previous,
+        run.sources,
+        run.texts.max_tokens,
+        run.texts.overlap_tokens,
+        workers,
     )
 
 
@@ -106,11 +116,15 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]
     """This process's embedder for the run `spec` describes, and a name for it that no other
     process shares. Opened once per run and kept, so its rate-limit buckets remember what the
     process already spent (a fresh pair would start full) and a local model loads once."""
-    key = hashlib.sha256(f"{spec.run_key}{spec.config.embedding.model_dump_json()}".encode()).hexdigest()  # never the API key
+    key = hashlib.sha256(
+        f"{spec.run_key}{spec.config.embedding.model_dump_json()}".encode()
+    ).hexdigest()  # never the API key
     with _embedders_lock:
         kept = _embedders.get(key)
         if kept is not None and getattr(getattr(kept, "limiter", None), "stopped", False):
-            _embedders.pop(key).close()  # a fatal answer stopped it; the run started again (key or credit fixed) gets a fresh one
+            _embedders.pop(
+                key
+            ).close()  # a fatal answer stopped it; the run started again (key or credit fixed) gets a fresh one
         if key not in _embedders:
             _embedders[key] = get_embedder(spec.config.embedding, api_key)
             limiter = getattr(_embedders[key], "limiter", None)  # metered providers have one
@@ -130,15 +144,37 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
     cache = VectorCache.for_embedder(config.cache.path, embedder)
     try:
         rows = ParquetSink(config.output.path, spec.metadata, spec.run_key, locked=False)
-        chunks = ParquetSink(config.output.chunks_path, spec.metadata, spec.run_key, locked=False) if config.output.chunks_path else None
+        chunks = (
+            ParquetSink(config.output.chunks_path, spec.metadata, spec.run_key, locked=False)
+            if config.output.chunks_path
+            else None
+        )
         texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}")
-        run = Run(config, spec.plan, spec.partitions, texts, rows, chunks, 0.0, spec.metadata, spec.previous, spec.sources, owns_embedder=False)
+        run = Run(
+            config,
+            spec.plan,
+            spec.partitions,
+            texts,
+            rows,
+            chunks,
+            0.0,
+            spec.metadata,
+            spec.previous,
+            spec.sources,
+            owns_embedder=False,
+        )
         written = embed_partition(run, index)
     finally:
         cache.close()
     return PartitionResult(
-        index, written, {name: getattr(texts.stats, name) for name in _ADDITIVE}, *texts.counts_to_merge(),
-        sender, embedder.requests, dict(embedder.retries), embedder.timed_out_tokens,
+        index,
+        written,
+        {name: getattr(texts.stats, name) for name in _ADDITIVE},
+        *texts.counts_to_merge(),
+        sender,
+        embedder.requests,
+        dict(embedder.retries),
+        embedder.timed_out_tokens,
     )
 
 

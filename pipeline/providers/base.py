@@ -7,14 +7,18 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError, ResponseError
+
+if TYPE_CHECKING:  # the cache imports this module
+    from pipeline.cache import VectorCache
 
 _live: weakref.WeakSet = weakref.WeakSet()  # every embedder not yet closed, for `stop_every_embedder`
 MAX_CONCURRENCY = 32  # threads sending requests when embedding.max_concurrency is unset
@@ -30,7 +34,7 @@ class Embedder(ABC):
     provider: ClassVar[str]
     max_batch_inputs: ClassVar[int] = 2048
     max_batch_tokens: ClassVar[int] = 300_000
-    max_input_tokens: ClassVar[int] = 8192
+    max_input_tokens: int = 8192  # a local model sets its own
     uses_batch_api: ClassVar[bool] = False  # True: `run_batches` fills the cache before the run
 
     def __init__(self, config: EmbeddingConfig):
@@ -75,6 +79,11 @@ class Embedder(ABC):
     def embed_batch(self, texts: list[str], token_counts: list[int] | None = None) -> np.ndarray:
         """Embed one request's worth of texts; returns shape (len(texts), dimensions).
         `token_counts`, when the caller has them, spare a metered provider counting again."""
+
+    def run_batches(self, misses: Iterable[tuple[str, int]], cache: VectorCache) -> dict:
+        """A provider with `uses_batch_api`: embed every (text, tokens) of `misses` through its
+        batch API into `cache` before the run writes its output; returns what it did, counted."""
+        raise NotImplementedError(f"{self.provider} has no batch API")
 
     @property
     def knows_dimensions(self) -> bool:

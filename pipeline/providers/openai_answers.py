@@ -11,8 +11,13 @@ import numpy as np
 from pipeline.errors import ResponseError
 
 _JSON_TYPES = {
-    type(None): "null", bool: "a boolean", int: "a number", float: "a number",
-    str: "a string", list: "a list", dict: "an object",
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
 }
 
 
@@ -21,22 +26,23 @@ def decode_response(items, count: int, dimensions: int | None) -> tuple[np.ndarr
     vectors and, for each position without a usable one, why: missing, repeated, not base64,
     wrong length, non-finite or all zero. Whatever `items` holds, it raises nothing."""
     if not isinstance(items, list):
-        problem = f"the answer's data is {_json_type(items)}, not a list"
-        return np.zeros((count, dimensions or 0), dtype=np.float32), dict.fromkeys(range(count), problem)
+        wrong = f"the answer's data is {_json_type(items)}, not a list"
+        return np.zeros((count, dimensions or 0), dtype=np.float32), dict.fromkeys(range(count), wrong)
     by_index: dict[int, list] = {}
     for item in items:
         index = item.get("index") if isinstance(item, dict) else None
         if type(index) is int:  # not a bool, float or string, which may equal or hash like one
             by_index.setdefault(index, []).append(item.get("embedding"))
-    vectors, bad = None, {}
+    vectors: np.ndarray | None = None
+    bad: dict[int, str] = {}
     for i in range(count):
         found = by_index.get(i, [])
         if len(found) == 1:
             vector, problem = _decode_one(found[0], dimensions)
         else:
             vector, problem = None, f"index {i} {'repeated' if found else 'missing'}"
-        if problem:
-            bad[i] = problem
+        if problem or vector is None:
+            bad[i] = problem or "no vector"
             continue
         if vectors is None:
             dimensions = dimensions or len(vector)

@@ -15,18 +15,18 @@ import logging
 import threading
 import time
 import uuid
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import openai
 
 from pipeline.cache import VectorCache
 from pipeline.errors import ProviderError
+from pipeline.hashset import HashSet
 from pipeline.providers.base import l2_normalise
 from pipeline.providers.batch_files import BatchFile, BatchLedger, BatchPlanner, request_lines
 from pipeline.providers.openai import OpenAIEmbedder, _backoff, _describe, fatal_error
 from pipeline.providers.openai_answers import decode_response
-from pipeline.hashset import HashSet
 from pipeline.tokens import count_tokens
 
 log = logging.getLogger("embedpipe")
@@ -56,7 +56,14 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         """Submit every text in `misses` (text, tokens) not already in flight, wait for all
         batches (earlier runs' included), and store their vectors in `cache`. Returns counts."""
         with self._one_at_a_time:
-            self.counts = {"batches": 0, "requests": 0, "inputs": 0, "tokens": 0, "reattached": 0, "resubmitted_texts": 0}
+            self.counts = {
+                "batches": 0,
+                "requests": 0,
+                "inputs": 0,
+                "tokens": 0,
+                "reattached": 0,
+                "resubmitted_texts": 0,
+            }
             self._retry: list[str] = []  # texts a finished batch gave no usable vector for
             return self._run_batches(misses, cache)
 
@@ -64,7 +71,14 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         ledger = BatchLedger(cache.path / "batches" / hashlib.sha256(self.cache_namespace.encode()).hexdigest()[:16])
         in_flight = self._reattach(ledger)
         seen = HashSet()  # eight bytes a text: a backfill's misses may not fit memory as strings
-        seen.add_many([t for entry in in_flight.values() for texts in ledger.read_input(entry["local_id"]).values() for t in texts])
+        seen.add_many(
+            [
+                t
+                for entry in in_flight.values()
+                for texts in ledger.read_input(entry["local_id"]).values()
+                for t in texts
+            ]
+        )
         attempts: dict[str, int] = {}  # only texts sent again; the rest were sent once
         planner = self._planner(self.batch_inputs)
         misses = iter(misses)
@@ -84,7 +98,9 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         return dict(self.counts)
 
     def _planner(self, request_inputs: int) -> BatchPlanner:
-        return BatchPlanner(self.config.batch_max_inputs_per_file, request_inputs, self.config.batch_max_enqueued_tokens)
+        return BatchPlanner(
+            self.config.batch_max_inputs_per_file, request_inputs, self.config.batch_max_enqueued_tokens
+        )
 
     def _reattach(self, ledger: BatchLedger) -> dict[str, dict]:
         """Batches an earlier run submitted and never collected; one it prepared but may not
@@ -110,13 +126,22 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         return next((b for b in recent if b.input_file_id == input_file_id), None)
 
     def _submit(self, file: BatchFile, ledger: BatchLedger, in_flight: dict, cache: VectorCache) -> None:
-        while in_flight and sum(e["tokens"] for e in in_flight.values()) + file.tokens > self.config.batch_max_enqueued_tokens:
+        while (
+            in_flight
+            and sum(e["tokens"] for e in in_flight.values()) + file.tokens > self.config.batch_max_enqueued_tokens
+        ):
             self._wait_for_one(ledger, in_flight, cache)  # a wave: wait for room in the queue
         local_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        body = {"model": self.model, "encoding_format": "base64", **({"dimensions": self.config.dimensions} if self.config.dimensions else {})}
+        body = {
+            "model": self.model,
+            "encoding_format": "base64",
+            **({"dimensions": self.config.dimensions} if self.config.dimensions else {}),
+        }
         path = ledger.write_input(local_id, request_lines(file, local_id, body))
         ledger.record(local_id, "prepared", tokens=file.tokens, inputs=file.inputs)
-        uploaded = self._call(lambda: self.client.files.create(file=(path.name, io.BytesIO(path.read_bytes())), purpose="batch"))
+        uploaded = self._call(
+            lambda: self.client.files.create(file=(path.name, io.BytesIO(path.read_bytes())), purpose="batch")
+        )
         ledger.record(local_id, "uploaded", input_file_id=uploaded.id)
         tries = []
 
@@ -126,16 +151,32 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
                 found = self._find_batch(uploaded.id)
                 if found is not None:
                     return found
-            return self.client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h", metadata={"embedpipe": local_id})
+            return self.client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/embeddings",
+                completion_window="24h",
+                metadata={"embedpipe": local_id},
+            )
 
         batch = self._call(create)
         ledger.record(local_id, "submitted", batch_id=batch.id)
-        in_flight[local_id] = {"local_id": local_id, "batch_id": batch.id, "tokens": file.tokens, "input_file_id": uploaded.id}
+        in_flight[local_id] = {
+            "local_id": local_id,
+            "batch_id": batch.id,
+            "tokens": file.tokens,
+            "input_file_id": uploaded.id,
+        }
         self.counts["batches"] += 1
         self.counts["requests"] += len(file.requests)
         self.counts["inputs"] += file.inputs
         self.counts["tokens"] += file.tokens
-        log.info("submitted batch %s: %d requests, %d texts, %d tokens", batch.id, len(file.requests), file.inputs, file.tokens)
+        log.info(
+            "submitted batch %s: %d requests, %d texts, %d tokens",
+            batch.id,
+            len(file.requests),
+            file.inputs,
+            file.tokens,
+        )
 
     def _resubmit(self, attempts: dict[str, int], ledger: BatchLedger, in_flight: dict, cache: VectorCache) -> None:
         """Texts a batch did not deliver go into a new batch, up to `batch_max_attempts` each;
@@ -159,7 +200,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         interval = self.config.batch_poll_seconds
         while True:
             for local_id, entry in list(in_flight.items()):
-                batch = self._call(lambda: self.client.batches.retrieve(entry["batch_id"]))
+                batch = self._call(lambda batch_id=entry["batch_id"]: self.client.batches.retrieve(batch_id))
                 counts = batch.request_counts
                 progress = f"{counts.completed + counts.failed}/{counts.total}" if counts else "?"
                 if entry.get("last_seen") != (batch.status, progress):
@@ -245,10 +286,11 @@ def describe_batch(batch) -> str:
     counts = batch.request_counts
     done = f"{counts.completed} done, {counts.failed} failed of {counts.total}" if counts else "no counts yet"
     mine = " (embedpipe)" if batch.metadata and "embedpipe" in batch.metadata else ""
-    return f"{batch.id}  {batch.status:<11} {done}  created {time.strftime('%Y-%m-%d %H:%M', time.gmtime(batch.created_at))}{mine}"
+    created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(batch.created_at))
+    return f"{batch.id}  {batch.status:<11} {done}  created {created}{mine}"
 
 
-def batch_command(embedder: OpenAIBatchEmbedder, action: str, batch_id: str | None = None) -> list[str]:
+def batch_command(embedder: OpenAIBatchEmbedder, action: str, batch_id: str = "") -> list[str]:
     """`list`, `status ID` or `cancel ID` against the Batch API; lines to print."""
     client = embedder.client
     if action == "list":

@@ -26,7 +26,7 @@ class BackgroundTransport(httpx2.BaseTransport):
     each built in a thread from `prepare` (or its first request) on; a request waits for its
     scheme's pool if it is not ready yet."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._pools: dict[str, Future] = {}
         self._lock = threading.Lock()
 
@@ -45,8 +45,10 @@ class BackgroundTransport(httpx2.BaseTransport):
         cannot be read) is a setting to fix, not a connection to retry: a `ProviderError`."""
         try:
             return self.prepare(scheme).result()
-        except Exception as exc:
-            raise ProviderError(f"cannot set up HTTPS: {type(exc).__name__}: {exc}; check SSL_CERT_FILE and SSL_CERT_DIR") from None
+        except Exception as exc:  # noqa: BLE001  whatever building it raised is a setting to fix
+            raise ProviderError(
+                f"cannot set up HTTPS: {type(exc).__name__}: {exc}; check SSL_CERT_FILE and SSL_CERT_DIR"
+            ) from None
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         return self.ready(request.url.scheme).handle_request(request)

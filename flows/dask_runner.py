@@ -12,15 +12,17 @@ from contextlib import ExitStack
 from prefect import get_run_logger, task
 from prefect.client.orchestration import get_client
 
+from flows.api_key import read_api_key
 from flows.console import hide_user_error_tracebacks
-from flows.embed import _IN_MEMORY, read_api_key, run_partitions
+from flows.partition_window import run_partitions
+from flows.task_options import IN_MEMORY
 from pipeline.config import EmbeddingConfig, first_line
 from pipeline.errors import ConfigError, EmbedpipeError
 from pipeline.run import Run
 from pipeline.workers import PartitionResult, RunSpec, absorb, embed_partition_in_worker, run_spec
 
 
-@task(**_IN_MEMORY, task_run_name="embed-partition-{index}")
+@task(**IN_MEMORY, task_run_name="embed-partition-{index}")
 def embed_partition_on_worker(spec: RunSpec, index: int) -> PartitionResult:
     """One partition, in a Dask worker: reopens provider, cache and output from the spec.
     The key is read where the work runs, so it never travels as a task parameter."""
@@ -44,7 +46,13 @@ def dask_runner(config: EmbeddingConfig, local_workers: int):
         return DaskTaskRunner(address=config.dask_address)
     with get_client(sync_client=True) as client:  # workers report to this flow's server, even a temporary one
         api_url = str(client.api_url)
-    cluster = {"n_workers": local_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None, "env": {"PREFECT_API_URL": api_url, "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning"}}
+    cluster = {
+        "n_workers": local_workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "env": {"PREFECT_API_URL": api_url, "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning"},
+    }
     return DaskTaskRunner(cluster_kwargs=cluster)
 
 
@@ -65,8 +73,20 @@ def embed_on_dask(run: Run) -> dict[int, int]:
             runner = stack.enter_context(dask_runner(config, run.config.source.parallel_partitions))
             processes, threads = cluster_shape(runner)
         except OSError as exc:  # distributed's connection failures: TimeoutError, CommClosedError
-            raise EmbedpipeError(f"embedding.dask_address {config.dask_address}: cannot reach the Dask scheduler ({first_line(exc)})") from None
+            raise EmbedpipeError(
+                f"embedding.dask_address {config.dask_address}: cannot reach the Dask scheduler ({first_line(exc)})"
+            ) from None
         spec = run_spec(run, processes)
-        get_run_logger().info("Dask: %d worker processes, %d threads; each process gets 1/%d of the rate limit", processes, threads, processes)
-        submit = lambda i: runner.submit(embed_partition_on_worker, parameters={"spec": spec, "index": i})
-        return run_partitions(submit, len(run.partitions), threads, run.plan.total_rows, lambda result: absorb(run, result))
+        get_run_logger().info(
+            "Dask: %d worker processes, %d threads; each process gets 1/%d of the rate limit",
+            processes,
+            threads,
+            processes,
+        )
+
+        def submit(index: int):
+            return runner.submit(embed_partition_on_worker, parameters={"spec": spec, "index": index})
+
+        return run_partitions(
+            submit, len(run.partitions), threads, run.plan.total_rows, lambda result: absorb(run, result)
+        )
