@@ -165,11 +165,11 @@ def deploy_command(args: argparse.Namespace) -> int:
 
 def batches_command(args: argparse.Namespace) -> int:
     """`embedpipe batches list | status ID | cancel ID`."""
-    from pipeline.providers.openai_batch import OpenAIBatchEmbedder, batch_command
+    from pipeline.providers import batch_api_embedder
 
-    settings = _embedding_settings(args.config).model_copy(update={"provider": "openai-batch"})
-    embedder = OpenAIBatchEmbedder(settings, os.environ.get(settings.api_key_env))
-    print("\n".join(batch_command(embedder, args.action, args.batch_id or "")) or "no batches")
+    settings = _embedding_settings(args.config)
+    embedder = batch_api_embedder(settings, os.environ.get(settings.api_key_env))
+    print("\n".join(embedder.batch_lines(args.action, args.batch_id or "")) or "no batches")
     return 0
 
 

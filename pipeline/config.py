@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.providers.registry import provider_names
 
 
 class _Section(BaseModel):
@@ -52,7 +53,7 @@ class ChunkingConfig(_Section):
 
 
 class EmbeddingConfig(_Section):
-    provider: Literal["local", "openai", "openai-batch"] = "local"
+    provider: str = "local"  # a name in pipeline/providers/registry.py, or one a package registers
     model: str = "all-MiniLM-L6-v2"
     dimensions: int | None = None
     base_url: str | None = None
@@ -76,6 +77,15 @@ class EmbeddingConfig(_Section):
     batch_poll_seconds: float = 15.0  # first poll interval; backs off to a minute
     batch_max_attempts: int = 3  # per text, through the Batch API
     batch_fallback_sync: bool = False  # finish what batches could not through the sync endpoint
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, name: str) -> str:
+        if name not in provider_names():
+            raise ValueError(
+                f"use one of {', '.join(provider_names())} (or install the package that registers {name!r})"
+            )
+        return name
 
     @model_validator(mode="after")
     def _positive(self) -> EmbeddingConfig:

@@ -21,7 +21,7 @@ from pipeline.errors import ConfigError, EmbedpipeError
 from pipeline.hashset import HashSet
 from pipeline.incremental import PreviousOutput, settings_key
 from pipeline.partitions import plan_partitions
-from pipeline.providers import get_embedder
+from pipeline.providers import get_embedder, provider_class
 from pipeline.providers.base import Embedder, next_batch, pack_batches
 from pipeline.remote import localised
 from pipeline.reuse import prepared_batches
@@ -48,11 +48,13 @@ class Estimate:
     sync_usd: float | None = None  # None: the price table has no entry for the model
     batch_usd: float | None = None
     minutes: float | None = None  # the least time the rate limits allow; None for local and batch
+    price_kind: str | None = "sync"  # the price it is billed at (the provider's `price_kind`); None: free
+    pace: str = "rate limits"  # what sets its time: "rate limits", "batch api" or "none"
 
     @property
     def cost_usd(self) -> float | None:
         """The cost through the configured provider."""
-        return {"local": 0.0, "openai-batch": self.batch_usd}.get(self.provider, self.sync_usd)
+        return {None: 0.0, "batch": self.batch_usd}.get(self.price_kind, self.sync_usd)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "cost_usd": self.cost_usd}
@@ -75,9 +77,9 @@ class Estimate:
         ]
 
     def _time(self) -> str:
-        if self.provider == "local":
-            return "no rate limit (local model)"
-        if self.provider == "openai-batch":
+        if self.pace == "none":
+            return f"no rate limit ({self.provider})"
+        if self.pace == "batch api":
             return "within the Batch API's 24 h window"
         if self.minutes is None:
             return "as fast as the server's rate limits allow (no limits configured: they come with its answers)"
@@ -103,7 +105,7 @@ def estimate_run(
 ) -> Estimate:
     """Walk the checked input as a run would and count what it would send; calls no model."""
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
-    sent, estimate = HashSet(), Estimate(config.embedding.provider, config.embedding.model)
+    sent, estimate = HashSet(), Estimate(config.embedding.provider, config.embedding.model, **_pricing(embedder))
     for partition in plan_partitions(plan, config.source.partition_rows):
         if previous is not None and previous.part_for(partition) is not None:
             texts.skip(partition.rows, unchanged=True)
@@ -183,10 +185,16 @@ def load_prices(path: str | Path | None) -> dict[str, dict[str, float]]:
         ) from None
 
 
+def _pricing(embedder: Embedder) -> dict:
+    """How the provider bills and what paces it, as the estimate records them."""
+    pace = "batch api" if embedder.uses_batch_api else "rate limits" if embedder.rate_limited else "none"
+    return {"price_kind": embedder.price_kind, "pace": pace}
+
+
 def model_price(embedding: EmbeddingConfig) -> dict[str, float] | None:
     """USD per million tokens, {"sync": ..., "batch": ...}, for the configured model: nothing
-    for the local model, None where the price table has no entry for it."""
-    if embedding.provider == "local":
+    for a free provider (a local model), None where the price table has no entry for it."""
+    if provider_class(embedding.provider).price_kind is None:
         return {"sync": 0.0, "batch": 0.0}
     return load_prices(embedding.price_table).get(embedding.model)
 
@@ -209,7 +217,7 @@ def _price(estimate: Estimate, config: Config) -> None:
     if price is not None:
         estimate.sync_usd = estimate.tokens_to_send * price["sync"] / 1e6
         estimate.batch_usd = estimate.tokens_to_send * price["batch"] / 1e6
-    if embedding.provider == "openai":  # the configured caps only: the server's own limits come with its answers
+    if estimate.pace == "rate limits":  # the configured caps only: the server's own limits come with its answers
         bounds = [
             (estimate.tokens_to_send, embedding.tokens_per_minute),
             (estimate.requests, embedding.requests_per_minute),

@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from pipeline import __version__
 from pipeline.config import Config
 from pipeline.partitions import Partition
+from pipeline.providers import provider_class
 from pipeline.sink import MANIFEST
 
 _EDGE = 64 * 1024
@@ -60,7 +60,7 @@ def settings_key(config: Config) -> str:
     """A hash of every setting that shapes the output: equal keys mean reusable parts."""
     shaping = {
         "embedding": config.embedding.model_dump(include={"provider", "model", "dimensions"}),
-        "endpoint": config.embedding.base_url or os.environ.get("OPENAI_BASE_URL"),  # the server actually used
+        "endpoint": provider_class(config.embedding.provider).endpoint(config.embedding),  # the server actually used
         "chunking": config.chunking.model_dump(),
         "source": config.source.model_dump(include={"id_column", "text_column", "text_template"}),
         "vector_column": config.output.vector_column,

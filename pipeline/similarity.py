@@ -21,8 +21,7 @@ from pipeline.chunking import token_counts
 from pipeline.config import EmbeddingConfig
 from pipeline.embed import chunk_rows, pool_chunks
 from pipeline.errors import EmbedpipeError
-from pipeline.providers import get_embedder
-from pipeline.providers.openai import KNOWN_DIMENSIONS
+from pipeline.providers import get_embedder, provider_class
 from pipeline.remote import filesystem, is_remote
 from pipeline.sink import MANIFEST
 
@@ -137,9 +136,11 @@ def neighbours_table(embedded: Embedded, k: int, method: str = "auto") -> pa.Tab
 def embed_query(text: str, settings: dict, embedding: EmbeddingConfig, api_key: str | None) -> np.ndarray:
     """The query's vector, made as the output's rows were: same provider, model, dimensions and
     chunking (a long query is chunked and pooled). `embedding` supplies endpoint and key settings."""
-    provider = "openai" if settings["provider"] == "openai-batch" else settings["provider"]  # one query: no batch
+    made_by = provider_class(settings["provider"])
+    provider = made_by.query_provider or made_by.provider
     model, dimensions = settings["model"], settings["dimensions"]
-    native = provider == "local" or KNOWN_DIMENSIONS.get(model) == dimensions  # ada-002 refuses the parameter
+    # ada-002 refuses the parameter: sent only where the model's own size differs
+    native = not made_by.accepts_dimensions or made_by.native_dimensions(model) == dimensions
     config = embedding.model_copy(
         update={"provider": provider, "model": model, "dimensions": None if native else dimensions}
     )

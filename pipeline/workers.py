@@ -121,16 +121,13 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]
     ).hexdigest()  # never the API key
     with _embedders_lock:
         kept = _embedders.get(key)
-        if kept is not None and getattr(getattr(kept, "limiter", None), "stopped", False):
+        if kept is not None and kept.stopped:
             _embedders.pop(
                 key
             ).close()  # a fatal answer stopped it; the run started again (key or credit fixed) gets a fresh one
         if key not in _embedders:
             _embedders[key] = get_embedder(spec.config.embedding, api_key)
-            limiter = getattr(_embedders[key], "limiter", None)  # metered providers have one
-            if limiter is not None:
-                limiter.delay_refill(WORKER_REFILL_DELAY)
-                limiter.share = 1 / max(1, spec.workers)
+            _embedders[key].share_limits(1 / max(1, spec.workers), WORKER_REFILL_DELAY)
             while len(_embedders) > _KEPT_EMBEDDERS:
                 _embedders.popitem(last=False)[1].close()
         _embedders.move_to_end(key)

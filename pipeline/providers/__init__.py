@@ -1,39 +1,32 @@
-"""Providers, found by name in a plain registry."""
+"""Providers, found by name in a plain registry (`registry.py`)."""
 
 from __future__ import annotations
 
-from pipeline.config import EmbeddingConfig
-from pipeline.providers.base import Embedder
+from typing import TYPE_CHECKING
 
+from pipeline.providers.registry import DEFAULT_BATCH_API, provider_class, provider_names
 
-def _local():
-    from pipeline.providers.local import LocalEmbedder
+if TYPE_CHECKING:  # the config validates provider names through this package: no import back
+    from pipeline.config import EmbeddingConfig
+    from pipeline.providers.base import Embedder
 
-    return LocalEmbedder
-
-
-def _openai():
-    from pipeline.providers.openai import OpenAIEmbedder
-
-    return OpenAIEmbedder
-
-
-def _openai_batch():
-    from pipeline.providers.openai_batch import OpenAIBatchEmbedder
-
-    return OpenAIBatchEmbedder
-
-
-# Imported on use: torch loads only for the local provider.
-PROVIDERS = {"local": _local, "openai": _openai, "openai-batch": _openai_batch}
+__all__ = ["batch_api_embedder", "check_embedding_config", "get_embedder", "provider_class", "provider_names"]
 
 
 def get_embedder(config: EmbeddingConfig, api_key: str | None = None) -> Embedder:
-    """The embedder `config.provider` names, ready to use (the config allows only these names)."""
-    return PROVIDERS[config.provider]()(config, api_key)
+    """The embedder `config.provider` names, ready to use."""
+    return provider_class(config.provider)(config, api_key)
 
 
 def check_embedding_config(config: EmbeddingConfig) -> None:
     """What `config.provider` refuses (e.g. an API key bound for another host), raised before
     anything starts; makes no call."""
-    PROVIDERS[config.provider]().check_config(config)
+    provider_class(config.provider).check_config(config)
+
+
+def batch_api_embedder(config: EmbeddingConfig, api_key: str | None) -> Embedder:
+    """The embedder whose batch jobs `embedpipe batches` shows: the configured provider's own,
+    or its `batch_provider`'s, or (a provider with neither, like the default local one) OpenAI's."""
+    configured = provider_class(config.provider)
+    name = config.provider if configured.uses_batch_api else configured.batch_provider or DEFAULT_BATCH_API
+    return get_embedder(config.model_copy(update={"provider": name}), api_key)

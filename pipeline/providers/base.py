@@ -31,11 +31,19 @@ class Embedder(ABC):
     number of texts into requests within the provider's limits.
     """
 
-    provider: ClassVar[str]
-    max_batch_inputs: ClassVar[int] = 2048
-    max_batch_tokens: ClassVar[int] = 300_000
-    max_input_tokens: int = 8192  # a local model sets its own
+    # What a provider can do, stated here and read by the rest of the pipeline: no module
+    # outside providers/ asks for a provider by its name.
+    provider: ClassVar[str]  # its name in the registry
+    max_batch_inputs: ClassVar[int] = 2048  # texts in one request
+    max_batch_tokens: ClassVar[int] = 300_000  # tokens in one request
+    max_input_tokens: int = 8192  # tokens in one text (a local model sets its own)
     uses_batch_api: ClassVar[bool] = False  # True: `run_batches` fills the cache before the run
+    rate_limited: ClassVar[bool] = False  # its server enforces rate limits (requests_per_minute, ...)
+    price_kind: ClassVar[str | None] = "sync"  # the price table's column it is billed at; None: free
+    accepts_dimensions: ClassVar[bool] = False  # it sends embedding.dimensions to the model
+    query_provider: ClassVar[str | None] = None  # the provider one query goes through; None: this one
+    batch_provider: ClassVar[str | None] = None  # the provider of its batch API, where it has one
+    tokenizer: ClassVar[str] = "cl100k_base"  # what chunks and token counts are measured in
 
     def __init__(self, config: EmbeddingConfig):
         self.config = config
@@ -54,6 +62,30 @@ class Embedder(ABC):
     @classmethod
     def check_config(cls, config: EmbeddingConfig) -> None:
         """Refuse settings this provider cannot run with, before anything starts (no call is made)."""
+
+    def batch_lines(self, action: str, batch_id: str = "") -> list[str]:
+        """A provider with `uses_batch_api`: `list`, `status ID` or `cancel ID` of its batch
+        jobs, as lines to print (`embedpipe batches`)."""
+        raise NotImplementedError(f"{self.provider} has no batch API")
+
+    @classmethod
+    def native_dimensions(cls, model: str) -> int | None:
+        """The size `model` answers with when no `dimensions` is sent; None where unknown."""
+        return None
+
+    @classmethod
+    def endpoint(cls, config: EmbeddingConfig) -> str | None:
+        """Where requests go, as far as it shapes the vectors (None: nowhere, a local model)."""
+        return None
+
+    def share_limits(self, fraction: float, refill_delay: float = 0.0) -> None:
+        """Spend only `fraction` of the rate limits: other processes share the key. A worker
+        process's budget starts refilling `refill_delay` s late (its requests reach the server late)."""
+
+    @property
+    def stopped(self) -> bool:
+        """Whether `stop` was called: no request leaves any more."""
+        return self.stop_reason is not None
 
     def tally(self, retry_cause: str | None = None) -> None:
         """Count one request sent, or one retry for `retry_cause`; safe from worker threads."""

@@ -36,6 +36,7 @@ class LocalEmbedder(Embedder):
     """sentence-transformers on the CPU, loaded from disk with the Hugging Face hub switched off."""
 
     provider = "local"
+    price_kind = None  # no cost
     max_batch_inputs = 256
     max_batch_tokens = 1_000_000
 

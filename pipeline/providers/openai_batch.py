@@ -25,7 +25,8 @@ from pipeline.errors import ProviderError
 from pipeline.hashset import HashSet
 from pipeline.providers.base import l2_normalise
 from pipeline.providers.batch_files import BatchFile, BatchLedger, BatchPlanner, request_lines
-from pipeline.providers.openai import OpenAIEmbedder, _backoff, _describe, fatal_error
+from pipeline.providers.http import backoff
+from pipeline.providers.openai import OpenAIEmbedder, describe_error, fatal_error
 from pipeline.providers.openai_answers import decode_response
 from pipeline.tokens import count_tokens
 
@@ -39,10 +40,15 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
 
     provider = "openai-batch"
     uses_batch_api = True
+    price_kind = "batch"
+    query_provider = "openai"  # one query does not wait for a batch
 
     def __init__(self, config, api_key):
         super().__init__(config, api_key)
         self._one_at_a_time = threading.Lock()  # backfill runs share this embedder and its ledger
+
+    def batch_lines(self, action: str, batch_id: str = "") -> list[str]:
+        return batch_command(self, action, batch_id)
 
     def embed_batch(self, texts: list[str], token_counts: list[int] | None = None) -> np.ndarray:
         if self.config.batch_fallback_sync:
@@ -122,7 +128,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
     def _find_batch(self, input_file_id: str | None):
         if not input_file_id:
             return None
-        recent = self._call(lambda: self.client.batches.list(limit=100).data)  # one page: the newest
+        recent = self.call(lambda: self.client.batches.list(limit=100).data)  # one page: the newest
         return next((b for b in recent if b.input_file_id == input_file_id), None)
 
     def _submit(self, file: BatchFile, ledger: BatchLedger, in_flight: dict, cache: VectorCache) -> None:
@@ -139,7 +145,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         }
         path = ledger.write_input(local_id, request_lines(file, local_id, body))
         ledger.record(local_id, "prepared", tokens=file.tokens, inputs=file.inputs)
-        uploaded = self._call(
+        uploaded = self.call(
             lambda: self.client.files.create(file=(path.name, io.BytesIO(path.read_bytes())), purpose="batch")
         )
         ledger.record(local_id, "uploaded", input_file_id=uploaded.id)
@@ -158,7 +164,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
                 metadata={"embedpipe": local_id},
             )
 
-        batch = self._call(create)
+        batch = self.call(create)
         ledger.record(local_id, "submitted", batch_id=batch.id)
         in_flight[local_id] = {
             "local_id": local_id,
@@ -200,7 +206,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         interval = self.config.batch_poll_seconds
         while True:
             for local_id, entry in list(in_flight.items()):
-                batch = self._call(lambda batch_id=entry["batch_id"]: self.client.batches.retrieve(batch_id))
+                batch = self.call(lambda batch_id=entry["batch_id"]: self.client.batches.retrieve(batch_id))
                 counts = batch.request_counts
                 progress = f"{counts.completed + counts.failed}/{counts.total}" if counts else "?"
                 if entry.get("last_seen") != (batch.status, progress):
@@ -237,7 +243,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
         """The file's JSON object lines; a malformed one is skipped, and its texts are sent again."""
         if not file_id:
             return []
-        content = self._call(lambda: self.client.files.content(file_id))
+        content = self.call(lambda: self.client.files.content(file_id))
         written = [line for line in content.text.splitlines() if line.strip()]
         lines = [line for line in map(_json_line, written) if isinstance(line, dict)]
         if len(lines) < len(written):
@@ -245,7 +251,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
             log.warning("file %s: %d lines are not JSON objects; their texts are sent again", file_id, skipped)
         return lines
 
-    def _call(self, request):
+    def call(self, request):
         """A Files or Batches call, retried on transient failures like an embeddings request."""
         for attempt in range(self.config.max_attempts):
             try:
@@ -253,13 +259,13 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
             except (openai.APIConnectionError, openai.InternalServerError) as exc:
                 self.tally(f"batch api {type(exc).__name__}")
             except openai.NotFoundError as exc:
-                raise ProviderError(f"the Batch API has no such object: {_describe(exc)}") from None
+                raise ProviderError(f"the Batch API has no such object: {describe_error(exc)}") from None
             except openai.APIStatusError as exc:
                 fatal = fatal_error(exc, self.config.api_key_env, self.model)
                 if fatal or isinstance(exc, openai.BadRequestError):
-                    raise fatal or ProviderError(f"the Batch API refused a call: {_describe(exc)}") from None
+                    raise fatal or ProviderError(f"the Batch API refused a call: {describe_error(exc)}") from None
                 self.tally("batch api 429")
-            time.sleep(_backoff(attempt))
+            time.sleep(backoff(attempt))
         raise ProviderError(f"the Batch API did not answer after {self.config.max_attempts} attempts")
 
 
@@ -294,9 +300,9 @@ def batch_command(embedder: OpenAIBatchEmbedder, action: str, batch_id: str = ""
     """`list`, `status ID` or `cancel ID` against the Batch API; lines to print."""
     client = embedder.client
     if action == "list":
-        return [describe_batch(b) for b in embedder._call(lambda: client.batches.list(limit=100).data)]
+        return [describe_batch(b) for b in embedder.call(lambda: client.batches.list(limit=100).data)]
     if action == "status":
-        batch = embedder._call(lambda: client.batches.retrieve(batch_id))
+        batch = embedder.call(lambda: client.batches.retrieve(batch_id))
         errors = [f"  error: {e.message}" for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
         return [describe_batch(batch), *errors]
-    return [describe_batch(embedder._call(lambda: client.batches.cancel(batch_id)))]
+    return [describe_batch(embedder.call(lambda: client.batches.cancel(batch_id)))]
