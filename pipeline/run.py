@@ -34,7 +34,7 @@ from pipeline.source import SourcePlan, row_texts
 log = logging.getLogger("embedpipe")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything a run holds between its steps."""
 
@@ -101,19 +101,19 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     texts = TextEmbedder(embedder, cache, max_tokens, overlap)
     progress.track(texts.stats, embedder, plan.total_rows)
     return Run(
-        config,
-        plan,
-        partitions,
-        texts,
-        rows,
-        chunks,
-        started,
-        {**metadata, "settings_key": key},
-        previous,
-        sources,
-        owns_embedder,
-        remote_outputs,
-        published_at,
+        config=config,
+        plan=plan,
+        partitions=partitions,
+        texts=texts,
+        rows=rows,
+        chunks=chunks,
+        started=started,
+        metadata={**metadata, "settings_key": key},
+        previous=previous,
+        sources=sources,
+        owns_embedder=owns_embedder,
+        remote_outputs=remote_outputs,
+        published_at=published_at,
         price=price,
     )
 

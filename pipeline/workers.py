@@ -148,16 +148,16 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
         )
         texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}")
         run = Run(
-            config,
-            spec.plan,
-            spec.partitions,
-            texts,
-            rows,
-            chunks,
-            0.0,
-            spec.metadata,
-            spec.previous,
-            spec.sources,
+            config=config,
+            plan=spec.plan,
+            partitions=spec.partitions,
+            texts=texts,
+            rows=rows,
+            chunks=chunks,
+            started=0.0,
+            metadata=spec.metadata,
+            previous=spec.previous,
+            sources=spec.sources,
             owns_embedder=False,
         )
         written = embed_partition(run, index)
