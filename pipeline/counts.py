@@ -10,11 +10,12 @@ found in the cache is one chunk, sent.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from pipeline.hashset import HashSet
+from pipeline.hashset import HashSet, hash64
 
 
 @dataclass
@@ -87,3 +88,104 @@ class ChunkTally:
         for kind in KINDS:
             self.add(kind, exported[kind])
         return new
+
+
+class RunCounter:
+    """A run's `RunStats`, counted from many threads: rows, each distinct text and chunk once
+    (by `hash64`), and how each chunk got its vector; `merge` adds another process's counts."""
+
+    def __init__(self) -> None:
+        self.stats = RunStats()
+        self._seen = HashSet()  # distinct texts so far
+        self._tally = ChunkTally()  # distinct chunks so far, and how each was had
+        self._sent_ahead = HashSet()  # chunks handed to the Batch API before the run
+        self._embedded = HashSet()  # chunks this run embedded and stored
+        self._bad = HashSet()  # chunks whose cached entry was bad, counted once
+        self._lock = threading.Lock()
+
+    def skipped(self, rows: int, unchanged: bool = False) -> None:
+        """Rows kept without embedding: a part an earlier attempt finished, or (`unchanged`) one
+        kept from the last run because its input did not change."""
+        with self._lock:
+            self.stats.rows += rows
+            self.stats.unchanged_rows += rows if unchanged else 0
+
+    def reused(self, rows: int) -> None:
+        """Rows that take their vectors from the last run's output."""
+        with self._lock:
+            self.stats.rows += rows
+            self.stats.reused_rows += rows
+
+    def met(self, rows: int, blank: int, texts: list[str], chunks: list[str], cached: np.ndarray) -> None:
+        """Rows read, the texts not seen before and the chunks met for the first time: as cache
+        hits where `cached` (as sent where the Batch API had just embedded them); the others are
+        counted when embedded."""
+        texts_hashed, hashes = _hashes(texts), _hashes(chunks)
+        with self._lock:
+            self.stats.rows += rows
+            self.stats.null_texts += blank
+            self.stats.distinct_texts += int(self._seen.add_hashes(texts_hashed).sum())
+            first = self._tally.meet(hashes)
+            self.stats.chunks += int(first.sum())
+            found = hashes[first & cached]
+            ahead = self._sent_ahead.contains_hashes(found)
+            self._tally.add("sent", found[ahead])
+            self._tally.add("hit", found[~ahead])
+            self._tally_into_stats()
+
+    def sent_ahead(self, chunks: list[str]) -> None:
+        """Chunks handed to the Batch API before the run reads them again."""
+        with self._lock:
+            self._sent_ahead.add_many(chunks)
+
+    def embedded(self, chunks: list[str], tokens: int) -> None:
+        """Chunks this run embedded and stored, and their tokens."""
+        hashes = hash64(chunks)
+        with self._lock:
+            self._embedded.add_hashes(hashes)
+            self._tally.add("sent", hashes)
+            self.stats.embedded_tokens += tokens
+            self._tally_into_stats()
+
+    def were_embedded(self, chunks: list[str]) -> list[bool]:
+        """For each chunk, whether this run embedded it."""
+        with self._lock:
+            return list(self._embedded.contains_many(chunks))
+
+    def elsewhere(self, chunks: list[str]) -> None:
+        """Chunks another process embedded while this one waited: not paid here."""
+        if chunks:
+            hashes = hash64(chunks)
+            with self._lock:
+                self._tally.add("elsewhere", hashes)
+                self._tally_into_stats()
+
+    def bad_entries(self, chunks: list[str]) -> None:
+        """Cached entries that were no usable vector, each counted once."""
+        with self._lock:
+            self.stats.bad_cache_entries += int(self._bad.add_many(chunks).sum())
+
+    def merge(self, counters: dict[str, int], texts: np.ndarray, chunks: dict[str, np.ndarray]) -> None:
+        """Add what a partition embedded in another process counted (its `export`): its counters,
+        its distinct texts and its chunk tally by hash, so that a text or a chunk it shares with
+        other partitions counts once."""
+        with self._lock:
+            for name, value in counters.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+            self.stats.distinct_texts += int(self._seen.add_hashes(texts).sum())
+            self.stats.chunks += self._tally.merge(chunks)
+            self._tally_into_stats()
+
+    def export(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The distinct texts and the chunk tally, as hashes, for `merge` in another process."""
+        with self._lock:
+            return self._seen.hashes(), self._tally.export()
+
+    def _tally_into_stats(self) -> None:  # under the lock
+        counts = self._tally.counts
+        self.stats.cache_hits, self.stats.embedded_chunks = counts["hit"], counts["sent"]
+        self.stats.in_flight_elsewhere = counts["elsewhere"]
+
+
+def _hashes(texts: list[str]) -> np.ndarray:
+    return hash64(texts) if texts else np.zeros(0, dtype=np.int64)

@@ -108,7 +108,7 @@ def estimate_run(
     sent, estimate = HashSet(), Estimate(config.embedding.provider, config.embedding.model, **_pricing(embedder))
     for partition in plan_partitions(plan, config.source.partition_rows):
         if previous is not None and previous.part_for(partition) is not None:
-            texts.skip(partition.rows, unchanged=True)
+            texts.counts.skipped(partition.rows, unchanged=True)
             continue
         for _, _, rows in prepared_batches(config, texts, previous, partition):
             misses = rows.misses  # a chunk missed once is missed whenever met: the cache is only read here

@@ -41,7 +41,7 @@ def prepared_batches(
             yield batch, None, texts.prepare(row_texts(batch, source))
             continue
         same, vectors = rows_before.match(batch)
-        texts.reuse(int(same.sum()))
+        texts.counts.reused(int(same.sum()))
         rest = _other_rows(batch, rows_before.text_columns, same) if same.any() else batch
         yield batch, (same, vectors), texts.prepare(row_texts(rest, source))
 

@@ -183,13 +183,13 @@ def embed_partition(run: Run, index: int) -> int:
     source, partition = run.config.source, run.partitions[index]
     done = run.rows.finished_rows(index)
     if done is not None and (run.chunks is None or run.chunks.finished_rows(index) is not None):
-        run.texts.skip(done)
+        run.texts.counts.skipped(done)
         log.info("partition %d: finished by an earlier attempt, %d rows kept", index, done)
         return done
     previous = run.previous.part_for(partition) if run.previous else None
     if previous is not None:
         kept = run.rows.adopt(index, previous)
-        run.texts.skip(kept, unchanged=True)
+        run.texts.counts.skipped(kept, unchanged=True)
         log.info("partition %d (%s): unchanged since the last run, %d rows kept", index, partition.file, kept)
         return kept
     rows = run.rows.open_part(index, partition.rows)

@@ -167,7 +167,7 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
         index,
         written,
         {name: getattr(texts.stats, name) for name in _ADDITIVE},
-        *texts.counts_to_merge(),
+        *texts.counts.export(),
         sender,
         embedder.requests,
         dict(embedder.retries),
@@ -179,7 +179,7 @@ def absorb(run: Run, result: PartitionResult) -> int:
     """Fold a worker's counts into the run's; returns the partition's row count. Request
     counts are each process's running totals (partitions in one process share its embedder):
     only what grew since that process's last result is added."""
-    run.texts.add_counts(result.stats, result.texts, result.chunks)
+    run.texts.counts.merge(result.stats, result.texts, result.chunks)
     last = run.elsewhere.get(result.sender, (0, {}, 0))
     if result.requests >= last[0]:  # results of one process may arrive out of order
         run.elsewhere[result.sender] = (result.requests, result.retries, result.timed_out_tokens)

@@ -45,7 +45,7 @@ class Embedder(ABC):
     batch_provider: ClassVar[str | None] = None  # the provider of its batch API, where it has one
     tokenizer: ClassVar[str] = "cl100k_base"  # what chunks and token counts are measured in
 
-    def __init__(self, config: EmbeddingConfig):
+    def __init__(self, config: EmbeddingConfig, api_key: str | None = None):  # built as cls(config, api_key)
         self.config = config
         self.model = config.model
         self.max_concurrency = config.max_concurrency or MAX_CONCURRENCY

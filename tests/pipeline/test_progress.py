@@ -1,7 +1,7 @@
 from types import SimpleNamespace
 
 from pipeline import progress
-from pipeline.embed import RunStats
+from pipeline.counts import RunStats
 
 
 def test_a_snapshot_sums_the_runs_in_progress_and_counts_a_shared_embedder_once():
