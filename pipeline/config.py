@@ -24,7 +24,7 @@ class SourceConfig(_Section):
     id_column: str = "id"
     text_column: str | None = None
     text_template: str | None = None
-    encoding: str = "utf-8"  # of CSV files, e.g. latin-1 or cp1252; Parquet text is always UTF-8
+    encoding: str = "utf-8"  # of text-based files (CSV, JSON Lines), e.g. latin-1; Parquet is always UTF-8
     partition_rows: int = 1_000_000  # a larger Parquet file is split at row groups
     parallel_partitions: int = 2  # partitions processed at once
 

@@ -1,4 +1,5 @@
-"""Split the input into partitions: whole files, or row-group ranges of large Parquet files.
+"""Split the input into partitions: whole files, or row-group ranges of large files whose
+format splits by row group (Parquet's, say).
 
 Each partition becomes one output part, so a run can process them concurrently, skip the ones
 a crashed attempt finished, and keep row order (parts are numbered in input order).
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.source import BATCH_ROWS, FORMATS, SourcePlan, read_batches
+from pipeline.formats import format_for
+from pipeline.source import BATCH_ROWS, SourcePlan, read_batches
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,11 @@ class Partition:
     file: Path
     rows: int
     row_groups: tuple[int, ...] | None = None  # None: the whole file
-    encoding: str = "utf-8"  # of a CSV file
+    encoding: str = "utf-8"  # of a text-based file
 
     def read(self, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-        """The partition's rows as record batches of `batch_rows` (a CSV file's as parsed)."""
+        """The partition's rows as record batches of at most about `batch_rows` (some formats
+        hand out blocks as parsed)."""
         yield from read_batches(
             self.file,
             batch_rows=batch_rows,
@@ -35,27 +37,28 @@ class Partition:
 
     def read_head(self, rows: int) -> pa.RecordBatch | None:
         """The partition's first `rows` rows (or fewer), read on their own: a Parquet reader
-        decodes a whole batch before handing out any of it. None for a CSV file, whose reader
-        hands out blocks of bytes, not of rows."""
-        if FORMATS[self.file.suffix.lower()] != "parquet":
+        decodes a whole batch before handing out any of it. None where the format reads whole
+        blocks of bytes, not rows, so that a head read apart saves nothing."""
+        if not format_for(self.file).reads_rows_on_demand:
             return None
         return next(self.read(batch_rows=rows), None)
 
 
 def plan_partitions(plan: SourcePlan, rows_per_partition: int) -> list[Partition]:
-    """Files in order; a Parquet file with more than `rows_per_partition` rows is cut at
-    row-group boundaries into ranges of about that many rows."""
+    """Files in order; a file with more than `rows_per_partition` rows, of a format that splits
+    by row group, is cut at row-group boundaries into ranges of about that many rows."""
     partitions: list[Partition] = []
     for file, rows in zip(plan.files, plan.rows):
-        if FORMATS[file.suffix.lower()] != "parquet" or rows <= rows_per_partition:
+        input_format = format_for(file)
+        if not input_format.splits_by_row_group or rows <= rows_per_partition:
             partitions.append(Partition(len(partitions), file, rows, encoding=plan.encoding))
             continue
-        meta = pq.ParquetFile(file).metadata
+        group_rows = input_format.row_group_rows(file)
         groups, count = [], 0
-        for g in range(meta.num_row_groups):
-            groups.append(g)
-            count += meta.row_group(g).num_rows
-            if count >= rows_per_partition or g == meta.num_row_groups - 1:
-                partitions.append(Partition(len(partitions), file, count, tuple(groups)))
+        for group, group_count in enumerate(group_rows):
+            groups.append(group)
+            count += group_count
+            if count >= rows_per_partition or group == len(group_rows) - 1:
+                partitions.append(Partition(len(partitions), file, count, tuple(groups), plan.encoding))
                 groups, count = [], 0
     return partitions

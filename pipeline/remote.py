@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pipeline.config import Config, first_line
 from pipeline.errors import EmbedpipeError
+from pipeline.formats import describe_suffixes, is_supported
 from pipeline.sink import MANIFEST
-from pipeline.source import FORMATS
 
 
 def is_remote(path: str | None) -> bool:
@@ -76,7 +76,7 @@ def fetch_inputs(url: str, root: Path) -> str:
     except (OSError, ValueError) as exc:
         raise EmbedpipeError(f"source.path {url}: cannot fetch it ({type(exc).__name__}: {first_line(exc)})") from None
     if not found:
-        raise EmbedpipeError(f"source.path {url}: no .parquet or .csv files found")
+        raise EmbedpipeError(f"source.path {url}: no {describe_suffixes()} files found")
     kept = {str(target) for target in targets.values()}
     for old in [p for p in local.rglob("*") if p.is_file() and not p.name.startswith(".")]:
         if str(old) not in kept:  # gone from the bucket: gone from the run
@@ -174,7 +174,7 @@ def _listing(fs, path: str) -> tuple[str, dict[str, dict]]:
     directory their mirrored names are relative to."""
     if fs.isdir(path):
         found = fs.find(path, detail=True)
-        return path.rstrip("/"), {p: info for p, info in found.items() if p.lower().endswith(tuple(FORMATS))}
+        return path.rstrip("/"), {p: info for p, info in found.items() if is_supported(p)}
     base = re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0]
     if fs.isfile(path):
         return base, {path: fs.info(path)}

@@ -1,4 +1,8 @@
-"""Read Parquet and CSV as a stream of Arrow record batches, and check them before any spending."""
+"""Read input files as a stream of Arrow record batches, and check them before any spending.
+
+How a file is read is its format's business (`pipeline.formats`, chosen by suffix); this module
+knows only what a format says it can do.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from pipeline.config import SourceConfig, first_line
+from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
+from pipeline.formats import describe_suffixes, format_for, is_supported
 from pipeline.hashset import HashSet
 from pipeline.text import render_template, template_fields
 
-FORMATS = {".parquet": "parquet", ".csv": "csv"}
 BATCH_ROWS = 8192
-_CSV_PARSE = pacsv.ParseOptions(newlines_in_values=True)
+# What a format's reader may raise for a bad file; an unknown encoding is a LookupError.
+_READ_ERRORS = (pa.ArrowException, OSError, LookupError, UnicodeError)
 _STRING_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
 
 
@@ -28,7 +31,7 @@ class SourcePlan:
 
     files: list[Path]
     rows: list[int]
-    encoding: str = "utf-8"  # of CSV files
+    encoding: str = "utf-8"  # of text-based files
 
     @property
     def total_rows(self) -> int:
@@ -39,16 +42,15 @@ def resolve_files(path: str) -> list[Path]:
     """The input files `path` names (a file, a directory or a glob), sorted by name."""
     candidate = Path(path).expanduser()
     if candidate.is_dir():
-        files = [p for p in candidate.iterdir() if p.suffix.lower() in FORMATS]
+        files = [p for p in candidate.iterdir() if is_supported(p)]
     elif candidate.is_file():
         files = [candidate]
     else:
         files = [Path(p) for p in glob.glob(str(candidate), recursive=True) if Path(p).is_file()]
     if not files:
-        raise SourceError(f"source.path {path}: no .parquet or .csv files found")
-    unknown = [p for p in files if p.suffix.lower() not in FORMATS]
-    if unknown:
-        raise SourceError(f"{unknown[0]}: unknown format; use .parquet or .csv")
+        raise SourceError(f"source.path {path}: no {describe_suffixes()} files found")
+    for file in files:
+        format_for(file)  # an unknown suffix fails here, naming the file
     return sorted(files)
 
 
@@ -59,35 +61,13 @@ def read_batches(
     row_groups: list[int] | None = None,
     encoding: str = "utf-8",
 ) -> Iterator[pa.RecordBatch]:
-    """Stream `file` (or some row groups of a Parquet file) as record batches; a read failure
-    becomes a SourceError naming the file."""
+    """Stream `file` (or some row groups, where its format splits by them) as record batches,
+    through the file's format; a read failure becomes a SourceError naming the file."""
+    input_format = format_for(file)
     try:
-        if FORMATS[file.suffix.lower()] == "parquet":
-            yield from pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups)
-        else:
-            yield from _csv_batches(file, columns, encoding)
-    except (pa.ArrowException, OSError, LookupError) as exc:
-        raise _read_error(file, exc, encoding) from None
-
-
-def _csv_batches(file: Path, columns: list[str] | None, encoding: str) -> Iterator[pa.RecordBatch]:
-    # CSV has no types: every column stays text, so ids like "007" survive unchanged.
-    read = pacsv.ReadOptions(encoding=encoding)
-    names = pacsv.open_csv(file, read_options=read, parse_options=_CSV_PARSE).schema.names
-    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, include_columns=columns)
-    yield from pacsv.open_csv(file, read_options=read, parse_options=_CSV_PARSE, convert_options=convert)
-
-
-def _read_error(file: Path, exc: Exception, encoding: str) -> SourceError:
-    kind = FORMATS[file.suffix.lower()]
-    if isinstance(exc, LookupError):
-        return SourceError(f"source.encoding {encoding!r}: no such encoding; use e.g. utf-8, latin-1 or cp1252")
-    if kind == "csv" and "invalid UTF8" in str(exc):
-        return SourceError(
-            f"{file}: not valid UTF-8 ({first_line(exc)}); if the file uses another encoding, set source.encoding "
-            "(e.g. latin-1)"
-        )
-    return SourceError(f"{file}: cannot read as {kind}: {first_line(exc)}")
+        yield from input_format.batches(file, columns, batch_rows, row_groups, encoding)
+    except _READ_ERRORS as exc:
+        raise input_format.read_error(file, exc, encoding) from None
 
 
 def text_columns(config: SourceConfig) -> list[str]:
@@ -112,9 +92,9 @@ def validate_source(
 
     `output_column`, the vector column to be added, must not already be an input column.
     Only ids are read through (they must be unique across all files), and a template is tried
-    on a file's first rows. CSV text is read through as well, so a bad byte fails the run
-    before any spending; Parquet text is not (its footer, checked here, catches truncation),
-    so it is read once, by the run.
+    on a file's first rows. Text is read through as well where the format asks for it (a bad
+    byte fails the run before any spending), not where its schema already vouched for the file
+    (a Parquet footer catches truncation), so that text is read once, by the run.
     """
     files = resolve_files(config.path)
     try:
@@ -133,21 +113,17 @@ def validate_source(
         changed = not unchanged(file)
         if config.text_template and changed:
             _try_template(file, config)
-        read_text = changed and FORMATS[file.suffix.lower()] == "csv"
+        read_text = changed and format_for(file).read_through_to_validate
         rows.append(_check_rows(file, config, needed if read_text else [], seen_ids))
     return SourcePlan(files, rows, config.encoding)
 
 
 def _schema(file: Path, encoding: str) -> pa.Schema:
-    kind = FORMATS[file.suffix.lower()]
+    input_format = format_for(file)
     try:
-        if kind == "parquet":
-            return pq.read_schema(file)
-        read = pacsv.ReadOptions(encoding=encoding)
-        names = pacsv.open_csv(file, read_options=read, parse_options=_CSV_PARSE).schema.names
-        return pa.schema([(name, pa.string()) for name in names])  # as _csv_batches reads it
-    except (pa.ArrowException, OSError, LookupError) as exc:
-        raise _read_error(file, exc, encoding) from None
+        return input_format.schema(file, encoding)
+    except _READ_ERRORS as exc:
+        raise input_format.read_error(file, exc, encoding) from None
 
 
 def _check_columns(file: Path, schema: pa.Schema, columns: list[str], config: SourceConfig) -> None:
@@ -160,7 +136,10 @@ def _check_columns(file: Path, schema: pa.Schema, columns: list[str], config: So
     if config.text_column:
         kind = schema.field(config.text_column).type
         if not is_text_type(kind):
-            raise SourceError(f"{file}: text column {config.text_column!r} holds {kind}, not text")
+            raise SourceError(
+                f"{file}: text column {config.text_column!r} holds {kind}, not text; set source.text_column to a "
+                "text column"
+            )
 
 
 def is_text_type(kind: pa.DataType) -> bool:

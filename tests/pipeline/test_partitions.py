@@ -1,5 +1,6 @@
 """Partitions, and a run killed at several points then started again."""
 
+import json
 import subprocess
 import sys
 import time
@@ -33,15 +34,25 @@ def test_a_large_parquet_file_is_split_at_row_groups_and_keeps_row_order(tmp_pat
     assert table.column("id").to_pylist() == list(range(1000))
 
 
+WRITERS = {
+    ".parquet": lambda table, path: pq.write_table(table, path, row_group_size=100),
+    ".csv": lambda table, path: pa.csv.write_csv(table, path),
+    ".jsonl": lambda table, path: path.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist())),
+}
+
+
 @pytest.mark.parametrize("suffix, index, head", [
     (".parquet", 1, [300, 301, 302]),  # the second partition: row groups 3-5
     (".csv", 0, None),  # a CSV reader hands out blocks of bytes: no head apart
+    (".jsonl", 0, None),  # so does a JSON Lines reader
 ])
 def test_a_partition_s_head_is_its_own_first_rows(tmp_path, suffix, index, head):
     path = tmp_path / f"big{suffix}"
     table = pa.table({"id": list(range(1000)), "text": [f"row {i}" for i in range(1000)]})
-    pq.write_table(table, path, row_group_size=100) if suffix == ".parquet" else pa.csv.write_csv(table, path)
-    found = plan_partitions(SourcePlan([path], [1000]), rows_per_partition=250)[index].read_head(3)
+    WRITERS[suffix](table, path)
+    partitions = plan_partitions(SourcePlan([path], [1000]), rows_per_partition=250)
+    assert len(partitions) == (4 if suffix == ".parquet" else 1)  # only Parquet is cut at row groups
+    found = partitions[index].read_head(3)
     assert (found.column("id").to_pylist() if found is not None else None) == head
 
 

@@ -69,6 +69,17 @@ def test_a_run_reads_and_writes_s3_and_matches_a_local_run(tmp_path, s3, fake_op
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/out")) == ["_manifest.json", *(f["name"] for f in manifest["files"])]
 
 
+def test_a_bucket_directory_yields_every_file_a_format_reads_and_nothing_else(tmp_path, s3, fake_openai):
+    fs, bucket = s3
+    put_parquet(fs, f"{bucket}/in/a.parquet", TEXTS[:20])
+    lines = [json.dumps({"id": 100 + i, "text": text}) for i, text in enumerate(TEXTS[20:])]
+    fs.pipe_file(f"{bucket}/in/b.jsonl", "\n".join(lines).encode())
+    fs.pipe_file(f"{bucket}/in/notes.txt", b"not an input")
+    manifest = run_pipeline(openai_config(tmp_path, fake_openai, f"s3://{bucket}/in", output__path=f"s3://{bucket}/out"))
+    assert [f["rows"] for f in manifest["files"]] == [20, 20]
+    assert read_s3_output(fs, f"{bucket}/out").column("text").to_pylist() == TEXTS
+
+
 def test_the_manifest_goes_up_last_and_parts_no_longer_listed_are_removed(tmp_path, s3, fake_openai, monkeypatch):
     fs, bucket = s3
     put_parquet(fs, f"{bucket}/in/docs.parquet", TEXTS)
@@ -111,8 +122,8 @@ def test_a_run_on_a_fresh_machine_reuses_the_output_in_the_bucket(tmp_path, s3, 
 
 
 @pytest.mark.parametrize("path, message", [
-    ("s3://{bucket}/nothing-here/*.parquet", "no .parquet or .csv files found"),
-    ("s3://no-such-bucket-anywhere/in.parquet", "no .parquet or .csv files found|cannot fetch it"),
+    ("s3://{bucket}/nothing-here/*.parquet", "no .csv, .jsonl, .ndjson or .parquet files found"),
+    ("s3://no-such-bucket-anywhere/in.parquet", "no .csv, .jsonl, .ndjson or .parquet files found|cannot fetch it"),
     ("nosuchscheme://x/in.parquet", "nosuchscheme"),
     ("s3://{bucket}/in.parquet", None),  # a good source, an output bucket that does not exist
 ])

@@ -62,7 +62,7 @@ BAD_INPUTS = {
     "csv with bad utf-8": (lambda p: _csv(p, b"id,text\n1,\xff\xfe bad\n"), {}, "not valid UTF-8"),
     "csv with ragged row": (lambda p: _csv(p, b"id,text\n1,a\n2,b,c\n"), {}, "cannot read as csv"),
     "unknown suffix": (lambda p: _csv(p, b"x").rename(p / "t.json"), {}, "t.json: unknown format"),
-    "nothing there": (lambda p: p / "absent.parquet", {}, "no .parquet or .csv files found"),
+    "nothing there": (lambda p: p / "absent.parquet", {}, "no .csv, .jsonl, .ndjson or .parquet files found"),
 }
 
 
