@@ -90,6 +90,30 @@ class ChunkTally:
         return new
 
 
+@dataclass
+class RequestCounts:
+    """What a provider sent: every attempt, retried attempts by cause, and the tokens of
+    attempts that timed out (possibly billed twice)."""
+
+    requests: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    timed_out_tokens: int = 0
+
+    def merge(self, other: RequestCounts) -> None:
+        """Add `other`'s counts to these."""
+        self.requests += other.requests
+        for cause, n in other.retries.items():
+            self.retries[cause] = self.retries.get(cause, 0) + n
+        self.timed_out_tokens += other.timed_out_tokens
+
+    def since(self, earlier: RequestCounts) -> RequestCounts:
+        """What these running totals added to `earlier`, the same process's totals before."""
+        retries = {cause: n - earlier.retries.get(cause, 0) for cause, n in self.retries.items()}
+        return RequestCounts(
+            self.requests - earlier.requests, retries, self.timed_out_tokens - earlier.timed_out_tokens
+        )
+
+
 class RunCounter:
     """A run's `RunStats`, counted from many threads: rows, each distinct text and chunk once
     (by `hash64`), and how each chunk got its vector; `merge` adds another process's counts."""

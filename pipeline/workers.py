@@ -20,12 +20,13 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from pipeline.cache import VectorCache
 from pipeline.config import Config
+from pipeline.counts import RequestCounts
 from pipeline.embed import TextEmbedder
 from pipeline.incremental import PreviousOutput
 from pipeline.partitions import Partition
@@ -66,10 +67,8 @@ class PartitionResult:
     stats: dict[str, int]  # the `_ADDITIVE` counters
     texts: np.ndarray  # hash64 of each distinct text
     chunks: dict[str, np.ndarray]  # `ChunkTally.export`: the chunks met, and how each was had
-    sender: str  # the worker process's embedder; its counters below are its totals for the run
-    requests: int
-    retries: dict[str, int]
-    timed_out_tokens: int
+    sender: str  # the worker process's embedder
+    sent: RequestCounts  # that embedder's totals for the run, all its partitions so far
 
 
 def shared_config(config: Config, workers: int) -> Config:
@@ -169,9 +168,7 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
         {name: getattr(texts.stats, name) for name in _ADDITIVE},
         *texts.counts.export(),
         sender,
-        embedder.requests,
-        dict(embedder.retries),
-        embedder.timed_out_tokens,
+        replace(embedder.sent, retries=dict(embedder.sent.retries)),
     )
 
 
@@ -180,9 +177,8 @@ def absorb(run: Run, result: PartitionResult) -> int:
     counts are each process's running totals (partitions in one process share its embedder):
     only what grew since that process's last result is added."""
     run.texts.counts.merge(result.stats, result.texts, result.chunks)
-    last = run.elsewhere.get(result.sender, (0, {}, 0))
-    if result.requests >= last[0]:  # results of one process may arrive out of order
-        run.elsewhere[result.sender] = (result.requests, result.retries, result.timed_out_tokens)
-        retries = {cause: n - last[1].get(cause, 0) for cause, n in result.retries.items()}
-        run.texts.embedder.count_elsewhere(result.requests - last[0], retries, result.timed_out_tokens - last[2])
+    last = run.elsewhere.get(result.sender, RequestCounts())
+    if result.sent.requests >= last.requests:  # results of one process may arrive out of order
+        run.elsewhere[result.sender] = result.sent
+        run.texts.embedder.count_elsewhere(result.sent.since(last))
     return result.rows

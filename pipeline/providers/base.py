@@ -6,7 +6,6 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from pipeline.config import EmbeddingConfig
+from pipeline.counts import RequestCounts
 from pipeline.errors import ProviderError, ResponseError
 
 if TYPE_CHECKING:  # the cache imports this module
@@ -49,9 +49,7 @@ class Embedder(ABC):
         self.config = config
         self.model = config.model
         self.max_concurrency = config.max_concurrency or MAX_CONCURRENCY
-        self.requests = 0  # requests sent, counting every retry
-        self.retries: Counter[str] = Counter()  # retried attempts, by cause
-        self.timed_out_tokens = 0  # sent in attempts that timed out: possibly billed twice
+        self.sent = RequestCounts()  # every attempt, retries by cause; other processes' merged in
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None  # see `_request_pool`
         self.stop_reason: str | None = None  # set by `stop`: no request leaves after it
@@ -87,20 +85,25 @@ class Embedder(ABC):
         """Whether `stop` was called: no request leaves any more."""
         return self.stop_reason is not None
 
-    def tally(self, retry_cause: str | None = None) -> None:
-        """Count one request sent, or one retry for `retry_cause`; safe from worker threads."""
+    def tally(self, retry_cause: str | None = None, timed_out_tokens: int = 0) -> None:
+        """Count one request sent, or one retry for `retry_cause` (with the tokens of an attempt
+        that timed out); safe from worker threads."""
         with self._lock:
             if retry_cause:
-                self.retries[retry_cause] += 1
+                self.sent.retries[retry_cause] = self.sent.retries.get(retry_cause, 0) + 1
+                self.sent.timed_out_tokens += timed_out_tokens
             else:
-                self.requests += 1
+                self.sent.requests += 1
 
-    def count_elsewhere(self, requests: int, retries: dict[str, int], timed_out_tokens: int) -> None:
+    def count_elsewhere(self, counts: RequestCounts) -> None:
         """Add what a copy of this embedder in another process (a cluster worker) sent."""
         with self._lock:
-            self.requests += requests
-            self.retries.update(retries)
-            self.timed_out_tokens += timed_out_tokens
+            self.sent.merge(counts)
+
+    @property
+    def requests(self) -> int:
+        """Requests sent, counting every retry."""
+        return self.sent.requests
 
     @property
     @abstractmethod

@@ -181,10 +181,7 @@ class HTTPEmbedder(Embedder):
 
     def _wait_to_retry(self, exc: Exception, tokens: int, attempt: int, texts: int) -> None:
         cause = exc.cause if isinstance(exc, Transient) else "bad response"
-        self.tally(cause)
-        if cause == "timeout":
-            with self._lock:
-                self.timed_out_tokens += tokens
+        self.tally(cause, timed_out_tokens=tokens if cause == "timeout" else 0)
         self.limiter.settled()
         wait = (exc.retry_after if isinstance(exc, Transient) else None) or backoff(attempt)
         attempts = self.config.max_attempts

@@ -151,7 +151,7 @@ def test_server_errors_are_retried(fake_openai):
     fake_openai.fail_next(429, code="rate_limit_exceeded", headers={"retry-after-ms": "10"})
     client = embedder(fake_openai)
     assert client.embed(["hello"], [1]).shape == (1, 16)
-    assert fake_openai.requests == 4 and client.retries == {"server error": 2, "429": 1}
+    assert fake_openai.requests == 4 and client.sent.retries == {"server error": 2, "429": 1}
 
 
 def test_a_rejected_batch_is_split_never_resent_whole(fake_openai):
