@@ -22,7 +22,8 @@ from pipeline.hashset import HashSet
 from pipeline.incremental import PreviousOutput, settings_key
 from pipeline.partitions import plan_partitions
 from pipeline.providers import get_embedder, provider_class
-from pipeline.providers.base import Embedder, next_batch, pack_batches
+from pipeline.providers.base import Embedder
+from pipeline.providers.packing import next_batch, pack_batches
 from pipeline.remote import localised
 from pipeline.reuse import prepared_batches
 from pipeline.source import SourcePlan, validate_source

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
-from pipeline.providers.base import pack_batches
+from pipeline.providers.packing import pack_batches
 from pipeline.providers.openai import OpenAIEmbedder
 from pipeline.providers.openai_answers import decode_response
 from pipeline.tokens import count_tokens
