@@ -88,5 +88,5 @@ def embed_on_dask(run: Run) -> dict[int, int]:
             return runner.submit(embed_partition_on_worker, parameters={"spec": spec, "index": index})
 
         return run_partitions(
-            submit, len(run.partitions), threads, run.plan.total_rows, lambda result: absorb(run, result)
+            submit, len(run.input.partitions), threads, run.input.plan.total_rows, lambda result: absorb(run, result)
         )

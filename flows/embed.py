@@ -69,9 +69,9 @@ def embed_dataset(config: Config) -> dict:
             with ThreadPoolTaskRunner(max_workers=window) as runner:
                 parts = run_partitions(
                     lambda i: runner.submit(embed_one_partition, parameters={"run": run, "index": i}),
-                    len(run.partitions),
+                    len(run.input.partitions),
                     window,
-                    run.plan.total_rows,
+                    run.input.plan.total_rows,
                 )
         return publish(run, parts)
     except BaseException:

@@ -36,22 +36,36 @@ log = logging.getLogger("embedpipe")
 
 
 @dataclass(kw_only=True)
-class Run:
-    """Everything a run holds between its steps."""
+class RunInput:
+    """What a run reads: the checked input, cut into partitions."""
 
-    config: Config
     plan: SourcePlan
     partitions: list[Partition]
-    texts: TextEmbedder
+    sources: dict[int, dict]  # each partition's input fingerprint, taken before reading it
+    previous: PreviousOutput | None  # the last run's output, for incremental runs
+
+
+@dataclass(kw_only=True)
+class RunOutput:
+    """What a run writes: its parts, staged until published."""
+
     rows: ParquetSink
     chunks: ParquetSink | None
-    started: float
     metadata: dict  # how the vectors are made, as the Parquet metadata records it
-    previous: PreviousOutput | None  # the last run's output, for incremental runs
-    sources: dict[int, dict]  # each partition's input fingerprint, taken before reading it
-    owns_embedder: bool = True
     remote_outputs: list[RemoteOutput] = field(default_factory=list)  # copied up once published
     published_at: str = ""  # output.path as configured: a local path or a URL
+
+
+@dataclass(kw_only=True)
+class Run:
+    """Everything a run holds between its steps: what it reads, how it embeds, what it writes."""
+
+    config: Config
+    input: RunInput
+    texts: TextEmbedder
+    output: RunOutput
+    started: float
+    owns_embedder: bool = True
     elsewhere: dict[str, RequestCounts] = field(default_factory=dict)  # cluster workers' request totals, by process
     price: dict | None = None  # `model_price`, read before anything is spent: a bad table fails first
 
@@ -103,18 +117,17 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     progress.track(texts.stats, embedder, plan.total_rows)
     return Run(
         config=config,
-        plan=plan,
-        partitions=partitions,
+        input=RunInput(plan=plan, partitions=partitions, sources=sources, previous=previous),
         texts=texts,
-        rows=rows,
-        chunks=chunks,
+        output=RunOutput(
+            rows=rows,
+            chunks=chunks,
+            metadata={**metadata, "settings_key": key},
+            remote_outputs=remote_outputs,
+            published_at=published_at,
+        ),
         started=started,
-        metadata={**metadata, "settings_key": key},
-        previous=previous,
-        sources=sources,
         owns_embedder=owns_embedder,
-        remote_outputs=remote_outputs,
-        published_at=published_at,
         price=price,
     )
 
@@ -165,8 +178,10 @@ def embed_through_batch_api(run: Run) -> None:
     source = run.config.source
 
     def misses():  # only partitions that will be embedded: not resumed, not kept unchanged
-        for p in run.partitions:
-            if run.rows.finished_rows(p.index) is None and not (run.previous and run.previous.part_for(p)):
+        for p in run.input.partitions:
+            if run.output.rows.finished_rows(p.index) is None and not (
+                run.input.previous and run.input.previous.part_for(p)
+            ):
                 for batch in p.read():
                     yield from run.texts.send_ahead(row_texts(batch, source)).items()
 
@@ -181,22 +196,22 @@ def embed_partition(run: Run, index: int) -> int:
 
     Reading and chunking the next record batches runs in a thread while this one waits on
     the network, and the next batch's requests leave before this one's last answer."""
-    source, partition = run.config.source, run.partitions[index]
-    done = run.rows.finished_rows(index)
-    if done is not None and (run.chunks is None or run.chunks.finished_rows(index) is not None):
+    source, partition = run.config.source, run.input.partitions[index]
+    done = run.output.rows.finished_rows(index)
+    if done is not None and (run.output.chunks is None or run.output.chunks.finished_rows(index) is not None):
         run.texts.counts.skipped(done)
         log.info("partition %d: finished by an earlier attempt, %d rows kept", index, done)
         return done
-    previous = run.previous.part_for(partition) if run.previous else None
+    previous = run.input.previous.part_for(partition) if run.input.previous else None
     if previous is not None:
-        kept = run.rows.adopt(index, previous)
+        kept = run.output.rows.adopt(index, previous)
         run.texts.counts.skipped(kept, unchanged=True)
         log.info("partition %d (%s): unchanged since the last run, %d rows kept", index, partition.file, kept)
         return kept
-    rows = run.rows.open_part(index, partition.rows)
-    chunks = run.chunks.open_part(index, partition.rows) if run.chunks else None
+    rows = run.output.rows.open_part(index, partition.rows)
+    chunks = run.output.chunks.open_part(index, partition.rows) if run.output.chunks else None
     try:
-        prepared = prefetch(prepared_batches(run.config, run.texts, run.previous, partition), depth=2)
+        prepared = prefetch(prepared_batches(run.config, run.texts, run.input.previous, partition), depth=2)
         embedded = map_ahead(lambda item: run.texts.complete(item[2]), prepared, ahead=2)
         # On a failure: requests stop first, then the reading and embedding threads end (not when collected)
         with closing(prepared), closing(embedded), _stop_on_failure(run.texts.embedder, index):
@@ -266,8 +281,10 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     `parts` maps each partition to the rows it wrote."""
     stats = run.texts.stats
     written = sum(parts.values())
-    if written != run.plan.total_rows or stats.rows != run.plan.total_rows:
-        raise EmbedpipeError(f"row count mismatch: read {run.plan.total_rows}, wrote {written}; nothing published")
+    if written != run.input.plan.total_rows or stats.rows != run.input.plan.total_rows:
+        raise EmbedpipeError(
+            f"row count mismatch: read {run.input.plan.total_rows}, wrote {written}; nothing published"
+        )
     stats.seconds = round(time.monotonic() - run.started, 2)
     embedder = run.texts.embedder
     stats.requests, stats.retries, stats.timed_out_tokens = (
@@ -280,16 +297,16 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     batch_tokens = stats.batch_api.get("tokens", 0)
     stats.cost_usd = run_cost(run.price, stats.embedded_tokens - batch_tokens, batch_tokens)
     manifest = {
-        **run.metadata,
-        "output": run.published_at or str(run.config.output.path),
-        "rows": run.plan.total_rows,
+        **run.output.metadata,
+        "output": run.output.published_at or str(run.config.output.path),
+        "rows": run.input.plan.total_rows,
         "stats": stats.as_dict(),
     }
-    if run.chunks is not None:
-        run.chunks.publish(manifest, parts, run.sources)
-    manifest = run.rows.publish(manifest, parts, run.sources)
+    if run.output.chunks is not None:
+        run.output.chunks.publish(manifest, parts, run.input.sources)
+    manifest = run.output.rows.publish(manifest, parts, run.input.sources)
     close_run(run)
-    for remote in run.remote_outputs:
+    for remote in run.output.remote_outputs:
         remote.push()
     if run.config.output.delta_path:
         write_delta(run.config.output.path, run.config.output.delta_path)
@@ -299,9 +316,9 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
 def close_run(run: Run) -> None:
     """Release the cache, the provider and the output. Staged parts stay: a run started again
     resumes from them."""
-    run.rows.close()
-    if run.chunks is not None:
-        run.chunks.close()
+    run.output.rows.close()
+    if run.output.chunks is not None:
+        run.output.chunks.close()
     run.texts.cache.close()
     progress.untrack(run.texts.stats)
     if run.owns_embedder:
@@ -317,7 +334,7 @@ def run_pipeline(config: Config, api_key: str | None = None, embedder: Embedder 
             embed_through_batch_api(run)
         pool = ThreadPoolExecutor(max_workers=config.source.parallel_partitions, thread_name_prefix="partition")
         try:
-            futures = [pool.submit(embed_partition, run, index) for index in range(len(run.partitions))]
+            futures = [pool.submit(embed_partition, run, index) for index in range(len(run.input.partitions))]
             rows = {index: future.result() for index, future in enumerate(futures)}
         finally:  # on a failure, partitions not yet started are not started
             pool.shutdown(wait=True, cancel_futures=True)

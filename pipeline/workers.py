@@ -32,7 +32,7 @@ from pipeline.incremental import PreviousOutput
 from pipeline.partitions import Partition
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
-from pipeline.run import Run, embed_partition
+from pipeline.run import Run, RunInput, RunOutput, embed_partition
 from pipeline.sink import ParquetSink
 from pipeline.source import SourcePlan
 
@@ -89,12 +89,12 @@ def run_spec(run: Run, workers: int) -> RunSpec:
     """The picklable half of a prepared run, for `workers` worker processes."""
     return RunSpec(
         shared_config(run.config, workers),
-        run.plan,
-        run.partitions,
-        run.metadata,
-        run.rows.run_key,
-        run.previous,
-        run.sources,
+        run.input.plan,
+        run.input.partitions,
+        run.output.metadata,
+        run.output.rows.run_key,
+        run.input.previous,
+        run.input.sources,
         run.texts.max_tokens,
         run.texts.overlap_tokens,
         workers,
@@ -148,15 +148,10 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
         texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}")
         run = Run(
             config=config,
-            plan=spec.plan,
-            partitions=spec.partitions,
+            input=RunInput(plan=spec.plan, partitions=spec.partitions, sources=spec.sources, previous=spec.previous),
             texts=texts,
-            rows=rows,
-            chunks=chunks,
+            output=RunOutput(rows=rows, chunks=chunks, metadata=spec.metadata),
             started=0.0,
-            metadata=spec.metadata,
-            previous=spec.previous,
-            sources=spec.sources,
             owns_embedder=False,
         )
         written = embed_partition(run, index)

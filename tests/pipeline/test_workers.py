@@ -42,7 +42,7 @@ def run_in_worker_processes(config, processes: int) -> dict:
     spec = run_spec(run, processes)
     pickle.dumps(spec)  # it travels to the workers: plain data only
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(embed_partition_in_worker, spec, i, None) for i in range(len(run.partitions))]
+        futures = [pool.submit(embed_partition_in_worker, spec, i, None) for i in range(len(run.input.partitions))]
         parts = {i: absorb(run, future.result()) for i, future in enumerate(futures)}
     return finish_run(run, parts)
 
