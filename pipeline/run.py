@@ -20,7 +20,7 @@ from pipeline.chunking import chunk_limits
 from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.config import Config
 from pipeline.counts import RequestCounts
-from pipeline.embed import EmbeddedText, RowVectors, TextEmbedder
+from pipeline.embed import RowVectors, TextEmbedder
 from pipeline.errors import EmbedpipeError
 from pipeline.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
 from pipeline.incremental import PreviousOutput, part_source, run_key, settings_key
@@ -29,7 +29,7 @@ from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.remote import RemoteOutput, localised
 from pipeline.reuse import prepared_batches
-from pipeline.sink import ParquetSink, vector_array, write_delta
+from pipeline.sink import ParquetSink, chunk_table, vector_array, write_delta
 from pipeline.source import SourcePlan, row_texts
 
 log = logging.getLogger("embedpipe")
@@ -252,28 +252,6 @@ def _merge(reused: tuple | None, result: RowVectors, dimensions: int) -> tuple[n
     matrix[~same] = result.matrix
     present[~same] = result.present
     return matrix, present
-
-
-def chunk_table(ids: pa.Array, results: list[EmbeddedText | None], dimensions: int) -> pa.Table:
-    """One row per chunk: id, chunk_index, text, token_count, char_start, char_end, vector."""
-    columns: dict[str, list] = {
-        name: [] for name in ("row", "chunk_index", "text", "token_count", "char_start", "char_end", "vector")
-    }
-    for row, result in enumerate(results):
-        for n, (chunk, vector) in enumerate(zip(result.chunks, result.chunk_vectors) if result else ()):
-            for name, value in zip(columns, (row, n, chunk.text, chunk.tokens, chunk.start, chunk.end, vector)):
-                columns[name].append(value)
-    return pa.table(
-        {
-            "id": ids.take(pa.array(columns["row"], type=pa.int64())),
-            "chunk_index": pa.array(columns["chunk_index"], type=pa.int32()),
-            "text": pa.array(columns["text"], type=pa.string()),
-            "token_count": pa.array(columns["token_count"], type=pa.int32()),
-            "char_start": pa.array(columns["char_start"], type=pa.int64()),
-            "char_end": pa.array(columns["char_end"], type=pa.int64()),
-            "vector": vector_array(np.array(columns["vector"], dtype=np.float32).reshape(-1, dimensions)),
-        }
-    )
 
 
 def finish_run(run: Run, parts: dict[int, int]) -> dict:

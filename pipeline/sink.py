@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,9 @@ import pyarrow.parquet as pq
 
 from pipeline.config import first_line
 from pipeline.errors import EmbedpipeError, is_disk_full
+
+if TYPE_CHECKING:  # the embedding step imports nothing of the output
+    from pipeline.embed import EmbeddedText
 
 MANIFEST = "_manifest.json"
 _open_parts: weakref.WeakSet = weakref.WeakSet()  # parts being written, for `abandon_open_parts`
@@ -243,3 +247,25 @@ class ParquetSink:
         """Let another run write this output."""
         if self._lock is not None:
             self._lock.close()
+
+
+def chunk_table(ids: pa.Array, results: list[EmbeddedText | None], dimensions: int) -> pa.Table:
+    """One row per chunk: id, chunk_index, text, token_count, char_start, char_end, vector."""
+    columns: dict[str, list] = {
+        name: [] for name in ("row", "chunk_index", "text", "token_count", "char_start", "char_end", "vector")
+    }
+    for row, result in enumerate(results):
+        for n, (chunk, vector) in enumerate(zip(result.chunks, result.chunk_vectors) if result else ()):
+            for name, value in zip(columns, (row, n, chunk.text, chunk.tokens, chunk.start, chunk.end, vector)):
+                columns[name].append(value)
+    return pa.table(
+        {
+            "id": ids.take(pa.array(columns["row"], type=pa.int64())),
+            "chunk_index": pa.array(columns["chunk_index"], type=pa.int32()),
+            "text": pa.array(columns["text"], type=pa.string()),
+            "token_count": pa.array(columns["token_count"], type=pa.int32()),
+            "char_start": pa.array(columns["char_start"], type=pa.int64()),
+            "char_end": pa.array(columns["char_end"], type=pa.int64()),
+            "vector": vector_array(np.array(columns["vector"], dtype=np.float32).reshape(-1, dimensions)),
+        }
+    )
