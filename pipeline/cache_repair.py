@@ -258,7 +258,8 @@ def _classify(row: Row, report: CacheReport) -> bytes | None:
         return None
     value, fault = _vector_bytes(row, report.path)
     if fault is None and value is not None:
-        fault = vector_fault(value, int(_KEY.fullmatch(str(row.key))["dimensions"]))  # type: ignore[index]  # keys were matched
+        key = _KEY.fullmatch(str(row.key))  # every vector's key matched it when read
+        fault = vector_fault(value, int(key["dimensions"])) if key else "unknown key"
     if fault is not None:
         report.bad[fault] += 1
         return None
