@@ -50,6 +50,10 @@ class Embedder(ABC):
         self.config = config
         self.model = config.model
         self.max_concurrency = config.max_concurrency or MAX_CONCURRENCY
+        if self.tokenizer != "cl100k_base":  # chunks, requests and budgets are all counted in it
+            raise ProviderError(
+                f"provider {self.provider} counts tokens in {self.tokenizer}; embedpipe has cl100k_base"
+            )
         self.sent = RequestCounts()  # every attempt, retries by cause; other processes' merged in
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None  # see `_request_pool`

@@ -148,3 +148,14 @@ def test_no_module_outside_providers_names_a_provider():
         "pipeline/remote.py 'local'",  # fsspec's local:// scheme, not the provider
     }
     assert {entry for entry in named if entry not in allowed} == set()
+
+
+def test_a_provider_counting_tokens_in_another_vocabulary_is_refused_with_one_line():
+    from pipeline.errors import ProviderError
+    from pipeline.providers.local import LocalEmbedder
+
+    class OtherVocabulary(LocalEmbedder):
+        tokenizer = "o200k_base"
+
+    with pytest.raises(ProviderError, match="counts tokens in o200k_base; embedpipe has cl100k_base"):
+        OtherVocabulary(EmbeddingConfig())
