@@ -57,6 +57,8 @@ class EmbeddingConfig(_Section):
     model: str = "all-MiniLM-L6-v2"
     dimensions: int | None = None
     base_url: str | None = None
+    deployment: str | None = None  # azure-openai: the deployment name (required); model names what is behind it
+    api_version: str = "2024-10-21"  # azure-openai: sent as ?api-version=
     api_key_env: str = "OPENAI_API_KEY"
     api_key_block: str | None = None  # name of a Prefect Secret block holding the key
     requests_per_minute: int | None = None  # None: the server's, from its x-ratelimit-limit-* headers; a value is a cap

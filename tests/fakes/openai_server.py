@@ -2,7 +2,9 @@
 
 It enforces the limits the real API enforces (empty input, 8192 tokens per input, 2048
 inputs and 300,000 tokens per request) and can be scripted to fail, so tests drive the real
-`openai` client through `base_url` and fake nothing inside it.
+`openai` client through `base_url` and fake nothing inside it. It also answers Azure OpenAI's
+route, `/openai/deployments/{name}/embeddings?api-version=...`, for the deployments it knows
+(`azure_endpoint` is the resource's address), and records every request's path and headers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from urllib.parse import parse_qs, urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -228,8 +231,10 @@ class FakeOpenAI:
     def __init__(self, dimensions: int = 16, shuffle: bool = False,
                  models: tuple[str, ...] = ("text-embedding-3-small",), rpm: float | None = None,
                  tpm: float | None = None, latency: float = 0.0, window: float = 60.0, window_kind: str = "bucket",
-                 send_limit_headers: bool = True, latency_per_1k_tokens: float = 0.0):
+                 send_limit_headers: bool = True, latency_per_1k_tokens: float = 0.0,
+                 deployments: dict[str, str] | None = None):
         self.dimensions = dimensions
+        self.deployments = deployments or {"emb-small": models[0]}  # Azure: deployment name -> the model behind it
         self.shuffle = shuffle
         self.models = models
         self.window, self.window_kind = window, window_kind
@@ -247,6 +252,7 @@ class FakeOpenAI:
         self.admitted: list[float] = []  # when each request within the limits was charged
         self.admissions: list[tuple[float, int]] = []  # (time.monotonic(), tokens) of each, for rates over any interval
         self.authorizations: Counter[str] = Counter()  # Authorization headers seen
+        self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path with query, headers lowercased) of each
         self.first_request_at: float | None = None  # time.monotonic() of the first request
         self.rejected: list[str] = []  # why each 400 was sent
         self.faults: deque = deque()  # (status, body, headers) answered to the next requests; None: answer as usual
@@ -260,6 +266,11 @@ class FakeOpenAI:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    @property
+    def azure_endpoint(self) -> str:
+        """The address of an Azure OpenAI resource: requests go to its /openai/... routes."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> "FakeOpenAI":
         # polled every 50 ms, so `shutdown` (which waits for a poll) takes no 0.5 s per server
@@ -400,9 +411,24 @@ class FakeOpenAI:
     def _route(self, method: str, path: str, headers, raw: bytes) -> tuple[int, object, dict]:
         with self._lock:
             self.authorizations[headers.get("authorization", "")] += 1
-        if method == "POST" and path.rstrip("/").endswith("/embeddings"):
+            self.seen.append((method, path, {name.lower(): value for name, value in headers.items()}))
+        url = urlsplit(path)
+        parts = url.path.strip("/").split("/")
+        if method == "POST" and len(parts) == 4 and parts[:2] == ["openai", "deployments"] and parts[3] == "embeddings":
+            return self._azure_answer(parts[2], parse_qs(url.query), json.loads(raw or b"{}"))
+        if method == "POST" and url.path.rstrip("/").endswith("/embeddings"):
             return self.answer(json.loads(raw or b"{}"))
         return self.batch_api.handle(method, path, headers, raw)
+
+    def _azure_answer(self, deployment: str, query: dict, body: dict) -> tuple[int, object, dict]:
+        """Azure's embeddings route: the deployment names the model (the body's `model` is ignored,
+        as Azure does); no api-version is a 404, as an unknown deployment is."""
+        if not query.get("api-version"):
+            return 404, {"error": {"code": "404", "message": "Resource not found"}}, {}
+        if deployment not in self.deployments:
+            message = "The API deployment for this resource does not exist."
+            return 404, {"error": {"code": "DeploymentNotFound", "message": message}}, {}
+        return self.answer({**body, "model": self.deployments[deployment]})
 
     def _handler(self):
         fake = self

@@ -165,3 +165,25 @@ def test_latency_grows_with_the_request_tokens():
         started = time.monotonic()
         post(server, 1000)
         assert time.monotonic() - started >= 0.21
+
+
+@pytest.mark.parametrize(
+    "path, status, code",
+    [
+        ("/openai/deployments/emb-small/embeddings?api-version=2024-10-21", 200, None),
+        ("/openai/deployments/emb-small/embeddings", 404, "404"),  # no api-version: Azure's "Resource not found"
+        ("/openai/deployments/other/embeddings?api-version=2024-10-21", 404, "DeploymentNotFound"),
+    ],
+)
+def test_the_azure_route_needs_an_api_version_and_a_known_deployment(path, status, code):
+    with FakeOpenAI(deployments={"emb-small": "text-embedding-3-small"}) as server:
+        body = {"model": "ignored-as-azure-does", "input": ["hello"]}
+        response = client().post(f"{server.azure_endpoint}{path}", json=body, headers={"api-key": "azure-key"})
+    assert response.status_code == status
+    if code:
+        assert response.json()["error"]["code"] == code
+    else:
+        assert response.json()["model"] == "text-embedding-3-small" and len(response.json()["data"]) == 1
+    [(method, seen_path, headers)] = server.seen
+    assert (method, seen_path, headers["api-key"]) == ("POST", path, "azure-key")
+    assert "authorization" not in headers and server.requests == (status == 200)
