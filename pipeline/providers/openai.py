@@ -111,15 +111,12 @@ class OpenAIEmbedder(HTTPEmbedder):
             # client.post, as openai documents for raw access: `embeddings.create` walks every input
             # string to transform it and parses the answer into a model per vector, milliseconds
             # of interpreter time a request (tens on the first) that the other threads wait for
-            response = self.client.post(self._embeddings_path(), body=body, cast_to=httpx2.Response)
+            response = self.client.post("/embeddings", body=body, cast_to=httpx2.Response)
         except openai.APIError as exc:
             raise self._in_http_terms(exc) from None
         payload = json_object(response)
         vectors, bad = decode_response(payload.get("data"), len(texts), dimensions)
         return Answer(response.headers, vectors, bad, prompt_tokens(payload))
-
-    def _embeddings_path(self) -> str:
-        return "/embeddings"
 
     def _in_http_terms(self, exc: openai.APIError) -> Exception:
         """The `openai` library's exception as `pipeline.providers.http` names what to do."""
