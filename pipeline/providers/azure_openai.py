@@ -19,15 +19,14 @@ from pipeline.config import EmbeddingConfig
 from pipeline.errors import ConfigError, ProviderError
 from pipeline.providers.http import Fatal
 from pipeline.providers.openai import OpenAIEmbedder
+from pipeline.providers.openai_batch import OpenAIBatchEmbedder
 
 
 class AzureOpenAIEmbedder(OpenAIEmbedder):
     """Embeddings from an Azure OpenAI deployment, within its rate limits."""
 
     provider = "azure-openai"
-    # Its own, so that `embedpipe batches` refuses (see `batch_lines`) rather than falling back to
-    # OpenAI's Batch API, which would send the Azure key as a Bearer token to routes Azure lacks.
-    batch_provider = "azure-openai"
+    batch_provider = "azure-openai-batch"
 
     def __init__(self, config: EmbeddingConfig, api_key: str | None):
         self.check_config(config)  # a missing deployment is named before a missing key
@@ -72,13 +71,6 @@ class AzureOpenAIEmbedder(OpenAIEmbedder):
                 "(e.g. AZURE_OPENAI_API_KEY); the default, OPENAI_API_KEY, is only ever sent to api.openai.com"
             )
 
-    def batch_lines(self, action: str, batch_id: str = "") -> list[str]:
-        """Refused: Azure's Batch API is not supported yet; nothing is sent."""
-        raise ConfigError(
-            "embedding.provider azure-openai has no batch API in embedpipe yet: `embedpipe batches` works with "
-            "openai-batch; Azure runs go through the deployment's embeddings endpoint"
-        )
-
     @classmethod
     def endpoint(cls, config: EmbeddingConfig) -> str | None:
         """The deployment's address: another deployment (even of the same model) is another endpoint."""
@@ -95,3 +87,16 @@ class AzureOpenAIEmbedder(OpenAIEmbedder):
                 f"embedding.deployment, embedding.base_url and embedding.api_version ({self.config.api_version})"
             )
         return super()._in_http_terms(exc)
+
+
+class AzureOpenAIBatchEmbedder(OpenAIBatchEmbedder, AzureOpenAIEmbedder):
+    """Azure's Batch API: files and batches under the resource's /openai/ routes; each request
+    posts to /embeddings and names the deployment (a Global-Batch one) as its model."""
+
+    provider = "azure-openai-batch"
+    query_provider = "azure-openai"
+    batch_url = "/embeddings"
+
+    @property
+    def batch_model(self) -> str:
+        return str(self.config.deployment)

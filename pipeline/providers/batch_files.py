@@ -77,10 +77,10 @@ def _json_size(text: str) -> int:
     return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
 
 
-def request_lines(file: BatchFile, local_id: str, body: dict) -> list[dict]:
+def request_lines(file: BatchFile, local_id: str, body: dict, url: str = "/v1/embeddings") -> list[dict]:
     """The JSONL lines of a batch input file; custom_id is `{local_id}-{n}`."""
     return [
-        {"custom_id": f"{local_id}-{n}", "method": "POST", "url": "/v1/embeddings", "body": {**body, "input": texts}}
+        {"custom_id": f"{local_id}-{n}", "method": "POST", "url": url, "body": {**body, "input": texts}}
         for n, texts in enumerate(file.requests)
     ]
 

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from typing import ClassVar
 
 import numpy as np
 import openai
@@ -42,6 +43,12 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
     uses_batch_api = True
     price_kind = "batch"
     query_provider = "openai"  # one query does not wait for a batch
+    batch_url: ClassVar[str] = "/v1/embeddings"  # what each request of a batch posts to
+
+    @property
+    def batch_model(self) -> str:
+        """What a batch's requests name as their `model`."""
+        return self.model
 
     def __init__(self, config, api_key):
         super().__init__(config, api_key)
@@ -139,11 +146,11 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
             self._wait_for_one(ledger, in_flight, cache)  # a wave: wait for room in the queue
         local_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         body = {
-            "model": self.model,
+            "model": self.batch_model,
             "encoding_format": "base64",
             **({"dimensions": self.config.dimensions} if self.config.dimensions else {}),
         }
-        path = ledger.write_input(local_id, request_lines(file, local_id, body))
+        path = ledger.write_input(local_id, request_lines(file, local_id, body, self.batch_url))
         ledger.record(local_id, "prepared", tokens=file.tokens, inputs=file.inputs)
         uploaded = self.call(
             lambda: self.client.files.create(file=(path.name, io.BytesIO(path.read_bytes())), purpose="batch")
@@ -159,7 +166,7 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
                     return found
             return self.client.batches.create(
                 input_file_id=uploaded.id,
-                endpoint="/v1/embeddings",
+                endpoint=self.batch_url,  # Azure names it without /v1
                 completion_window="24h",
                 metadata={"embedpipe": local_id},
             )

@@ -24,6 +24,7 @@ BUILT_IN = {
     "openai": "pipeline.providers.openai:OpenAIEmbedder",
     "openai-batch": "pipeline.providers.openai_batch:OpenAIBatchEmbedder",
     "azure-openai": "pipeline.providers.azure_openai:AzureOpenAIEmbedder",
+    "azure-openai-batch": "pipeline.providers.azure_openai:AzureOpenAIBatchEmbedder",
 }
 
 

@@ -121,8 +121,9 @@ class FakeBatchAPI:
 
 def _validate(lines: list[dict], body: dict) -> list[dict]:
     problems = []
-    if body.get("endpoint") != "/v1/embeddings" or body.get("completion_window") != "24h":
-        problems.append("endpoint must be /v1/embeddings and completion_window 24h")
+    endpoint = body.get("endpoint")  # OpenAI's; Azure's has no /v1
+    if endpoint not in ("/v1/embeddings", "/embeddings") or body.get("completion_window") != "24h":
+        problems.append("endpoint must be /v1/embeddings (Azure: /embeddings) and completion_window 24h")
     if not lines or len(lines) > MAX_REQUESTS:
         problems.append(f"the file must hold 1 to {MAX_REQUESTS} requests")
     if sum(len(line.get("body", {}).get("input", [])) for line in lines) > MAX_INPUTS:
@@ -130,8 +131,8 @@ def _validate(lines: list[dict], body: dict) -> list[dict]:
     ids = [line.get("custom_id") for line in lines]
     if len(set(ids)) != len(ids):
         problems.append("custom_id values must be unique")
-    if any(line.get("url") != "/v1/embeddings" or line.get("method") != "POST" for line in lines):
-        problems.append("every line must POST to /v1/embeddings")
+    if any(line.get("url") != endpoint or line.get("method") != "POST" for line in lines):
+        problems.append(f"every line must POST to {endpoint}")
     return [{"code": "invalid_request", "message": message, "line": None} for message in problems]
 
 

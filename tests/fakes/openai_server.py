@@ -260,7 +260,7 @@ class FakeOpenAI:
         self.delays: deque = deque()  # extra seconds before the next good responses are sent
         self.quota_requests: int | None = None  # answered requests before the quota runs out
         self._lock = threading.Lock()
-        self.batch_api = FakeBatchAPI(self.embed_body)
+        self.batch_api = FakeBatchAPI(self._batch_line_body)
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
 
     @property
@@ -419,6 +419,10 @@ class FakeOpenAI:
         if method == "POST" and url.path.rstrip("/").endswith("/embeddings"):
             return self.answer(json.loads(raw or b"{}"))
         return self.batch_api.handle(method, path, headers, raw)
+
+    def _batch_line_body(self, body: dict) -> tuple[int, dict]:
+        """A batch request: Azure's name a deployment as their model."""
+        return self.embed_body({**body, "model": self.deployments.get(body.get("model"), body.get("model"))})
 
     def _azure_answer(self, deployment: str, query: dict, body: dict) -> tuple[int, object, dict]:
         """Azure's embeddings route: the deployment names the model (the body's `model` is ignored,

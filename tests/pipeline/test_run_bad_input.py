@@ -67,7 +67,7 @@ def test_a_model_that_must_be_asked_its_dimensions_is_asked_only_once_the_input_
 
 @pytest.mark.parametrize("text, message", [
     ("source: {path: x.parquet}\nembeding: {model: m}\n", "unknown key embeding"),
-    ("source: {path: x.parquet}\nembedding: {provider: opneai}\n", "embedding.provider: use one of azure-openai, local, openai, openai-batch"),
+    ("source: {path: x.parquet}\nembedding: {provider: opneai}\n", "embedding.provider: use one of azure-openai, azure-openai-batch, local, openai, openai-batch"),
 ])
 def test_a_config_mistake_is_one_line_naming_the_key(tmp_path, text, message):
     path = tmp_path / "run.yaml"

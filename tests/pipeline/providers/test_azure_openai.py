@@ -141,7 +141,7 @@ def test_another_deployment_is_another_endpoint_and_cache_namespace():
     assert len(namespaces) == 2
 
 
-def test_the_cli_runs_an_azure_config_and_refuses_batches_without_a_request(tmp_path, monkeypatch):
+def test_the_cli_runs_an_azure_config_and_lists_its_batches_with_the_azure_key(tmp_path, monkeypatch):
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)  # the CLI helper also sets OPENAI_API_KEY, which must stay home
     source = write_parquet(tmp_path / "docs.parquet", {"id": [1, 2, 3], "text": ["alpha", None, "beta"]})
     config = tmp_path / "azure.yaml"
@@ -159,8 +159,28 @@ def test_the_cli_runs_an_azure_config_and_refuses_batches_without_a_request(tmp_
     assert pq.read_table(tmp_path / "out" / "part-00000.parquet").num_rows == 3
     assert sent and all(headers.get("api-key") == KEY and "authorization" not in headers for _, _, headers in sent)
     assert SECRET not in repr(sent)
-    assert batches.returncode == 2 and batches.stderr.splitlines() == [
-        "embedpipe: error: embedding.provider azure-openai has no batch API in embedpipe yet: `embedpipe batches` "
-        "works with openai-batch; Azure runs go through the deployment's embeddings endpoint"
-    ]
-    assert server.seen == sent  # `batches` sent nothing
+    assert batches.returncode == 0 and batches.stdout.strip() == "no batches", batches.stderr
+    listed = server.seen[len(sent) :]  # `batches list`: the resource's batches, with the Azure key
+    assert [(method, path.split("?")[0]) for method, path, _ in listed] == [("GET", "/openai/batches")]
+    assert all(headers.get("api-key") == KEY and "authorization" not in headers for _, _, headers in listed)
+
+
+def test_a_batch_run_goes_through_the_resource_s_batch_api_naming_the_deployment(tmp_path):
+    texts = [f"ticket {i}: the parcel arrived late" for i in range(40)] + [None]
+    source = write_parquet(tmp_path / "in.parquet", {"id": list(range(len(texts))), "text": texts})
+    with FakeOpenAI(deployments={"emb-batch": "text-embedding-3-small"}) as server:
+        server.batch_api.duration = 0.2
+        config = azure_config(
+            tmp_path, server, source, provider="azure-openai-batch", deployment="emb-batch", batch_poll_seconds=0.05
+        )
+        manifest = run_pipeline(config, KEY)
+        lines = [line for batch in server.batch_api.batches.values() for line in batch["lines"]]
+    table = pq.read_table(tmp_path / "out")
+    assert table.num_rows == len(texts) and manifest["stats"]["batch_api"]["inputs"] == 40
+    assert table.column("embedding")[0].as_py() == pytest.approx(fake_vector(texts[0], 16).tolist(), abs=1e-6)
+    assert server.requests == 0, "nothing went through the embeddings endpoint"
+    assert {(line["url"], line["body"]["model"]) for line in lines} == {("/embeddings", "emb-batch")}
+    posted = {path.split("?")[0] for path, _ in embeddings_requests(server)}
+    assert posted == {"/openai/files", "/openai/batches"}
+    assert all("api-version=" in path for path, _ in embeddings_requests(server))
+    assert all(h.get("api-key") == KEY and "authorization" not in h for _, h in embeddings_requests(server))
