@@ -24,7 +24,8 @@ def run_partitions(
         0.0, key="embedpipe-progress", description=f"embedpipe: rows written of {total_rows:,}"
     )
     parts: dict[int, int] = {}
-    todo, running = iter(range(count)), dict[PrefectFuture, int]()
+    todo = iter(range(count))
+    running: dict[PrefectFuture, int] = {}  # future -> its partition
     while True:
         running.update({submit(i): i for i in islice(todo, window - len(running))})
         if not running:
