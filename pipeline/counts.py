@@ -1,5 +1,6 @@
-"""What a run counts (`RunStats`), each distinct chunk once (`ChunkTally`): as a cache hit, as
-sent, or as in flight elsewhere.
+"""What a run counts (`RunStats`, the one stats object: a run's, a worker's, an embedder's,
+added up with `merge`), each distinct chunk once (`ChunkTally`): as a cache hit, as sent, or as
+in flight elsewhere.
 
 A run meets a chunk many times (in several texts, in several record batches, in several
 partitions) but counts it once, so that `chunks = cache hits + sent + in flight elsewhere`.
@@ -46,6 +47,32 @@ class RunStats:
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def merge(self, other: RunStats, skip: tuple[str, ...] = ()) -> None:
+        """Add `other`'s counts to these (a worker's partition, or what an embedder sent), but
+        those named in `skip`. The run's own figures (`held_back`, `cost_usd`, `seconds`) are
+        never added."""
+        for name in (name for name in _ADDED if name not in skip):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, dict):
+                setattr(self, name, {key: mine.get(key, 0) + theirs.get(key, 0) for key in {*mine, *theirs}})
+            else:
+                setattr(self, name, mine + theirs)
+
+    def since(self, earlier: RunStats) -> RunStats:
+        """What these running totals added to `earlier`, the same counter's totals before."""
+        added = RunStats()
+        for name in _ADDED:
+            now, then = getattr(self, name), getattr(earlier, name)
+            if isinstance(now, dict):
+                setattr(added, name, {key: n - then.get(key, 0) for key, n in now.items()})
+            else:
+                setattr(added, name, now - then)
+        return added
+
+
+_OWN = ("held_back", "cost_usd", "seconds")  # the whole run's: said, priced and timed once
+_ADDED = tuple(f.name for f in fields(RunStats) if f.name not in _OWN)
+
 
 # The classes a chunk can be counted in, the strongest first: a chunk reported in two is
 # counted in the stronger one only, whichever report came first.
@@ -88,30 +115,6 @@ class ChunkTally:
         for kind in KINDS:
             self.add(kind, exported[kind])
         return new
-
-
-@dataclass
-class RequestCounts:
-    """What a provider sent: every attempt, retried attempts by cause, and the tokens of
-    attempts that timed out (possibly billed twice)."""
-
-    requests: int = 0
-    retries: dict[str, int] = field(default_factory=dict)
-    timed_out_tokens: int = 0
-
-    def merge(self, other: RequestCounts) -> None:
-        """Add `other`'s counts to these."""
-        self.requests += other.requests
-        for cause, n in other.retries.items():
-            self.retries[cause] = self.retries.get(cause, 0) + n
-        self.timed_out_tokens += other.timed_out_tokens
-
-    def since(self, earlier: RequestCounts) -> RequestCounts:
-        """What these running totals added to `earlier`, the same process's totals before."""
-        retries = {cause: n - earlier.retries.get(cause, 0) for cause, n in self.retries.items()}
-        return RequestCounts(
-            self.requests - earlier.requests, retries, self.timed_out_tokens - earlier.timed_out_tokens
-        )
 
 
 class RunCounter:
@@ -189,13 +192,12 @@ class RunCounter:
         with self._lock:
             self.stats.bad_cache_entries += int(self._bad.add_many(chunks).sum())
 
-    def merge(self, counters: dict[str, int], texts: np.ndarray, chunks: dict[str, np.ndarray]) -> None:
-        """Add what a partition embedded in another process counted (its `export`): its counters,
-        its distinct texts and its chunk tally by hash, so that a text or a chunk it shares with
-        other partitions counts once."""
+    def merge(self, stats: RunStats, texts: np.ndarray, chunks: dict[str, np.ndarray]) -> None:
+        """Add what a partition embedded in another process counted (its `stats` and `export`):
+        its distinct texts and chunks by hash, so that one it shares with other partitions counts
+        once, and its other counts as they are."""
         with self._lock:
-            for name, value in counters.items():
-                setattr(self.stats, name, getattr(self.stats, name) + value)
+            self.stats.merge(stats, skip=_BY_HASH)
             self.stats.distinct_texts += int(self._seen.add_hashes(texts).sum())
             self.stats.chunks += self._tally.merge(chunks)
             self._tally_into_stats()
@@ -209,6 +211,10 @@ class RunCounter:
         counts = self._tally.counts
         self.stats.cache_hits, self.stats.embedded_chunks = counts["hit"], counts["sent"]
         self.stats.in_flight_elsewhere = counts["elsewhere"]
+
+
+# Counted by hash in `RunCounter`: a text or chunk met in several partitions is one.
+_BY_HASH = ("distinct_texts", "chunks", "cache_hits", "embedded_chunks", "in_flight_elsewhere")
 
 
 def _hashes(texts: list[str]) -> np.ndarray:

@@ -19,7 +19,7 @@ from pipeline.cache import VectorCache
 from pipeline.chunking import chunk_limits
 from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.config import Config
-from pipeline.counts import RequestCounts
+from pipeline.counts import RunStats
 from pipeline.embed import RowVectors, TextEmbedder
 from pipeline.errors import EmbedpipeError
 from pipeline.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
@@ -66,7 +66,7 @@ class Run:
     output: RunOutput
     started: float
     owns_embedder: bool = True
-    elsewhere: dict[str, RequestCounts] = field(default_factory=dict)  # cluster workers' request totals, by process
+    elsewhere: dict[str, RunStats] = field(default_factory=dict)  # cluster workers' embedders' totals, by process
     price: dict | None = None  # `model_price`, read before anything is spent: a bad table fails first
 
     @property
@@ -265,12 +265,7 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         )
     stats.seconds = round(time.monotonic() - run.started, 2)
     embedder = run.texts.embedder
-    stats.requests, stats.retries, stats.timed_out_tokens = (
-        embedder.sent.requests,
-        dict(embedder.sent.retries),
-        embedder.sent.timed_out_tokens,
-    )
-    stats.rate_limited = sum(n for cause, n in embedder.sent.retries.items() if cause.endswith("429"))
+    stats.merge(embedder.sent)
     stats.held_back = {name: [cap, server] for name, (cap, server) in embedder.held_back.items()}
     batch_tokens = stats.batch_api.get("tokens", 0)
     stats.cost_usd = run_cost(run.price, stats.embedded_tokens - batch_tokens, batch_tokens)

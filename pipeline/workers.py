@@ -20,13 +20,14 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from copy import deepcopy
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.cache import VectorCache
 from pipeline.config import Config
-from pipeline.counts import RequestCounts
+from pipeline.counts import RunStats
 from pipeline.embed import TextEmbedder
 from pipeline.incremental import PreviousOutput
 from pipeline.partitions import Partition
@@ -35,10 +36,6 @@ from pipeline.providers.base import Embedder
 from pipeline.run import Run, RunInput, RunOutput, embed_partition
 from pipeline.sink import ParquetSink
 from pipeline.source import SourcePlan
-
-# Counters a worker's partition adds to the run's; distinct texts and chunks (hits, sent and in
-# flight elsewhere) are merged by hash, so a chunk one worker sent and another found counts once.
-_ADDITIVE = ("rows", "unchanged_rows", "reused_rows", "null_texts", "embedded_tokens", "bad_cache_entries")
 
 
 @dataclass(frozen=True)
@@ -64,11 +61,11 @@ class PartitionResult:
 
     index: int
     rows: int
-    stats: dict[str, int]  # the `_ADDITIVE` counters
+    stats: RunStats  # what the partition counted
     texts: np.ndarray  # hash64 of each distinct text
     chunks: dict[str, np.ndarray]  # `ChunkTally.export`: the chunks met, and how each was had
     sender: str  # the worker process's embedder
-    sent: RequestCounts  # that embedder's totals for the run, all its partitions so far
+    sent: RunStats  # what that embedder sent in the run, all its partitions so far
 
 
 def shared_config(config: Config, workers: int) -> Config:
@@ -160,10 +157,10 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
     return PartitionResult(
         index,
         written,
-        {name: getattr(texts.stats, name) for name in _ADDITIVE},
+        deepcopy(texts.stats),
         *texts.counts.export(),
         sender,
-        replace(embedder.sent, retries=dict(embedder.sent.retries)),
+        deepcopy(embedder.sent),
     )
 
 
@@ -172,7 +169,7 @@ def absorb(run: Run, result: PartitionResult) -> int:
     counts are each process's running totals (partitions in one process share its embedder):
     only what grew since that process's last result is added."""
     run.texts.counts.merge(result.stats, result.texts, result.chunks)
-    last = run.elsewhere.get(result.sender, RequestCounts())
+    last = run.elsewhere.get(result.sender, RunStats())
     if result.sent.requests >= last.requests:  # results of one process may arrive out of order
         run.elsewhere[result.sender] = result.sent
         run.texts.embedder.count_elsewhere(result.sent.since(last))

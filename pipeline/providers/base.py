@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from pipeline.config import EmbeddingConfig
-from pipeline.counts import RequestCounts
+from pipeline.counts import RunStats
 from pipeline.errors import ProviderError, ResponseError
 from pipeline.providers.packing import Cursor, pack_batches
 
@@ -54,7 +54,7 @@ class Embedder(ABC):
             raise ProviderError(
                 f"provider {self.provider} counts tokens in {self.tokenizer}; embedpipe has cl100k_base"
             )
-        self.sent = RequestCounts()  # every attempt, retries by cause; other processes' merged in
+        self.sent = RunStats()  # requests, retries by cause, 429s; other processes' merged in
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None  # see `_request_pool`
         self.stop_reason: str | None = None  # set by `stop`: no request leaves after it
@@ -96,11 +96,12 @@ class Embedder(ABC):
         with self._lock:
             if retry_cause:
                 self.sent.retries[retry_cause] = self.sent.retries.get(retry_cause, 0) + 1
+                self.sent.rate_limited += retry_cause.endswith("429")
                 self.sent.timed_out_tokens += timed_out_tokens
             else:
                 self.sent.requests += 1
 
-    def count_elsewhere(self, counts: RequestCounts) -> None:
+    def count_elsewhere(self, counts: RunStats) -> None:
         """Add what a copy of this embedder in another process (a cluster worker) sent."""
         with self._lock:
             self.sent.merge(counts)

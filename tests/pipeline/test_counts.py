@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.counts import KINDS, ChunkTally
+from pipeline.counts import KINDS, ChunkTally, RunStats
 from pipeline.embed import chunk_rows
 from pipeline.errors import ProviderError
 from pipeline.estimate import estimate_config
@@ -242,3 +242,20 @@ def test_a_chunk_reported_by_several_workers_counts_once_in_the_strongest_kind(o
         only = {k: np.array(reports[k] if k == kind else [], dtype=np.int64) for k in KINDS}
         tally.merge({"met": np.array(reports[kind], dtype=np.int64), **only})
     assert tally.counts == {"sent": 1, "hit": 1, "elsewhere": 1}
+
+
+def test_run_stats_add_up_across_workers_but_not_the_runs_own_figures():
+    run = RunStats(rows=10, requests=3, retries={"429": 1}, held_back={"tokens": [1, 2]}, seconds=5.0)
+    worker = RunStats(rows=4, requests=2, retries={"429": 2, "timeout": 1}, rate_limited=2, seconds=9.0, cost_usd=1.0)
+    run.merge(worker)
+    assert (run.rows, run.requests, run.retries, run.rate_limited) == (14, 5, {"429": 3, "timeout": 1}, 2)
+    assert (run.held_back, run.seconds, run.cost_usd) == ({"tokens": [1, 2]}, 5.0, None)
+
+
+def test_run_stats_since_is_what_running_totals_added():
+    before = RunStats(requests=3, retries={"429": 1}, timed_out_tokens=10)
+    after = RunStats(requests=7, retries={"429": 1, "timeout": 2}, timed_out_tokens=30)
+    added = after.since(before)
+    assert (added.requests, added.retries, added.timed_out_tokens) == (4, {"429": 0, "timeout": 2}, 20)
+    before.merge(added)
+    assert before.as_dict() == after.as_dict()
