@@ -8,7 +8,7 @@ from collections import deque
 
 import httpx
 
-from pipeline.tokens import cl100k_base
+from pipeline.text.tokens import cl100k_base
 
 
 def langchain_embed(base_url: str, texts: list[str], batch: int | None = None) -> list[list[float]]:

@@ -38,11 +38,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.peers import cookbook_embed, langchain_embed, openai_loop_embed
 import pipeline.providers.openai  # noqa: F401  imported before timing, as the peers' clients are
+from benchmarks.peers import cookbook_embed, langchain_embed, openai_loop_embed
 from pipeline.config import Config
-from pipeline.run import run_pipeline
-from pipeline.tokens import cl100k_base
+from pipeline.run.steps import run_pipeline
+from pipeline.text.tokens import cl100k_base
 
 LATENCY, LATENCY_PER_1K = 0.15, 0.02  # seconds a request, and more per 1,000 of its tokens
 PLAIN_BATCH = 256  # texts a request where the scenario fixes none: the plain loop's and the cookbook's

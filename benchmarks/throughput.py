@@ -30,10 +30,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.chunking import chunk_texts
 from pipeline.config import Config
-from pipeline.text import normalise_paragraphs
-from pipeline.tokens import cl100k_base
+from pipeline.text.chunking import chunk_texts
+from pipeline.text.normalise import normalise_paragraphs
+from pipeline.text.tokens import cl100k_base
 
 MAX_TOKENS, OVERLAP = 512, 64
 
@@ -75,8 +75,8 @@ def chunking() -> None:
     paragraphs = [[t] for t in texts]  # already normalised: one paragraph each
     enc = cl100k_base()
     offline_tiktoken_cache()
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
     import semchunk
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     splitter = RecursiveCharacterTextSplitter.from_tiktoken_encoder(encoding_name="cl100k_base", chunk_size=MAX_TOKENS, chunk_overlap=OVERLAP)
     chunker = semchunk.chunkerify(enc, MAX_TOKENS)
@@ -122,7 +122,7 @@ def config_for(tmp: Path, base_url: str, source: Path, name: str) -> Config:
 
 
 def cached_rerun(base_url: str, tmp: Path) -> None:
-    from pipeline.run import run_pipeline
+    from pipeline.run.steps import run_pipeline
 
     source = tmp / "tickets.parquet"
     pq.write_table(tickets(200_000), source)
@@ -156,7 +156,7 @@ def peak_rss(base_url: str, tmp: Path) -> None:
 
 
 def rss_child(config_path: str) -> None:
-    from pipeline.run import run_pipeline
+    from pipeline.run.steps import run_pipeline
 
     run_pipeline(Config.model_validate(json.loads(Path(config_path).read_text())), api_key="sk-bench")
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking parent.

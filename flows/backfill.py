@@ -11,11 +11,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.api_key import read_api_key
 from flows.signals import reclaim_sigterm
 from flows.task_options import IN_MEMORY
-from pipeline.backfill import plan_backfill
 from pipeline.config import Config
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
-from pipeline.run import run_pipeline
+from pipeline.run.backfill import plan_backfill
+from pipeline.run.steps import run_pipeline
 
 
 @task(**IN_MEMORY, task_run_name="backfill-{value}")

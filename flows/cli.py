@@ -12,7 +12,7 @@ from flows.console import hide_user_error_tracebacks, live_progress
 from pipeline.config import load_config
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import check_embedding_config
-from pipeline.report import summary_lines
+from pipeline.run.report import summary_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +139,7 @@ def estimate_command(args: argparse.Namespace) -> int:
     """`embedpipe estimate CONFIG`: no Prefect, no call."""
     import json
 
-    from pipeline.estimate import estimate_config
+    from pipeline.run.estimate import estimate_config
 
     config = load_config(args.config, args.set)
     logging.basicConfig(level=logging.WARNING, format="embedpipe: %(message)s")
@@ -175,7 +175,7 @@ def batches_command(args: argparse.Namespace) -> int:
 
 def similar_command(args: argparse.Namespace) -> int:
     """`embedpipe similar OUTPUT --query TEXT`: embed the query as the output's rows were, print the nearest."""
-    from pipeline.similarity import embed_query, nearest, read_output
+    from pipeline.downstream.similarity import embed_query, nearest, read_output
 
     embedded = read_output(args.output)
     settings = _embedding_settings(args.config)
@@ -215,7 +215,7 @@ def cluster_command(args: argparse.Namespace) -> int:
 
 def cache_command(args: argparse.Namespace) -> int:
     """`embedpipe cache check | repair TARGET`: exit 1 when check finds damage; no Prefect."""
-    from pipeline.cache_repair import cache_directory, check_cache, repair_cache
+    from pipeline.cache.repair import cache_directory, check_cache, repair_cache
 
     path = cache_directory(args.target, args.set)
     if args.action == "repair":

@@ -1,4 +1,4 @@
-"""What a terminal shows: a live progress display drawn by rich from `pipeline.progress`, and
+"""What a terminal shows: a live progress display drawn by rich from `pipeline.run.progress`, and
 a user's mistake as its message, without Prefect's traceback."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pipeline import progress
 from pipeline.errors import EmbedpipeError
+from pipeline.run import progress
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):

@@ -1,7 +1,7 @@
 """The embed flow's partitions on a Dask cluster (`embedding.task_runner: dask`).
 
 Each worker process embeds whole partitions with its own share of the rate limit
-(`pipeline.workers`); the flow keeps no more partitions running than the cluster has threads.
+(`pipeline.run.workers`); the flow keeps no more partitions running than the cluster has threads.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from flows.partition_window import run_partitions
 from flows.task_options import IN_MEMORY
 from pipeline.config import EmbeddingConfig, first_line
 from pipeline.errors import ConfigError, EmbedpipeError
-from pipeline.run import Run
-from pipeline.workers import PartitionResult, RunSpec, absorb, embed_partition_in_worker, run_spec
+from pipeline.run.steps import Run
+from pipeline.run.workers import PartitionResult, RunSpec, absorb, embed_partition_in_worker, run_spec
 
 
 @task(**IN_MEMORY, task_run_name="embed-partition-{index}")

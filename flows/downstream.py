@@ -1,6 +1,6 @@
 """The jobs users run on an output next: every row's nearest neighbours, and clusters.
 
-Thin tasks over `pipeline.similarity` and `pipeline.clustering`; nothing here calls a model,
+Thin tasks over `pipeline.downstream.similarity` and `pipeline.downstream.clustering`; nothing here calls a model,
 so no task retries. Each flow publishes its result table (and the cluster map) as artifacts.
 """
 
@@ -14,9 +14,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.task_options import IN_MEMORY
-from pipeline.clustering import Clusters, central_texts, cluster_vectors, draw_map, summary_table
-from pipeline.similarity import Embedded, neighbours_table, read_output
-from pipeline.sink import write_file
+from pipeline.downstream.clustering import Clusters, central_texts, cluster_vectors, draw_map, summary_table
+from pipeline.downstream.similarity import Embedded, neighbours_table, read_output
+from pipeline.sinks.parquet import write_file
 
 
 @task(**IN_MEMORY)

@@ -1,4 +1,4 @@
-"""The `embed_dataset` flow: a few thin tasks over `pipeline.run`, one task per partition."""
+"""The `embed_dataset` flow: a few thin tasks over `pipeline.run.steps`, one task per partition."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from flows.partition_window import run_partitions
 from flows.signals import reclaim_sigterm
 from flows.task_options import IN_MEMORY
 from pipeline.config import Config
-from pipeline.report import summary_markdown
-from pipeline.run import Run, close_run, embed_partition, embed_through_batch_api, finish_run, prepare_run
+from pipeline.run.report import summary_markdown
+from pipeline.run.steps import Run, close_run, embed_partition, embed_through_batch_api, finish_run, prepare_run
 
 
 @task(**IN_MEMORY)

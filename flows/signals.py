@@ -19,7 +19,7 @@ import sys
 import threading
 
 from pipeline.providers.base import stop_every_embedder, wait_for_requests
-from pipeline.sink import abandon_open_parts
+from pipeline.sinks.parquet import abandon_open_parts
 
 DRAIN_SECONDS = 8.0  # the whole exit must fit in 10 s
 SERVER_STOP_SECONDS = 1.0

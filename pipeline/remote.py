@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pipeline.config import Config, first_line
 from pipeline.errors import EmbedpipeError
-from pipeline.formats import describe_suffixes, is_supported
-from pipeline.sink import MANIFEST
+from pipeline.sinks.parquet import MANIFEST
+from pipeline.sources.formats import describe_suffixes, is_supported
 
 
 def is_remote(path: str | None) -> bool:

@@ -2,7 +2,7 @@
 
 import random
 
-from pipeline.tokens import count_tokens
+from pipeline.text.tokens import count_tokens
 
 WORDS = "the a cat dog sat ran over under quickly slowly house river garden reads writes".split()
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from pipeline.config import EmbeddingConfig
-from pipeline.counts import RunStats
 from pipeline.errors import ProviderError, ResponseError
 from pipeline.providers.packing import Cursor, pack_batches
+from pipeline.run.counts import RunStats
 
 if TYPE_CHECKING:  # the cache imports this module
-    from pipeline.cache import VectorCache
+    from pipeline.cache.vectors import VectorCache
 
 _live: weakref.WeakSet = weakref.WeakSet()  # every embedder not yet closed, for `stop_every_embedder`
 MAX_CONCURRENCY = 32  # threads sending requests when embedding.max_concurrency is unset

@@ -22,8 +22,8 @@ import numpy as np
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError, ResponseError
 from pipeline.providers.base import Embedder
-from pipeline.ratelimit import FIRST_REQUEST_TOKENS, RateLimiter, Stopped
-from pipeline.tokens import encode_arrays
+from pipeline.providers.limits.rate_limiter import FIRST_REQUEST_TOKENS, RateLimiter, Stopped
+from pipeline.text.tokens import encode_arrays
 
 log = logging.getLogger("embedpipe")
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 import openai
 
-from pipeline.cache import VectorCache
+from pipeline.cache.vectors import VectorCache
 from pipeline.errors import ProviderError
 from pipeline.hashset import HashSet
 from pipeline.providers.base import l2_normalise
@@ -29,7 +29,7 @@ from pipeline.providers.batch_files import BatchFile, BatchLedger, BatchPlanner,
 from pipeline.providers.http import backoff
 from pipeline.providers.openai import OpenAIEmbedder, describe_error, fatal_error
 from pipeline.providers.openai_answers import decode_response
-from pipeline.tokens import count_tokens
+from pipeline.text.tokens import count_tokens
 
 log = logging.getLogger("embedpipe")
 TERMINAL = {"completed", "failed", "expired", "cancelled"}

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from benchmarks.ratelimits import Scenario, corpus, lower_bound, markdown_table, sustained, targets, work_of
-from pipeline.tokens import count_tokens
+from pipeline.text.tokens import count_tokens
 
 
 def run(client, seconds, error=None, rate_limited=0, requests=100):

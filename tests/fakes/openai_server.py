@@ -16,12 +16,12 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from urllib.parse import parse_qs, urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from pipeline.tokens import count_tokens
+from pipeline.text.tokens import count_tokens
 from tests.fakes.batch_api import FakeBatchAPI
 
 MAX_INPUT_TOKENS = 8192

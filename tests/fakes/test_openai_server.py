@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from pipeline.tokens import count_tokens
+from pipeline.text.tokens import count_tokens
 from tests.fakes.openai_server import FakeOpenAI
 
 

@@ -4,7 +4,7 @@ from pipeline.config import load_config
 from pipeline.providers import get_embedder
 from tests.conftest import write_parquet
 from tests.flows.test_cli import embedpipe
-from tests.pipeline.test_cache import damaged_cache
+from tests.pipeline.cache.test_vectors import damaged_cache
 
 
 def write_config(tmp_path, server, source):

@@ -1,11 +1,11 @@
 import io
+from types import SimpleNamespace
 
 from rich.console import Console
 
 from flows import console
-from pipeline import progress
-from pipeline.embed import RunStats
-from types import SimpleNamespace
+from pipeline.run import progress
+from pipeline.run.embed import RunStats
 
 
 def test_the_progress_line_shows_rows_rates_cache_hits_and_time_left():

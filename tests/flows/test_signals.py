@@ -90,10 +90,10 @@ def test_a_signal_stops_sending_at_once_keeps_what_was_paid_and_exits_with_one_l
 
 def test_a_second_signal_exits_at_once_without_waiting_for_a_hanging_request(tmp_path, prefect_home):
     with FakeOpenAI(latency=0.2) as server:
-        server.slow_next(60.0)  # the first request hangs: the first signal would wait for it
+        server.delays.extend([0.0, 60.0])  # the second request hangs: the first signal would wait for it
         config = write_run_yaml(tmp_path, server, TEXTS, batch_size=20, max_concurrency=2)
         process = embedpipe(config, prefect_home, start_new_session=True)
-        wait_for(lambda: len(server.admitted) >= 2, 180)  # the hanging one, and one answered
+        wait_for(lambda: len(server.admitted) >= 3, 180)  # the hanging one in flight, and one after it
         prefect_servers = children(process.pid)
         os.killpg(process.pid, signal.SIGINT)
         time.sleep(0.5)

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.downstream.similarity import read_output
 from pipeline.errors import EmbedpipeError
 from pipeline.remote import RemoteOutput, filesystem
-from pipeline.run import run_pipeline
-from pipeline.similarity import read_output
+from pipeline.run.steps import run_pipeline
 from tests.conftest import openai_config
 
 TEXTS = [f"ticket {i}: the printer on floor {i % 7} is jammed again" for i in range(40)]

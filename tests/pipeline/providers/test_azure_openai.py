@@ -7,11 +7,11 @@ from pipeline.config import Config, EmbeddingConfig
 from pipeline.errors import ConfigError, ProviderError
 from pipeline.providers import check_embedding_config
 from pipeline.providers.azure_openai import AzureOpenAIEmbedder
-from pipeline.run import run_pipeline
-from pipeline.tokens import count_tokens
+from pipeline.run.steps import run_pipeline
+from pipeline.text.tokens import count_tokens
 from tests.conftest import write_parquet
-from tests.flows.test_cli import SECRET, embedpipe
 from tests.fakes.openai_server import FakeOpenAI, fake_vector
+from tests.flows.test_cli import SECRET, embedpipe
 from tests.pipeline.providers.test_openai_ratelimits import corpus
 
 KEY = "azure-key-0123456789"

@@ -10,14 +10,32 @@ import pytest
 
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
-from pipeline.providers.packing import pack_batches
 from pipeline.providers.openai import OpenAIEmbedder
 from pipeline.providers.openai_answers import decode_response
-from pipeline.tokens import count_tokens
+from pipeline.providers.packing import pack_batches
+from pipeline.text.tokens import count_tokens
 from tests.fakes.openai_server import (
-    FakeOpenAI, data_not_a_list, drop_last_item, duplicate_index, empty_body, fake_vector, index_as_bool,
-    index_as_float, index_as_string, invalid_base64, items_not_objects, json_array_body, nan_vector, no_data,
-    not_json, truncated_base64, usage_as_string, vector_as_list, vector_as_null, vector_as_number, wrong_dimension,
+    FakeOpenAI,
+    data_not_a_list,
+    drop_last_item,
+    duplicate_index,
+    empty_body,
+    fake_vector,
+    index_as_bool,
+    index_as_float,
+    index_as_string,
+    invalid_base64,
+    items_not_objects,
+    json_array_body,
+    nan_vector,
+    no_data,
+    not_json,
+    truncated_base64,
+    usage_as_string,
+    vector_as_list,
+    vector_as_null,
+    vector_as_number,
+    wrong_dimension,
 )
 
 MALFORMED = [

@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipeline.errors import ProviderError
 from pipeline.providers.batch_files import MAX_FILE_INPUTS, BatchPlanner
-from pipeline.run import run_pipeline
+from pipeline.run.steps import run_pipeline
 from tests.conftest import openai_config, write_parquet
 from tests.fakes import openai_server
 from tests.fakes.openai_server import FakeOpenAI, fake_vector
@@ -102,7 +102,7 @@ def test_a_killed_run_restarts_reattaches_and_submits_nothing_twice(tmp_path, se
     config = batch_config(tmp_path, server)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config.model_dump()))
-    script = "import sys; from pipeline.config import load_config; from pipeline.run import run_pipeline; run_pipeline(load_config(sys.argv[1]))"
+    script = "import sys; from pipeline.config import load_config; from pipeline.run.steps import run_pipeline; run_pipeline(load_config(sys.argv[1]))"
     process = subprocess.Popen([sys.executable, "-c", script, str(path)], cwd=Path(__file__).parents[3])
     deadline = time.monotonic() + 60
     while len(server.batch_api.batches) < 3 and time.monotonic() < deadline and process.poll() is None:

@@ -4,12 +4,12 @@ gets a key only from a variable or Secret block the config names, and is refused
 import pytest
 
 from pipeline.config import Config, EmbeddingConfig
+from pipeline.downstream.similarity import embed_query
 from pipeline.errors import ConfigError
-from pipeline.estimate import estimate_config
 from pipeline.providers.openai import OpenAIEmbedder
 from pipeline.providers.openai_batch import OpenAIBatchEmbedder, batch_command
-from pipeline.run import run_pipeline
-from pipeline.similarity import embed_query
+from pipeline.run.estimate import estimate_config
+from pipeline.run.steps import run_pipeline
 from tests.conftest import openai_config, write_parquet
 
 SECRET = "sk-test-0123456789-never-send-me"

@@ -10,9 +10,9 @@ import pytest
 
 from pipeline.config import EmbeddingConfig
 from pipeline.providers.openai import OpenAIEmbedder
-from pipeline.report import summary_lines
-from pipeline.run import run_pipeline
-from pipeline.tokens import count_tokens
+from pipeline.run.report import summary_lines
+from pipeline.run.steps import run_pipeline
+from pipeline.text.tokens import count_tokens
 from tests.conftest import openai_config, write_parquet
 from tests.fakes.openai_server import FakeOpenAI
 

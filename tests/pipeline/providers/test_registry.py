@@ -60,7 +60,7 @@ toy = "embedpipe_toy:ToyEmbedder"
 RUN = """
 import json, sys
 from pipeline.config import load_config
-from pipeline.run import run_pipeline
+from pipeline.run.steps import run_pipeline
 manifest = run_pipeline(load_config(sys.argv[1]))
 print(json.dumps({"rows": manifest["rows"], "requests": manifest["stats"]["requests"]}))
 """

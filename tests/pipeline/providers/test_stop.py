@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.errors import ProviderError
 from pipeline.providers.base import stop_every_embedder, wait_for_requests
-from pipeline.run import run_pipeline
+from pipeline.run.steps import run_pipeline
 from tests.conftest import openai_config, write_parquet
 from tests.fakes.openai_server import FakeOpenAI
 

@@ -13,7 +13,7 @@ from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError
 from pipeline.providers.openai import OpenAIEmbedder
 from pipeline.providers.transport import BackgroundTransport
-from pipeline.run import run_pipeline
+from pipeline.run.steps import run_pipeline
 from tests.conftest import openai_config, write_parquet
 from tests.fakes.openai_server import fake_vector
 

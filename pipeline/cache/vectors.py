@@ -1,0 +1,213 @@
+"""Disk cache of vectors, keyed by what produced them and the exact text sent.
+
+Values are raw little-endian float32 bytes: diskcache stores bytes as-is, so nothing is
+ever unpickled from disk. Eviction is off: a full disk is an error, not a silent miss.
+Every vector read is checked, as answers are: one that is not finite, all zeros or the wrong
+size is a miss (and reported), so a damaged entry is embedded again and stored over.
+Every SQLite or file error is a `CacheError`: one line naming the path and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import diskcache
+import numpy as np
+
+from pipeline.errors import CacheError, is_disk_full
+from pipeline.text.normalise import text_hash
+
+_DTYPE = np.dtype("<f4")
+_MODE_RAW, _MODE_BINARY = diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY
+_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+_LOOKUP_BATCH = 500  # keys per SQL query: one query per 500 keys is 30x faster than a `get` each
+
+
+def open_store(path: Path) -> diskcache.Cache:
+    """The diskcache at `path`, as every embedpipe cache opens it."""
+    # Each thread gets its own SQLite connection; diskcache's default 64 MB memory map and
+    # 32 MB page cache per connection would put hundreds of MB in RSS for a few threads.
+    return diskcache.Cache(
+        str(path), eviction_policy="none", size_limit=2**62, sqlite_mmap_size=0, sqlite_cache_size=2**10
+    )
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the cache held for some texts: their usable vectors, and the texts whose entry was
+    no usable vector (not finite, zero, the wrong size, not raw bytes): misses, to embed again."""
+
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    bad: list[str] = field(default_factory=list)
+
+
+class VectorCache:
+    """Vectors by (namespace, text). `namespace` names provider, endpoint, model and dimensions."""
+
+    def __init__(self, path: str | Path, namespace: str, dimensions: int):
+        self.path = Path(path)
+        self.namespace = namespace
+        self.dimensions = dimensions
+        with self._errors("open"):
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)  # mkdir's mode is filtered by the umask
+            self._cache = open_store(self.path)
+
+    @classmethod
+    def for_embedder(cls, path: str | Path, embedder) -> VectorCache:
+        """The cache of `embedder`'s vectors (its namespace and dimensions) at `path`."""
+        return cls(path, embedder.cache_namespace, embedder.dimensions)
+
+    def key(self, text: str) -> str:
+        return f"{self.namespace}/{text_hash(text)}"
+
+    def get_many(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The cached usable vectors of those `texts` that have one; anything else is a miss."""
+        return self.lookup(texts).vectors
+
+    def lookup(self, texts: list[str]) -> Lookup:
+        """The usable cached vectors of `texts`, and which texts had an entry that was not one.
+
+        Only raw bytes are read; anything else (a pickle someone put there) is bad, never loaded.
+        """
+        keys = {self.key(text): text for text in texts}
+        names, result = list(keys), Lookup()
+        with self._errors("read"):
+            for start in range(0, len(names), _LOOKUP_BATCH):
+                batch = names[start : start + _LOOKUP_BATCH]
+                marks = ",".join("?" * len(batch))
+                rows = self._cache._sql(
+                    f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})", batch
+                ).fetchall()
+                self._check_into(result, [(keys[key], self._raw_value(*stored)) for key, *stored in rows])
+        return result
+
+    def _check_into(self, result: Lookup, stored: list[tuple[str, bytes | None]]) -> None:
+        """Add (text, bytes) pairs to `result`: usable vectors, or bad texts. Those of the right
+        size are checked at once, as one matrix, not a check per vector."""
+        size = self.dimensions * _DTYPE.itemsize
+        texts, raws = [], []
+        for text, raw in stored:
+            if raw is not None and len(raw) == size:
+                texts.append(text)
+                raws.append(raw)
+            else:
+                result.bad.append(text)
+        matrix = np.frombuffer(b"".join(raws), dtype=_DTYPE).reshape(len(raws), self.dimensions)
+        usable = np.asarray(np.isfinite(matrix).all(axis=1) & matrix.any(axis=1))
+        if usable.all():  # nearly always
+            result.vectors.update(zip(texts, matrix))
+            return
+        result.vectors.update((text, vector) for text, vector, ok in zip(texts, matrix, usable) if ok)
+        result.bad.extend(text for text, ok in zip(texts, usable) if not ok)
+
+    def _raw_value(self, mode: int, filename: str | None, value) -> bytes | None:
+        """The bytes of an entry, or None where it holds anything else. Vectors over diskcache's
+        32 KB inline limit live in files (MODE_BINARY), read here directly: `Cache.get` would
+        unpickle whatever the row says by then."""
+        if mode == _MODE_RAW:
+            return value if type(value) is bytes else None
+        if mode != _MODE_BINARY or not filename:
+            return None
+        try:
+            return (self.path / filename).read_bytes()
+        except FileNotFoundError:  # deleted by hand: a miss, embedded again and stored over
+            return None
+
+    def put_many(self, vectors: dict[str, np.ndarray]) -> None:
+        """Store vectors in one transaction; a `CacheError` if they cannot all be kept."""
+        needed = len(vectors) * (self.dimensions * _DTYPE.itemsize + 2 * len(self.key("")) + 64)
+        with self._errors("write", needed=needed, vectors=len(vectors)):
+            try:
+                with self._cache.transact():
+                    for text, vector in vectors.items():
+                        self._cache.set(self.key(text), np.asarray(vector, dtype=_DTYPE).tobytes())
+            except (sqlite3.Error, OSError):
+                self._roll_back()
+                raise
+
+    def _roll_back(self) -> None:
+        # A COMMIT that failed (disk full) can leave this connection's transaction open, and
+        # diskcache would then take every later BEGIN for a lock timeout.
+        with contextlib.suppress(sqlite3.Error):  # nothing was open
+            self._cache._sql("ROLLBACK")
+
+    def claim_many(self, texts: list[str], owner: str, seconds: float) -> list[str]:
+        """Of `texts`, those `owner` now holds for up to `seconds`: while it does, no other
+        process sharing this cache sends them. Those another owner holds are left out."""
+        with self._errors("write", needed=len(texts) * 256), self._cache.transact():
+            return [text for text in texts if self._cache.add(self._claim_key(text), owner.encode(), expire=seconds)]
+
+    def release_many(self, texts: list[str], owner: str) -> None:
+        """Let go of `owner`'s claims on `texts` (stored or failed: either way, not sending)."""
+        with self._errors("write"), self._cache.transact():
+            for text in texts:
+                if self._cache.get(self._claim_key(text)) == owner.encode():
+                    self._cache.delete(self._claim_key(text))
+
+    def claimed(self, texts: list[str]) -> set[str]:
+        """Those of `texts` that an owner holds now."""
+        with self._errors("read"):
+            return {text for text in texts if self._cache.get(self._claim_key(text)) is not None}
+
+    def _claim_key(self, text: str) -> str:
+        return f"claim:{self.key(text)}"
+
+    def close(self) -> None:
+        with self._errors("close"):
+            self._cache.close()
+
+    @contextmanager
+    def _errors(self, action: str, needed: int = 0, vectors: int = 0) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise cache_error(self.path, exc, action, needed, vectors) from None
+
+
+def vector_fault(raw: bytes, dimensions: int) -> str | None:
+    """Why `raw` is not a usable vector of `dimensions` floats ("wrong size", "not finite",
+    "zero"), or None when it is one: the rule `VectorCache.lookup` applies to many at once."""
+    if len(raw) != dimensions * _DTYPE.itemsize:
+        return "wrong size"
+    vector = np.frombuffer(raw, dtype=_DTYPE)
+    if not np.isfinite(vector).all():
+        return "not finite"
+    return None if vector.any() else "zero"
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether `exc` says the SQLite file is damaged ("database disk image is malformed",
+    "file is not a database"), as opposed to full, locked or forbidden."""
+    return getattr(exc, "sqlite_errorname", None) in _DAMAGED or "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def cache_error(path: Path, exc: BaseException, action: str, needed: int = 0, vectors: int = 0) -> CacheError:
+    """The one line for a SQLite or file error of the cache at `path` while doing `action`."""
+    if is_damage(exc):
+        return CacheError(
+            f"cache.path {path} is damaged ({exc}): run `embedpipe cache repair {path}` "
+            "to drop the bad entries, or delete the directory"
+        )
+    if is_disk_full(exc):
+        what = f"it needs room to {action}"
+        if vectors:
+            what = f"storing {vectors:,} vectors needs about {_size(needed)} more"
+        return CacheError(f"cache.path {path}: the disk is full ({what}): free space there or set cache.path elsewhere")
+    return CacheError(
+        f"cache.path {path}: cannot {action} the cache ({exc}): check the directory's permissions, "
+        f"or run `embedpipe cache check {path}`"
+    )
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{max(1, round(nbytes / 1e3))} KB"

@@ -1,0 +1,1 @@
+"""What to do with an output: nearest neighbours and k-means clusters."""

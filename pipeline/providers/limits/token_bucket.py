@@ -1,0 +1,126 @@
+"""One server budget mirrored on the client: a bucket that refills continuously.
+
+The API meters requests and tokens with buckets that refill continuously, banked up to a
+window (a whole minute at OpenAI, a second or ten elsewhere). Callers reserve their amount at
+once — the level may go negative — and wait until the refill has covered everything reserved
+up to and including theirs: first come, first served, so a large request is never starved by
+small ones, and the long-run rate is exactly the limit. A waiting caller asks again when it
+wakes, so a budget lowered meanwhile (a 429, a server header) delays the whole queue in step
+instead of releasing it at once.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from pipeline.providers.limits.learned_window import MINUTE
+
+
+class TokenBucket:
+    """`per_minute` units a minute, banked up to `window` seconds' worth, refilled continuously.
+    No limit (`per_minute` None) lets everything through at once."""
+
+    def __init__(self, per_minute: float | None, clock: Callable[[], float] = time.monotonic, window: float = MINUTE):
+        self.rate: float | None = None  # units a second; None: no limit known
+        self.capacity = self.level = math.inf
+        self.refill_delay = 0.0  # seconds a full bucket waits, once spent from, before refilling
+        self.reserved = 0.0  # everything ever reserved: a caller's place in line
+        self.waiting = 0.0  # reserved by callers still waiting to send
+        self.reserved_when_full: float | None = None  # `reserved` when last full, until a request is sent
+        self.debt = 0.0  # what our sends owe a bucket refilled at `rate` that was full: see LearnedWindow
+        self._clock = clock
+        self._updated = self._debt_updated = clock()
+        self._lock = threading.Lock()
+        self.set_limit(per_minute, window)
+
+    def set_limit(self, per_minute: float | None, window: float) -> None:
+        """Follow a new limit, banked up to `window` seconds of it. An unlimited bucket given
+        a limit starts full (the server's headers then say how full)."""
+        with self._lock:
+            self._refill()
+            if per_minute is None:
+                self.rate, self.capacity, self.level = None, math.inf, math.inf
+                return
+            unlimited, rate = self.rate is None, self.rate
+            self.rate = per_minute / 60.0
+            self.capacity = self.rate * window
+            self.level = self.capacity if unlimited else min(self.level, self.capacity)
+            if rate != self.rate:  # debt met at the old rate, in the new one's terms: what is spent of the window
+                self.debt = max(0.0, self.capacity - self.level - self.waiting)
+                self._debt_updated = self._clock()
+
+    def reserve(self, amount: float) -> float:
+        """Deduct `amount` now; return its place in line: `wait` tells when it is covered."""
+        with self._lock:
+            self._refill()
+            if self.level >= self.capacity:  # the server's bucket starts refilling when this request arrives
+                self._updated += self.refill_delay
+                self.reserved_when_full = self.reserved
+            self.level -= amount
+            self.reserved += amount
+            self.waiting += amount
+            return self.reserved
+
+    def wait(self, place: float) -> float:
+        """Seconds until the refill covers everything reserved up to `place`, as of now."""
+        with self._lock:
+            now = self._refill()
+            if self.rate is None:
+                return 0.0
+            short = place - self.reserved - self.level
+            return short / self.rate + max(0.0, self._updated - now) if short > 1e-6 else 0.0  # not float dust
+
+    def sent(self) -> None:
+        """A request has been written to the server in full. The server's bucket, full until
+        it charges the first request, refills nothing before then: whatever ours refilled
+        between being spent from full and this first send (a new connection, a TLS handshake,
+        a transport still being built) is taken back. Without a call, the refill runs from
+        the count."""
+        with self._lock:
+            if self.reserved_when_full is not None and self.rate is not None:
+                self._refill()
+                self.level = min(self.level, self.capacity - (self.reserved - self.reserved_when_full))
+            self.reserved_when_full = None
+
+    def release(self, amount: float) -> None:
+        """A caller that reserved `amount` has stopped waiting (its request is leaving)."""
+        with self._lock:
+            self.waiting -= amount
+
+    def owe(self, amount: float) -> float | None:
+        """A request of `amount` leaves now: its debt in seconds of the limit (None: no limit)."""
+        with self._lock:
+            now = self._clock()
+            if self.rate is None:
+                return None
+            self.debt = max(0.0, self.debt - (now - self._debt_updated) * self.rate) + amount
+            self._debt_updated = now
+            return self.debt / self.rate
+
+    def adjust(self, amount: float) -> None:
+        """Charge (positive) or refund (negative) a difference found after the fact."""
+        with self._lock:
+            self._refill()
+            self.level = min(self.capacity, self.level - amount)
+            self.debt = max(0.0, self.debt + amount)
+
+    def cap(self, remaining: float, since: float | None = None) -> None:
+        """The server said only `remaining` was left, at some moment after `since` (when the
+        request left; default now): never believe we have more than that plus the refill since,
+        less what callers still waiting have reserved (the server has not seen it yet)."""
+        with self._lock:
+            now = self._refill()
+            if self.rate is None:
+                return
+            refilled = (now - since) * self.rate if since is not None else 0.0
+            self.level = min(self.level, remaining + max(0.0, refilled) - self.waiting)
+
+    def _refill(self) -> float:
+        now = self._clock()
+        if self.rate is not None:
+            self.level = min(self.capacity, self.level + max(0.0, now - self._updated) * self.rate)
+        self._updated = max(now, self._updated)  # later than now while a refill delay runs
+        return now

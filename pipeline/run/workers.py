@@ -1,0 +1,176 @@
+"""Partitions embedded in other processes — a Dask cluster's workers — within one rate limit.
+
+The flow prepares the run as always (input checked, output staged and locked), then hands
+each worker a `RunSpec`: plain data, no live client, cache or open file. The worker reopens
+the provider, the cache and the staging directory from it, embeds the partition, and sends
+back a `PartitionResult` that `absorb` folds into the flow's counts.
+
+The rate limit is shared by an explicit split, not by a lock server: each of the cluster's
+N worker processes gets 1/N of the configured caps (and of the requests in flight), spends
+1/N of the limits and of the budget left that the server's headers report, and keeps one
+embedder — so one pair of buckets, one learned window — for its whole life. Buckets that
+each spend within their share can never together spend more than the account's budget, and
+no request waits on a network round trip to a coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections import OrderedDict
+from copy import deepcopy
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.cache.vectors import VectorCache
+from pipeline.config import Config
+from pipeline.incremental.unchanged_files import PreviousOutput
+from pipeline.providers import get_embedder
+from pipeline.providers.base import Embedder
+from pipeline.run.counts import RunStats
+from pipeline.run.embed import TextEmbedder
+from pipeline.run.steps import Run, RunInput, RunOutput, embed_partition
+from pipeline.sinks.parquet import ParquetSink
+from pipeline.sources.partitions import Partition
+from pipeline.sources.reader import SourcePlan
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a worker process needs to embed any partition of a prepared run. Never the API
+    key: each worker reads it from its own environment or the Prefect Secret block."""
+
+    config: Config  # with this worker's share of the rate limit
+    plan: SourcePlan
+    partitions: list[Partition]
+    metadata: dict
+    run_key: str  # names the staging directory the flow created
+    previous: PreviousOutput | None
+    sources: dict[int, dict]
+    max_tokens: int
+    overlap_tokens: int
+    workers: int = 1  # processes sharing the key: each spends 1/workers of what the server allows
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """What a worker did for one partition."""
+
+    index: int
+    rows: int
+    stats: RunStats  # what the partition counted
+    texts: np.ndarray  # hash64 of each distinct text
+    chunks: dict[str, np.ndarray]  # `ChunkTally.export`: the chunks met, and how each was had
+    sender: str  # the worker process's embedder
+    sent: RunStats  # what that embedder sent in the run, all its partitions so far
+
+
+def shared_config(config: Config, workers: int) -> Config:
+    """`config` with 1/`workers` of the requests and tokens per minute and of the requests in
+    flight, so that `workers` processes spending their shares stay within the account's."""
+    embedding = config.embedding
+    share = embedding.model_copy(
+        update={
+            name: max(1, value // workers)
+            for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency")
+            if (value := getattr(embedding, name)) is not None
+        }
+    )
+    return config.model_copy(update={"embedding": share})
+
+
+def run_spec(run: Run, workers: int) -> RunSpec:
+    """The picklable half of a prepared run, for `workers` worker processes."""
+    return RunSpec(
+        shared_config(run.config, workers),
+        run.input.plan,
+        run.input.partitions,
+        run.output.metadata,
+        run.output.rows.run_key,
+        run.input.previous,
+        run.input.sources,
+        run.texts.max_tokens,
+        run.texts.overlap_tokens,
+        workers,
+    )
+
+
+_embedders: OrderedDict[str, Embedder] = OrderedDict()  # by run and settings; the last few kept
+_embedders_lock = threading.Lock()
+_KEPT_EMBEDDERS = 4
+# A worker's first requests leave a freshly started process, on a machine busy starting the
+# others, up to a second or more after their budget was counted: the server's minute starts
+# that much later than the worker's. Its buckets start refilling this much later (once a
+# run), or their banked minute would run out at the server before it does here.
+WORKER_REFILL_DELAY = 2.0
+
+
+def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]:
+    """This process's embedder for the run `spec` describes, and a name for it that no other
+    process shares. Opened once per run and kept, so its rate-limit buckets remember what the
+    process already spent (a fresh pair would start full) and a local model loads once."""
+    key = hashlib.sha256(
+        f"{spec.run_key}{spec.config.embedding.model_dump_json()}".encode()
+    ).hexdigest()  # never the API key
+    with _embedders_lock:
+        kept = _embedders.get(key)
+        if kept is not None and kept.stopped:
+            _embedders.pop(
+                key
+            ).close()  # a fatal answer stopped it; the run started again (key or credit fixed) gets a fresh one
+        if key not in _embedders:
+            _embedders[key] = get_embedder(spec.config.embedding, api_key)
+            _embedders[key].share_limits(1 / max(1, spec.workers), WORKER_REFILL_DELAY)
+            while len(_embedders) > _KEPT_EMBEDDERS:
+                _embedders.popitem(last=False)[1].close()
+        _embedders.move_to_end(key)
+        return f"{socket.gethostname()}:{os.getpid()}:{key[:12]}", _embedders[key]
+
+
+def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) -> PartitionResult:
+    """Embed partition `index` of the run `spec` describes into its staged output part."""
+    sender, embedder = process_embedder(spec, api_key)
+    config = spec.config
+    cache = VectorCache.for_embedder(config.cache.path, embedder)
+    try:
+        rows = ParquetSink(config.output.path, spec.metadata, spec.run_key, locked=False)
+        chunks = (
+            ParquetSink(config.output.chunks_path, spec.metadata, spec.run_key, locked=False)
+            if config.output.chunks_path
+            else None
+        )
+        texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}")
+        run = Run(
+            config=config,
+            input=RunInput(plan=spec.plan, partitions=spec.partitions, sources=spec.sources, previous=spec.previous),
+            texts=texts,
+            output=RunOutput(rows=rows, chunks=chunks, metadata=spec.metadata),
+            started=0.0,
+            owns_embedder=False,
+        )
+        written = embed_partition(run, index)
+    finally:
+        cache.close()
+    return PartitionResult(
+        index,
+        written,
+        deepcopy(texts.stats),
+        *texts.counts.export(),
+        sender,
+        deepcopy(embedder.sent),
+    )
+
+
+def absorb(run: Run, result: PartitionResult) -> int:
+    """Fold a worker's counts into the run's; returns the partition's row count. Request
+    counts are each process's running totals (partitions in one process share its embedder):
+    only what grew since that process's last result is added."""
+    run.texts.counts.merge(result.stats, result.texts, result.chunks)
+    last = run.elsewhere.get(result.sender, RunStats())
+    if result.sent.requests >= last.requests:  # results of one process may arrive out of order
+        run.elsewhere[result.sender] = result.sent
+        run.texts.embedder.count_elsewhere(result.sent.since(last))
+    return result.rows
