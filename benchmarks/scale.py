@@ -1,0 +1,485 @@
+"""How embedpipe's cost grows with the input, towards a hundred million rows (issue 20). A benchmark, not a test.
+
+    .venv/bin/python -m benchmarks.scale                          # 1,000,000 rows, several minutes
+    .venv/bin/python -m benchmarks.scale --rows 1000000,10000000  # and the per-row cost and RSS ratios
+    .venv/bin/python -m benchmarks.scale --keys 100000000         # the vector cache alone, filled key by key
+    .venv/bin/python -m benchmarks.scale --quick                  # 20,000 rows and 200,000 keys, under a minute
+
+Rows: an input Parquet of short texts (10-20 words drawn from a vocabulary, about 30% of rows
+exact copies of an earlier row's text anywhere before it in the file, so copies fall in other
+record batches) goes through `run_pipeline` in a child process, as `embedpipe run` runs it,
+against the loopback OpenAI server in its own process (64 dimensions, no limits, none configured).
+A cold run into a fresh cache gives rows/s and the child's peak RSS (VmHWM); a fully cached run
+into a new output is compared with its I/O floor: polars reading the input, then writing and
+reading back a table of the output's ids and 64-float32 vectors. The cache's bytes on disk
+(SQLite and its WAL included) are compared with the raw vectors: distinct texts × 64 × 4.
+
+Keys: a `VectorCache` filled directly, 2,048 keys a `put_many`, with insert µs/key over each
+tenth of the keys, lookup µs/key of 10,000 random keys already stored, and bytes on disk ÷ raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import re
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DIMENSIONS = 64  # of the pipeline's vectors
+KEY_DIMENSIONS = 16  # of the vectors in --keys
+FLOAT_BYTES = 4
+DUPLICATE_SHARE = 0.3  # of rows whose text is an earlier row's
+WORDS = (10, 20)  # words per text, both included
+VOCABULARY_SIZE = 5_000
+INPUT_ROW_GROUP = 65_536  # rows per row group of the input, as throughput.py writes
+WRITE_CHUNK = 262_144  # rows generated and written at a time
+KEYS_PER_PUT = 2_048
+LOOKUP_KEYS = 10_000
+BENCH_KEY_ENV = "EMBEDPIPE_BENCH_KEY"  # named, as for any server not OpenAI's; the key itself is passed in
+FORK = multiprocessing.get_context("fork")
+
+# (figure, target, whether a figure meets it)
+TARGETS = {
+    "cold rows/s": ("≥ 50,000", lambda x: x >= 50_000),
+    "cached ÷ floor": ("≤ 3", lambda x: x <= 3),
+    "cache bytes ÷ raw": ("≤ 1.1", lambda x: x <= 1.1),
+    "per-row cost ratio": ("≤ 1.1", lambda x: x <= 1.1),
+    "RSS ratio": ("≤ 1.1", lambda x: x <= 1.1),
+    "peak RSS MB": ("< 1,500 at the largest size", lambda x: x < 1_500),
+}
+
+
+# ---- the input --------------------------------------------------------------------------------
+
+
+def vocabulary(size: int = VOCABULARY_SIZE) -> list[str]:
+    """The `size` commonest lower-case words of the standard library's source, commonest first:
+    real words with a realistic skew, the same on every run of one Python."""
+    counts: Counter[str] = Counter()
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        counts.update(re.findall(r"\b[a-z]{2,14}\b", path.read_text(encoding="utf-8", errors="replace")))
+        if len(counts) > 4 * size:
+            break
+    return [word for word, _ in counts.most_common(size)]
+
+
+def mix64(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-spread uint64 hash of each value, vectorised."""
+    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def texts_of(indices: np.ndarray, words: list[str]) -> list[str]:
+    """Distinct text number `i` of the input, for each of `indices`: its length and each word
+    come from hashing (i, position), so a text is the same wherever it is asked for. Word ranks
+    are log-uniform (about Zipf's law): the commonest words are drawn most."""
+    low, high = WORDS
+    slots = indices.astype(np.uint64)[:, None] * np.uint64(high + 1) + np.arange(high + 1, dtype=np.uint64)
+    hashes = mix64(slots)
+    lengths = (low + hashes[:, 0] % np.uint64(high - low + 1)).astype(np.int64)
+    uniform = (hashes[:, 1:] >> np.uint64(11)).astype(np.float64) / float(2**53)
+    ranks = (np.power(float(len(words)), uniform) - 1).astype(np.int64)
+    return [" ".join(words[r] for r in row[:n]) for row, n in zip(ranks.tolist(), lengths.tolist())]
+
+
+def text_indices(rng: np.random.Generator, rows: int, distinct_so_far: int) -> tuple[np.ndarray, int]:
+    """Which distinct text each of `rows` next rows holds, given `distinct_so_far` texts already
+    used: a new one, or (with DUPLICATE_SHARE) one drawn uniformly from all used before it.
+    Returns the indices and the new count of distinct texts."""
+    new = rng.random(rows) >= DUPLICATE_SHARE
+    if distinct_so_far == 0:
+        new[0] = True  # the file's first row has nothing to copy
+    new_before = np.cumsum(new) - new  # new texts among the rows before each row
+    available = distinct_so_far + new_before
+    copies = (rng.random(rows) * available).astype(np.int64)
+    indices = np.where(new, distinct_so_far + new_before, copies)
+    return indices, distinct_so_far + int(new.sum())
+
+
+def input_batches(rows: int, seed: int = 20) -> Iterator[pa.RecordBatch]:
+    """The input's rows (id, text), WRITE_CHUNK at a time: nothing but the count of distinct texts
+    is carried from one chunk to the next, so 100,000,000 rows stream in bounded memory."""
+    rng, words, distinct = np.random.default_rng(seed), vocabulary(), 0
+    for start in range(0, rows, WRITE_CHUNK):
+        count = min(WRITE_CHUNK, rows - start)
+        indices, distinct = text_indices(rng, count, distinct)
+        ids = pa.array(np.arange(start, start + count, dtype=np.int64))
+        yield pa.RecordBatch.from_arrays([ids, pa.array(texts_of(indices, words))], names=["id", "text"])
+
+
+def write_input(path: Path, rows: int) -> None:
+    """Write the input Parquet of `rows` rows, row groups of INPUT_ROW_GROUP rows."""
+    schema = pa.schema([("id", pa.int64()), ("text", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in input_batches(rows):
+            writer.write_batch(batch, row_group_size=INPUT_ROW_GROUP)
+
+
+# ---- the server and the pipeline's runs ---------------------------------------------------------
+
+
+class _Forgotten(list):
+    """A list that keeps nothing appended to it."""
+
+    def append(self, item) -> None:
+        pass
+
+
+class _Uncounted(Counter):
+    """A Counter that counts nothing."""
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+
+def serve(conn) -> None:
+    """The loopback server, in its own process, until told to stop; answers "cpu" with its own
+    CPU seconds so far. It forgets each text it embeds (the fake records them all for tests)."""
+    from tests.fakes.openai_server import FakeOpenAI
+
+    with FakeOpenAI(dimensions=DIMENSIONS) as server:
+        server.calls, server.admitted_inputs = _Uncounted(), _Forgotten()
+        conn.send(server.base_url)
+        while conn.recv() == "cpu":
+            conn.send(time.process_time())
+
+
+@dataclass
+class Server:
+    """The running server's process, its pipe and its base URL."""
+
+    process: multiprocessing.process.BaseProcess
+    conn: object
+    base_url: str
+
+    def cpu_seconds(self) -> float:
+        self.conn.send("cpu")
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        self.conn.send("stop")
+        self.process.join(timeout=10)
+
+
+def start_server() -> Server:
+    parent, child = FORK.Pipe()
+    process = FORK.Process(target=serve, args=(child,), daemon=True)
+    process.start()
+    return Server(process, parent, parent.recv())
+
+
+def pipeline_config(base_url: str, source: Path, cache: Path, output: Path) -> dict:
+    """A config as a user's: the openai provider at the loopback server, no limits named."""
+    return {
+        "source": {"path": str(source)},
+        "embedding": {
+            "provider": "openai",
+            "model": "text-embedding-3-small",
+            "dimensions": DIMENSIONS,
+            "base_url": base_url,
+            "api_key_env": BENCH_KEY_ENV,
+        },
+        "cache": {"path": str(cache)},
+        "output": {"path": str(output)},
+    }
+
+
+def run_child(config_path: str) -> None:
+    """In the child: one run of the pipeline; prints a JSON line of its seconds, its peak RSS
+    (VmHWM, KiB) and the run's stats."""
+    from pipeline.config import Config
+    from pipeline.run.steps import run_pipeline
+
+    config = Config.model_validate(json.loads(Path(config_path).read_text()))
+    started = time.perf_counter()
+    manifest = run_pipeline(config, api_key="sk-bench")
+    seconds = time.perf_counter() - started
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking parent.
+    status = Path("/proc/self/status").read_text()
+    peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+    print(json.dumps({"seconds": seconds, "peak_kib": peak_kib, "stats": manifest["stats"]}))
+
+
+def run_pipeline_in_child(config: dict, path: Path) -> dict:
+    """Run the pipeline on `config` in a fresh Python process; what `run_child` printed."""
+    path.write_text(json.dumps(config))
+    child = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--child", str(path)], capture_output=True, text=True
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"the pipeline's run failed ({child.returncode}):\n{child.stderr[-4000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+# ---- the floor and the cache's size ---------------------------------------------------------------
+
+
+def output_sized_table(rows: int) -> pl.DataFrame:
+    """ids and a 64-float32 vector column of `rows` rows: the output's bulk, text aside."""
+    vectors = np.random.default_rng(1).standard_normal((rows, DIMENSIONS), dtype=np.float32)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIMENSIONS)
+    return pl.from_arrow(pa.table({"id": pa.array(np.arange(rows, dtype=np.int64)), "embedding": column}))
+
+
+def io_floor_seconds(source: Path, rows: int, tmp: Path, repeats: int = 3) -> float:
+    """The median of `repeats` timings of polars reading the input, then writing and reading
+    back a table the size of the output (ids + vectors), as throughput.py's floor does."""
+    table, target, times = output_sized_table(rows), tmp / "floor.parquet", []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        pl.read_parquet(source)
+        table.write_parquet(target)
+        pl.read_parquet(target)
+        times.append(time.perf_counter() - started)
+        target.unlink()
+    return statistics.median(times)
+
+
+def bytes_on_disk(directory: Path) -> int:
+    """The sizes of every file under `directory` (SQLite's -wal and -shm files included)."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+# ---- rows ---------------------------------------------------------------------------------------
+
+
+def measure_rows(rows: int, server: Server, tmp: Path) -> dict:
+    """A cold run and a fully cached run of an input of `rows` rows, and their floor."""
+    source, cache = tmp / f"input-{rows}.parquet", tmp / f"cache-{rows}"
+    started = time.perf_counter()
+    write_input(source, rows)
+    print(f"{rows:,} rows: input written in {time.perf_counter() - started:.1f} s", flush=True)
+    cpu_before = server.cpu_seconds()
+    cold = run_pipeline_in_child(pipeline_config(server.base_url, source, cache, tmp / f"cold-{rows}"), tmp / "c.json")
+    server_cpu = server.cpu_seconds() - cpu_before
+    print(f"  cold run {cold['seconds']:.1f} s (the fake server's CPU {server_cpu:.1f} s)", flush=True)
+    cached = run_pipeline_in_child(
+        pipeline_config(server.base_url, source, cache, tmp / f"warm-{rows}"), tmp / "w.json"
+    )
+    if cached["stats"]["embedded_chunks"]:
+        raise RuntimeError(f"the cached run sent {cached['stats']['embedded_chunks']:,} chunks")
+    floor = io_floor_seconds(source, rows, tmp)
+    distinct = cold["stats"]["distinct_texts"]
+    result = {
+        "rows": rows,
+        "distinct": distinct,
+        "cold_seconds": cold["seconds"],
+        "server_cpu": server_cpu,
+        "cached_seconds": cached["seconds"],
+        "floor_seconds": floor,
+        "peak_mb": cold["peak_kib"] / 1024,
+        "cached_peak_mb": cached["peak_kib"] / 1024,
+        "cache_bytes": bytes_on_disk(cache),
+        "raw_bytes": distinct * DIMENSIONS * FLOAT_BYTES,
+    }
+    print(f"  cached run {cached['seconds']:.1f} s, floor {floor:.2f} s", flush=True)
+    for path in (source, tmp / f"cold-{rows}", tmp / f"warm-{rows}"):
+        remove(path)
+    remove(cache)
+    return result
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a directory tree, if there."""
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def verdict(name: str, figure: float) -> str:
+    """`name`'s target and whether `figure` meets it."""
+    target, met = TARGETS[name]
+    return f"target {target}: {'met' if met(figure) else 'NOT met'}"
+
+
+def headline(r: dict) -> dict:
+    """One size's figures that have targets, by their names in TARGETS."""
+    return {
+        "cold rows/s": r["rows"] / r["cold_seconds"],
+        "cached ÷ floor": r["cached_seconds"] / r["floor_seconds"],
+        "cache bytes ÷ raw": r["cache_bytes"] / r["raw_bytes"],
+    }
+
+
+def rows_table(results: list[dict]) -> str:
+    """The markdown table of every size's figures, targets in the header."""
+    header = (
+        "| rows | distinct texts | cold s | cold rows/s (≥ 50,000) | fake server CPU s | cached s | floor s "
+        "| cached ÷ floor (≤ 3) | peak RSS MB, cold (cached) | cache bytes ÷ raw (≤ 1.1) |"
+    )
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+    for r in results:
+        h = headline(r)
+        lines.append(
+            f"| {r['rows']:,} | {r['distinct']:,} | {r['cold_seconds']:.1f} | {h['cold rows/s']:,.0f} "
+            f"| {r['server_cpu']:.1f} | {r['cached_seconds']:.1f} | {r['floor_seconds']:.2f} "
+            f"| {h['cached ÷ floor']:.1f} | {r['peak_mb']:,.0f} ({r['cached_peak_mb']:,.0f}) "
+            f"| {h['cache bytes ÷ raw']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def scaling(small: dict, large: dict) -> dict:
+    """How the large size's costs compare with the small one's, by their names in TARGETS."""
+    per_row = {
+        run: large[f"{run}_seconds"] / large["rows"] / (small[f"{run}_seconds"] / small["rows"])
+        for run in ("cold", "cached")
+    }
+    return {
+        "per-row cost ratio": per_row["cold"],
+        "cached per-row cost ratio": per_row["cached"],
+        "RSS ratio": large["peak_mb"] / small["peak_mb"],
+        "peak RSS MB": large["peak_mb"],
+    }
+
+
+def report_rows(results: list[dict]) -> None:
+    """The table, each figure against its target, and (with two sizes or more) how the largest
+    size's costs compare with the smallest's."""
+    print("\n" + rows_table(results) + "\n")
+    for r in results:
+        figures = ", ".join(f"{name} {value:,.2f} ({verdict(name, value)})" for name, value in headline(r).items())
+        print(f"{r['rows']:,} rows: {figures}")
+    if len(results) < 2:
+        return
+    small, large = min(results, key=lambda r: r["rows"]), max(results, key=lambda r: r["rows"])
+    print(f"{large['rows']:,} rows ÷ {small['rows']:,} rows:")
+    for name, value in scaling(small, large).items():
+        print(f"  {name} {value:,.2f}" + (f" ({verdict(name, value)})" if name in TARGETS else ""))
+
+
+# ---- keys ---------------------------------------------------------------------------------------
+
+
+def key_text(index: int) -> str:
+    """The text stored under key number `index` (the cache keys it by its sha256)."""
+    return f"key {index}"
+
+
+def unit_vectors(count: int, dimensions: int, seed: int = 2) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, dimensions), dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def lookup_micros(cache, stored: int, rng: np.random.Generator) -> float:
+    """µs per key of looking up LOOKUP_KEYS random keys among the `stored` first; each must be found."""
+    indices = np.unique(rng.integers(0, stored, size=min(LOOKUP_KEYS, stored)))
+    texts = [key_text(i) for i in indices.tolist()]
+    started = time.perf_counter()
+    found = cache.lookup(texts)
+    seconds = time.perf_counter() - started
+    if len(found.vectors) != len(texts):
+        raise RuntimeError(f"{len(texts) - len(found.vectors):,} of {len(texts):,} stored keys not found")
+    return seconds / len(texts) * 1e6
+
+
+def fill_cache(keys: int, path: Path) -> Iterator[dict]:
+    """Put `keys` keys in a fresh `VectorCache` at `path`, KEYS_PER_PUT a `put_many`; after each
+    tenth of them, yield the keys stored, the insert µs/key of that tenth, the lookup µs/key and
+    the bytes on disk. Only one `put_many`'s keys are held at a time."""
+    from pipeline.cache.vectors import VectorCache
+
+    cache = VectorCache(path, "bench/scale", KEY_DIMENSIONS)
+    vectors, rng = unit_vectors(KEYS_PER_PUT, KEY_DIMENSIONS), np.random.default_rng(3)
+    checkpoints = sorted({max(1, keys * step // 10) for step in range(1, 11)})
+    stored, put_seconds, since = 0, 0.0, 0
+    try:
+        for checkpoint in checkpoints:
+            while stored < checkpoint:
+                count = min(KEYS_PER_PUT, checkpoint - stored)
+                batch = {key_text(stored + i): vectors[i] for i in range(count)}
+                started = time.perf_counter()
+                cache.put_many(batch)
+                put_seconds += time.perf_counter() - started
+                stored += count
+            insert = put_seconds / (stored - since) * 1e6
+            yield {
+                "stored": stored,
+                "insert_us": insert,
+                "lookup_us": lookup_micros(cache, stored, rng),
+                "bytes": bytes_on_disk(path),
+            }
+            put_seconds, since = 0.0, stored
+    finally:
+        cache.close()
+
+
+def measure_keys(keys: int, tmp: Path) -> None:
+    """Fill a cache with `keys` keys and print a line at each tenth, then a markdown table."""
+    raw_per_key = KEY_DIMENSIONS * FLOAT_BYTES
+    print(f"\nVectorCache: {keys:,} keys of {KEY_DIMENSIONS} float32, {KEYS_PER_PUT:,} a put_many", flush=True)
+    header = "| keys stored | insert µs/key (this tenth) | lookup µs/key (10,000 random) | bytes on disk ÷ raw |"
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+    started = time.perf_counter()
+    for point in fill_cache(keys, tmp / "keys-cache"):
+        ratio = point["bytes"] / (point["stored"] * raw_per_key)
+        line = f"| {point['stored']:,} | {point['insert_us']:.1f} | {point['lookup_us']:.1f} | {ratio:.2f} |"
+        print(f"  {line}  ({time.perf_counter() - started:.0f} s)", flush=True)
+        lines.append(line)
+    print(f"  bytes on disk ÷ raw at the end: {ratio:.2f}, {verdict('cache bytes ÷ raw', ratio)}")
+    print("\n" + "\n".join(lines))
+    remove(tmp / "keys-cache")
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+
+def row_counts(text: str) -> list[int]:
+    """ "1000000,10000000" -> [1000000, 10000000]; "1_000_000" is read too."""
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=row_counts, help="comma-separated input sizes (default 1000000)")
+    parser.add_argument("--keys", type=lambda text: row_counts(text)[0], help="fill a VectorCache with this many keys")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20,000 rows and 200,000 keys")
+    parser.add_argument("--workdir", type=Path, default=None, help="where inputs, outputs and caches go (a temp dir)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.keys = args.rows or [20_000], args.keys or 200_000
+    elif args.rows is None and args.keys is None:
+        args.rows = [1_000_000]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return run_child(argv[1])
+    args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    with tempfile.TemporaryDirectory(prefix="embedpipe-scale-", dir=args.workdir) as tmp:
+        if args.rows:
+            server = start_server()
+            try:
+                results = [measure_rows(rows, server, Path(tmp)) for rows in args.rows]
+            finally:
+                server.stop()
+            report_rows(results)
+        if args.keys:
+            measure_keys(args.keys, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
