@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,13 +21,24 @@ from pathlib import Path
 import diskcache
 import numpy as np
 
+from pipeline.cache.writer import CacheWriter
 from pipeline.errors import CacheError, is_disk_full
 from pipeline.text.normalise import text_hash
 
 _DTYPE = np.dtype("<f4")
 _MODE_RAW, _MODE_BINARY = diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY
 _DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+# diskcache's `set` for a str key and raw bytes, for many rows at once: one SELECT, INSERT or
+# UPDATE per vector cost ~40 µs; one statement over a request's vectors costs a few.
+_UPSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
+    " VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, ?, NULL, ?)"
+    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = NULL,"
+    " access_time = excluded.access_time, access_count = 0, tag = NULL, size = excluded.size,"
+    " mode = excluded.mode, filename = NULL, value = excluded.value"
+)
 _LOOKUP_BATCH = 500  # keys per SQL query: one query per 500 keys is 30x faster than a `get` each
+_WRITER_PAGE_CACHE_KB = 64 * 1024  # the writer's connection only; each reader's keeps 4 MB (`open_store`)
 
 
 def open_store(path: Path) -> diskcache.Cache:
@@ -58,6 +70,8 @@ class VectorCache:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.path, 0o700)  # mkdir's mode is filtered by the umask
             self._cache = open_store(self.path)
+        self._writer_ready = False
+        self._writer: CacheWriter[tuple[str, float, bytes]] = CacheWriter(self._write, self._close_connection)
 
     @classmethod
     def for_embedder(cls, path: str | Path, embedder) -> VectorCache:
@@ -121,16 +135,39 @@ class VectorCache:
             return None
 
     def put_many(self, vectors: dict[str, np.ndarray]) -> None:
-        """Store vectors in one transaction; a `CacheError` if they cannot all be kept."""
-        needed = len(vectors) * (self.dimensions * _DTYPE.itemsize + 2 * len(self.key("")) + 64)
-        with self._errors("write", needed=needed, vectors=len(vectors)):
+        """Store vectors; a `CacheError` if they cannot all be kept. The cache's one writer thread
+        stores them, with those other threads handed it meanwhile, in one transaction."""
+        now = time.time()
+        self._writer.put([(self.key(text), now, np.asarray(v, dtype=_DTYPE).tobytes()) for text, v in vectors.items()])
+        self._writer.flush()
+
+    def _write(self, rows: list[tuple[str, float, bytes]]) -> None:
+        """Store (key, time, bytes) rows in one transaction (the writer thread's)."""
+        needed = len(rows) * (self.dimensions * _DTYPE.itemsize + 2 * len(self.key("")) + 64)
+        with self._errors("write", needed=needed, vectors=len(rows)):
+            if not self._writer_ready:  # the writer's own connection: pages of the key index stay in memory
+                self._cache._sql(f"PRAGMA cache_size = -{_WRITER_PAGE_CACHE_KB}")
+                self._writer_ready = True
             try:
                 with self._cache.transact():
-                    for text, vector in vectors.items():
-                        self._cache.set(self.key(text), np.asarray(vector, dtype=_DTYPE).tobytes())
+                    self._store(rows)
             except (sqlite3.Error, OSError):
                 self._roll_back()
                 raise
+
+    def _close_connection(self) -> None:
+        """Close this thread's SQLite connection (the writer's, as it ends)."""
+        with contextlib.suppress(sqlite3.Error):  # a failed close leaves nothing to keep
+            self._cache.close()
+
+    def _store(self, rows: list[tuple[str, float, bytes]]) -> None:
+        """Insert or replace (key, time, bytes) rows as diskcache's `set` would, in one statement;
+        diskcache's triggers keep its count and size. Values diskcache would put in files (over
+        its inline limit: no embedding model's) go through `set`, which cleans up the old file."""
+        inline = [row for row in rows if len(row[2]) < self._cache.disk.min_file_size]
+        self._cache._con.executemany(_UPSERT, [(key, now, now, len(raw), _MODE_RAW, raw) for key, now, raw in inline])
+        for key, _, raw in (row for row in rows if len(row[2]) >= self._cache.disk.min_file_size):
+            self._cache.set(key, raw)
 
     def _roll_back(self) -> None:
         # A COMMIT that failed (disk full) can leave this connection's transaction open, and
@@ -160,8 +197,12 @@ class VectorCache:
         return f"claim:{self.key(text)}"
 
     def close(self) -> None:
-        with self._errors("close"):
-            self._cache.close()
+        """Store what was handed over, then close; a `CacheError` if it could not be stored."""
+        try:
+            self._writer.close()
+        finally:
+            with self._errors("close"):
+                self._cache.close()
 
     @contextmanager
     def _errors(self, action: str, needed: int = 0, vectors: int = 0) -> Iterator[None]:

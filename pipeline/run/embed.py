@@ -138,6 +138,7 @@ class TextEmbedder:
         vectors: dict[str, np.ndarray] = {}
 
         def store(batch: list[str], fresh: np.ndarray) -> None:  # a stopped run resumes from here
+            # Stored before the next request leaves: a full disk then loses at most the answers in flight.
             self.cache.put_many(dict(zip(batch, fresh)))
 
         for batch, fresh in self.embedder.embed_iter(texts, counts, store):
