@@ -1,9 +1,12 @@
 """A set of 64-bit hashes in numpy arrays: eight bytes a member, where a Python set spends ~70.
 
 Values are hashed together by polars (a few nanoseconds each), not one by one in Python.
-Members go into a small sorted array that is merged into a large one when it fills, so a batch
-is checked with two binary searches. Used to find repeated ids and to count distinct texts
-over inputs far larger than memory would hold as Python objects.
+Members go into a small sorted array; when it fills, it becomes a sorted run, and runs of like
+size are merged (as in a log-structured merge tree), so each member is copied a logarithmic
+number of times: merging every fill into one large array would copy all of it each time, a
+cost that grows with the members. A batch is checked with a binary search in each run, a
+handful of them. Used to find repeated ids and to count distinct texts over inputs far larger
+than memory would hold as Python objects.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import polars as pl
 import pyarrow as pa
 
 _BUFFER = 65_536
+_RUN_RATIO = 4  # a run merges into the one before while that one is under 4 times its size
 
 
 def hash64(values: pa.Array | list) -> np.ndarray:
@@ -35,11 +39,11 @@ class HashSet:
     """Add values; ask whether a value was added before. Collisions (2^-64 a pair) read as seen."""
 
     def __init__(self):
-        self._sorted = np.empty(0, dtype=np.int64)
-        self._recent = np.empty(0, dtype=np.int64)  # sorted too; merged into _sorted when full
+        self._runs: list[np.ndarray] = []  # sorted, disjoint, each under a quarter of the one before
+        self._recent = np.empty(0, dtype=np.int64)  # sorted too; a run of its own when full
 
     def __len__(self) -> int:
-        return len(self._sorted) + len(self._recent)
+        return sum(len(run) for run in self._runs) + len(self._recent)
 
     def add(self, value) -> bool:
         """Add `value`; True if it was new."""
@@ -55,12 +59,14 @@ class HashSet:
         running the same polars)."""
         distinct, first = np.unique(keys, return_index=True)
         new = np.zeros(len(keys), dtype=bool)
-        fresh = ~(_contains(self._sorted, distinct) | _contains(self._recent, distinct))
+        fresh = ~self.contains_hashes(distinct)
         new[first] = fresh
         self._recent = _merge(self._recent, distinct[fresh])
         if len(self._recent) >= _BUFFER:
-            self._sorted = _merge(self._sorted, self._recent)
+            self._runs.append(self._recent)
             self._recent = np.empty(0, dtype=np.int64)
+            while len(self._runs) > 1 and len(self._runs[-2]) < _RUN_RATIO * len(self._runs[-1]):
+                self._runs[-2:] = [_merge_runs(self._runs[-2], self._runs[-1])]
         return new
 
     def contains_many(self, values: pa.Array | list) -> np.ndarray:
@@ -71,16 +77,27 @@ class HashSet:
 
     def contains_hashes(self, keys: np.ndarray) -> np.ndarray:
         """`contains_many` for values already hashed with `hash64`."""
-        return _contains(self._sorted, keys) | _contains(self._recent, keys)
+        found = _contains(self._recent, keys)
+        for run in self._runs:
+            found |= _contains(run, keys)
+        return found
 
     def hashes(self) -> np.ndarray:
         """Every member's hash, sorted: to send this set to another process."""
-        return _merge(self._sorted, self._recent)
+        members = self._recent
+        for run in self._runs:
+            members = _merge_runs(run, members)
+        return members
 
 
 def _merge(members: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     """Two sorted arrays with no value in common, as one sorted array (a copy, not a sort)."""
     return np.insert(members, np.searchsorted(members, fresh), fresh)
+
+
+def _merge_runs(one: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Two sorted runs as one: a stable sort of the two end to end finds the runs and merges them."""
+    return np.sort(np.concatenate([one, other]), kind="stable")
 
 
 def _contains(members: np.ndarray, keys: np.ndarray) -> np.ndarray:

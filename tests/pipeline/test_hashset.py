@@ -19,6 +19,8 @@ def test_each_value_is_new_once(values, monkeypatch):
     assert not any(seen.add_many(batch).any() for batch in batches)
     assert len(seen) == len(values) and not seen.add(values[0])
     assert seen.contains_many(values[::-1]).all()
+    members = seen.hashes()  # every run's members, sorted: what another process merges
+    assert len(members) == len(values) and (members[1:] > members[:-1]).all()
 
 
 @pytest.mark.parametrize("added, asked, found", [
