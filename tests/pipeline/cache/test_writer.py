@@ -13,8 +13,8 @@ from pipeline.cache.writer import CacheWriter
 def test_vectors_from_many_threads_are_all_stored_in_fewer_transactions(tmp_path):
     cache = VectorCache(tmp_path / "c", "ns:4", 4)
     transactions = []
-    write = cache._writer._write
-    cache._writer._write = lambda rows: (transactions.append(len(rows)), time.sleep(0.02), write(rows))
+    write = cache._write  # each call is one transaction; the writer starts with the first `put_many`
+    cache._write = lambda rows: (transactions.append(len(rows)), time.sleep(0.02), write(rows))
 
     def request_thread(n: int) -> None:
         for batch in range(5):
