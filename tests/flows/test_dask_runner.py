@@ -9,7 +9,7 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.flows.test_cli import SECRET, embedpipe, write_config
 
 SHARED = [f"in both files {i}" for i in range(5)]
-RPM, WINDOW = 1200, 1.0  # the server banks 20 requests (1 s of the limit) and refills 20 a second
+RPM = 120  # the server banks 120 requests and refills 2 a second
 
 
 def two_files(tmp_path):
@@ -26,9 +26,9 @@ def cluster_config(tmp_path, server, *extra: str):
 
 
 def test_two_worker_processes_together_stay_within_the_rate_limit(tmp_path, prefect_home):
-    # 135 one-text requests against a bank of 20 refilled 20 a second: two workers each spending
-    # the whole limit would send 40 a second and meet 429s; each with half of it meets none.
-    with FakeOpenAI(rpm=RPM, window=WINDOW) as server:
+    # 135 one-text requests against a bank of 120: two workers each spending the whole
+    # limit would burst 135 at once and meet 429s; each with half of it meets none.
+    with FakeOpenAI(rpm=RPM) as server:
         result = embedpipe(cluster_config(tmp_path, server), prefect_home, tmp_path)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output
