@@ -7,15 +7,24 @@ number of times: merging every fill into one large array would copy all of it ea
 cost that grows with the members. A batch is checked with a binary search in each run, a
 handful of them. Used to find repeated ids and to count distinct texts over inputs far larger
 than memory would hold as Python objects.
+
+Beyond `memory_members` (8 MB of hashes) the runs in memory go to disk as one `SpilledRun`,
+found through a Bloom filter of one byte a member: at 10^8 members about 100 MB, not 800.
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline.spilled_run import SpilledRun
+
 _BUFFER = 65_536
+MEMORY_MEMBERS = 1 << 20  # hashes a set keeps in memory (8 MB) before it spills them to disk
 _RUN_RATIO = 4  # a run merges into the one before while that one is under 4 times its size
 
 
@@ -38,11 +47,17 @@ def hash64(values: pa.Array | list) -> np.ndarray:
 class HashSet:
     """Add values; ask whether a value was added before. Collisions (2^-64 a pair) read as seen."""
 
-    def __init__(self):
+    def __init__(self, memory_members: int = MEMORY_MEMBERS):
+        self.memory_members = memory_members
         self._runs: list[np.ndarray] = []  # sorted, disjoint, each under a quarter of the one before
         self._recent = np.empty(0, dtype=np.int64)  # sorted too; a run of its own when full
+        self._spilled: list[SpilledRun] = []  # on disk, disjoint from all the others
+        self._directory: tempfile.TemporaryDirectory | None = None
 
     def __len__(self) -> int:
+        return self._in_memory() + sum(len(run) for run in self._spilled)
+
+    def _in_memory(self) -> int:
         return sum(len(run) for run in self._runs) + len(self._recent)
 
     def add(self, value) -> bool:
@@ -67,7 +82,16 @@ class HashSet:
             self._recent = np.empty(0, dtype=np.int64)
             while len(self._runs) > 1 and len(self._runs[-2]) < _RUN_RATIO * len(self._runs[-1]):
                 self._runs[-2:] = [_merge_runs(self._runs[-2], self._runs[-1])]
+        if self._in_memory() > self.memory_members:
+            self._spill()
         return new
+
+    def _spill(self) -> None:
+        """Move every member held in memory to disk, as one sorted run."""
+        if self._directory is None:
+            self._directory = tempfile.TemporaryDirectory(prefix="embedpipe-hashes-")
+        self._spilled.append(SpilledRun(self._members_in_memory(), Path(self._directory.name)))
+        self._runs, self._recent = [], np.empty(0, dtype=np.int64)
 
     def contains_many(self, values: pa.Array | list) -> np.ndarray:
         """For each value, whether it was added before."""
@@ -80,10 +104,20 @@ class HashSet:
         found = _contains(self._recent, keys)
         for run in self._runs:
             found |= _contains(run, keys)
+        for spilled in self._spilled:
+            rest = np.flatnonzero(~found)
+            found[rest] = spilled.contains(keys[rest])
         return found
 
     def hashes(self) -> np.ndarray:
-        """Every member's hash, sorted: to send this set to another process."""
+        """Every member's hash, sorted: to send this set to another process (spilled ones are
+        read back: a partition's set, not a whole backfill's)."""
+        members = self._members_in_memory()
+        for spilled in self._spilled:
+            members = _merge_runs(spilled.members(), members)
+        return members
+
+    def _members_in_memory(self) -> np.ndarray:
         members = self._recent
         for run in self._runs:
             members = _merge_runs(run, members)

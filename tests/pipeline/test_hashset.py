@@ -1,8 +1,10 @@
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from pipeline import hashset
 from pipeline.hashset import HashSet
+from pipeline.spilled_run import SpilledRun
 
 
 @pytest.mark.parametrize("values", [
@@ -11,9 +13,10 @@ from pipeline.hashset import HashSet
     [2**63 - 1, -(2**63), 0],
     [b"raw", b"", b"\x00"],
 ])
-def test_each_value_is_new_once(values, monkeypatch):
+@pytest.mark.parametrize("memory_members", [hashset.MEMORY_MEMBERS, 3_000])  # 3,000: most members on disk
+def test_each_value_is_new_once(values, memory_members, monkeypatch):
     monkeypatch.setattr(hashset, "_BUFFER", 1_000)  # exercise the merges
-    seen = HashSet()
+    seen = HashSet(memory_members)
     batches = [values[i : i + 7_919] for i in range(0, len(values), 7_919)]
     assert all(seen.add_many(batch).all() for batch in batches)
     assert not any(seen.add_many(batch).any() for batch in batches)
@@ -44,3 +47,26 @@ def test_a_value_is_the_same_whatever_its_column_type():
 
 def test_repeats_within_one_batch_are_new_once():
     assert HashSet().add_many(["a", "b", "a", "b", "c"]).tolist() == [True, True, False, False, True]
+
+
+def test_a_set_beyond_its_memory_bound_keeps_the_rest_on_disk_until_it_goes():
+    seen = HashSet(memory_members=100_000)
+    for start in range(0, 1_000_000, 65_536):
+        seen.add_many(list(range(start, min(start + 65_536, 1_000_000))))
+    assert seen._in_memory() <= 100_000 + 65_536 and len(seen) == 1_000_000
+    files = [run.path for run in seen._spilled]
+    assert files and all(path.exists() for path in files)
+    assert seen.contains_many([5, 999_999, 1_000_000, -1]).tolist() == [True, True, False, False]
+    del seen
+    assert not any(path.exists() for path in files)
+
+
+@pytest.mark.parametrize("asked", [10, 50_000])  # a few keys read block by block, many read through
+def test_a_spilled_run_finds_its_members_and_lets_few_others_through(asked, tmp_path):
+    rng = np.random.default_rng(7)
+    members = np.unique(rng.integers(-(2**63), 2**63 - 1, size=200_000, dtype=np.int64))
+    run = SpilledRun(members, tmp_path)
+    inside, outside = rng.choice(members, asked), rng.integers(-(2**63), 2**63 - 1, size=asked, dtype=np.int64)
+    assert run.contains(inside).all() and not run.contains(outside).any()
+    assert run._maybe(outside).mean() < 0.05  # the filter's false positives, about 2%
+    np.testing.assert_array_equal(run.members(), members)
