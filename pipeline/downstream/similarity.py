@@ -144,9 +144,8 @@ def embed_query(text: str, settings: dict, embedding: EmbeddingConfig, api_key: 
     config = embedding.model_copy(
         update={"provider": provider, "model": model, "dimensions": None if native else dimensions}
     )
-    [chunks] = chunk_rows(
-        [text], settings["chunking"]["max_tokens"], settings["chunking"]["overlap_tokens"]
-    ).chunked.values() or [[]]
+    rows = chunk_rows([text], settings["chunking"]["max_tokens"], settings["chunking"]["overlap_tokens"])
+    chunks = rows.chunks_of(rows.texts[0]) if rows.texts else []
     if not chunks:
         raise EmbedpipeError("the query is empty after normalising; give some text")
     embedder = get_embedder(config, api_key)

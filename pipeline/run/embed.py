@@ -10,8 +10,8 @@ from pipeline.cache.claims import Claims
 from pipeline.cache.vectors import VectorCache
 from pipeline.providers.base import Embedder, l2_normalise
 from pipeline.run.counts import RunCounter, RunStats
-from pipeline.text.chunking import Chunk, chunk_texts, token_counts
-from pipeline.text.normalise import normalise_paragraphs
+from pipeline.text.chunking import Chunk, chunk_texts, token_counts, utf8_length
+from pipeline.text.normalise import normalise_column, normalise_paragraphs
 
 
 @dataclass(frozen=True)
@@ -24,13 +24,33 @@ class EmbeddedText:
 
 @dataclass(frozen=True)
 class PreparedRows:
-    """Rows ready to embed: each row's normalised text ("" when blank) and each distinct text's
-    chunks; once looked up, the chunk vectors the cache held and the tokens of each it lacked."""
+    """Rows ready to embed: each row's normalised text ("" when blank), the distinct texts, and
+    the chunks of those longer than one chunk (a text of one chunk is its own chunk, and costs
+    no object of its own); once looked up, the chunk vectors the cache held and the tokens of
+    each it lacked."""
 
     keys: list[str]
-    chunked: dict[str, list[Chunk]]
+    texts: list[str]
+    long: dict[str, list[Chunk]] = field(default_factory=dict)
     cached: dict[str, np.ndarray] = field(default_factory=dict)
     misses: dict[str, int] = field(default_factory=dict)
+
+    def chunks_of(self, text: str) -> list[Chunk]:
+        """The chunks of one of `texts`."""
+        return self.long.get(text) or [Chunk(text, 0, len(text))]
+
+    def chunk_texts(self) -> list[str]:
+        """Every distinct chunk of the distinct texts."""
+        if not self.long:  # most batches: every text one chunk
+            return self.texts
+        return list(dict.fromkeys(c for text in self.texts for c in self._chunk_strings(text)))
+
+    def known_tokens(self) -> dict[str, int]:
+        """The chunks whose tokens the chunker counted already."""
+        return {c.text: c.counted for chunks in self.long.values() for c in chunks if c.counted is not None}
+
+    def _chunk_strings(self, text: str) -> list[str]:
+        return [c.text for c in self.long[text]] if text in self.long else [text]
 
 
 @dataclass(frozen=True)
@@ -45,10 +65,10 @@ class RowVectors:
 
     def embedded_texts(self) -> list[EmbeddedText | None]:
         """Per row, its chunks and their vectors (None where blank): the chunk table's rows."""
-        texts = {
-            key: EmbeddedText(chunks, np.stack([self.chunk_vectors[c.text] for c in chunks]))
-            for key, chunks in self.rows.chunked.items()
-        }
+        texts = {}
+        for key in self.rows.texts:
+            chunks = self.rows.chunks_of(key)
+            texts[key] = EmbeddedText(chunks, np.stack([self.chunk_vectors[c.text] for c in chunks]))
         return [texts[key] if key else None for key in self.rows.keys]
 
 
@@ -78,10 +98,10 @@ class TextEmbedder:
         """All that needs no network, safe to run ahead in another thread: normalise, dedupe,
         chunk, look the chunks up in the cache and count the tokens of those it lacks."""
         rows = self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens))
-        chunks = list({c.text: None for chunks in rows.chunked.values() for c in chunks})
+        chunks = rows.chunk_texts()
         cached = np.array([text in rows.cached for text in chunks], dtype=bool)
-        blank = sum(1 for key in rows.keys if not key)
-        self.counts.met(len(raw_texts), blank, list(rows.chunked), chunks, cached)
+        blank = rows.keys.count("")
+        self.counts.met(len(raw_texts), blank, rows.texts, chunks, cached)
         return rows
 
     def send_ahead(self, raw_texts: list[str | None]) -> dict[str, int]:
@@ -95,15 +115,17 @@ class TextEmbedder:
     def looked_up(self, rows: PreparedRows) -> PreparedRows:
         """`rows` with the cache's vectors for their chunks and the token counts of the others
         (counted only now: most chunks of most runs are cached)."""
-        chunks = {c.text: c for chunks in rows.chunked.values() for c in chunks}
-        cached = self._cached(list(chunks))
-        misses = [chunk for text, chunk in chunks.items() if text not in cached]
-        return replace(rows, cached=cached, misses=dict(zip((c.text for c in misses), token_counts(misses))))
+        chunks = rows.chunk_texts()
+        cached = self._cached(chunks)
+        misses = [text for text in chunks if text not in cached]
+        return replace(rows, cached=cached, misses=dict(zip(misses, _tokens(misses, rows.known_tokens()))))
 
     def complete(self, rows: PreparedRows) -> RowVectors:
         """The network half: embed the chunks the cache lacked, pool chunks into row vectors."""
         vectors = {**rows.cached, **self._embedded_vectors(rows.misses)}
-        pooled = {key: pool_chunks(chunks, vectors) for key, chunks in rows.chunked.items()}
+        pooled = {
+            key: vectors[key] if key not in rows.long else pool_chunks(rows.long[key], vectors) for key in rows.texts
+        }
         blank = np.zeros(self.embedder.dimensions, dtype=np.float32)
         by_row = [pooled[key] if key else blank for key in rows.keys]
         matrix = np.stack(by_row) if by_row else np.zeros((0, len(blank)), dtype=np.float32)
@@ -162,11 +184,19 @@ class TextEmbedder:
 
 
 def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int) -> PreparedRows:
-    """Normalise each row, and chunk each distinct normalised text once."""
-    normalised = [normalise_paragraphs(raw) if isinstance(raw, str) else [] for raw in raw_texts]
-    keys = [" ".join(paragraphs) for paragraphs in normalised]
-    distinct = {key: paragraphs for key, paragraphs in zip(keys, normalised) if key}
-    return PreparedRows(keys, dict(zip(distinct, chunk_texts(list(distinct.values()), max_tokens, overlap_tokens))))
+    """Normalise each row, and chunk each distinct normalised text once: those of at most
+    `max_tokens` UTF-8 bytes are one chunk without tokenising (a token is at least a byte)."""
+    keys = normalise_column(raw_texts)
+    texts = [key for key in dict.fromkeys(keys) if key]
+    longer = {key: raw for key, raw in zip(keys, raw_texts) if key and utf8_length(key) > max_tokens}
+    paragraphs = [normalise_paragraphs(raw) for raw in longer.values()]  # the chunker's boundaries
+    return PreparedRows(keys, texts, dict(zip(longer, chunk_texts(paragraphs, max_tokens, overlap_tokens))))
+
+
+def _tokens(texts: list[str], known: dict[str, int]) -> list[int]:
+    """Each chunk's tokens: as the chunker counted them, or counted now, together."""
+    fresh = iter(token_counts([Chunk(text, 0, len(text)) for text in texts if text not in known]))
+    return [known[text] if text in known else next(fresh) for text in texts]
 
 
 def pool_chunks(chunks: list[Chunk], vectors: dict[str, np.ndarray]) -> np.ndarray:

@@ -82,7 +82,7 @@ def chunk_texts(
     texts = [" ".join(paragraphs) for paragraphs in paragraph_lists]
     # A token is at least one UTF-8 byte: a text of at most max_tokens bytes is one chunk
     # without tokenising it, and most rows of most tables are such texts.
-    short = [_utf8_length(text) <= max_tokens for text in texts]
+    short = [utf8_length(text) <= max_tokens for text in texts]
     token_lists = iter(encode_arrays([text for text, fits in zip(texts, short) if not fits], encoding))
     return [
         ([Chunk(text, 0, len(text))] if text else [])
@@ -92,7 +92,8 @@ def chunk_texts(
     ]
 
 
-def _utf8_length(text: str) -> int:
+def utf8_length(text: str) -> int:
+    """The bytes of `text` in UTF-8, without encoding an ASCII text."""
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 

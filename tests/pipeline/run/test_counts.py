@@ -64,11 +64,11 @@ def write_file(folder: Path, name: str, texts: list) -> Path:
 def chunk_tokens(texts: list) -> dict[str, int]:
     """Each distinct chunk text of `texts` and its tokens, as the run should count them."""
     rows = chunk_rows(texts, MAX_TOKENS, 0)
-    return {c.text: c.tokens for chunks in rows.chunked.values() for c in chunks}
+    return {c.text: c.tokens for text in rows.texts for c in rows.chunks_of(text)}
 
 
 def distinct_texts(texts: list) -> int:
-    return len(chunk_rows(texts, MAX_TOKENS, 0).chunked)
+    return len(chunk_rows(texts, MAX_TOKENS, 0).texts)
 
 
 def blank(texts: list) -> int:

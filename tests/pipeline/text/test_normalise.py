@@ -1,6 +1,14 @@
+import random
+
 import pytest
 
-from pipeline.text.normalise import normalise_paragraphs, normalise_text, render_template, template_fields
+from pipeline.text.normalise import (
+    normalise_column,
+    normalise_paragraphs,
+    normalise_text,
+    render_template,
+    template_fields,
+)
 
 
 @pytest.mark.parametrize(
@@ -17,6 +25,23 @@ from pipeline.text.normalise import normalise_paragraphs, normalise_text, render
 )
 def test_normalise_text(raw, expected):
     assert normalise_text(raw) == expected
+    assert normalise_column([raw]) == [expected]  # a column at once: the same text, ASCII or not
+
+
+# Every character str.split() splits at, ASCII or not, and what NFC changes: a column of them
+# is normalised at once exactly as row by row.
+AWKWARD = [chr(c) for c in range(0x3100) if chr(c).isspace()] + ["e\u0301", "\u212b", "x", "", "\n\n"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_column_is_normalised_as_each_of_its_rows(seed):
+    rng = random.Random(seed)
+    rows = ["".join(rng.choices(AWKWARD, k=rng.randint(0, 12))) for _ in range(300)] + [None]
+    assert normalise_column(rows) == [normalise_text(row) for row in rows]
+
+
+def test_a_column_holding_other_than_strings_is_normalised_row_by_row():
+    assert normalise_column(["a  b", 3, None]) == ["a b", "", ""]
 
 
 def test_paragraphs_join_to_the_normalised_text():
