@@ -10,6 +10,7 @@ Every SQLite or file error is a `CacheError`: one line naming the path and the f
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sqlite3
 import threading
@@ -83,6 +84,11 @@ class VectorCache:
     def key(self, text: str) -> str:
         return f"{self.namespace}/{text_hash(text)}"
 
+    def keys(self, texts: list[str]) -> list[str]:
+        """`key` of each text, at a fraction of the calls."""
+        prefix, sha256 = f"{self.namespace}/", hashlib.sha256
+        return [prefix + sha256(text.encode()).hexdigest() for text in texts]
+
     def get_many(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The cached usable vectors of those `texts` that have one; anything else is a miss."""
         return self.lookup(texts).vectors
@@ -92,7 +98,7 @@ class VectorCache:
 
         Only raw bytes are read; anything else (a pickle someone put there) is bad, never loaded.
         """
-        keys = {self.key(text): text for text in texts}
+        keys = dict(zip(self.keys(texts), texts))
         names, result = list(keys), Lookup()
         with self._errors("read"):
             for start in range(0, len(names), _LOOKUP_BATCH):
@@ -141,7 +147,8 @@ class VectorCache:
         stores them, with those other threads handed it meanwhile, in one transaction."""
         now = time.time()
         writer = self._started_writer()
-        writer.put([(self.key(text), now, np.asarray(v, dtype=_DTYPE).tobytes()) for text, v in vectors.items()])
+        keys = self.keys(list(vectors))
+        writer.put([(key, now, np.asarray(v, dtype=_DTYPE).tobytes()) for key, v in zip(keys, vectors.values())])
         writer.flush()
 
     def _started_writer(self) -> CacheWriter[tuple[str, float, bytes]]:
@@ -152,7 +159,7 @@ class VectorCache:
 
     def _write(self, rows: list[tuple[str, float, bytes]]) -> None:
         """Store (key, time, bytes) rows in one transaction (the writer thread's)."""
-        needed = len(rows) * (self.dimensions * _DTYPE.itemsize + 2 * len(self.key("")) + 64)
+        needed = len(rows) * (self.dimensions * _DTYPE.itemsize + 2 * len(rows[0][0]) + 64)
         with self._errors("write", needed=needed, vectors=len(rows)):
             if not self._writer_ready:  # the writer's own connection: pages of the key index stay in memory
                 self._cache._sql(f"PRAGMA cache_size = -{_WRITER_PAGE_CACHE_KB}")

@@ -188,7 +188,9 @@ def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int
     `max_tokens` UTF-8 bytes are one chunk without tokenising (a token is at least a byte)."""
     keys = normalise_column(raw_texts)
     texts = [key for key in dict.fromkeys(keys) if key]
-    longer = {key: raw for key, raw in zip(keys, raw_texts) if key and utf8_length(key) > max_tokens}
+    # A character is at most 4 bytes: most texts are short enough to need no counting at all.
+    long = {text for text in texts if 4 * len(text) > max_tokens and utf8_length(text) > max_tokens}
+    longer = {key: raw for key, raw in zip(keys, raw_texts) if key in long} if long else {}
     paragraphs = [normalise_paragraphs(raw) for raw in longer.values()]  # the chunker's boundaries
     return PreparedRows(keys, texts, dict(zip(longer, chunk_texts(paragraphs, max_tokens, overlap_tokens))))
 

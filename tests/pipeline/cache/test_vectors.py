@@ -14,6 +14,12 @@ def test_vectors_round_trip_as_raw_float32_bytes(tmp_path):
     assert isinstance(raw, bytes) and len(raw) == 16  # bytes, never a pickled object
 
 
+def test_keys_of_many_texts_are_each_texts_key(tmp_path):
+    cache = VectorCache(tmp_path, "openai:text-embedding-3-small:16", 16)
+    texts = ["plain", "café", "", "日本語のテキスト", "emoji 🙂"]
+    assert cache.keys(texts) == [cache.key(text) for text in texts]
+
+
 def test_directory_is_private(tmp_path):
     VectorCache(tmp_path / "c", "ns", 4)
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
