@@ -20,7 +20,7 @@ from pathlib import Path
 
 from diskcache.core import MODE_BINARY, MODE_RAW
 
-from pipeline.cache.vectors import cache_error, is_damage, open_store, vector_fault
+from pipeline.cache.vectors import KEY_FORMAT, cache_error, is_damage, open_store, vector_fault
 from pipeline.config import load_config
 from pipeline.errors import CacheError, ConfigError
 
@@ -29,7 +29,8 @@ _ROWID_RANGE = 256  # rows per query; a range that fails is read again one row a
 _MOST_PROBLEMS = 20  # of SQLite's integrity check: enough to see the damage, not a screenful
 _COPY_BATCH = 1000  # entries per transaction of the fresh cache
 _VALUE_DIR = re.compile(r"[0-9a-f]{2}")  # diskcache keeps values over 32 KB in files under these
-_KEY = re.compile(r"(?P<namespace>.+:(?P<dimensions>[0-9]+))/[0-9a-f]{64}")  # VectorCache.key
+# VectorCache.key: long ("namespace/sha256 hex") or compact ("namespace digest:dimensions/text digest")
+_KEY = re.compile(r"(?P<namespace>.+:(?P<dimensions>[0-9]+))/(?:[0-9a-f]{64}|[A-Za-z0-9_-]{24})")
 _COLUMNS = "rowid, key, raw, expire_time, mode, filename, value"
 
 
@@ -147,6 +148,9 @@ def _copy_good_vectors(fresh: Path, report: CacheReport) -> None:
     try:
         batch: list[tuple[str, bytes]] = []
         for row in _readable_rows(report):
+            if row.key == KEY_FORMAT:  # the cache's own setting: how its keys are made
+                store.set(row.key, row.value)
+                continue
             value = _classify(row, report)
             if value is not None:
                 batch.append((str(row.key), value))  # a vector's key is a string: `_classify` matched it
@@ -252,6 +256,8 @@ def _rows(db: sqlite3.Connection, first: int, last: int) -> list[Row | None]:
 
 def _classify(row: Row, report: CacheReport) -> bytes | None:
     """Count `row` in `report`; its vector's bytes when it is a good one to keep."""
+    if row.key == KEY_FORMAT:
+        return None
     if isinstance(row.key, str) and row.key.startswith("claim:"):
         report.claims += 1
         report.lapsed_claims += row.expire_time is not None and row.expire_time < time.time()

@@ -9,6 +9,7 @@ Every SQLite or file error is a `CacheError`: one line naming the path and the f
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -25,7 +26,6 @@ import numpy as np
 
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import CacheError, is_disk_full
-from pipeline.text.normalise import text_hash
 
 _DTYPE = np.dtype("<f4")
 _MODE_RAW, _MODE_BINARY = diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY
@@ -39,6 +39,11 @@ _UPSERT = (
     " access_time = excluded.access_time, access_count = 0, tag = NULL, size = excluded.size,"
     " mode = excluded.mode, filename = NULL, value = excluded.value"
 )
+# A cache made since keys were made compact says so here; one that holds entries without it
+# keeps the long keys it has ("namespace/sha256 hex"), so no vector already paid for is lost.
+KEY_FORMAT = "embedpipe:key-format"
+COMPACT_KEYS = 2
+_TEXT_DIGEST = 18  # bytes of a text's sha256 in a compact key: 144 bits, no collision in 10^18 texts
 _LOOKUP_BATCH = 500  # keys per SQL query: one query per 500 keys is 30x faster than a `get` each
 _WRITER_PAGE_CACHE_KB = 64 * 1024  # the writer's connection only; each reader's keeps 4 MB (`open_store`)
 
@@ -72,6 +77,8 @@ class VectorCache:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.path, 0o700)  # mkdir's mode is filtered by the umask
             self._cache = open_store(self.path)
+            self.compact = _compact_keys(self._cache)
+        self._prefix = f"{_digest(namespace.encode(), 6)}:{dimensions}/" if self.compact else f"{namespace}/"
         self._writer_ready = False
         self._writer: CacheWriter[tuple[str, float, bytes]] | None = None  # started by the first write
         self._starting = threading.Lock()
@@ -82,12 +89,18 @@ class VectorCache:
         return cls(path, embedder.cache_namespace, embedder.dimensions)
 
     def key(self, text: str) -> str:
-        return f"{self.namespace}/{text_hash(text)}"
+        """Where `text`'s vector is kept: "namespace/sha256 hex" in a cache of long keys; in a
+        compact one (about 38 characters, not 125: a third of the bytes an entry takes at 64
+        dimensions) 48 bits of the namespace's sha256, the dimensions and 144 bits of the text's."""
+        return self.keys([text])[0]
 
     def keys(self, texts: list[str]) -> list[str]:
         """`key` of each text, at a fraction of the calls."""
-        prefix, sha256 = f"{self.namespace}/", hashlib.sha256
-        return [prefix + sha256(text.encode()).hexdigest() for text in texts]
+        prefix, sha256 = self._prefix, hashlib.sha256
+        if not self.compact:
+            return [prefix + sha256(text.encode()).hexdigest() for text in texts]
+        encode = base64.urlsafe_b64encode
+        return [prefix + encode(sha256(text.encode()).digest()[:_TEXT_DIGEST]).decode() for text in texts]
 
     def get_many(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The cached usable vectors of those `texts` that have one; anything else is a miss."""
@@ -227,6 +240,18 @@ class VectorCache:
             yield
         except (sqlite3.Error, OSError) as exc:
             raise cache_error(self.path, exc, action, needed, vectors) from None
+
+
+def _compact_keys(store: diskcache.Cache) -> bool:
+    """Whether the cache keys vectors compactly: a fresh cache does (and says so); one that
+    holds entries and does not say so keeps its long keys."""
+    if store.get(KEY_FORMAT) is None and store._sql("SELECT 1 FROM Cache LIMIT 1").fetchone() is None:
+        store.add(KEY_FORMAT, COMPACT_KEYS)  # two processes opening a fresh cache: the first one's stays
+    return store.get(KEY_FORMAT) == COMPACT_KEYS
+
+
+def _digest(data: bytes, size: int) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()[:size]).decode()
 
 
 def vector_fault(raw: bytes, dimensions: int) -> str | None:

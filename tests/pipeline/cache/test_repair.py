@@ -4,6 +4,7 @@ import stat
 import time
 from collections import Counter
 
+import diskcache
 import numpy as np
 import pytest
 
@@ -24,6 +25,18 @@ def test_a_clean_cache_checks_clean(tmp_path):
     assert report.clean and (report.good, report.unreadable, sum(report.bad.values())) == (2, 0, 0)
     lines = report.check_lines("c")
     assert lines[0] == f"cache {tmp_path / 'c'}: clean" and "repair" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize("long_keys", [False, True])
+def test_a_repaired_cache_keeps_its_kind_of_keys_and_finds_its_vectors(tmp_path, long_keys):
+    if long_keys:  # a cache an embedpipe of before compact keys made: entries, and nothing saying how keyed
+        diskcache.Cache(str(tmp_path / "c")).set("someone else's key", b"1234")
+    cache = VectorCache(tmp_path / "c", "ns:4", 4)
+    cache.put_many({"a": np.ones(4, dtype=np.float32)})
+    cache.close()
+    repair_cache(tmp_path / "c")
+    again = VectorCache(tmp_path / "c", "ns:4", 4)
+    assert again.compact is not long_keys and list(again.get_many(["a"])) == ["a"]
 
 
 def test_bad_entries_are_counted_by_reason_and_repair_drops_only_them(tmp_path):

@@ -1,5 +1,8 @@
+import hashlib
 import stat
 import time
+
+import diskcache
 
 import numpy as np
 
@@ -18,6 +21,25 @@ def test_keys_of_many_texts_are_each_texts_key(tmp_path):
     cache = VectorCache(tmp_path, "openai:text-embedding-3-small:16", 16)
     texts = ["plain", "café", "", "日本語のテキスト", "emoji 🙂"]
     assert cache.keys(texts) == [cache.key(text) for text in texts]
+
+
+def test_a_fresh_cache_keys_compactly_and_says_so(tmp_path):
+    cache = VectorCache(tmp_path / "c", "openai:https://api.openai.com/v1:text-embedding-3-small:1536", 4)
+    cache.put_many({"hello": np.ones(4, dtype=np.float32)})
+    assert cache.compact and len(cache.key("hello")) < 40 and cache._cache.get(cache.key("hello")) is not None
+    cache.close()
+    assert VectorCache(tmp_path / "c", "another:4", 4).compact  # it says so: the next opening agrees
+
+
+def test_a_cache_with_long_keys_keeps_them_and_its_vectors(tmp_path):
+    namespace, vector = "openai:m:4", np.arange(1, 5, dtype=np.float32)
+    store = diskcache.Cache(str(tmp_path / "c"))  # filled by an embedpipe of before compact keys
+    store.set(f"{namespace}/{hashlib.sha256(b'hello').hexdigest()}", vector.tobytes())
+    store.close()
+    cache = VectorCache(tmp_path / "c", namespace, 4)
+    assert not cache.compact and cache.get_many(["hello"])["hello"].tolist() == vector.tolist()
+    cache.put_many({"new": vector})
+    assert cache.key("new") == f"{namespace}/{hashlib.sha256(b'new').hexdigest()}"
 
 
 def test_directory_is_private(tmp_path):
@@ -234,7 +256,7 @@ def _user_namespaces_work() -> bool:
 
 
 @pytest.mark.skipif(not _user_namespaces_work(), reason="needs `unshare -rm` (user, mount namespaces): a tiny tmpfs")
-@pytest.mark.parametrize(("dims", "per_batch", "disk", "needs"), [(16, 64, "1m", "17 KB"), (10_000, 8, "2m", "322 KB")],
+@pytest.mark.parametrize(("dims", "per_batch", "disk", "needs"), [(16, 64, "1m", "13 KB"), (10_000, 8, "2m", "321 KB")],
                          ids=["in SQLite", "in value files"])
 def test_a_full_disk_is_one_line_and_what_was_stored_before_stays_readable(tmp_path, dims, per_batch, disk, needs):
     disk_dir = tmp_path / "disk"
