@@ -175,12 +175,12 @@ def batches_command(args: argparse.Namespace) -> int:
 
 def similar_command(args: argparse.Namespace) -> int:
     """`embedpipe similar OUTPUT --query TEXT`: embed the query as the output's rows were, print the nearest."""
-    from pipeline.downstream.similarity import embed_query, nearest, read_output
+    from pipeline.downstream.similarity import embed_query, read_output, search
 
     embedded = read_output(args.output)
     settings = _embedding_settings(args.config)
     query = embed_query(args.query, embedded.settings, settings, os.environ.get(settings.api_key_env))
-    indices, scores = nearest(query[None, :], embedded.vectors, args.k)
+    indices, scores = search(embedded, query[None, :], args.k)
     print(f"rows of {args.output} nearest to {args.query!r}:")
     for index, score in zip(indices[0], scores[0]):
         text = embedded.texts[int(index)].as_py() if embedded.texts is not None else ""

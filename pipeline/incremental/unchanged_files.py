@@ -64,6 +64,7 @@ def settings_key(config: Config) -> str:
         "chunking": config.chunking.model_dump(),
         "source": config.source.model_dump(include={"id_column", "text_column", "text_template"}),
         "vector_column": config.output.vector_column,
+        "vectors": config.output.model_dump(include={"vector_dtype", "dimensions_truncate"}),
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
@@ -78,7 +79,9 @@ class PreviousOutput:
             manifest = json.loads((self.output / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             manifest = {}
-        files = manifest.get("files", []) if manifest.get("settings_key") == settings_key else []
+        same = manifest.get("settings_key") == settings_key
+        files = manifest.get("files", []) if same else []
+        self.vectors: dict[str, dict] = manifest.get("vectors", {}) if same else {}  # each vector column's record
         self._parts = {_key(f["source"]): self.output / f["name"] for f in files if f.get("source")}
         self._files = {_key(f["source"])[:4] for f in files if f.get("source")}
         self._by_range = {(k[0], k[4]): path for k, path in self._parts.items()}

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.config import Config
 from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.run.embed import PreparedRows, TextEmbedder
+from pipeline.sinks.compact import VectorLayout
 from pipeline.sources.partitions import Partition
 from pipeline.sources.reader import BATCH_ROWS, row_texts, text_columns
 
@@ -30,7 +31,10 @@ def prepared_batches(
     """Each batch of `partition`; the rows whose vectors the last run's part already holds
     (a mask and those vectors, or None); and the other rows, normalised and chunked."""
     source = config.source
-    earlier = previous.earlier_part(partition) if previous else None
+    # A compact column (int8, a cut, ...) is not the float32 the cache holds: its rows are
+    # looked up in the cache again (found there, paid for nothing) rather than decoded.
+    plain = VectorLayout.of(config.output).plain
+    earlier = previous.earlier_part(partition) if previous and plain else None
     rows_before = PreviousRows.open(earlier, text_columns(source), config.output.vector_column)
     request = texts.embedder.batch_inputs
     # The run's first request is small: until it leaves, the account's banked minute sits full

@@ -18,16 +18,17 @@ from pipeline import __version__
 from pipeline.cache.vectors import VectorCache
 from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.config import Config
-from pipeline.errors import EmbedpipeError
+from pipeline.errors import ConfigError, EmbedpipeError
 from pipeline.incremental.unchanged_files import PreviousOutput, part_source, run_key, settings_key
 from pipeline.incremental.unchanged_rows import prepared_batches
-from pipeline.providers import get_embedder
+from pipeline.providers import check_truncation, get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.remote import RemoteOutput, localised
 from pipeline.run import progress
 from pipeline.run.counts import RunStats
 from pipeline.run.embed import RowVectors, TextEmbedder
 from pipeline.run.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
+from pipeline.sinks.compact import VectorLayout, convert_parts
 from pipeline.sinks.parquet import ParquetSink, chunk_table, vector_array, write_delta
 from pipeline.sources.partitions import Partition, plan_partitions
 from pipeline.sources.reader import SourcePlan, row_texts
@@ -81,6 +82,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     started = time.monotonic()
     prompt_thread_switches()
     published_at = config.output.path
+    check_truncation(config.embedding, config.output.dimensions_truncate)  # before anything opens
     config, remote_outputs = localised(config)  # object-store paths become local mirrors
     for remote in remote_outputs:
         remote.check_writable()
@@ -102,6 +104,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
                 estimate_run(config, plan, previous, embedder, cache, max_tokens, overlap),
                 config.embedding.max_cost_usd,
             )
+        check_cut(config, embedder.dimensions)
         metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
         staging = run_key({"config": config.model_dump(mode="json"), "settings": key}, plan.files)
         rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, staging)
@@ -156,8 +159,26 @@ def _close_opened(opening: Future, owns_embedder: bool) -> None:
             embedder.close()
 
 
+def check_cut(config: Config, dimensions: int) -> None:
+    """Refuse a `dimensions_truncate` that keeps no fewer dimensions than the model makes."""
+    truncate = config.output.dimensions_truncate
+    if truncate is not None and truncate >= dimensions:
+        raise ConfigError(
+            f"output.dimensions_truncate {truncate}: {config.embedding.model} makes {dimensions} dimensions; "
+            f"set it below {dimensions}, or remove it"
+        )
+
+
 def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: int) -> dict:
     """What Parquet key-value metadata records: how the vectors were made. Never a secret."""
+    layout = VectorLayout.of(config.output)
+    column = {
+        "provider": config.embedding.provider,
+        "model": config.embedding.model,
+        "dimensions": layout.dimensions(dimensions),
+        "model_dimensions": dimensions,
+        "dtype": layout.dtype,
+    }
     return {
         "provider": config.embedding.provider,
         "model": config.embedding.model,
@@ -168,6 +189,7 @@ def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: i
             "text": config.source.text_column,
             "vector": config.output.vector_column,
         },
+        "vectors": {layout.column: column},
         "pipeline_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -275,6 +297,7 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         "output": run.output.published_at or str(run.config.output.path),
         "rows": run.input.plan.total_rows,
         "stats": stats.as_dict(),
+        "vectors": _compacted(run, parts),
     }
     if run.output.chunks is not None:
         run.output.chunks.publish(manifest, parts, run.input.sources)
@@ -285,6 +308,20 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     if run.config.output.delta_path:
         write_delta(run.config.output.path, run.config.output.delta_path)
     return manifest
+
+
+def _compacted(run: Run, parts: dict[int, int]) -> dict:
+    """Encode the staged parts' vector column as configured (nothing to do for plain float32);
+    the manifest's record of each vector column, with recall@10 against float32 where measured."""
+    layout = VectorLayout.of(run.config.output)
+    vectors = run.output.metadata["vectors"]
+    if layout.plain:
+        return vectors
+    measured = convert_parts(run.output.rows.staged(parts), layout)
+    if "recall_at_10" not in measured and run.input.previous:  # every part kept: as the last run measured
+        measured = {**run.input.previous.vectors.get(layout.column, {}), **measured}
+    log.info("vector column %s stored as %s: %s", layout.column, layout.dtype, measured)
+    return {**vectors, layout.column: {**vectors[layout.column], **measured}}
 
 
 def close_run(run: Run) -> None:

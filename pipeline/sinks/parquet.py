@@ -202,6 +202,10 @@ class ParquetSink:
         """A writer for part `index`; `expected_rows` sizes what a full disk would need."""
         return PartWriter(self.staging / self.part_name(index), self.metadata, expected_rows)
 
+    def staged(self, parts: dict[int, int]) -> list[Path]:
+        """The staged files of `parts` (index -> rows) that hold rows, in order."""
+        return [self.staging / self.part_name(i) for i, rows in sorted(parts.items()) if rows]
+
     def adopt(self, index: int, previous: Path) -> int:
         """Stage an unchanged part from the previous run as part `index`, by hard link where the
         file system allows (nothing rewritten), else by copy. Returns its row count."""
