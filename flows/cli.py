@@ -11,7 +11,7 @@ from flows import signals
 from flows.console import hide_user_error_tracebacks, live_progress
 from pipeline.config import load_config
 from pipeline.errors import EmbedpipeError
-from pipeline.providers import check_embedding_config
+from pipeline.providers import check_embedding_config, check_truncation
 from pipeline.run.report import summary_lines
 
 
@@ -108,6 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
     """`embedpipe run CONFIG`: the embed flow once, then its summary."""
     config = load_config(args.config, args.set)
     check_embedding_config(config.embedding)  # before Prefect starts: a refusal is instant
+    check_truncation(config.embedding, config.output.dimensions_truncate)
     prepare_prefect()
     from flows.embed import embed_dataset
 
