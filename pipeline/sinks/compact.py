@@ -125,9 +125,10 @@ def _rewrite(path: Path, layout: VectorLayout, params: dict) -> None:
     metadata = {**(schema.metadata or {}), VECTORS_KEY: json.dumps(recorded).encode()}
     target = schema.set(index, schema.field(index).with_type(stored)).with_metadata(metadata)
     tmp = path.with_name(f".{path.name}.compact")
-    plain = [f.name for f in target if not pa.types.is_fixed_size_list(f.type)]
+    dictionary = [f.name for f in target if not pa.types.is_fixed_size_list(f.type)]
+    dictionary += [f"{layout.column}.list.element"] if layout.encoding.dictionary else []  # the leaf's path
     try:
-        with pq.ParquetWriter(tmp, target, use_dictionary=plain) as writer:
+        with pq.ParquetWriter(tmp, target, use_dictionary=dictionary) as writer:
             for batch in source.iter_batches(batch_size=BATCH_ROWS):
                 writer.write_batch(_encoded_batch(batch, index, layout, params, target))
     except BaseException:

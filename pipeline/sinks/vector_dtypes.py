@@ -32,6 +32,9 @@ class VectorEncoding:
     name: ClassVar[str] = "float32"
     value_type: ClassVar[pa.DataType] = pa.float32()
     numpy_type: ClassVar[type] = np.float32
+    # Parquet has no 8-bit type: int8 and uint8 are stored as 32-bit integers, 2 bytes a value
+    # after compression; dictionary-encoded (at most 256 values) they take 1.
+    dictionary: ClassVar[bool] = False
 
     def width(self, dimensions: int) -> int:
         """Values stored per vector."""
@@ -77,6 +80,7 @@ class Int8(VectorEncoding):
     name = "int8"
     value_type = pa.int8()
     numpy_type = np.int8
+    dictionary = True
 
     def calibrate(self, matrix: np.ndarray, params: dict | None = None) -> dict:
         peak = np.abs(matrix).max(axis=0) if len(matrix) else np.zeros(matrix.shape[1], np.float32)
@@ -98,6 +102,7 @@ class Binary(VectorEncoding):
     name = "binary"
     value_type = pa.uint8()
     numpy_type = np.uint8
+    dictionary = True
 
     def width(self, dimensions: int) -> int:
         return -(-dimensions // 8)
