@@ -110,6 +110,19 @@ class CacheConfig(_Section):
     path: str = ".embedpipe/cache"
 
 
+class IcebergConfig(_Section):
+    catalog_uri: str  # sqlite:///path/catalog.db, postgresql://..., or http(s):// for a REST catalog
+    warehouse: str  # where data files go: a directory or a URL (s3://...)
+    table: str  # namespace.table
+
+    @field_validator("table")
+    @classmethod
+    def _qualified(cls, name: str) -> str:
+        if "." not in name.strip(".") or not all(name.split(".")):
+            raise ValueError(f"name it namespace.table, e.g. docs.{name or 'vectors'}")
+        return name
+
+
 class OutputConfig(_Section):
     path: str = "out/docs"
     vector_column: str = "embedding"
@@ -117,6 +130,7 @@ class OutputConfig(_Section):
     delta_path: str | None = None  # set to also write the output as a Delta Lake table there
     vector_dtype: str = "float32"  # a name in pipeline/sinks/vector_dtypes.py: float32 | float16 | int8 | binary
     dimensions_truncate: int | None = None  # keep the first N dimensions, re-normalised (Matryoshka models only)
+    iceberg: IcebergConfig | None = None  # also commit the output to this Iceberg table
 
     @field_validator("vector_dtype")
     @classmethod

@@ -29,6 +29,7 @@ from pipeline.run.counts import RunStats
 from pipeline.run.embed import RowVectors, TextEmbedder
 from pipeline.run.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
 from pipeline.sinks.compact import VectorLayout, convert_parts
+from pipeline.sinks.iceberg import write_iceberg
 from pipeline.sinks.parquet import ParquetSink, chunk_table, vector_array, write_delta
 from pipeline.sources.partitions import Partition, plan_partitions
 from pipeline.sources.reader import SourcePlan, row_texts
@@ -307,6 +308,8 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         remote.push()
     if run.config.output.delta_path:
         write_delta(run.config.output.path, run.config.output.delta_path)
+    if run.config.output.iceberg:
+        manifest["iceberg"] = write_iceberg(run.config.output.path, run.config.output.iceberg, manifest)
     return manifest
 
 
