@@ -71,15 +71,17 @@ class VectorLayout:
 
 
 def recall_at_k(queries: np.ndarray, rows: np.ndarray, layout: VectorLayout, params: dict, k: int = 10) -> float:
-    """Share of each float32 query's `k` nearest rows (full float32) that the stored column,
-    searched as `similar` searches it, also finds among its `k` nearest."""
+    """Share of the `k` rows the stored column finds nearest each float32 query, searched as
+    `similar` searches it, that are among the query's true `k` nearest in full float32. A row
+    as near as the true k-th counts: equal texts have equal vectors, and ties may go either way."""
     from pipeline.downstream.similarity import exact_top_k
 
     k = min(k, len(rows))
-    truth, _ = exact_top_k(queries, rows, k)
+    _, truth = exact_top_k(queries, rows, k)
     codes = layout.encoding.encode(layout.cut(rows), params)
     found, _ = layout.encoding.search_codes(layout.cut(queries), codes, params, k)
-    return float(np.mean([len(set(t) & set(f)) / k for t, f in zip(truth, found)]))
+    similarity = np.einsum("qd,qkd->qk", queries, rows[found])
+    return float(np.mean(similarity >= truth[:, -1:] - 1e-6))
 
 
 def convert_parts(paths: list[Path], layout: VectorLayout, seed: int = 0) -> dict:
