@@ -9,26 +9,24 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import __version__
 from pipeline.cache.vectors import VectorCache
 from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.config import Config
-from pipeline.errors import ConfigError, EmbedpipeError
+from pipeline.errors import EmbedpipeError
 from pipeline.incremental.unchanged_files import PreviousOutput, part_source, run_key, settings_key
 from pipeline.incremental.unchanged_rows import prepared_batches
 from pipeline.providers import check_truncation, get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.remote import RemoteOutput, localised
 from pipeline.run import progress
+from pipeline.run.columns import check_cut, finish_vector_columns, output_metadata
 from pipeline.run.counts import RunStats
 from pipeline.run.embed import RowVectors, TextEmbedder
 from pipeline.run.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
-from pipeline.sinks.compact import VectorLayout, convert_parts
 from pipeline.sinks.iceberg import write_iceberg
 from pipeline.sinks.parquet import ParquetSink, chunk_table, vector_array, write_delta
 from pipeline.sources.partitions import Partition, plan_partitions
@@ -160,42 +158,6 @@ def _close_opened(opening: Future, owns_embedder: bool) -> None:
             embedder.close()
 
 
-def check_cut(config: Config, dimensions: int) -> None:
-    """Refuse a `dimensions_truncate` that keeps no fewer dimensions than the model makes."""
-    truncate = config.output.dimensions_truncate
-    if truncate is not None and truncate >= dimensions:
-        raise ConfigError(
-            f"output.dimensions_truncate {truncate}: {config.embedding.model} makes {dimensions} dimensions; "
-            f"set it below {dimensions}, or remove it"
-        )
-
-
-def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: int) -> dict:
-    """What Parquet key-value metadata records: how the vectors were made. Never a secret."""
-    layout = VectorLayout.of(config.output)
-    column = {
-        "provider": config.embedding.provider,
-        "model": config.embedding.model,
-        "dimensions": layout.dimensions(dimensions),
-        "model_dimensions": dimensions,
-        "dtype": layout.dtype,
-    }
-    return {
-        "provider": config.embedding.provider,
-        "model": config.embedding.model,
-        "dimensions": dimensions,
-        "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap, "encoding": "cl100k_base"},
-        "columns": {
-            "id": config.source.id_column,
-            "text": config.source.text_column,
-            "vector": config.output.vector_column,
-        },
-        "vectors": {layout.column: column},
-        "pipeline_version": __version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
 def embed_through_batch_api(run: Run) -> None:
     """openai-batch: send every chunk the cache lacks through the Batch API, wait for the
     batches, and fill the cache; the ordinary pass then writes the output from it."""
@@ -298,7 +260,9 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         "output": run.output.published_at or str(run.config.output.path),
         "rows": run.input.plan.total_rows,
         "stats": stats.as_dict(),
-        "vectors": _compacted(run, parts),
+        "vectors": finish_vector_columns(
+            run.config, run.output.rows.staged(parts), run.output.metadata, run.input.previous
+        ),
     }
     if run.output.chunks is not None:
         run.output.chunks.publish(manifest, parts, run.input.sources)
@@ -311,20 +275,6 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     if run.config.output.iceberg:
         manifest["iceberg"] = write_iceberg(run.config.output.path, run.config.output.iceberg, manifest)
     return manifest
-
-
-def _compacted(run: Run, parts: dict[int, int]) -> dict:
-    """Encode the staged parts' vector column as configured (nothing to do for plain float32);
-    the manifest's record of each vector column, with recall@10 against float32 where measured."""
-    layout = VectorLayout.of(run.config.output)
-    vectors = run.output.metadata["vectors"]
-    if layout.plain:
-        return vectors
-    measured = convert_parts(run.output.rows.staged(parts), layout)
-    if "recall_at_10" not in measured and run.input.previous:  # every part kept: as the last run measured
-        measured = {**run.input.previous.vectors.get(layout.column, {}), **measured}
-    log.info("vector column %s stored as %s: %s", layout.column, layout.dtype, measured)
-    return {**vectors, layout.column: {**vectors[layout.column], **measured}}
 
 
 def close_run(run: Run) -> None:

@@ -28,6 +28,7 @@ from pipeline.sinks.vector_dtypes import (
     encoded_array,
     encoding,
     file_encodings,
+    filled_codes,
     unit,
 )
 
@@ -144,8 +145,7 @@ def _encoded_batch(
 ) -> pa.RecordBatch:
     vectors = batch.column(index)
     present = vectors.is_valid().to_numpy(zero_copy_only=False)
-    filled = vectors.fill_null(pa.scalar([0.0] * vectors.type.list_size, type=vectors.type))
-    codes = layout.encoding.encode(layout.cut(column_codes(filled).astype(np.float32)), params)
+    codes = layout.encoding.encode(layout.cut(filled_codes(vectors).astype(np.float32)), params)
     columns = list(batch.columns)
     columns[index] = encoded_array(codes, present, layout.encoding)
     return pa.RecordBatch.from_arrays(columns, schema=schema)

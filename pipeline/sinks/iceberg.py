@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import first_line
 from pipeline.errors import EmbedpipeError
-from pipeline.sinks.vector_dtypes import column_codes, encoding, file_encodings
+from pipeline.sinks.vector_dtypes import encoding, file_encodings, filled_codes
 
 if TYPE_CHECKING:
     from pipeline.config import IcebergConfig
@@ -108,13 +108,9 @@ def _floats(table: pa.Table, column: str, recorded: dict) -> pa.Array:
     """A vector column as list<float>, decoded as its file records; nulls stay null."""
     vectors = table[column].combine_chunks()
     stored = recorded.get(column, {"dtype": "float32"})
-    decoded = encoding(stored["dtype"]).decode(column_codes(vectors.fill_null(_zeros(vectors.type))), stored)
+    decoded = encoding(stored["dtype"]).decode(filled_codes(vectors), stored)
     offsets = pa.array(range(0, decoded.size + 1, decoded.shape[1]), pa.int32())
     return pa.ListArray.from_arrays(offsets, pa.array(decoded.ravel()), mask=vectors.is_null())
-
-
-def _zeros(kind: pa.DataType) -> pa.Scalar:
-    return pa.scalar([0] * kind.list_size, type=kind)
 
 
 def _vector_properties(manifest: dict) -> dict[str, str]:

@@ -156,6 +156,12 @@ def column_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
 
 
+def filled_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """`column_codes` of a column that may hold nulls: a null row reads as zeros."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column_codes(array.fill_null(pa.scalar([0] * array.type.list_size, type=array.type)))
+
+
 def file_encodings(metadata: dict[bytes, bytes] | None) -> dict[str, dict]:
     """A file's vector columns as its metadata records them: {column: {dtype, dimensions, ...}};
     empty for a file written before compact vectors (every column float32)."""
