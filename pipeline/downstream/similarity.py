@@ -66,7 +66,29 @@ def read_output(output: str | Path, column: str | None = None) -> Embedded:
     codes = np.concatenate([piece[1] for piece in pieces]) if recorded["dtype"] == "binary" else None
     vectors = np.concatenate([piece[2] for piece in pieces])
     texts = table[text_column].combine_chunks() if text_column in table.column_names else None
-    return Embedded(table[id_column].combine_chunks(), texts, vectors, settings, codes, recorded)
+    made = column_settings(settings, vector_column)
+    return Embedded(table[id_column].combine_chunks(), texts, vectors, made, codes, recorded)
+
+
+def column_settings(settings: dict, column: str) -> dict:
+    """The output's settings as `column`'s vectors were made: provider, model, the model's
+    dimensions and chunking from the manifest's record of that column (an output may hold a
+    column per model); `vector_column` names it."""
+    record = settings.get("vectors", {}).get(column, {})
+    made = {key: record[key] for key in ("provider", "model", "chunking") if key in record}
+    if "model_dimensions" in record or "dimensions" in record:
+        made["dimensions"] = record.get("model_dimensions", record.get("dimensions"))
+    return {**settings, **made, "vector_column": column}
+
+
+def check_query_model(embedding: EmbeddingConfig, embedded: Embedded) -> None:
+    """Refuse to search a column with a query another model would embed."""
+    model, column = embedded.settings["model"], embedded.settings.get("vector_column")
+    if embedding.model != model:
+        raise EmbedpipeError(
+            f"column {column!r} holds {model} vectors, but the config embeds queries with {embedding.model}; "
+            "a query must come from the column's model: pick the column with --column, or a config for that model"
+        )
 
 
 def _decoded(fragment: ds.Fragment, columns: list[str], vector_column: str) -> tuple:

@@ -131,7 +131,7 @@ class PreviousRows:
             return same, np.zeros((batch.num_rows, 0), dtype=np.float32)
         equal = pc.is_valid(previous.column(self.vector_column))
         for name in self.text_columns:
-            equal = pc.and_(equal, _same_values(batch.column(name)[: previous.num_rows], previous.column(name)))
+            equal = pc.and_(equal, same_values(batch.column(name)[: previous.num_rows], previous.column(name)))
         same[: previous.num_rows] = equal.to_numpy(zero_copy_only=False)
         vectors = previous.column(self.vector_column)
         dims = vectors.type.list_size
@@ -156,8 +156,8 @@ def _batches(part: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     yield from pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS, columns=columns)
 
 
-def _same_values(current: pa.ChunkedArray | pa.Array, previous: pa.ChunkedArray) -> pa.Array:
-    """Equal, or both null; False when the types cannot be compared."""
+def same_values(current: pa.ChunkedArray | pa.Array, previous: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Row by row: equal, or both null; False when the types cannot be compared."""
     try:
         equal = pc.equal(current, previous.cast(current.type))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -13,6 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.sinks.compact import VectorLayout, convert_parts
 from pipeline.sinks.migration import CarriedColumns
+from pipeline.sources.reader import text_columns
 
 log = logging.getLogger("embedpipe")
 
@@ -59,7 +60,9 @@ def finish_vector_columns(config: Config, staged: list[Path], metadata: dict, pr
     column as configured; returns the manifest's record of every vector column (recall@10
     against float32 where a compact column was measured)."""
     output = config.output
-    carried = CarriedColumns.read(output.path, output.vector_column, config.source.id_column)
+    carried = CarriedColumns.read(
+        output.path, output.vector_column, config.source.id_column, text_columns(config.source)
+    )
     if carried is not None:
         carried.carry_into(staged)
         log.info("vector columns %s carried from the last output", ", ".join(carried.values))

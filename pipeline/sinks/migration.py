@@ -2,8 +2,9 @@
 
 A run whose `output.vector_column` is not among the columns the last output at the same path
 holds (a second model: `embedding_v2` beside `embedding`) keeps those columns: each staged part
-the run wrote gets them, row by row, from the last output's row with the same id (null for an
-id that is new). Stored values are copied as they are, with their encoding's parameters; where
+the run wrote gets them, row by row, from the last output's row with the same id and the same
+text columns (null for an id that is new, or a row whose text changed: its old vector would
+describe the old text). Stored values are copied as they are, with their encoding's parameters; where
 the last output's files disagree on those (int8 parts from different runs), the column is
 decoded and encoded again on one scale. The manifest keeps each column's record.
 """
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.incremental.unchanged_rows import same_values
 from pipeline.sinks.parquet import MANIFEST
 from pipeline.sinks.vector_dtypes import (
     VECTORS_KEY,
@@ -34,13 +36,15 @@ class CarriedColumns:
     """The last output's vector columns other than this run's: ids, stored values, records."""
 
     id_column: str
+    current: str  # this run's vector column: the carried ones go before it
     ids: pa.Array
+    texts: pa.Table  # the text columns of the last output's rows, aligned with `ids`
     values: dict[str, pa.Array]  # column -> fixed_size_list values, aligned with `ids`
     params: dict[str, dict]  # column -> its encoding's record, as each file's metadata keeps it
     records: dict[str, dict]  # column -> the manifest's record (model, dimensions, dtype, ...)
 
     @classmethod
-    def read(cls, output: str | Path, current: str, id_column: str) -> CarriedColumns | None:
+    def read(cls, output: str | Path, current: str, id_column: str, texts: list[str]) -> CarriedColumns | None:
         """The columns to carry from the output at `output`; None when there are none."""
         try:
             manifest = json.loads((Path(output) / MANIFEST).read_text(encoding="utf-8"))
@@ -50,14 +54,15 @@ class CarriedColumns:
         files = [Path(output) / f["name"] for f in manifest.get("files", [])]
         if not records or not files or (manifest.get("columns") or {}).get("id", "id") != id_column:
             return None
-        pieces = [pq.read_table(f, columns=[id_column, *records]) for f in files]
+        pieces = [pq.read_table(f, columns=list(dict.fromkeys([id_column, *texts, *records]))) for f in files]
         file_params = [file_encodings(pq.read_schema(f).metadata) for f in files]
         values, params = {}, {}
         for name, record in records.items():
             per_file = [p.get(name, {"dtype": record.get("dtype", "float32")}) for p in file_params]
             values[name], params[name] = _one_encoding([t[name] for t in pieces], per_file)
         ids = pa.concat_arrays([t[id_column].combine_chunks() for t in pieces])
-        return cls(id_column, ids, values, params, records)
+        text_table = pa.concat_tables([t.select(texts) for t in pieces])
+        return cls(id_column, current, ids, text_table, values, params, records)
 
     def carry_into(self, parts: list[Path]) -> None:
         """Add the carried columns to each of `parts` that lacks them (a part kept from the last
@@ -71,9 +76,12 @@ class CarriedColumns:
     def _add(self, part: Path, columns: list[str]) -> None:
         table = pq.read_table(part)
         rows = pc.index_in(table[self.id_column], value_set=self.ids)  # null for an id the last output lacks
+        for name in self.texts.column_names:
+            same = pc.fill_null(same_values(table[name], self.texts[name].take(rows)), False)
+            rows = pc.if_else(same, rows, pa.scalar(None, rows.type))
         recorded = file_encodings(table.schema.metadata)
         for name in columns:
-            table = table.append_column(name, self.values[name].take(rows))
+            table = table.add_column(table.schema.get_field_index(self.current), name, self.values[name].take(rows))
             recorded[name] = self.params[name]
         metadata = {**(table.schema.metadata or {}), VECTORS_KEY: json.dumps(recorded).encode()}
         table = table.replace_schema_metadata(metadata)
