@@ -32,12 +32,11 @@ import pyarrow.parquet as pq
 from pipeline.downstream.similarity import read_output
 from pipeline.sinks.compact import VectorLayout, convert_parts, recall_at_k
 from pipeline.sinks.parquet import MANIFEST, write_file
-from pipeline.sinks.vector_dtypes import ENCODINGS, VECTORS_KEY, file_encodings, unit
+from pipeline.sinks.vector_dtypes import ENCODINGS, file_encodings, unit
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIES = 1_000
 ROUNDS = 3
-TARGETS = {"int8": ("bytes", 0.3, "recall", 0.95), "float16": ("recall", 0.99)}
 
 
 def generated(rows: int, dimensions: int = 1536, topics: int = 100, subtopics: int = 20, seed: int = 0) -> np.ndarray:
@@ -95,7 +94,6 @@ def measure(vectors: np.ndarray, columns: pa.Table, dtype: str, work: Path) -> d
         "recall": recall_at_k(vectors[:held], vectors[held:], layout, params),
         "write_s": statistics.median(writes),
         "read_s": statistics.median(reads),
-        "has_metadata": VECTORS_KEY in (pq.read_schema(part).metadata or {}),
     }
 
 
@@ -116,10 +114,8 @@ def report(name: str, vectors: np.ndarray, columns: pa.Table, work: Path) -> lis
     base = results["float32"]
     rows = []
     for dtype, r in results.items():
-        rows.append(
-            f"| {name} | {dtype} | {r['vector_bytes'] / base['vector_bytes']:.3f} | {r['file_bytes'] / base['file_bytes']:.3f}"
-            f" | {r['recall']:.3f} | {r['write_s']:.3f} | {r['read_s']:.3f} |"
-        )
+        ratios = f"{r['vector_bytes'] / base['vector_bytes']:.3f} | {r['file_bytes'] / base['file_bytes']:.3f}"
+        rows.append(f"| {name} | {dtype} | {ratios} | {r['recall']:.3f} | {r['write_s']:.3f} | {r['read_s']:.3f} |")
         print(rows[-1], flush=True)
     return rows
 

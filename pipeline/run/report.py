@@ -36,7 +36,15 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
             f"{manifest['output']} ({manifest['model']} via {manifest['provider']}, {manifest['dimensions']} dims)",
         ),
         *[("vectors", _stored(column, record)) for column, record in manifest.get("vectors", {}).items()],
+        *([("iceberg", _committed(manifest["iceberg"]))] if manifest.get("iceberg") else []),
     ]
+
+
+def _committed(iceberg: dict) -> str:
+    return (
+        f"{iceberg['table']}: {iceberg['rewritten_parts']:,} partitions written, "
+        f"{iceberg['removed_parts']:,} removed, in one commit"
+    )
 
 
 def _stored(column: str, record: dict) -> str:
