@@ -79,3 +79,16 @@ def test_a_rerun_adds_no_row_and_an_incremental_run_rewrites_only_the_changed_pa
     paths = [f.removeprefix("file://") for f in files]
     read = duckdb.sql(f"SELECT id, text, len(embedding) AS d FROM read_parquet({paths!r}) ORDER BY id").fetchall()
     assert [r[0] for r in read] == ["a0", "a1", "b0", "b1", "b2"] and {r[2] for r in read} == {16}
+
+
+def test_a_second_model_s_column_joins_the_table_beside_the_first(tmp_path, iceberg):
+    from tests.fakes.openai_server import FakeOpenAI
+
+    write_inputs(tmp_path / "in", {"a": ["alpha", "beta"]})
+    with FakeOpenAI(models=("text-embedding-3-small", "text-embedding-3-large")) as server:
+        run(tmp_path, server, iceberg)
+        run(tmp_path, server, iceberg, embedding__model="text-embedding-3-large", output__vector_column="embedding_v2")
+    table, rows = current(iceberg)
+    assert [name for name in rows.column_names if name.startswith("embedding")] == ["embedding", "embedding_v2"]
+    assert rows.num_rows == 2 and rows.column("embedding").null_count == rows.column("embedding_v2").null_count == 0
+    assert table.properties["embedpipe.vector.embedding_v2.model"] == "text-embedding-3-large"
