@@ -159,7 +159,9 @@ def column_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def filled_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """`column_codes` of a column that may hold nulls: a null row reads as zeros."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return column_codes(array.fill_null(pa.scalar([0] * array.type.list_size, type=array.type)))
+    if array.null_count:  # filling copies the whole column
+        array = array.fill_null(pa.scalar([0] * array.type.list_size, type=array.type))
+    return column_codes(array)
 
 
 def file_encodings(metadata: dict[bytes, bytes] | None) -> dict[str, dict]:
