@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import first_line
 from pipeline.errors import EmbedpipeError
-from pipeline.sinks.vector_dtypes import encoding, file_encodings, filled_codes
+from pipeline.sinks.vector_dtypes import as_float_lists, file_encodings
 
 if TYPE_CHECKING:
     from pipeline.config import IcebergConfig
@@ -94,23 +94,8 @@ def open_catalog(settings: IcebergConfig):
 def _iceberg_rows(part: Path) -> pa.Table:
     """A part's rows as the table holds them: vectors decoded to list<float>, and the part's name."""
     table = pq.read_table(part)
-    recorded = file_encodings(table.schema.metadata)
-    for index, field in enumerate(table.schema):
-        if pa.types.is_fixed_size_list(field.type):
-            table = table.set_column(
-                index, pa.field(field.name, pa.list_(pa.float32())), _floats(table, field.name, recorded)
-            )
-    table = table.append_column(PART_COLUMN, pa.array([part.stem] * table.num_rows, pa.string()))
-    return table.replace_schema_metadata(None)
-
-
-def _floats(table: pa.Table, column: str, recorded: dict) -> pa.Array:
-    """A vector column as list<float>, decoded as its file records; nulls stay null."""
-    vectors = table[column].combine_chunks()
-    stored = recorded.get(column, {"dtype": "float32"})
-    decoded = encoding(stored["dtype"]).decode(filled_codes(vectors), stored)
-    offsets = pa.array(range(0, decoded.size + 1, decoded.shape[1]), pa.int32())
-    return pa.ListArray.from_arrays(offsets, pa.array(decoded.ravel()), mask=vectors.is_null())
+    table = as_float_lists(table, file_encodings(table.schema.metadata))
+    return table.append_column(PART_COLUMN, pa.array([part.stem] * table.num_rows, pa.string()))
 
 
 def _vector_properties(manifest: dict) -> dict[str, str]:

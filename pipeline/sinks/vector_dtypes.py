@@ -169,3 +169,17 @@ def file_encodings(metadata: dict[bytes, bytes] | None) -> dict[str, dict]:
     empty for a file written before compact vectors (every column float32)."""
     raw = (metadata or {}).get(VECTORS_KEY)
     return json.loads(raw) if raw else {}
+
+
+def as_float_lists(table: pa.Table, recorded: dict[str, dict]) -> pa.Table:
+    """`table` with every vector column as list<float>, decoded as `recorded` (the file's
+    `file_encodings`) says, nulls kept: for tables that have no fixed-size list (Iceberg, Delta)."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_fixed_size_list(field.type):
+            vectors = table[field.name].combine_chunks()
+            stored = recorded.get(field.name, {"dtype": "float32"})
+            decoded = encoding(stored["dtype"]).decode(filled_codes(vectors), stored).astype(np.float32, copy=False)
+            offsets = pa.array(np.arange(0, decoded.size + 1, decoded.shape[1], dtype=np.int32))
+            floats = pa.ListArray.from_arrays(offsets, pa.array(decoded.ravel()), mask=vectors.is_null())
+            table = table.set_column(index, pa.field(field.name, pa.list_(pa.float32())), floats)
+    return table.replace_schema_metadata(None)
