@@ -64,9 +64,11 @@ def settings_key(config: Config) -> str:
         "chunking": config.chunking.model_dump(),
         "source": config.source.model_dump(include={"id_column", "text_column", "text_template"}),
         "vector_column": config.output.vector_column,
-        "vectors": config.output.model_dump(include={"vector_dtype", "dimensions_truncate"}),
         "version": __version__,
     }
+    stored = config.output.model_dump(include={"vector_dtype", "dimensions_truncate"})
+    if stored != {"vector_dtype": "float32", "dimensions_truncate": None}:  # a float32 output keeps the key it had
+        shaping["vectors"] = stored
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -92,3 +92,12 @@ def test_an_incremental_compact_run_takes_unchanged_rows_from_the_cache_not_the_
     fresh = run_pipeline(openai_config(tmp_path, fake_openai, source, output__vector_dtype="int8", output__path=str(tmp_path / "fresh")))
     assert fresh["stats"]["requests"] == 0
     assert pq.read_table(config.output.path).equals(pq.read_table(tmp_path / "fresh"))
+
+
+@pytest.mark.parametrize("before, after, value_type", [("int8", "float32", pa.float32()), ("float32", "binary", pa.uint8())])
+def test_a_new_dtype_on_the_same_output_rewrites_every_part_from_the_cache(tmp_path, fake_openai, source, before, after, value_type):
+    run_pipeline(openai_config(tmp_path, fake_openai, source, output__vector_dtype=before))
+    requests = fake_openai.requests
+    stats = run_pipeline(openai_config(tmp_path, fake_openai, source, output__vector_dtype=after))["stats"]
+    assert (fake_openai.requests, stats["unchanged_rows"], stats["cache_hits"]) == (requests, 0, 60)
+    assert pq.read_table(tmp_path / "out").schema.field("embedding").type.value_type == value_type
