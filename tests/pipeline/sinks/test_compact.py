@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
+from pipeline.config import load_config
 from pipeline.downstream.similarity import read_output, search
 from pipeline.errors import ConfigError
 from pipeline.run.report import summary_lines
@@ -101,3 +102,12 @@ def test_a_new_dtype_on_the_same_output_rewrites_every_part_from_the_cache(tmp_p
     stats = run_pipeline(openai_config(tmp_path, fake_openai, source, output__vector_dtype=after))["stats"]
     assert (fake_openai.requests, stats["unchanged_rows"], stats["cache_hits"]) == (requests, 0, 60)
     assert pq.read_table(tmp_path / "out").schema.field("embedding").type.value_type == value_type
+
+
+@pytest.mark.parametrize("dtype", ["int8", "binary"])
+def test_similar_finds_a_row_by_its_own_text_in_a_compact_column(tmp_path, fake_openai, capsys, dtype):
+    path = write_run_yaml(tmp_path, fake_openai, TEXTS[:20])
+    run_pipeline(load_config(path, [f"output.vector_dtype={dtype}"]))
+    assert main(["similar", str(tmp_path / "out"), "--query", "support ticket number 7", "-k", "2", "--config", str(path)]) == 0
+    best = capsys.readouterr().out.splitlines()[1].split()
+    assert (float(best[0]), best[1]) == (pytest.approx(1.0, abs=0.01), "7")
