@@ -42,8 +42,8 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
 
 def _committed(iceberg: dict) -> str:
     return (
-        f"{iceberg['table']}: {iceberg['rewritten_parts']:,} partitions written, "
-        f"{iceberg['removed_parts']:,} removed, in one commit"
+        f"{iceberg['table']}: one commit; partitions written {iceberg['rewritten_parts']:,}, "
+        f"removed {iceberg['removed_parts']:,}"
     )
 
 

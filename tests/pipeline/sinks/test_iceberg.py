@@ -55,7 +55,7 @@ def test_the_table_holds_every_row_once_with_list_float_vectors_and_their_dimens
     np.testing.assert_allclose(vectors, decoded, atol=1e-6)
     assert rows.column("embedding")[2].as_py() is None and output.num_rows == 5
     assert manifest["iceberg"] == {"table": "docs.vectors", "rewritten_parts": 2, "removed_parts": 0}
-    assert "  iceberg        docs.vectors: 2 partitions written, 0 removed, in one commit" in summary_lines(manifest)
+    assert "  iceberg        docs.vectors: one commit; partitions written 2, removed 0" in summary_lines(manifest)
 
 
 def test_a_rerun_adds_no_row_and_an_incremental_run_rewrites_only_the_changed_partition(tmp_path, fake_openai, iceberg):
