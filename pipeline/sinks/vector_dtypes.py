@@ -89,8 +89,9 @@ class Int8(VectorEncoding):
         return {"scale": [float(s) for s in np.maximum(peak, 1e-12) / 127]}
 
     def encode(self, matrix: np.ndarray, params: dict) -> np.ndarray:
-        scale = np.asarray(params["scale"], dtype=np.float32)
-        return np.clip(np.rint(matrix / scale), -127, 127).astype(np.int8)
+        scaled = matrix / np.asarray(params["scale"], dtype=np.float32)
+        np.rint(scaled, out=scaled)
+        return np.clip(scaled, -127, 127, out=scaled).astype(np.int8)
 
     def decode(self, codes: np.ndarray, params: dict) -> np.ndarray:
         return unit(np.asarray(codes, dtype=np.float32) * np.asarray(params["scale"], dtype=np.float32))
