@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[local,downstream,s3,dask,test,lint]'
+	$(PIP) -e '.[local,downstream,s3,dask,iceberg,test,lint]'
 	touch $@
 
 run: $(BIN)/.installed
@@ -27,7 +27,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 bench: $(BIN)/.installed
-	$(PIP) -e '.[local,downstream,s3,dask,test,lint,bench]'
+	$(PIP) -e '.[local,downstream,s3,dask,iceberg,test,lint,bench]'
 	$(BIN)/python -m benchmarks.ratelimits
 	$(BIN)/python -m benchmarks.throughput
 

@@ -11,7 +11,7 @@ from flows import signals
 from flows.console import hide_user_error_tracebacks, live_progress
 from pipeline.config import load_config
 from pipeline.errors import EmbedpipeError
-from pipeline.providers import check_embedding_config
+from pipeline.providers import check_embedding_config, check_truncation
 from pipeline.run.report import summary_lines
 
 
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--query", required=True, help="the text to search for")
     similar.add_argument("-k", type=int, default=10, help="rows to show (default: 10)")
     similar.add_argument("--config", help="YAML run configuration to take base_url and the key's variable from")
+    similar.add_argument("--column", help="the vector column to search (default: the last run's)")
     neighbours = commands.add_parser(
         "neighbours", help="write every row's k nearest rows to Parquet (the neighbours flow)"
     )
@@ -81,10 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", choices=["auto", "exact", "approximate"], default="auto", help="auto: exact up to a million rows"
     )
     neighbours.add_argument("--to", help="where to write neighbours.parquet (default: OUTPUT-neighbours)")
+    neighbours.add_argument("--column", help="the vector column (default: the last run's)")
     cluster = commands.add_parser("cluster", help="k-means clusters of an output, with a PNG map (the cluster flow)")
     cluster.add_argument("output", help="an output.path that embedpipe run wrote")
     cluster.add_argument("--k", type=int, help="clusters (default: chosen by silhouette score)")
     cluster.add_argument("--to", help="where to write the results (default: OUTPUT-clusters)")
+    cluster.add_argument("--column", help="the vector column (default: the last run's)")
     cache = commands.add_parser("cache", help="check the vector cache for damaged entries, or drop them")
     cache.add_argument(
         "action", choices=["check", "repair"], help="check: count what is damaged; repair: drop it, keep the rest"
@@ -108,6 +111,7 @@ def run_command(args: argparse.Namespace) -> int:
     """`embedpipe run CONFIG`: the embed flow once, then its summary."""
     config = load_config(args.config, args.set)
     check_embedding_config(config.embedding)  # before Prefect starts: a refusal is instant
+    check_truncation(config.embedding, config.output.dimensions_truncate)
     prepare_prefect()
     from flows.embed import embed_dataset
 
@@ -175,12 +179,14 @@ def batches_command(args: argparse.Namespace) -> int:
 
 def similar_command(args: argparse.Namespace) -> int:
     """`embedpipe similar OUTPUT --query TEXT`: embed the query as the output's rows were, print the nearest."""
-    from pipeline.downstream.similarity import embed_query, nearest, read_output
+    from pipeline.downstream.similarity import check_query_model, embed_query, read_output, search
 
-    embedded = read_output(args.output)
+    embedded = read_output(args.output, args.column)
     settings = _embedding_settings(args.config)
+    if args.config:  # a config names a model: it must be the column's
+        check_query_model(settings, embedded)
     query = embed_query(args.query, embedded.settings, settings, os.environ.get(settings.api_key_env))
-    indices, scores = nearest(query[None, :], embedded.vectors, args.k)
+    indices, scores = search(embedded, query[None, :], args.k)
     print(f"rows of {args.output} nearest to {args.query!r}:")
     for index, score in zip(indices[0], scores[0]):
         text = embedded.texts[int(index)].as_py() if embedded.texts is not None else ""
@@ -193,7 +199,7 @@ def neighbours_command(args: argparse.Namespace) -> int:
     prepare_prefect()
     from flows.downstream import neighbours_flow
 
-    result = neighbours_flow(args.output, k=args.k, method=args.method, to=args.to)
+    result = neighbours_flow(args.output, k=args.k, method=args.method, to=args.to, column=args.column)
     print(f"neighbours: {result['rows']:,} rows, {args.k} each, written to {result['path']}")
     return 0
 
@@ -203,7 +209,7 @@ def cluster_command(args: argparse.Namespace) -> int:
     prepare_prefect()
     from flows.downstream import cluster_flow
 
-    result = cluster_flow(args.output, k=args.k, to=args.to)
+    result = cluster_flow(args.output, k=args.k, to=args.to, column=args.column)
     print(
         f"clusters: {result['how']}; written to {result['folder']} (clusters.parquet, cluster_summary.parquet, "
         "clusters.png)"

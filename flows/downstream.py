@@ -20,9 +20,9 @@ from pipeline.sinks.parquet import write_file
 
 
 @task(**IN_MEMORY)
-def load(output: str) -> Embedded:
-    """The output's ids, texts and vectors."""
-    return read_output(output)
+def load(output: str, column: str | None = None) -> Embedded:
+    """The output's ids, texts and vectors (of `column`, default the last run's), decoded to float32."""
+    return read_output(output, column)
 
 
 @task(**IN_MEMORY)
@@ -38,9 +38,11 @@ def fit_clusters(embedded: Embedded, k: int | None) -> Clusters:
 
 
 @flow(name="neighbours", log_prints=True)
-def neighbours_flow(output: str, k: int = 10, method: str = "auto", to: str | None = None) -> dict:
+def neighbours_flow(
+    output: str, k: int = 10, method: str = "auto", to: str | None = None, column: str | None = None
+) -> dict:
     """Write `neighbours.parquet` (id, neighbour_ids, scores) for every row with a vector."""
-    embedded = load(output)
+    embedded = load(output, column)
     table = cast(pa.Table, find_neighbours(embedded, k, method))  # sync: not a coroutine
     path = write_file(table, Path(to or f"{output}-neighbours") / "neighbours.parquet")
     create_table_artifact(
@@ -50,9 +52,9 @@ def neighbours_flow(output: str, k: int = 10, method: str = "auto", to: str | No
 
 
 @flow(name="cluster", log_prints=True)
-def cluster_flow(output: str, k: int | None = None, to: str | None = None) -> dict:
+def cluster_flow(output: str, k: int | None = None, to: str | None = None, column: str | None = None) -> dict:
     """Write `clusters.parquet` (id, cluster, distance), `cluster_summary.parquet` and `clusters.png`."""
-    embedded = load(output)
+    embedded = load(output, column)
     clusters = fit_clusters(embedded, k)
     texts = embedded.texts.to_pylist() if embedded.texts is not None else [str(i) for i in embedded.ids.to_pylist()]
     centrals = central_texts(texts, clusters)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from pipeline.errors import ConfigError
 from pipeline.providers.registry import provider_names
+from pipeline.sinks.vector_dtypes import ENCODINGS
 
 
 class _Section(BaseModel):
@@ -109,14 +110,39 @@ class CacheConfig(_Section):
     path: str = ".embedpipe/cache"
 
 
+class IcebergConfig(_Section):
+    catalog_uri: str  # sqlite:///path/catalog.db, postgresql://..., or http(s):// for a REST catalog
+    warehouse: str  # where data files go: a directory or a URL (s3://...)
+    table: str  # namespace.table
+
+    @field_validator("table")
+    @classmethod
+    def _qualified(cls, name: str) -> str:
+        if "." not in name.strip(".") or not all(name.split(".")):
+            raise ValueError(f"name it namespace.table, e.g. docs.{name or 'vectors'}")
+        return name
+
+
 class OutputConfig(_Section):
     path: str = "out/docs"
     vector_column: str = "embedding"
     chunks_path: str | None = None  # set to also write the chunk-level table there
     delta_path: str | None = None  # set to also write the output as a Delta Lake table there
+    vector_dtype: str = "float32"  # a name in pipeline/sinks/vector_dtypes.py: float32 | float16 | int8 | binary
+    dimensions_truncate: int | None = None  # keep the first N dimensions, re-normalised (Matryoshka models only)
+    iceberg: IcebergConfig | None = None  # also commit the output to this Iceberg table
+
+    @field_validator("vector_dtype")
+    @classmethod
+    def _known_dtype(cls, name: str) -> str:
+        if name not in ENCODINGS:
+            raise ValueError(f"use one of {', '.join(ENCODINGS)}")
+        return name
 
     @model_validator(mode="after")
     def _separate(self) -> OutputConfig:
+        if self.dimensions_truncate is not None and self.dimensions_truncate < 1:
+            raise ValueError("dimensions_truncate must be at least 1")
         if self.chunks_path:
             rows, chunks = Path(self.path).resolve(), Path(self.chunks_path).resolve()
             if rows == chunks or rows in chunks.parents or chunks in rows.parents:

@@ -9,7 +9,7 @@ against exact search is measured in the tests.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from pipeline.providers import get_embedder, provider_class
 from pipeline.remote import filesystem, is_remote
 from pipeline.run.embed import chunk_rows, pool_chunks
 from pipeline.sinks.parquet import MANIFEST
+from pipeline.sinks.vector_dtypes import column_codes, encoding, file_encodings, unit
 from pipeline.text.chunking import token_counts
 
 EXACT_LIMIT = 1_000_000  # rows; above this `auto` builds an approximate index
@@ -34,13 +35,15 @@ class Embedded:
 
     ids: pa.Array
     texts: pa.Array | None
-    vectors: np.ndarray
+    vectors: np.ndarray  # unit float32, decoded from whatever dtype the column is stored in
     settings: dict  # the embedpipe metadata: provider, model, dimensions, chunking, source columns
+    codes: np.ndarray | None = None  # a binary column's packed bits, searched by Hamming distance
+    encoding: dict = field(default_factory=lambda: {"dtype": "float32"})  # the column's, as its files record it
 
 
-def read_output(output: str | Path) -> Embedded:
-    """Load an output directory's (or object-store prefix's) ids, texts and non-null vectors;
-    a clear error if it is not one."""
+def read_output(output: str | Path, column: str | None = None) -> Embedded:
+    """Load an output directory's (or object-store prefix's) ids, texts and non-null vectors of
+    `column` (default: the run's vector column), decoded to float32; a clear error if it is not one."""
     fs, path = filesystem(str(output)) if is_remote(str(output)) else (None, str(output))
     try:
         settings = json.loads(fs.cat_file(f"{path}/{MANIFEST}") if fs else (Path(path) / MANIFEST).read_bytes())
@@ -50,14 +53,64 @@ def read_output(output: str | Path) -> Embedded:
         ) from None
     columns = settings.get("columns") or {}
     id_column, text_column = columns.get("id", "id"), columns.get("text")
-    vector_column = columns.get("vector", "embedding")
-    table = ds.dataset(path, format="parquet", filesystem=fs).to_table()
-    if vector_column not in table.column_names:
+    vector_column = column or columns.get("vector", "embedding")
+    dataset = ds.dataset(path, format="parquet", filesystem=fs)
+    if vector_column not in dataset.schema.names:
         raise EmbedpipeError(f"{output}: no vector column {vector_column!r}")
-    table = table.filter(pc.is_valid(table[vector_column]))
-    vectors = table[vector_column].combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+    wanted = list(dict.fromkeys(c for c in (id_column, text_column, vector_column) if c and c in dataset.schema.names))
+    pieces = [_decoded(fragment, wanted, vector_column) for fragment in dataset.get_fragments()]
+    if not pieces:
+        raise EmbedpipeError(f"{output}: no rows with a vector here")
+    table = pa.concat_tables([piece[0] for piece in pieces])
+    recorded = pieces[0][3]
+    codes = np.concatenate([piece[1] for piece in pieces]) if recorded["dtype"] == "binary" else None
+    vectors = np.concatenate([piece[2] for piece in pieces])
     texts = table[text_column].combine_chunks() if text_column in table.column_names else None
-    return Embedded(table[id_column].combine_chunks(), texts, np.ascontiguousarray(vectors, dtype=np.float32), settings)
+    made = column_settings(settings, vector_column)
+    return Embedded(table[id_column].combine_chunks(), texts, vectors, made, codes, recorded)
+
+
+def column_settings(settings: dict, column: str) -> dict:
+    """The output's settings as `column`'s vectors were made: provider, model, the model's
+    dimensions and chunking from the manifest's record of that column (an output may hold a
+    column per model); `vector_column` names it."""
+    record = settings.get("vectors", {}).get(column, {})
+    made = {key: record[key] for key in ("provider", "model", "chunking") if key in record}
+    if "model_dimensions" in record or "dimensions" in record:
+        made["dimensions"] = record.get("model_dimensions", record.get("dimensions"))
+    return {**settings, **made, "vector_column": column}
+
+
+def check_query_model(embedding: EmbeddingConfig, embedded: Embedded) -> None:
+    """Refuse to search a column with a query another model would embed."""
+    model, column = embedded.settings["model"], embedded.settings.get("vector_column")
+    if embedding.model != model:
+        raise EmbedpipeError(
+            f"column {column!r} holds {model} vectors, but the config embeds queries with {embedding.model}; "
+            "a query must come from the column's model: pick the column with --column, or a config for that model"
+        )
+
+
+def _decoded(fragment: ds.Fragment, columns: list[str], vector_column: str) -> tuple:
+    """One file's rows with a vector, their stored values, those decoded to unit float32 as the
+    file's metadata says, and that record (dtype and parameters)."""
+    table = fragment.to_table(columns=columns)
+    table = table.filter(pc.is_valid(table[vector_column]))
+    recorded = file_encodings(fragment.physical_schema.metadata).get(vector_column, {"dtype": "float32"})
+    codes = column_codes(table[vector_column])
+    vectors = encoding(recorded["dtype"]).decode(codes, recorded)
+    return table, codes, np.ascontiguousarray(vectors, dtype=np.float32), recorded
+
+
+def search(embedded: Embedded, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` rows nearest each float32 query, as the column is stored: a cut column is searched
+    with the queries cut alike, a binary one by Hamming distance."""
+    width = embedded.vectors.shape[1]
+    if queries.shape[1] > width:  # the column keeps the model's first dimensions (Matryoshka)
+        queries = unit(queries[:, :width])
+    if embedded.codes is not None:
+        return encoding(embedded.encoding["dtype"]).search_codes(queries, embedded.codes, embedded.encoding, k)
+    return nearest(queries, embedded.vectors, k)
 
 
 def exact_top_k(

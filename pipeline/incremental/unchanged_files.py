@@ -66,6 +66,9 @@ def settings_key(config: Config) -> str:
         "vector_column": config.output.vector_column,
         "version": __version__,
     }
+    stored = config.output.model_dump(include={"vector_dtype", "dimensions_truncate"})
+    if stored != {"vector_dtype": "float32", "dimensions_truncate": None}:  # a float32 output keeps the key it had
+        shaping["vectors"] = stored
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -78,7 +81,9 @@ class PreviousOutput:
             manifest = json.loads((self.output / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             manifest = {}
-        files = manifest.get("files", []) if manifest.get("settings_key") == settings_key else []
+        same = manifest.get("settings_key") == settings_key
+        files = manifest.get("files", []) if same else []
+        self.vectors: dict[str, dict] = manifest.get("vectors", {}) if same else {}  # each vector column's record
         self._parts = {_key(f["source"]): self.output / f["name"] for f in files if f.get("source")}
         self._files = {_key(f["source"])[:4] for f in files if f.get("source")}
         self._by_range = {(k[0], k[4]): path for k, path in self._parts.items()}

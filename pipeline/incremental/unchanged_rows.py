@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.config import Config
 from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.run.embed import PreparedRows, TextEmbedder
+from pipeline.sinks.compact import VectorLayout
 from pipeline.sources.partitions import Partition
 from pipeline.sources.reader import BATCH_ROWS, row_texts, text_columns
 
@@ -30,7 +31,10 @@ def prepared_batches(
     """Each batch of `partition`; the rows whose vectors the last run's part already holds
     (a mask and those vectors, or None); and the other rows, normalised and chunked."""
     source = config.source
-    earlier = previous.earlier_part(partition) if previous else None
+    # A compact column (int8, a cut, ...) is not the float32 the cache holds: its rows are
+    # looked up in the cache again (found there, paid for nothing) rather than decoded.
+    plain = VectorLayout.of(config.output).plain
+    earlier = previous.earlier_part(partition) if previous and plain else None
     rows_before = PreviousRows.open(earlier, text_columns(source), config.output.vector_column)
     request = texts.embedder.batch_inputs
     # The run's first request is small: until it leaves, the account's banked minute sits full
@@ -127,7 +131,7 @@ class PreviousRows:
             return same, np.zeros((batch.num_rows, 0), dtype=np.float32)
         equal = pc.is_valid(previous.column(self.vector_column))
         for name in self.text_columns:
-            equal = pc.and_(equal, _same_values(batch.column(name)[: previous.num_rows], previous.column(name)))
+            equal = pc.and_(equal, same_values(batch.column(name)[: previous.num_rows], previous.column(name)))
         same[: previous.num_rows] = equal.to_numpy(zero_copy_only=False)
         vectors = previous.column(self.vector_column)
         dims = vectors.type.list_size
@@ -152,8 +156,8 @@ def _batches(part: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     yield from pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS, columns=columns)
 
 
-def _same_values(current: pa.ChunkedArray | pa.Array, previous: pa.ChunkedArray) -> pa.Array:
-    """Equal, or both null; False when the types cannot be compared."""
+def same_values(current: pa.ChunkedArray | pa.Array, previous: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Row by row: equal, or both null; False when the types cannot be compared."""
     try:
         equal = pc.equal(current, previous.cast(current.type))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

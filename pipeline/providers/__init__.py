@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipeline.errors import ConfigError
 from pipeline.providers.registry import DEFAULT_BATCH_API, provider_class, provider_names
 
 if TYPE_CHECKING:  # the config validates provider names through this package: no import back
     from pipeline.config import EmbeddingConfig
     from pipeline.providers.base import Embedder
 
-__all__ = ["batch_api_embedder", "check_embedding_config", "get_embedder", "provider_class", "provider_names"]
+__all__ = [
+    "batch_api_embedder",
+    "check_embedding_config",
+    "check_truncation",
+    "get_embedder",
+    "provider_class",
+    "provider_names",
+]
 
 
 def get_embedder(config: EmbeddingConfig, api_key: str | None = None) -> Embedder:
@@ -22,6 +30,15 @@ def check_embedding_config(config: EmbeddingConfig) -> None:
     """What `config.provider` refuses (e.g. an API key bound for another host), raised before
     anything starts; makes no call."""
     provider_class(config.provider).check_config(config)
+
+
+def check_truncation(config: EmbeddingConfig, truncate: int | None) -> None:
+    """Refuse `output.dimensions_truncate` for a model not trained to be cut (Matryoshka)."""
+    if truncate is not None and not provider_class(config.provider).matryoshka(config.model):
+        raise ConfigError(
+            f"output.dimensions_truncate: {config.model} (provider {config.provider}) is not a Matryoshka-trained "
+            "model, so its cut vectors would lose their meaning; remove output.dimensions_truncate"
+        )
 
 
 def batch_api_embedder(config: EmbeddingConfig, api_key: str | None) -> Embedder:

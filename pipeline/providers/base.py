@@ -77,6 +77,12 @@ class Embedder(ABC):
         return None
 
     @classmethod
+    def matryoshka(cls, model: str) -> bool:
+        """Whether `model` was trained so that its first dimensions are a good vector on their own
+        (Matryoshka): only then may `output.dimensions_truncate` cut its vectors."""
+        return False
+
+    @classmethod
     def endpoint(cls, config: EmbeddingConfig) -> str | None:
         """Where requests go, as far as it shapes the vectors (None: nowhere, a local model)."""
         return None

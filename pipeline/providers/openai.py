@@ -27,6 +27,7 @@ KNOWN_DIMENSIONS = {
     "text-embedding-3-large": 3072,
     "text-embedding-ada-002": 1536,
 }
+MATRYOSHKA_PREFIX = "text-embedding-3-"  # trained so that a vector's first dimensions stand on their own
 _FATAL = {  # our words, not the server's: a 401's message quotes part of the key
     401: "the API key was refused (401): check the key in {env}",
     403: "access denied (403): the key in {env} may not use model {model}",
@@ -74,6 +75,10 @@ class OpenAIEmbedder(HTTPEmbedder):
     @classmethod
     def native_dimensions(cls, model: str) -> int | None:
         return KNOWN_DIMENSIONS.get(model)
+
+    @classmethod
+    def matryoshka(cls, model: str) -> bool:
+        return model.startswith(MATRYOSHKA_PREFIX)
 
     @classmethod
     def endpoint(cls, config: EmbeddingConfig) -> str | None:

@@ -35,7 +35,24 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
             "output",
             f"{manifest['output']} ({manifest['model']} via {manifest['provider']}, {manifest['dimensions']} dims)",
         ),
+        *[("vectors", _stored(column, record)) for column, record in manifest.get("vectors", {}).items()],
+        *([("iceberg", _committed(manifest["iceberg"]))] if manifest.get("iceberg") else []),
     ]
+
+
+def _committed(iceberg: dict) -> str:
+    return (
+        f"{iceberg['table']}: one commit; partitions written {iceberg['rewritten_parts']:,}, "
+        f"removed {iceberg['removed_parts']:,}"
+    )
+
+
+def _stored(column: str, record: dict) -> str:
+    """How a vector column is stored and, where it is compact, what that costs in recall."""
+    line = f"{column}: {record.get('model')}, {record.get('dimensions')} dims, {record.get('dtype', 'float32')}"
+    if record.get("recall_at_10") is not None:
+        line += f"; recall@10 {record['recall_at_10']:.3f} against float32 ({record['recall_sample_rows']:,} rows)"
+    return line
 
 
 def _held_back(held: dict) -> str:

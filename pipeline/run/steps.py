@@ -9,25 +9,25 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import __version__
 from pipeline.cache.vectors import VectorCache
 from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.config import Config
 from pipeline.errors import EmbedpipeError
 from pipeline.incremental.unchanged_files import PreviousOutput, part_source, run_key, settings_key
 from pipeline.incremental.unchanged_rows import prepared_batches
-from pipeline.providers import get_embedder
+from pipeline.providers import check_truncation, get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.remote import RemoteOutput, localised
 from pipeline.run import progress
+from pipeline.run.columns import check_cut, finish_vector_columns, output_metadata
 from pipeline.run.counts import RunStats
 from pipeline.run.embed import RowVectors, TextEmbedder
 from pipeline.run.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
+from pipeline.sinks.iceberg import write_iceberg
 from pipeline.sinks.parquet import ParquetSink, chunk_table, vector_array, write_delta
 from pipeline.sources.partitions import Partition, plan_partitions
 from pipeline.sources.reader import SourcePlan, row_texts
@@ -81,6 +81,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     started = time.monotonic()
     prompt_thread_switches()
     published_at = config.output.path
+    check_truncation(config.embedding, config.output.dimensions_truncate)  # before anything opens
     config, remote_outputs = localised(config)  # object-store paths become local mirrors
     for remote in remote_outputs:
         remote.check_writable()
@@ -102,6 +103,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
                 estimate_run(config, plan, previous, embedder, cache, max_tokens, overlap),
                 config.embedding.max_cost_usd,
             )
+        check_cut(config, embedder.dimensions)
         metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
         staging = run_key({"config": config.model_dump(mode="json"), "settings": key}, plan.files)
         rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, staging)
@@ -154,23 +156,6 @@ def _close_opened(opening: Future, owns_embedder: bool) -> None:
             cache.close()
         if owns_embedder:
             embedder.close()
-
-
-def output_metadata(config: Config, dimensions: int, max_tokens: int, overlap: int) -> dict:
-    """What Parquet key-value metadata records: how the vectors were made. Never a secret."""
-    return {
-        "provider": config.embedding.provider,
-        "model": config.embedding.model,
-        "dimensions": dimensions,
-        "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap, "encoding": "cl100k_base"},
-        "columns": {
-            "id": config.source.id_column,
-            "text": config.source.text_column,
-            "vector": config.output.vector_column,
-        },
-        "pipeline_version": __version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 def embed_through_batch_api(run: Run) -> None:
@@ -275,6 +260,9 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         "output": run.output.published_at or str(run.config.output.path),
         "rows": run.input.plan.total_rows,
         "stats": stats.as_dict(),
+        "vectors": finish_vector_columns(
+            run.config, run.output.rows.staged(parts), run.output.metadata, run.input.previous
+        ),
     }
     if run.output.chunks is not None:
         run.output.chunks.publish(manifest, parts, run.input.sources)
@@ -284,6 +272,8 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         remote.push()
     if run.config.output.delta_path:
         write_delta(run.config.output.path, run.config.output.delta_path)
+    if run.config.output.iceberg:
+        manifest["iceberg"] = write_iceberg(run.config.output.path, run.config.output.iceberg, manifest)
     return manifest
 
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.config import first_line
 from pipeline.errors import EmbedpipeError, is_disk_full
+from pipeline.sinks.vector_dtypes import as_float_lists, file_encodings
 
 if TYPE_CHECKING:  # the embedding step imports nothing of the output
     from pipeline.run.embed import EmbeddedText
@@ -71,16 +71,18 @@ def write_file(table: pa.Table, path: Path) -> Path:
 
 def write_delta(output: str | Path, table_path: str) -> None:
     """Copy the published output into a Delta Lake table at `table_path`, replacing its
-    contents in one commit. Delta has no fixed-size list: vectors become list<float>."""
+    contents in one commit. Delta has no fixed-size list (nor half floats): vectors become
+    list<float>, decoded from whatever dtype the output stores."""
     from deltalake import write_deltalake
 
     parts = sorted(Path(output).glob("part-*.parquet"))
     if not parts:
         return
+    schema = pa.schema(as_float_lists(pq.read_schema(parts[0]).empty_table(), {}).schema)
     try:
         write_deltalake(
             table_path,
-            ds.dataset(parts, format="parquet").scanner().to_reader(),
+            pa.RecordBatchReader.from_batches(schema, _float_batches(parts)),
             mode="overwrite",
             schema_mode="overwrite",
         )
@@ -88,6 +90,15 @@ def write_delta(output: str | Path, table_path: str) -> None:
         raise EmbedpipeError(
             f"output.delta_path {table_path}: cannot write the Delta table ({type(exc).__name__}: {first_line(exc)})"
         ) from None
+
+
+def _float_batches(parts: list[Path]) -> Iterator[pa.RecordBatch]:
+    """Every part's rows, a batch at a time, vectors as list<float> (`as_float_lists`)."""
+    for part in parts:
+        source = pq.ParquetFile(part)
+        recorded = file_encodings(source.schema_arrow.metadata)
+        for batch in source.iter_batches():
+            yield from as_float_lists(pa.Table.from_batches([batch]), recorded).to_batches()
 
 
 class PartWriter:
@@ -201,6 +212,10 @@ class ParquetSink:
     def open_part(self, index: int, expected_rows: int | None = None) -> PartWriter:
         """A writer for part `index`; `expected_rows` sizes what a full disk would need."""
         return PartWriter(self.staging / self.part_name(index), self.metadata, expected_rows)
+
+    def staged(self, parts: dict[int, int]) -> list[Path]:
+        """The staged files of `parts` (index -> rows) that hold rows, in order."""
+        return [self.staging / self.part_name(i) for i, rows in sorted(parts.items()) if rows]
 
     def adopt(self, index: int, previous: Path) -> int:
         """Stage an unchanged part from the previous run as part `index`, by hard link where the

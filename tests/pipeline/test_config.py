@@ -129,3 +129,20 @@ def test_a_glob_and_an_output_are_compared_as_absolute_paths(tmp_path, monkeypat
     path = write(tmp_path, f"source:\n  path: '{tmp_path}/*/*.parquet'\noutput:\n  path: out\n")
     with pytest.raises(ConfigError, match=r"the glob source.path .*/\*/\*.parquet would read output.path out's files"):
         load_config(path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["output.vector_dtype=int4"], "output.vector_dtype: use one of float32, float16, int8, binary"),
+    (["output.dimensions_truncate=0"], "dimensions_truncate must be at least 1"),
+    (["output.iceberg={catalog_uri: 'sqlite:///c.db', warehouse: w, table: vectors}"], "output.iceberg.table: name it namespace.table"),
+    (["output.iceberg={catalog_uri: 'sqlite:///c.db', table: docs.vectors}"], "missing key output.iceberg.warehouse"),
+])
+def test_warehouse_output_keys_are_checked_in_one_line(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config(write(tmp_path, GOOD), overrides)
+
+
+def test_warehouse_output_keys_are_set_like_any_other(tmp_path):
+    iceberg = "output.iceberg={catalog_uri: 'sqlite:///c.db', warehouse: w, table: docs.vectors}"
+    config = load_config(write(tmp_path, GOOD), ["output.vector_dtype=int8", "output.dimensions_truncate=256", iceberg])
+    assert (config.output.vector_dtype, config.output.dimensions_truncate, config.output.iceberg.table) == ("int8", 256, "docs.vectors")

@@ -159,3 +159,15 @@ def test_a_provider_counting_tokens_in_another_vocabulary_is_refused_with_one_li
 
     with pytest.raises(ProviderError, match="counts tokens in o200k_base; embedpipe has cl100k_base"):
         OtherVocabulary(EmbeddingConfig())
+
+
+@pytest.mark.parametrize("provider, model, cut", [
+    ("openai", "text-embedding-3-small", True),
+    ("openai", "text-embedding-3-large", True),
+    ("openai", "text-embedding-ada-002", False),
+    ("openai-batch", "text-embedding-3-small", True),
+    ("azure-openai", "text-embedding-3-large", True),
+    ("local", "all-MiniLM-L6-v2", False),
+])
+def test_each_provider_says_which_models_are_matryoshka_trained(provider, model, cut):
+    assert provider_class(provider).matryoshka(model) is cut

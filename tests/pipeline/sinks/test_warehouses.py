@@ -62,3 +62,15 @@ def test_a_delta_lake_table_holds_the_same_rows(output, tmp_path):
     table = DeltaTable(tmp_path / "delta").to_pyarrow_table().sort_by("id")
     assert table.column("id").to_pylist() == [1, 2, 3] and table.schema.field("embedding").type == pa.list_(pa.float32())
     assert np.allclose(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), expected(output))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "binary"])
+def test_a_compact_output_reaches_delta_lake_as_decoded_floats(tmp_path, fake_openai, dtype):
+    from deltalake import DeltaTable
+
+    source = write_parquet(tmp_path / "in.parquet", {"id": [1, 2, 3], "text": TEXTS})
+    run_pipeline(openai_config(tmp_path, fake_openai, source, output__vector_dtype=dtype, output__delta_path=str(tmp_path / "delta")))
+    table = DeltaTable(tmp_path / "delta").to_pyarrow_table().sort_by("id")
+    vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    assert table.schema.field("embedding").type == pa.list_(pa.float32()) and vectors.shape == (3, 16)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
