@@ -15,6 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,9 +39,16 @@ def write_iceberg(output: str | Path, settings: IcebergConfig, manifest: dict) -
     except EmbedpipeError:
         raise
     except Exception as exc:  # noqa: BLE001  pyiceberg, SQLAlchemy and pyarrow raise their own; the cause is what matters
+        cause = _without_password(first_line(exc), settings.catalog_uri)
         raise EmbedpipeError(
-            f"output.iceberg: cannot commit to table {settings.table} ({type(exc).__name__}: {first_line(exc)})"
+            f"output.iceberg: cannot commit to table {settings.table} ({type(exc).__name__}: {cause})"
         ) from None
+
+
+def _without_password(message: str, uri: str) -> str:
+    """`message` with the catalog URI's password, should a driver quote it, masked."""
+    password = urlsplit(uri).password
+    return message.replace(password, "***") if password else message
 
 
 def _commit(output: Path, settings: IcebergConfig, manifest: dict) -> dict:

@@ -12,7 +12,7 @@ import pytest
 from pipeline.config import IcebergConfig
 from pipeline.run.report import summary_lines
 from pipeline.run.steps import run_pipeline
-from pipeline.sinks.iceberg import PART_COLUMN, open_catalog
+from pipeline.sinks.iceberg import PART_COLUMN, _without_password, open_catalog
 from tests.conftest import openai_config, write_parquet
 
 pytest.importorskip("pyiceberg")
@@ -32,6 +32,11 @@ def run(tmp_path, server, iceberg, **overrides):
     config = openai_config(tmp_path, server, tmp_path / "in", output__iceberg=iceberg.model_dump(), **overrides)
     config.source.path = str(tmp_path / "in" / "*.parquet")
     return run_pipeline(config)
+
+
+@pytest.mark.parametrize("uri", ["postgresql://me:hunter2@db/x", "https://me:hunter2@catalog.example/api"])
+def test_a_driver_quoting_the_catalog_uri_never_shows_its_password(uri):
+    assert _without_password(f"could not connect to {uri}", uri) == f"could not connect to {uri.replace('hunter2', '***')}"
 
 
 def current(iceberg):
