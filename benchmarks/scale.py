@@ -8,7 +8,8 @@
 Rows: an input Parquet of short texts (10-20 words drawn from a vocabulary, about 30% of rows
 exact copies of an earlier row's text anywhere before it in the file, so copies fall in other
 record batches) goes through `run_pipeline` in a child process, as `embedpipe run` runs it,
-against the loopback OpenAI server in its own process (64 dimensions, no limits, none configured).
+against the loopback OpenAI server in its own process (64 dimensions, no limits, none configured),
+answering cheaply (`quick_server_class`): the server's CPU is not the pipeline's cost.
 A cold run into a fresh cache gives rows/s and the child's peak RSS (VmHWM); a fully cached run
 into a new output is compared with its I/O floor: polars reading the input, then writing and
 reading back a table of the output's ids and 64-float32 vectors. The cache's bytes on disk
