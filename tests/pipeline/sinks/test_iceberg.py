@@ -1,7 +1,8 @@
 """output.iceberg: the output committed to an Iceberg table (SQLite catalog), read back with pyiceberg and DuckDB.
 
-DuckDB's own iceberg extension is downloaded at first use, which cannot happen offline; DuckDB
-reads the data files of the table's current snapshot instead, as pyiceberg plans them.
+DuckDB reads the table two ways: the data files of its current snapshot as pyiceberg plans them
+(`read_parquet`), and the table itself with DuckDB's own iceberg extension (`iceberg_scan` on the
+metadata file), loaded from the duckdb-extension-iceberg wheel's files, never downloaded.
 """
 
 import numpy as np
@@ -84,6 +85,59 @@ def test_a_rerun_adds_no_row_and_an_incremental_run_rewrites_only_the_changed_pa
     paths = [f.removeprefix("file://") for f in files]
     read = duckdb.sql(f"SELECT id, text, len(embedding) AS d FROM read_parquet({paths!r}) ORDER BY id").fetchall()
     assert [r[0] for r in read] == ["a0", "a1", "b0", "b1", "b2"] and {r[2] for r in read} == {16}
+
+
+def duckdb_with_iceberg(tmp_path):
+    """A DuckDB connection with the iceberg extension (and avro, which it needs) LOADed from the
+    files of the duckdb-extension-* wheels the test extra pins; autoinstall and autoload off and an
+    empty extension directory, so nothing can be fetched: a missing or mismatched wheel fails here."""
+    from importlib.resources import files
+
+    import duckdb
+
+    off = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    con = duckdb.connect(config={**off, "extension_directory": str(tmp_path / "duckdb-extensions")})
+    for name in ("avro", "iceberg"):
+        path = files(f"duckdb_extension_{name}") / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+        con.execute(f"LOAD '{path}'")
+    loaded = con.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded AND install_mode = 'NOT_INSTALLED'").fetchall()
+    assert sorted(loaded) == [("avro",), ("iceberg",)]  # from the wheels' paths, nothing installed
+    return con
+
+
+def test_duckdb_s_iceberg_extension_reads_the_table_and_sees_an_incremental_run_whole(tmp_path, fake_openai, iceberg):
+    from pipeline.downstream.similarity import read_output
+
+    con = duckdb_with_iceberg(tmp_path)
+
+    def scan(metadata):
+        query = f"SELECT id, text, embedding FROM iceberg_scan('{metadata}') ORDER BY id"
+        return con.sql(query).fetchall()
+
+    def check(rows):  # DuckDB's rows are pyiceberg's, vectors those of the Parquet output
+        table, expected = current(iceberg)
+        assert [(r[0], r[1]) for r in rows] == list(zip(expected.column("id").to_pylist(), expected.column("text").to_pylist()))
+        decoded = read_output(tmp_path / "out")
+        by_id = dict(zip(decoded.ids.to_pylist(), decoded.vectors))
+        assert [r[0] for r in rows if r[2] is not None] == sorted(by_id)
+        for id_, _, vector in rows:
+            if vector is not None:
+                np.testing.assert_allclose(np.asarray(vector, dtype=np.float32), by_id[id_], atol=1e-6)
+        return table.metadata_location
+
+    write_inputs(tmp_path / "in", {"a": ["alpha", "beta", None], "b": ["gamma", "delta"], "c": ["eps"]})
+    run(tmp_path, fake_openai, iceberg)
+    first = check(scan(current(iceberg)[0].metadata_location))
+    assert [r[0] for r in scan(first)] == ["a0", "a1", "a2", "b0", "b1", "c0"] and scan(first)[2][2] is None
+    write_inputs(tmp_path / "in", {"b": ["gamma", "a new delta", "zeta"]})
+    (tmp_path / "in" / "c.parquet").unlink()
+    assert run(tmp_path, fake_openai, iceberg)["iceberg"]["rewritten_parts"] == 1
+    second = current(iceberg)[0].metadata_location
+    rows = scan(second)
+    assert second != first and check(rows) == second
+    assert len(rows) == 6 and len({r[0] for r in rows}) == 6  # the input's rows, each once: b's rows replaced, c's gone
+    assert [r[1] for r in rows if r[0].startswith("b")] == ["gamma", "a new delta", "zeta"]
+    assert [r[0] for r in scan(first)] == ["a0", "a1", "a2", "b0", "b1", "c0"]  # the earlier snapshot still reads as it was
 
 
 def test_a_second_model_s_column_joins_the_table_beside_the_first(tmp_path, iceberg):
