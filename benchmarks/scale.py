@@ -199,10 +199,14 @@ def start_server() -> Server:
     return Server(process, parent, parent.recv())
 
 
+PARTITION_ROWS: int | None = None  # --partition-rows: source.partition_rows, else the default
+
+
 def pipeline_config(base_url: str, source: Path, cache: Path, output: Path) -> dict:
     """A config as a user's: the openai provider at the loopback server, no limits named."""
+    partitioning = {"partition_rows": PARTITION_ROWS} if PARTITION_ROWS else {}
     return {
-        "source": {"path": str(source)},
+        "source": {"path": str(source), **partitioning},
         "embedding": {
             "provider": "openai",
             "model": "text-embedding-3-small",
@@ -478,6 +482,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rows", type=row_counts, help="comma-separated input sizes (default 1000000)")
     parser.add_argument("--keys", type=lambda text: row_counts(text)[0], help="fill a VectorCache with this many keys")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20,000 rows and 200,000 keys")
+    parser.add_argument(
+        "--partition-rows", type=int, help="source.partition_rows (default 1,000,000: 1M rows run one partition)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where inputs, outputs and caches go (a temp dir)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -492,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["--child"]:
         return run_child(argv[1])
     args = parse_args(argv)
+    global PARTITION_ROWS
+    PARTITION_ROWS = args.partition_rows
     sys.stdout.reconfigure(line_buffering=True)
     with tempfile.TemporaryDirectory(prefix="embedpipe-scale-", dir=args.workdir) as tmp:
         if args.rows:

@@ -18,7 +18,7 @@ def test_the_dockerfile_passes_hadolint():
 def test_the_worker_image_runs_as_a_non_root_user_with_the_project_inside():
     lines = (DOCKER / "Dockerfile").read_text().splitlines()
     assert [line for line in lines if line.startswith("USER ")] == ["USER 10001:10001"]
-    for part in ("torch==2.13.0", '".[local,downstream,s3,dask]"', "cl100k_base()", "COPY pipeline", "COPY flows", "COPY configs"):
+    for part in ("torch==2.13.0", '".[local,downstream,s3,dask,iceberg]"', "cl100k_base()", "COPY pipeline", "COPY flows", "COPY configs"):
         assert any(part in line for line in lines), part
 
 
