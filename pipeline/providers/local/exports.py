@@ -86,10 +86,12 @@ def quantize_int8(onnx_folder: Path, into: Path) -> None:
 
 
 def distill_static(encode_tokens: Callable[[np.ndarray], np.ndarray], source: Path, into: Path) -> None:
-    """A model2vec static model: model2vec's recipe (each WordPiece's vector is the model's
-    mean-pooled output for [CLS] piece [SEP], weighted down by its Zipf frequency, SIF) without
-    PCA, so its vectors share the transformer's 384-d space. `encode_tokens(ids)` runs the
-    transformer (the ONNX export: several times torch's speed here) on (n, 3) token ids."""
+    """A model2vec static model made by model2vec's recipe: each WordPiece's vector is the model's
+    mean-pooled output for [CLS] piece [SEP], weighted down by its Zipf frequency (SIF).
+    model2vec's PCA is reduced to its centring: vectors stay in the transformer's 384-d space
+    (comparable with torch's, the same output width), at recall@10 0.38 against 0.41 with PCA to
+    256 dims and 0.33 uncentred (stdlib docstrings). `encode_tokens(ids)` runs the transformer
+    on (n, 3) token ids: the ONNX export, several times torch's speed here."""
     from model2vec import StaticModel
     from tokenizers import Tokenizer
 
@@ -100,6 +102,7 @@ def distill_static(encode_tokens: Callable[[np.ndarray], np.ndarray], source: Pa
     ids = np.arange(tokenizer.get_vocab_size(), dtype=np.int64)
     triples = np.stack([np.full_like(ids, cls), ids, np.full_like(ids, sep)], axis=1)
     vectors = np.concatenate([encode_tokens(triples[i : i + DISTILL_BATCH]) for i in range(0, len(ids), DISTILL_BATCH)])
+    vectors -= vectors.mean(axis=0)  # what every piece shares says nothing about a text, and swamps an average
     rank_probability = 1 / np.arange(2, len(ids) + 2)  # token ids of a WordPiece vocabulary follow frequency
     rank_probability /= rank_probability.sum()
     vectors *= (SIF_COEFFICIENT / (SIF_COEFFICIENT + rank_probability))[:, None]
