@@ -72,6 +72,7 @@ class Backend(ABC):
     name: ClassVar[str]  # as `embedding.backend` names it
     namespace_suffix: ClassVar[str]  # added to the cache namespace: vectors of different backends never mix
     describes: ClassVar[str]  # a few words for the run summary
+    reads_any_length: ClassVar[bool] = False  # True: no input limit, nothing is ever cut off
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
@@ -90,9 +91,37 @@ class Backend(ABC):
     def encode(self, texts: list[str]) -> np.ndarray:
         """One vector per text, (len(texts), dimensions) float32, in order."""
 
-    @abstractmethod
     def token_count(self, text: str) -> int:
-        """WordPieces this backend's tokenizer makes of `text`, special tokens included, before any cut."""
+        """WordPieces the model's tokenizer makes of `text`, [CLS] and [SEP] included, before any cut."""
+        return len(self.wordpieces.encode(text).ids)
+
+    def windows(self, texts: list[str]) -> list[list[tuple[str, int]]]:
+        """Each text as the parts the model reads whole, with their WordPiece counts: one part when it
+        fits, else cuts at WordPiece boundaries (a chunk of code or URLs can hold twice the WordPieces
+        the cl100k chunk limit allows for)."""
+        if self.reads_any_length:
+            return [[(text, 1)] for text in texts]
+        room = self.spec.max_seq_length - 2
+        parts = []
+        for text, encoding in zip(texts, self.wordpieces.encode_batch(texts, add_special_tokens=False)):
+            offsets = encoding.offsets
+            if len(offsets) <= room:
+                parts.append([(text, len(offsets) + 2)])
+                continue
+            starts = [offsets[i][0] for i in range(0, len(offsets), room)]
+            ends = [*starts[1:], len(text)]
+            parts.append([(text[a:b], self.token_count(text[a:b])) for a, b in zip(starts, ends)])
+        return parts
+
+    @functools.cached_property
+    def wordpieces(self):
+        """The model's own tokenizer, counting: nothing cut, nothing padded."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.spec.path / "tokenizer.json"))
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return tokenizer
 
     @property
     @abstractmethod

@@ -18,7 +18,8 @@ from pipeline.providers.local.devices import resolve_devices
 
 _PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 # Chunks are counted in cl100k tokens; the model counts WordPieces, about a quarter more for
-# English prose. Headroom keeps a chunk's tail from being cut off unseen (tests check it).
+# English prose, up to twice as many for code or URLs: a chunk that still does not fit is
+# embedded in parts (`embed_batch`), never cut off unseen.
 WORDPIECES_PER_TOKEN_HEADROOM = 0.78
 
 
@@ -56,6 +57,7 @@ class LocalEmbedder(Embedder):
         models_dir = Path(config.models_path or Path(CacheConfig().path) / "models").expanduser()
         self.spec = ModelSpec.of(self.path, config.model, models_dir, resolve_devices(config.device))
         self.max_input_tokens = int(self.spec.max_seq_length * WORDPIECES_PER_TOKEN_HEADROOM)
+        self.cut_chunks = 0  # chunks longer than the model reads, embedded in parts
         self._backend: Backend | None = None
         self.choice: Choice | None = None  # which backend, and why
         if config.backend != "auto":
@@ -108,7 +110,18 @@ class LocalEmbedder(Embedder):
 
     def embed_batch(self, texts: list[str], token_counts: list[int] | None = None) -> np.ndarray:
         self.tally()
-        return self.backend.encode(texts)
+        windows = self.backend.windows(texts)
+        vectors = self.backend.encode([part for parts in windows for part, _pieces in parts])
+        if len(vectors) == len(texts):
+            return vectors
+        self.cut_chunks += sum(len(parts) > 1 for parts in windows)
+        # a chunk longer than the model reads: the WordPiece-weighted mean of its parts, as rows pool their chunks
+        out, at = np.empty((len(texts), vectors.shape[1]), dtype=np.float32), 0
+        for row, parts in enumerate(windows):
+            weights = np.array([pieces for _part, pieces in parts], dtype=np.float32)[:, None]
+            pooled = (vectors[at : at + len(parts)] * weights).sum(axis=0)
+            out[row], at = pooled / max(float(np.linalg.norm(pooled)), 1e-12), at + len(parts)
+        return out
 
     def close(self) -> None:
         if self._backend is not None:

@@ -29,9 +29,6 @@ class OnnxBackend(Backend):
         options.log_severity_level = 3  # its warnings about unused initializers are not the user's business
         providers = ["CUDAExecutionProvider"] if spec.devices[0].startswith("cuda") else ["CPUExecutionProvider"]
         self.session = onnxruntime.InferenceSession(str(folder / ONNX_FILE), options, providers=providers)
-        self.counter = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.counter.no_truncation()
-        self.counter.no_padding()
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(spec.max_seq_length)
         self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]") or 0)
@@ -76,9 +73,6 @@ class OnnxBackend(Backend):
         if not normalise:
             return pooled
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-
-    def token_count(self, text: str) -> int:
-        return len(self.counter.encode(text).ids)
 
     @property
     def dimensions(self) -> int:

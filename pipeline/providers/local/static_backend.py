@@ -20,13 +20,13 @@ class StaticBackend(Backend):
     name = "static"
     namespace_suffix = ":static"
     describes = "model2vec static embeddings distilled from the model"
+    reads_any_length = True  # an average of piece vectors: every piece counts, however many
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         from model2vec import StaticModel
 
         self.model = StaticModel.from_pretrained(str(self.prepare(spec)), normalize=True)
-        self.pieces = spec.max_seq_length - 2  # what the transformer reads besides [CLS] and [SEP]
 
     @classmethod
     def prepare(cls, spec: ModelSpec) -> Path:
@@ -37,12 +37,11 @@ class StaticBackend(Backend):
         return prepared(spec.models_dir / f"{spec.name}-static", distill)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        vectors = self.model.encode(texts, max_length=self.pieces, batch_size=STATIC_BATCH, show_progress_bar=False)
+        vectors = self.model.encode(texts, max_length=None, batch_size=STATIC_BATCH, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
 
     def token_count(self, text: str) -> int:
-        pieces = self.model.tokenizer.encode(text, add_special_tokens=False).ids
-        return len(pieces) + 2  # as the transformer counts: [CLS] and [SEP] around them
+        return len(self.model.tokenizer.encode(text, add_special_tokens=False).ids) + 2  # as the transformer counts
 
     @property
     def dimensions(self) -> int:

@@ -34,7 +34,7 @@ class TorchBackend(Backend):
         return np.asarray(vectors, dtype=np.float32)
 
     def token_count(self, text: str) -> int:
-        return len(self.model.tokenizer(text, truncation=False)["input_ids"])
+        return len(self.model.tokenizer(text, truncation=False)["input_ids"])  # its own tokenizer, to be sure
 
     @property
     def dimensions(self) -> int:
