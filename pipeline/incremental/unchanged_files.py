@@ -66,6 +66,8 @@ def settings_key(config: Config) -> str:
         "vector_column": config.output.vector_column,
         "version": __version__,
     }
+    if made_with := provider_class(config.embedding.provider).shaping_settings(config.embedding):
+        shaping["made_with"] = made_with  # only where set: outputs made before it keep their key
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -82,6 +82,12 @@ class Embedder(ABC):
         """Where requests go, as far as it shapes the vectors (None: nowhere, a local model)."""
         return None
 
+    @classmethod
+    def shaping_settings(cls, config: EmbeddingConfig) -> dict:
+        """Settings beyond provider, model and dimensions that change the vectors (a local backend):
+        an output made under others is not reused."""
+        return {}
+
     def share_limits(self, fraction: float, refill_delay: float = 0.0) -> None:
         """Spend only `fraction` of the rate limits: other processes share the key. A worker
         process's budget starts refilling `refill_delay` s late (its requests reach the server late)."""

@@ -75,6 +75,11 @@ class LocalEmbedder(Embedder):
             )
         self.choice, self._backend = chosen, loaded or backend_class(self.spec)
 
+    @classmethod
+    def shaping_settings(cls, config: EmbeddingConfig) -> dict:
+        # auto: any backend within the tolerance of torch, as outputs made before backends existed were
+        return {} if config.backend == "auto" else {"backend": config.backend}
+
     @property
     def needs_sample(self) -> bool:
         return self._backend is None
