@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import ProviderError
 from pipeline.providers.local.backend import Backend, ModelSpec
 from pipeline.providers.local.backends import BACKENDS, REFERENCE
 
@@ -62,7 +63,11 @@ def choose_backend(spec: ModelSpec, sample: list[str], min_cosine: float) -> tup
         if backend_class is REFERENCE or why_not:
             skipped += [f"{name} skipped: {why_not}"] if why_not else []
             continue
-        loaded[name] = backend_class(spec)
+        try:
+            loaded[name] = backend_class(spec)
+        except ProviderError as exc:  # this model cannot run there (say, no onnx export of it): try the others
+            skipped.append(f"{name} skipped: {exc}")
+            continue
         vectors, seconds = _timed(loaded[name], texts)
         measured[name] = (reference_seconds / max(seconds, 1e-9), _mean_cosine(vectors, expected))
     agreeing = [name for name, (_speed, cosine) in measured.items() if cosine >= min_cosine]

@@ -7,6 +7,7 @@ processes, or a run killed half way, never leave a half model where a run would 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -56,6 +57,10 @@ def export_onnx(source: Path, into: Path) -> None:
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(source)).eval()
+    if "token_type_ids" not in inspect.signature(model.forward).parameters:
+        raise ProviderError(
+            f"embedding.model {source}: the onnx export takes BERT-style models only; use backend torch"
+        )
     example = torch.tensor([[101, 7592, 2088, 102], [101, 2088, 102, 0]])
     inputs = (example, (example > 0).long(), torch.zeros_like(example))
     axes = {name: {0: "batch", 1: "tokens"} for name in [*ONNX_INPUTS, "last_hidden_state"]}
