@@ -3,6 +3,7 @@ says how it runs (backends.py); `auto` picks the fastest that agrees with torch 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from pipeline.providers.local.backend import Backend, ModelSpec
 from pipeline.providers.local.backends import BACKENDS
 from pipeline.providers.local.choice import FALLBACK_SAMPLE, PROBE_TEXTS, Choice, choose_backend, remembered
 from pipeline.providers.local.devices import resolve_devices
+
+log = logging.getLogger("embedpipe")
 
 _PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 # Chunks are counted in cl100k tokens; the model counts WordPieces, about a quarter more for
@@ -129,6 +132,8 @@ class LocalEmbedder(Embedder):
         return out
 
     def close(self) -> None:
+        if self.cut_chunks:
+            log.info("%d chunks longer than the model reads were embedded in parts and pooled", self.cut_chunks)
         if self._backend is not None:
             self._backend.close()
         super().close()

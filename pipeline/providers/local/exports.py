@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -26,6 +27,7 @@ ONNX_FILE = "model.onnx"
 ONNX_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 DISTILL_BATCH = 1024  # one-token texts per forward pass while distilling
 SIF_COEFFICIENT = 1e-4  # model2vec's default weighting of frequent tokens down
+ABANDONED_AFTER_SECONDS = 3600  # a temporary folder older than this is no process's work in progress
 
 
 def prepared(folder: Path, build: Callable[[Path], None]) -> Path:
@@ -33,6 +35,9 @@ def prepared(folder: Path, build: Callable[[Path], None]) -> Path:
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for abandoned in folder.parent.glob(f".{folder.name}.*.tmp"):  # a killed run's; one building now is younger
+        if time.time() - abandoned.stat().st_mtime > ABANDONED_AFTER_SECONDS:
+            shutil.rmtree(abandoned, ignore_errors=True)
     building = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
     building.mkdir()
     try:
