@@ -4,7 +4,8 @@
     .venv/bin/python -m benchmarks.local --rows 5000 --torch-rows 1000
 
 Chunks/s through `LocalEmbedder.embed` (what a run calls: batches of 256, the WordPiece check
-included), one timed pass after a warm-up; mean and min cosine to torch's vector of the same chunk;
+included), after a warm-up, timed in 8 blocks taken in turn with the other backends (a change in
+the machine's load falls on all alike); mean and min cosine to torch's vector of the same chunk;
 recall@10: how many of a chunk's 10 nearest neighbours by torch's vectors a backend also ranks in
 its 10 nearest. Torch (and onnx fp32, as slow) embed only the first `--torch-rows` generated
 rows; agreement is measured on those, speed of the faster backends on all rows.
@@ -29,6 +30,7 @@ from pipeline.text.normalise import normalise_paragraphs
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW = {"torch", "onnx"}  # embed only the first --torch-rows of the generated corpus
+BLOCKS = 8  # each backend's texts are timed in this many blocks, taken in turn
 
 
 def quickstart_chunks(max_tokens: int = 192, overlap: int = 32) -> list[str]:
@@ -55,11 +57,21 @@ def generated_rows(rows: int, source: list[str], seed: int = 7) -> list[str]:
     return docs
 
 
-def timed_embed(embedder: LocalEmbedder, texts: list[str]) -> tuple[np.ndarray, float]:
-    embedder.embed(texts[:64], [1] * min(64, len(texts)))  # warm-up
-    started = time.perf_counter()
-    vectors = embedder.embed(texts, [1] * len(texts))
-    return vectors, time.perf_counter() - started
+def interleaved_seconds(embedders: dict, samples: dict, blocks: int = BLOCKS) -> tuple[dict, dict]:
+    """Each backend's vectors for its sample and the seconds they took, timed block by block in
+    turn (a block of each backend, then the next block of each), so a change in the machine's load
+    falls on every backend alike."""
+    seconds = dict.fromkeys(embedders, 0.0)
+    vectors: dict[str, list] = {name: [] for name in embedders}
+    for name, embedder in embedders.items():
+        embedder.embed(samples[name][:64], [1] * min(64, len(samples[name])))  # warm-up
+    for block in range(blocks):
+        for name, embedder in embedders.items():
+            texts = np.array_split(np.array(samples[name], dtype=object), blocks)[block].tolist()
+            started = time.perf_counter()
+            vectors[name].append(embedder.embed(texts, [1] * len(texts)))
+            seconds[name] += time.perf_counter() - started
+    return {name: np.concatenate(parts) for name, parts in vectors.items()}, seconds
 
 
 def recall_at_10(vectors: np.ndarray, expected: np.ndarray) -> float:
@@ -74,19 +86,22 @@ def recall_at_10(vectors: np.ndarray, expected: np.ndarray) -> float:
 
 def compare(corpus: str, texts: list[str], agree_on: int, models: Path) -> list[list[str]]:
     """One table row per backend: speed on `texts` (the slow ones on the first `agree_on`), agreement on those."""
-    results, reference, torch_speed = [], None, 0.0
-    for name in backend_names():
-        embedder = LocalEmbedder(EmbeddingConfig(backend=name, device="cpu", models_path=str(models)))
-        sample = texts[:agree_on] if name in SLOW else texts
-        vectors, seconds = timed_embed(embedder, sample)
+    embedders = {
+        name: LocalEmbedder(EmbeddingConfig(backend=name, device="cpu", models_path=str(models)))
+        for name in backend_names()
+    }
+    samples = {name: texts[:agree_on] if name in SLOW else texts for name in embedders}
+    vectors, seconds = interleaved_seconds(embedders, samples)
+    reference, torch_speed = vectors["torch"], len(samples["torch"]) / seconds["torch"]
+    results = []
+    for name, embedder in embedders.items():
         embedder.close()
-        speed = len(sample) / seconds
-        if reference is None:
-            reference, torch_speed = vectors, speed
-        agree = vectors[:agree_on]
+        speed = len(samples[name]) / seconds[name]
+        agree = vectors[name][:agree_on]
         cosines = np.sum(agree * reference, axis=1)
-        results.append([corpus, name, f"{len(sample):,}", f"{seconds:.1f}", f"{speed:,.0f}", f"{speed / torch_speed:.1f}",
-                        f"{cosines.mean():.4f}", f"{cosines.min():.4f}", f"{recall_at_10(agree, reference):.3f}"])  # fmt: skip
+        results.append([corpus, name, f"{len(samples[name]):,}", f"{seconds[name]:.1f}", f"{speed:,.0f}",
+                        f"{speed / torch_speed:.1f}", f"{cosines.mean():.4f}", f"{cosines.min():.4f}",
+                        f"{recall_at_10(agree, reference):.3f}"])  # fmt: skip
         print(" | ".join(results[-1]), file=sys.stderr, flush=True)
     return results
 
@@ -104,7 +119,8 @@ def main() -> None:
             LocalEmbedder(EmbeddingConfig(backend=name, device="cpu", models_path=models)).close()
         print(f"prepared every backend in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         rows = compare("quickstart", quickstart, len(quickstart), Path(models))
-        rows += compare(f"generated {args.rows:,}", generated_rows(args.rows, quickstart), args.torch_rows, Path(models))
+        generated = generated_rows(args.rows, quickstart)
+        rows += compare(f"generated {args.rows:,}", generated, args.torch_rows, Path(models))
     header = ["corpus", "backend", "chunks", "seconds", "chunks/s", "× torch", "mean cos", "min cos", "recall@10"]
     print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
     for row in rows:
