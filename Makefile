@@ -30,6 +30,7 @@ bench: $(BIN)/.installed
 	$(PIP) -e '.[local,downstream,s3,dask,iceberg,test,lint,bench]'
 	$(BIN)/python -m benchmarks.ratelimits
 	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.local
 
 clean:
 	rm -rf $(VENV) out .embedpipe data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from fnmatch import fnmatch
 from pathlib import Path
@@ -80,6 +81,11 @@ class EmbeddingConfig(_Section):
     batch_poll_seconds: float = 15.0  # first poll interval; backs off to a minute
     batch_max_attempts: int = 3  # per text, through the Batch API
     batch_fallback_sync: bool = False  # finish what batches could not through the sync endpoint
+    # local only
+    backend: str = "auto"  # auto | torch | onnx | onnx-int8 | static (pipeline/providers/local/backends.py)
+    device: str | list[str] = "auto"  # auto | cpu | cuda | cuda:N, or a list of cuda:N: one process each
+    backend_min_cosine: float = 0.99  # auto picks a backend only if its mean cosine to torch's reaches this
+    models_path: str | None = None  # exported and distilled models; None: beside the cache, <cache.path>/models
 
     @field_validator("provider")
     @classmethod
@@ -89,6 +95,23 @@ class EmbeddingConfig(_Section):
                 f"use one of {', '.join(provider_names())} (or install the package that registers {name!r})"
             )
         return name
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        from pipeline.providers.local.backends import backend_names  # the local package imports this module
+
+        if name != "auto" and name not in backend_names():
+            raise ValueError(f"use auto or one of {', '.join(backend_names())}")
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, device: str | list[str]) -> str | list[str]:
+        for name in [device] if isinstance(device, str) else device:
+            if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+                raise ValueError(f"{name!r}: use auto, cpu, cuda or cuda:N (or a list of cuda:N)")
+        return device
 
     @model_validator(mode="after")
     def _positive(self) -> EmbeddingConfig:
@@ -103,6 +126,8 @@ class EmbeddingConfig(_Section):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if not -1 <= self.backend_min_cosine <= 1:
+            raise ValueError("backend_min_cosine must lie between -1 and 1")
         return self
 
 
@@ -163,6 +188,8 @@ class Config(_Section):
             problem = nesting_problem(self.source.path, getattr(self.output, key), f"output.{key}")
             if problem:
                 raise ValueError(problem)
+        if self.embedding.models_path is None:  # kept beside the cache, like the batch ledgers
+            self.embedding.models_path = str(Path(self.cache.path) / "models")
         return self
 
 

@@ -194,8 +194,9 @@ def embed_query(text: str, settings: dict, embedding: EmbeddingConfig, api_key: 
     model, dimensions = settings["model"], settings["dimensions"]
     # ada-002 refuses the parameter: sent only where the model's own size differs
     native = not made_by.accepts_dimensions or made_by.native_dimensions(model) == dimensions
+    made_with = {key: settings[key] for key in ("backend",) if key in settings}  # a local model's backend
     config = embedding.model_copy(
-        update={"provider": provider, "model": model, "dimensions": None if native else dimensions}
+        update={"provider": provider, "model": model, "dimensions": None if native else dimensions, **made_with}
     )
     rows = chunk_rows([text], settings["chunking"]["max_tokens"], settings["chunking"]["overlap_tokens"])
     chunks = rows.chunks_of(rows.texts[0]) if rows.texts else []

@@ -69,6 +69,8 @@ def settings_key(config: Config) -> str:
     stored = config.output.model_dump(include={"vector_dtype", "dimensions_truncate"})
     if stored != {"vector_dtype": "float32", "dimensions_truncate": None}:  # a float32 output keeps the key it had
         shaping["vectors"] = stored
+    if made_with := provider_class(config.embedding.provider).shaping_settings(config.embedding):
+        shaping["made_with"] = made_with  # only where set: outputs made before it keep their key
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

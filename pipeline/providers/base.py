@@ -45,6 +45,7 @@ class Embedder(ABC):
     query_provider: ClassVar[str | None] = None  # the provider one query goes through; None: this one
     batch_provider: ClassVar[str | None] = None  # the provider of its batch API, where it has one
     tokenizer: ClassVar[str] = "cl100k_base"  # what chunks and token counts are measured in
+    sample_size: ClassVar[int] = 0  # the run's first texts `choose` wants, where `needs_sample`
 
     def __init__(self, config: EmbeddingConfig, api_key: str | None = None):  # built as cls(config, api_key)
         self.config = config
@@ -86,6 +87,12 @@ class Embedder(ABC):
     def endpoint(cls, config: EmbeddingConfig) -> str | None:
         """Where requests go, as far as it shapes the vectors (None: nowhere, a local model)."""
         return None
+
+    @classmethod
+    def shaping_settings(cls, config: EmbeddingConfig) -> dict:
+        """Settings beyond provider, model and dimensions that change the vectors (a local backend):
+        an output made under others is not reused."""
+        return {}
 
     def share_limits(self, fraction: float, refill_delay: float = 0.0) -> None:
         """Spend only `fraction` of the rate limits: other processes share the key. A worker
@@ -131,6 +138,21 @@ class Embedder(ABC):
         """A provider with `uses_batch_api`: embed every (text, tokens) of `misses` through its
         batch API into `cache` before the run writes its output; returns what it did, counted."""
         raise NotImplementedError(f"{self.provider} has no batch API")
+
+    @property
+    def needs_sample(self) -> bool:
+        """Whether `choose` waits for the run's first texts before the vectors' namespace is known
+        (a local model with `embedding.backend: auto` and no remembered choice)."""
+        return False
+
+    def choose(self, sample: list[str]) -> None:
+        """Make the choices that depend on the input, from `sample`, the first texts of the run."""
+
+    @property
+    def made_with(self) -> dict:
+        """How the vectors are made beyond provider and model (a local backend, and why), for the
+        output's metadata and the run summary."""
+        return {}
 
     @property
     def knows_dimensions(self) -> bool:

@@ -24,7 +24,7 @@ from pipeline.providers.base import Embedder
 from pipeline.providers.packing import next_batch, pack_batches
 from pipeline.remote import localised
 from pipeline.run.embed import TextEmbedder
-from pipeline.sources.partitions import plan_partitions
+from pipeline.sources.partitions import first_texts, plan_partitions
 from pipeline.sources.reader import SourcePlan, validate_source
 from pipeline.text.chunking import chunk_limits
 
@@ -138,9 +138,12 @@ def estimate_config(config: Config, api_key: str | None) -> Estimate:
                 "nothing; set it"
             )
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
+        plan, previous = checked_input(config)
+        if embedder.needs_sample:  # which cache namespace the run would read: chosen as the run would choose
+            embedder.choose(first_texts(plan, config.source, embedder.sample_size))
         cache = VectorCache.for_embedder(config.cache.path, embedder)
         try:
-            return estimate_run(config, *checked_input(config), embedder, cache, max_tokens, overlap)
+            return estimate_run(config, plan, previous, embedder, cache, max_tokens, overlap)
         finally:
             cache.close()
     finally:

@@ -29,6 +29,7 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
         *([("in flight", elsewhere_line)] if elsewhere else []),
         ("retries", f"{retries}; 429s {s['rate_limited']:,}; tokens in timed-out attempts {s['timed_out_tokens']:,}"),
         *([("rate limits", _held_back(s["held_back"]))] if s.get("held_back") else []),
+        *([("backend", manifest.get("backend_reason") or manifest["backend"])] if manifest.get("backend") else []),
         ("cost", cost),
         ("seconds", f"{s['seconds']:,.1f}"),
         (

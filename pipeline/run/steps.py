@@ -29,7 +29,7 @@ from pipeline.run.embed import RowVectors, TextEmbedder
 from pipeline.run.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
 from pipeline.sinks.iceberg import write_iceberg
 from pipeline.sinks.parquet import ParquetSink, chunk_table, vector_array, write_delta
-from pipeline.sources.partitions import Partition, plan_partitions
+from pipeline.sources.partitions import Partition, first_texts, plan_partitions
 from pipeline.sources.reader import SourcePlan, row_texts
 from pipeline.text.chunking import chunk_limits
 
@@ -94,7 +94,9 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
         log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
         price = model_price(config.embedding)
         embedder, cache = opening.result()
-        if cache is None:  # the model's dimensions, asked of it only now that the input has passed
+        if embedder.needs_sample:  # a local backend chosen on what this run embeds first
+            embedder.choose(first_texts(plan, config.source, embedder.sample_size))
+        if cache is None:  # the model's dimensions, or its backend, known only now that the input has passed
             cache = VectorCache.for_embedder(config.cache.path, embedder)
             undo.callback(cache.close)
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
@@ -104,7 +106,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
                 config.embedding.max_cost_usd,
             )
         check_cut(config, embedder.dimensions)
-        metadata = output_metadata(config, embedder.dimensions, max_tokens, overlap)
+        metadata = {**output_metadata(config, embedder.dimensions, max_tokens, overlap), **embedder.made_with}
         staging = run_key({"config": config.model_dump(mode="json"), "settings": key}, plan.files)
         rows = ParquetSink(config.output.path, {"embedpipe": json.dumps(metadata)}, staging)
         undo.callback(rows.close)
@@ -142,7 +144,8 @@ def _open_embedder_and_cache(
     the model must be asked its dimensions, a paid call that waits for the input check."""
     embedder = shared or get_embedder(config.embedding, api_key)
     try:
-        return embedder, VectorCache.for_embedder(config.cache.path, embedder) if embedder.knows_dimensions else None
+        known = embedder.knows_dimensions and not embedder.needs_sample
+        return embedder, VectorCache.for_embedder(config.cache.path, embedder) if known else None
     except BaseException:
         if shared is None:
             embedder.close()

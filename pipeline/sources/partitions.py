@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.config import SourceConfig
 from pipeline.sources.formats import format_for
-from pipeline.sources.reader import BATCH_ROWS, SourcePlan, read_batches
+from pipeline.sources.reader import BATCH_ROWS, SourcePlan, read_batches, row_texts
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,14 @@ def plan_partitions(plan: SourcePlan, rows_per_partition: int) -> list[Partition
                 partitions.append(Partition(len(partitions), file, count, tuple(groups), plan.encoding))
                 groups, count = [], 0
     return partitions
+
+
+def first_texts(plan: SourcePlan, config: SourceConfig, count: int) -> list[str]:
+    """The first `count` non-blank texts of the input, whitespace collapsed: a sample of what a run embeds."""
+    texts: list[str] = []
+    for partition in plan_partitions(plan, config.partition_rows):
+        for batch in partition.read(batch_rows=count):
+            texts += [" ".join(text.split()) for text in row_texts(batch, config) if text and text.strip()]
+            if len(texts) >= count:
+                return texts[:count]
+    return texts

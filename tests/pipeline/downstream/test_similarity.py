@@ -62,3 +62,28 @@ def test_read_output_keeps_rows_with_a_vector_and_reads_their_text(tmp_path, fak
     assert (embedded.ids.to_pylist(), embedded.texts.to_pylist(), embedded.vectors.shape) == ([1, 3], ["alpha", "gamma"], (2, 16))
     with pytest.raises(EmbedpipeError, match="no _manifest.json here"):
         read_output(tmp_path)
+
+
+@pytest.mark.parametrize(("made_with", "expected_backend"), [({"backend": "static"}, "static"), ({}, "auto")])
+def test_a_query_is_embedded_through_the_backend_the_output_was_made_with(monkeypatch, made_with, expected_backend):
+    from pipeline.config import EmbeddingConfig
+    from pipeline.downstream import similarity
+
+    class Recorder:
+        dimensions = 4
+
+        def __init__(self, config):
+            self.config = config
+
+        def embed(self, texts, counts):
+            return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+        def close(self):
+            pass
+
+    made = []
+    monkeypatch.setattr(similarity, "get_embedder", lambda config, key: made.append(Recorder(config)) or made[-1])
+    settings = {"provider": "local", "model": "all-MiniLM-L6-v2", "dimensions": 4, **made_with,
+                "chunking": {"max_tokens": 192, "overlap_tokens": 32}}
+    similarity.embed_query("split a string", settings, EmbeddingConfig(), None)
+    assert made[0].config.backend == expected_backend

@@ -76,3 +76,18 @@ def test_other_settings_reuse_nothing(tmp_path, fake_openai, dataset):
     config.embedding.dimensions = 8
     manifest = run_pipeline(config)
     assert manifest["stats"]["unchanged_rows"] == 0 and manifest["dimensions"] == 8
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "same"),
+    [("auto", "auto", True), ("auto", "static", False), ("torch", "onnx-int8", False), ("onnx", "onnx", True)],
+)
+def test_an_output_of_another_local_backend_is_not_reused(tmp_path, before, after, same):
+    from pipeline.config import Config
+    from pipeline.incremental.unchanged_files import settings_key
+
+    def key(backend: str) -> str:
+        raw = {"source": {"path": str(tmp_path / "x.parquet")}, "embedding": {"provider": "local", "backend": backend}}
+        return settings_key(Config.model_validate(raw))
+
+    assert (key(before) == key(after)) is same

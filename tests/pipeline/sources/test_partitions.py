@@ -100,3 +100,15 @@ def test_a_run_killed_at_any_point_finishes_when_started_again(tmp_path, slow_se
     paid_again = sum(n - 1 for n in slow_server.calls.values())
     assert paid_again <= 2 * 2 * 20, "at most the requests in flight are paid again"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock", "_manifest.json"] + [f"part-{i:05d}.parquet" for i in range(6)]
+
+
+@pytest.mark.parametrize("count, expected", [(2, ["a b", "c"]), (10, ["a b", "c", "d", "e"])])
+def test_the_first_texts_of_the_input_skip_blanks_and_cross_files(tmp_path, count, expected):
+    from pipeline.config import SourceConfig
+    from pipeline.sources.partitions import first_texts
+    from pipeline.sources.reader import validate_source
+
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": ["a   b", None, "  "]}), tmp_path / "1.parquet")
+    pq.write_table(pa.table({"id": [4, 5, 6], "text": ["c", "d", "e"]}), tmp_path / "2.parquet")
+    config = SourceConfig(path=str(tmp_path))
+    assert first_texts(validate_source(config), config, count) == expected
