@@ -38,7 +38,7 @@ def config(tmp_path, model, column, **output):
     return Config.model_validate({
         "source": {"path": str(tmp_path / "in" / "docs.parquet")},
         "chunking": {"max_tokens": 192, "overlap_tokens": 32},
-        "embedding": {"provider": "local", "model": model},
+        "embedding": {"provider": "local", "model": model, "backend": "torch"},  # migration on trial, not backends
         "cache": {"path": str(tmp_path / "cache")},
         "output": {"path": str(tmp_path / "out"), "vector_column": column, **output},
     })
