@@ -38,7 +38,7 @@ def write_iceberg(output: str | Path, settings: IcebergConfig, manifest: dict) -
         return _commit(Path(output), settings, manifest)
     except EmbedpipeError:
         raise
-    except Exception as exc:  # noqa: BLE001  pyiceberg, SQLAlchemy and pyarrow raise their own; the cause is what matters
+    except Exception as exc:  # noqa: BLE001  pyiceberg, SQLAlchemy and pyarrow raise their own: the cause matters
         cause = _without_password(first_line(exc), settings.catalog_uri)
         raise EmbedpipeError(
             f"output.iceberg: cannot commit to table {settings.table} ({type(exc).__name__}: {cause})"
