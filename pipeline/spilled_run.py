@@ -51,7 +51,7 @@ class SpilledRun:
         if not len(maybe):
             return found
         order = maybe[np.argsort(keys[maybe], kind="stable")]
-        blocks = np.searchsorted(self.fences, keys[order], side="right") - 1
+        blocks = np.maximum(np.searchsorted(self.fences, keys[order], side="right") - 1, 0)  # below the first: block 0
         if len(np.unique(blocks)) * 8 > len(self.fences):  # dense: read it all, a slice at a time
             found[order] = self._contains_by_slices(keys[order], blocks)
         else:

@@ -10,8 +10,9 @@ from pipeline.cache.claims import Claims
 from pipeline.cache.vectors import VectorCache
 from pipeline.providers.base import Embedder, l2_normalise
 from pipeline.run.counts import RunCounter, RunStats
-from pipeline.text.chunking import Chunk, chunk_texts, token_counts, utf8_length
+from pipeline.text.chunking import Chunk, chunk_texts, utf8_length
 from pipeline.text.normalise import normalise_column, normalise_paragraphs
+from pipeline.text.tokens import encode_arrays
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int
 
 def _tokens(texts: list[str], known: dict[str, int]) -> list[int]:
     """Each chunk's tokens: as the chunker counted them, or counted now, together."""
-    fresh = iter(token_counts([Chunk(text, 0, len(text)) for text in texts if text not in known]))
+    fresh = iter([len(tokens) for tokens in encode_arrays([text for text in texts if text not in known])])
     return [known[text] if text in known else next(fresh) for text in texts]
 
 

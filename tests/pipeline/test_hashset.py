@@ -70,3 +70,11 @@ def test_a_spilled_run_finds_its_members_and_lets_few_others_through(asked, tmp_
     assert run.contains(inside).all() and not run.contains(outside).any()
     assert run._maybe(outside).mean() < 0.05  # the filter's false positives, about 2%
     np.testing.assert_array_equal(run.members(), members)
+
+
+@pytest.mark.parametrize("asked", [3, 5_000])  # block by block, read through
+def test_keys_outside_a_spilled_run_that_pass_its_filter_are_not_found(asked, tmp_path, monkeypatch):
+    run = SpilledRun(np.arange(100, 300_100, 3, dtype=np.int64), tmp_path)
+    monkeypatch.setattr(run, "_maybe", lambda keys: np.ones(len(keys), dtype=bool))  # every key a false positive
+    outside = np.r_[np.arange(-asked, 0), np.arange(400_000, 400_000 + asked)].astype(np.int64)
+    assert not run.contains(outside).any() and run.contains(np.array([100, 300_097, 101])).tolist() == [True, True, False]
