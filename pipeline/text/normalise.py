@@ -1,8 +1,7 @@
-"""Turn a row into the text a model sees: render, normalise, hash."""
+"""Turn a row into the text a model sees: render and normalise (the cache hashes it: `VectorCache.keys`)."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import string
 import unicodedata
@@ -43,11 +42,6 @@ def normalise_column(raw: list[str | None]) -> list[str]:
     for i in pc.indices_nonzero(pc.invert(pc.fill_null(pc.string_is_ascii(array), True))).to_pylist():
         keys[i] = normalise_text(raw[i])
     return keys
-
-
-def text_hash(text: str) -> str:
-    """Content hash of a normalised text: hex sha256 of its UTF-8 bytes."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def template_fields(template: str) -> list[str]:
