@@ -9,7 +9,8 @@ import pytest
 
 from flows.cli import main
 from pipeline.config import load_config
-from pipeline.downstream.similarity import read_output, search
+from pipeline.downstream.clustering import cluster_vectors
+from pipeline.downstream.similarity import neighbours_table, read_output, search
 from pipeline.errors import ConfigError
 from pipeline.run.report import summary_lines
 from pipeline.run.steps import run_pipeline
@@ -111,3 +112,18 @@ def test_similar_finds_a_row_by_its_own_text_in_a_compact_column(tmp_path, fake_
     assert main(["similar", str(tmp_path / "out"), "--query", "support ticket number 7", "-k", "2", "--config", str(path)]) == 0
     best = capsys.readouterr().out.splitlines()[1].split()
     assert (float(best[0]), best[1]) == (pytest.approx(1.0, abs=0.01), "7")
+
+
+# The share of rows whose nearest row is float32's; binary keeps 16 bits of these 16-dimension
+# random vectors: far from float32, far above chance (1 in 60).
+@pytest.mark.parametrize("dtype, least", [("float16", 0.95), ("int8", 0.95), ("binary", 0.1)])
+def test_neighbours_and_clusters_of_a_compact_column_are_near_those_of_float32(tmp_path, fake_openai, source, dtype, least):
+    run_pipeline(openai_config(tmp_path, fake_openai, source))
+    run_pipeline(openai_config(tmp_path, fake_openai, source, output__path=str(tmp_path / "compact"), output__vector_dtype=dtype))
+    full, compact = read_output(tmp_path / "out"), read_output(tmp_path / "compact")
+    assert compact.ids.to_pylist() == full.ids.to_pylist()
+    first = {dtype: neighbours_table(output, k=1).column("neighbour_ids").to_pylist() for dtype, output in
+             (("float32", full), (dtype, compact))}
+    agree = np.mean([a == b for a, b in zip(first["float32"], first[dtype])])
+    assert agree >= least, agree
+    assert len(cluster_vectors(compact.vectors, k=3).labels) == len(compact.ids)
