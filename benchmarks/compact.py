@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 from pipeline.downstream.similarity import read_output
 from pipeline.sinks.compact import VectorLayout, convert_parts, recall_at_k
 from pipeline.sinks.parquet import MANIFEST, write_file
-from pipeline.sinks.vector_dtypes import ENCODINGS, file_encodings, unit
+from pipeline.sinks.vector_dtypes import ENCODINGS, file_encodings
+from pipeline.unit_vectors import l2_normalise
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIES = 1_000
@@ -46,7 +47,7 @@ def generated(rows: int, dimensions: int = 1536, topics: int = 100, subtopics: i
     sub = rng.normal(size=(topics * subtopics, dimensions)).astype(np.float32)
     label = rng.integers(0, topics * subtopics, rows)
     noise = rng.normal(size=(rows, dimensions)).astype(np.float32)
-    return unit(topic[label // subtopics] + 0.8 * sub[label] + 0.6 * noise)
+    return l2_normalise(topic[label // subtopics] + 0.8 * sub[label] + 0.6 * noise)
 
 
 def quickstart_vectors(work: Path) -> tuple[np.ndarray, pa.Table]:

@@ -96,11 +96,10 @@ class VectorCache:
 
     def keys(self, texts: list[str]) -> list[str]:
         """`key` of each text, at a fraction of the calls."""
-        prefix, sha256 = self._prefix, hashlib.sha256
+        prefix = self._prefix
         if not self.compact:
-            return [prefix + sha256(text.encode()).hexdigest() for text in texts]
-        encode = base64.urlsafe_b64encode
-        return [prefix + encode(sha256(text.encode()).digest()[:_TEXT_DIGEST]).decode() for text in texts]
+            return [prefix + hashlib.sha256(text.encode()).hexdigest() for text in texts]
+        return [prefix + _digest(text.encode(), _TEXT_DIGEST) for text in texts]
 
     def get_many(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The cached usable vectors of those `texts` that have one; anything else is a miss."""

@@ -23,8 +23,9 @@ from pipeline.providers import get_embedder, provider_class
 from pipeline.remote import filesystem, is_remote
 from pipeline.run.embed import chunk_rows, pool_chunks
 from pipeline.sinks.parquet import MANIFEST
-from pipeline.sinks.vector_dtypes import column_codes, encoding, file_encodings, unit
+from pipeline.sinks.vector_dtypes import column_codes, encoding, file_encodings
 from pipeline.text.chunking import token_counts
+from pipeline.unit_vectors import l2_normalise
 
 EXACT_LIMIT = 1_000_000  # rows; above this `auto` builds an approximate index
 
@@ -107,7 +108,7 @@ def search(embedded: Embedded, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     with the queries cut alike, a binary one by Hamming distance."""
     width = embedded.vectors.shape[1]
     if queries.shape[1] > width:  # the column keeps the model's first dimensions (Matryoshka)
-        queries = unit(queries[:, :width])
+        queries = l2_normalise(queries[:, :width])
     if embedded.codes is not None:
         return encoding(embedded.encoding["dtype"]).search_codes(queries, embedded.codes, embedded.encoding, k)
     return nearest(queries, embedded.vectors, k)

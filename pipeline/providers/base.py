@@ -17,6 +17,7 @@ from pipeline.config import EmbeddingConfig
 from pipeline.errors import ProviderError, ResponseError
 from pipeline.providers.packing import Cursor, pack_batches
 from pipeline.run.counts import RunStats
+from pipeline.unit_vectors import l2_normalise
 
 if TYPE_CHECKING:  # the cache imports this module
     from pipeline.cache.vectors import VectorCache
@@ -325,9 +326,3 @@ def check_vectors(vectors: np.ndarray, count: int, dimensions: int) -> None:
         raise ResponseError("response holds non-finite values (NaN or infinity)")
     if count and not np.linalg.norm(vectors, axis=1).all():
         raise ResponseError("response holds an all-zero vector")
-
-
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit length."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)

@@ -24,12 +24,12 @@ import openai
 from pipeline.cache.vectors import VectorCache
 from pipeline.errors import ProviderError
 from pipeline.hashset import HashSet
-from pipeline.providers.base import l2_normalise
 from pipeline.providers.batch_files import BatchFile, BatchLedger, BatchPlanner, request_lines
 from pipeline.providers.http import backoff
 from pipeline.providers.openai import OpenAIEmbedder, describe_error, fatal_error
 from pipeline.providers.openai_answers import decode_response
 from pipeline.text.tokens import count_tokens
+from pipeline.unit_vectors import l2_normalise
 
 log = logging.getLogger("embedpipe")
 TERMINAL = {"completed", "failed", "expired", "cancelled"}

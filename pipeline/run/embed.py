@@ -8,11 +8,12 @@ import numpy as np
 
 from pipeline.cache.claims import Claims
 from pipeline.cache.vectors import VectorCache
-from pipeline.providers.base import Embedder, l2_normalise
+from pipeline.providers.base import Embedder
 from pipeline.run.counts import RunCounter, RunStats
 from pipeline.text.chunking import Chunk, chunk_texts, utf8_length
 from pipeline.text.normalise import normalise_column, normalise_paragraphs
 from pipeline.text.tokens import encode_arrays
+from pipeline.unit_vectors import l2_normalise
 
 
 @dataclass(frozen=True)

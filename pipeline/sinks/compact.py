@@ -29,8 +29,8 @@ from pipeline.sinks.vector_dtypes import (
     encoding,
     file_encodings,
     filled_codes,
-    unit,
 )
+from pipeline.unit_vectors import l2_normalise
 
 if TYPE_CHECKING:
     from pipeline.config import OutputConfig
@@ -64,7 +64,7 @@ class VectorLayout:
 
     def cut(self, matrix: np.ndarray) -> np.ndarray:
         """The first `truncate` dimensions, re-normalised (Matryoshka); all of them otherwise."""
-        return matrix if self.truncate is None else unit(matrix[:, : self.truncate])
+        return matrix if self.truncate is None else l2_normalise(matrix[:, : self.truncate])
 
     def dimensions(self, model_dimensions: int) -> int:
         """Dimensions stored per vector."""

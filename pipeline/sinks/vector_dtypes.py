@@ -16,14 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import ConfigError
+from pipeline.unit_vectors import l2_normalise
 
 VECTORS_KEY = b"embedpipe_vectors"  # Parquet key-value metadata: {column: {dtype, dimensions, ...}}
-
-
-def unit(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; zero rows stay zero."""
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
 
 
 class VectorEncoding:
@@ -71,7 +66,7 @@ class Float16(VectorEncoding):
     numpy_type = np.float16
 
     def decode(self, codes: np.ndarray, params: dict) -> np.ndarray:
-        return unit(np.asarray(codes, dtype=np.float32))
+        return l2_normalise(np.asarray(codes, dtype=np.float32))
 
 
 class Int8(VectorEncoding):
@@ -94,7 +89,7 @@ class Int8(VectorEncoding):
         return np.clip(scaled, -127, 127, out=scaled).astype(np.int8)
 
     def decode(self, codes: np.ndarray, params: dict) -> np.ndarray:
-        return unit(np.asarray(codes, dtype=np.float32) * np.asarray(params["scale"], dtype=np.float32))
+        return l2_normalise(np.asarray(codes, dtype=np.float32) * np.asarray(params["scale"], dtype=np.float32))
 
 
 class Binary(VectorEncoding):
@@ -116,7 +111,7 @@ class Binary(VectorEncoding):
 
     def decode(self, codes: np.ndarray, params: dict) -> np.ndarray:
         bits = np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=1)[:, : params["bits"]]
-        return unit(bits.astype(np.float32) * 2 - 1)
+        return l2_normalise(bits.astype(np.float32) * 2 - 1)
 
     def search_codes(self, queries: np.ndarray, codes: np.ndarray, params: dict, k: int) -> tuple:
         """Hamming distance between the queries' sign bits and the rows'; score 1 − 2·distance/bits."""

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.errors import ProviderError
 from pipeline.providers.local.backend import Backend, ModelSpec
 from pipeline.providers.local.backends import BACKENDS, REFERENCE
+from pipeline.unit_vectors import l2_normalise
 
 log = logging.getLogger("embedpipe")
 
@@ -89,9 +90,7 @@ def _timed(backend: Backend, texts: list[str]) -> tuple[np.ndarray, float]:
 
 
 def _mean_cosine(vectors: np.ndarray, expected: np.ndarray) -> float:
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    expected_unit = expected / np.linalg.norm(expected, axis=1, keepdims=True)
-    return float(np.mean(np.sum(unit * expected_unit, axis=1)))
+    return float(np.mean(np.sum(l2_normalise(vectors) * l2_normalise(expected), axis=1)))
 
 
 def _reason(best: str, measured: dict, min_cosine: float, texts: int, skipped: list[str]) -> str:

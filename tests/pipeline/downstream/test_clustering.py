@@ -3,7 +3,7 @@ import pytest
 
 from pipeline.downstream.clustering import central_texts, choose_k, cluster_vectors, draw_map, summary_table
 from pipeline.errors import EmbedpipeError
-from pipeline.providers.base import l2_normalise
+from pipeline.unit_vectors import l2_normalise
 
 
 def blobs(per_blob: int = 200, blobs: int = 3, dims: int = 32, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from pipeline.downstream.similarity import (
     read_output,
 )
 from pipeline.errors import EmbedpipeError
-from pipeline.providers.base import l2_normalise
+from pipeline.unit_vectors import l2_normalise
 from pipeline.run.steps import run_pipeline
 from tests.conftest import openai_config, write_parquet
 
