@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="embedding.device for every backend (cpu, cuda, cuda:N)")
     args = parser.parse_args()
     try:
-        runnable_backends(args.device)  # a device this machine lacks is one line, before any preparing
+        resolve_devices(args.device)  # a device this machine lacks is one line, before any preparing
     except EmbedpipeError as exc:
         sys.exit(f"benchmarks.local: {exc}")
     with tempfile.TemporaryDirectory() as models:  # prepared here once, by the first call of each backend
