@@ -35,6 +35,8 @@ class RunStats:
     embedded_chunks: int = 0  # chunks sent, through the endpoint or the Batch API
     embedded_tokens: int = 0  # tokens of every accepted request, Batch API included: the server's usage
     in_flight_elsewhere: int = 0  # chunks another process sharing the cache was embedding: awaited, not paid here
+    shared_hits: int = 0  # cache.shared_path: vectors the local cache lacked and the shared tier held (in cache_hits)
+    shared_writes: int = 0  # cache.shared_path: vectors this run wrote to the shared tier
     requests: int = 0  # every attempt sent to the provider
     retries: dict = field(default_factory=dict)  # retried attempts by cause
     rate_limited: int = 0  # answers that were 429 rate_limit_exceeded, all retried
