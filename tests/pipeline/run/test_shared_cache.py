@@ -9,6 +9,7 @@ import pytest
 from pipeline.cache.shared_tier import SharedTier
 from pipeline.errors import CacheError
 from pipeline.providers import get_embedder
+from pipeline.run.estimate import estimate_config
 from pipeline.run.report import summary_lines
 from pipeline.run.steps import finish_run, prepare_run, run_pipeline
 from pipeline.run.workers import absorb, embed_partition_in_worker, run_spec
@@ -45,6 +46,8 @@ def test_a_second_host_with_its_own_local_cache_sends_nothing_and_writes_the_sam
     for name in [f["name"] for f in first["files"]]:
         assert pq.read_table(tmp_path / "a" / "out" / name).equals(pq.read_table(tmp_path / "b" / "out" / name))
     assert any("shared cache" in line and "60 chunks" in line for line in summary_lines(second))
+    estimate = estimate_config(on_host(tmp_path, fake_openai, source, "c", tier_url), None)
+    assert (estimate.cache_hits, estimate.chunks_to_send) == (60, 0)  # a third host's estimate counts the tier
 
 
 def test_without_a_shared_path_a_second_host_pays_again_and_the_summary_says_nothing_of_it(tmp_path, fake_openai, source):
