@@ -38,9 +38,9 @@ _NAMESPACE_DIGEST = 6
 # thousand, costs more CPU in asyncio's waits (measured: 15% more per object on moto) and buys nothing:
 # 64 requests of ~20 ms each already outrun the ~1.5 ms of client CPU each request costs.
 _IN_FLIGHT = 64
+_WRITER = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"  # a local tier's temporary names
 MARKER = ".embedpipe-shared-cache"
 # The marker's content is fixed, like a vector's: hosts opening the tier at once write the same bytes.
-_WRITER = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"  # a local tier's temporary names
 _MARKER_BYTES = b"embedpipe shared vector cache: <namespace>-<dimensions>/<2 hex>/<sha256 of the text>\n"
 
 

@@ -11,6 +11,8 @@ With no `shared_path`, `open_cache` returns the plain local cache and nothing he
 from __future__ import annotations
 
 import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,11 @@ from pipeline.cache.vectors import Lookup, VectorCache
 from pipeline.cache.writer import CacheWriter
 from pipeline.config import CacheConfig
 from pipeline.run.counts import RunStats
+
+# A text the shared tier lacked is not asked for again this soon. A partition waiting for another
+# process's vector (`Claims.stored_elsewhere`) looks ten times a second; each look would otherwise
+# be a GET per text, and a run's second look just after its first (`Claims.claim_across`) another.
+MISS_MEMORY = 1.0
 
 
 def open_cache(settings: CacheConfig, embedder) -> VectorCache:
@@ -52,25 +59,37 @@ class TieredCache(VectorCache):
         self.shared_hits = 0  # vectors the local cache lacked and the shared tier held
         self.shared_writes = 0  # vectors written to the shared tier
         self._counting = threading.Lock()
+        self._missed: OrderedDict[str, float] = OrderedDict()  # text -> when the tier lacked it, oldest first
         self._uploader: CacheWriter[tuple[str, bytes]] | None = None  # started by the first write
         self._starting_uploader = threading.Lock()
 
     def lookup(self, texts: list[str]) -> Lookup:
         """The local cache's usable vectors, and the shared tier's for those it lacked (stored
         locally now). An object in the tier that is no usable vector is a miss, as a bad local
-        entry is; a bad local entry the tier holds a good vector for is replaced by it."""
+        entry is; a bad local entry the tier holds a good vector for is replaced by it. A text
+        the tier lacked is not asked for again within `MISS_MEMORY` seconds."""
         local = super().lookup(texts)
-        lacking = [text for text in dict.fromkeys(texts) if text not in local.vectors]
-        if not lacking:
+        asking = self._not_missed_lately([text for text in dict.fromkeys(texts) if text not in local.vectors])
+        if not asking:
             return local
         shared = Lookup()
-        self._check_into(shared, list(self.shared.get_many(lacking).items()))
+        self._check_into(shared, list(self.shared.get_many(asking).items()))
         if shared.vectors:
             VectorCache.put_many(self, shared.vectors)  # the local cache only: the tier has them
-            with self._counting:
-                self.shared_hits += len(shared.vectors)
+        now = time.monotonic()
+        with self._counting:
+            self.shared_hits += len(shared.vectors)
+            self._missed.update((text, now) for text in asking if text not in shared.vectors)
         bad = [text for text in dict.fromkeys([*local.bad, *shared.bad]) if text not in shared.vectors]
         return Lookup({**local.vectors, **shared.vectors}, bad)
+
+    def _not_missed_lately(self, texts: list[str]) -> list[str]:
+        """Those of `texts` the shared tier did not lack in the last `MISS_MEMORY` seconds."""
+        forget = time.monotonic() - MISS_MEMORY
+        with self._counting:
+            while self._missed and next(iter(self._missed.values())) < forget:  # oldest first
+                self._missed.popitem(last=False)
+            return [text for text in texts if text not in self._missed]
 
     def put_many(self, vectors: dict[str, np.ndarray]) -> None:
         """Store vectors locally (a `CacheError` if they cannot be kept), and hand them to the
