@@ -21,7 +21,6 @@ from pipeline.cache.shared_tier import SharedTier
 from pipeline.cache.vectors import Lookup, VectorCache
 from pipeline.cache.writer import CacheWriter
 from pipeline.config import CacheConfig
-from pipeline.run.counts import RunStats
 
 # A text the shared tier lacked is not asked for again this soon. A partition waiting for another
 # process's vector (`Claims.stored_elsewhere`) looks ten times a second; each look would otherwise
@@ -37,13 +36,13 @@ def open_cache(settings: CacheConfig, embedder) -> VectorCache:
     return TieredCache(settings.path, embedder.cache_namespace, embedder.dimensions, settings.shared_path)
 
 
-def add_shared_counts(stats: RunStats, cache: VectorCache) -> None:
-    """Wait for `cache`'s shared writes, then add what it read from and wrote to the shared
-    tier to `stats` (nothing for a local cache)."""
-    if isinstance(cache, TieredCache):
-        cache.flush_shared()
-        stats.shared_hits += cache.shared_hits
-        stats.shared_writes += cache.shared_writes
+def settled_shared_counts(cache: VectorCache) -> tuple[int, int]:
+    """Once `cache`'s shared writes are in: how many vectors it read from the shared tier and
+    wrote to it (none for a local cache)."""
+    if not isinstance(cache, TieredCache):
+        return 0, 0
+    cache.flush_shared()
+    return cache.shared_hits, cache.shared_writes
 
 
 class TieredCache(VectorCache):

@@ -46,8 +46,9 @@ class RunStats:
     cost_usd: float | None = None  # tokens sent at the price table's price; None: no price known
     seconds: float = 0.0
 
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def as_dict(self, shared_tier: bool = True) -> dict:
+        """Every figure, for the manifest; the shared tier's only where one is configured."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if shared_tier or f.name not in _SHARED}
 
     def merge(self, other: RunStats, skip: tuple[str, ...] = ()) -> None:
         """Add `other`'s counts to these (a worker's partition, or what an embedder sent), but
@@ -72,6 +73,7 @@ class RunStats:
         return added
 
 
+_SHARED = ("shared_hits", "shared_writes")  # cache.shared_path's
 _OWN = ("held_back", "cost_usd", "seconds")  # the whole run's: said, priced and timed once
 _ADDED = tuple(f.name for f in fields(RunStats) if f.name not in _OWN)
 

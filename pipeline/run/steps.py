@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipeline.cache.tiered import add_shared_counts, open_cache
+from pipeline.cache.tiered import open_cache, settled_shared_counts
 from pipeline.cache.vectors import VectorCache
 from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.config import Config
@@ -253,7 +253,9 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         raise EmbedpipeError(
             f"row count mismatch: read {run.input.plan.total_rows}, wrote {written}; nothing published"
         )
-    add_shared_counts(stats, run.texts.cache)  # its writes done: the next host finds them
+    hits, writes = settled_shared_counts(run.texts.cache)  # waits for its writes: the next host finds them
+    stats.shared_hits += hits  # to cluster workers' counts, merged already
+    stats.shared_writes += writes
     stats.seconds = round(time.monotonic() - run.started, 2)
     embedder = run.texts.embedder
     stats.merge(embedder.sent)
@@ -264,7 +266,7 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         **run.output.metadata,
         "output": run.output.published_at or str(run.config.output.path),
         "rows": run.input.plan.total_rows,
-        "stats": stats_record(stats, run.config),
+        "stats": stats.as_dict(shared_tier=run.config.cache.shared_path is not None),
         "vectors": finish_vector_columns(
             run.config, run.output.rows.staged(parts), run.output.metadata, run.input.previous
         ),
@@ -280,14 +282,6 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
     if run.config.output.iceberg:
         manifest["iceberg"] = write_iceberg(run.config.output.path, run.config.output.iceberg, manifest)
     return manifest
-
-
-def stats_record(stats: RunStats, config: Config) -> dict:
-    """The manifest's `stats`: the shared tier's counts only where `cache.shared_path` is set."""
-    record = stats.as_dict()
-    if config.cache.shared_path is None:
-        del record["shared_hits"], record["shared_writes"]
-    return record
 
 
 def close_run(run: Run) -> None:

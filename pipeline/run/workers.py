@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cache.tiered import add_shared_counts, open_cache
+from pipeline.cache.tiered import open_cache, settled_shared_counts
 from pipeline.config import Config
 from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.providers import get_embedder
@@ -154,7 +154,7 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
         written = embed_partition(run, index)
     finally:
         cache.close()  # waits for the shared tier's writes
-    add_shared_counts(texts.stats, cache)
+    texts.stats.shared_hits, texts.stats.shared_writes = settled_shared_counts(cache)
     return PartitionResult(
         index,
         written,
