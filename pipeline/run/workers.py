@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cache.vectors import VectorCache
+from pipeline.cache.tiered import open_cache, settled_shared_counts
 from pipeline.config import Config
 from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.providers import get_embedder
@@ -134,7 +134,7 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
     """Embed partition `index` of the run `spec` describes into its staged output part."""
     sender, embedder = process_embedder(spec, api_key)
     config = spec.config
-    cache = VectorCache.for_embedder(config.cache.path, embedder)
+    cache = open_cache(config.cache, embedder)  # in front of config.cache.shared_path where set
     try:
         rows = ParquetSink(config.output.path, spec.metadata, spec.run_key, locked=False)
         chunks = (
@@ -153,7 +153,8 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
         )
         written = embed_partition(run, index)
     finally:
-        cache.close()
+        cache.close()  # waits for the shared tier's writes
+    texts.stats.shared_hits, texts.stats.shared_writes = settled_shared_counts(cache)
     return PartitionResult(
         index,
         written,
