@@ -54,7 +54,8 @@ class RateLimiter:
     `transit_margin` seconds after its budget is back: one request's trip from the wire to its
     charge may take longer than another's. With `first_answer_first`, only one request leaves
     until the first answer tells the limits and how full the server's budget is.
-    `share`: the part of the server's limits this process may spend (1/N for N processes on one key).
+    `share`: the part of the limits (the server's and the configured caps) this process may spend
+    (1/N for N processes on one key); `set_share` changes it mid-run.
     """
 
     def __init__(
@@ -84,11 +85,27 @@ class RateLimiter:
         self._first = threading.Condition()
         self._answered = not first_answer_first
         self._first_sender: int | None = None  # the thread whose request goes first
+        self.wanted_at = -math.inf  # when a caller last asked for budget or still waited for it
 
     def limit(self, name: str) -> float | None:
-        """Budget `name` a minute for this process: the server's share, within the cap."""
-        known = [v for v in (self.caps[name], (self.server_limits[name] or 0) * self.share) if v]
+        """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
+        known = [v * self.share for v in (self.caps[name], self.server_limits[name]) if v]
         return min(known) if known else None
+
+    def set_share(self, fraction: float) -> None:
+        """Spend `fraction` of the limits from now on. What was spent stays spent; a smaller share
+        also keeps only its part of the budget banked (the rest is the other processes' now),
+        and a larger one grows its bank only by refilling faster: the others may still spend theirs."""
+        with self._learning:
+            before, self.share = self.share, fraction
+            if fraction < before:
+                self.requests.scale_level(fraction / before)
+                self.tokens.scale_level(fraction / before)
+            self._relearn(fraction != before)
+
+    def wanted_within(self, seconds: float) -> bool:
+        """Whether a caller asked for budget, or waited for it, in the last `seconds`."""
+        return self._clock() - self.wanted_at <= seconds
 
     @property
     def answered(self) -> bool:
@@ -103,6 +120,7 @@ class RateLimiter:
     def acquire(self, tokens: int) -> Ticket:
         """Block until one request of `tokens` tokens fits both budgets; return its ticket.
         Raises `Stopped` once `stop` was called."""
+        self.wanted_at = self._clock()
         self.wait_for_first_answer()
         places = self.requests.reserve(1), self.tokens.reserve(tokens)
         try:
@@ -180,6 +198,7 @@ class RateLimiter:
         """Sleep until the budgets cover `places`, and the transit margin after, or `stop`."""
         due = self._clock()
         while not self.stopped:
+            self.wanted_at = self._clock()
             wait = self._wait(places)  # asked again at each nap: the budget may have changed
             due = self._clock() + wait if wait > 0 else due
             if (left := due - self._clock()) <= 0:
@@ -298,7 +317,7 @@ class RateLimiter:
     def _note_caps(self) -> None:
         """Say once, per budget, that a configured cap holds the run below what the server allows."""
         for name in NAMES:
-            cap, server = self.caps[name], (self.server_limits[name] or 0) * self.share
+            cap, server = self.caps[name], self.server_limits[name] or 0
             if cap and server > cap * 1.01 and name not in self.held_back:
                 self.held_back[name] = (cap, server)
                 log.warning(

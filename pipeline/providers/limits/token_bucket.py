@@ -52,6 +52,14 @@ class TokenBucket:
                 self.debt = max(0.0, self.capacity - self.level - self.waiting)
                 self._debt_updated = self._clock()
 
+    def scale_level(self, ratio: float) -> None:
+        """Keep `ratio` of what is banked (a smaller share of a budget others draw from too);
+        a debt (a level below zero) is kept whole: it was spent."""
+        with self._lock:
+            self._refill()
+            if self.rate is not None and self.level > 0:
+                self.level *= ratio
+
     def reserve(self, amount: float) -> float:
         """Deduct `amount` now; return its place in line: `wait` tells when it is covered."""
         with self._lock:
