@@ -34,6 +34,7 @@ class ClaimBook:
     """Keys (digests of texts) held by owners, each in a worker process of the cluster."""
 
     holders: dict[str, Claim] = field(default_factory=dict)
+    granted: int = 0  # claims given, ever
     pruned_at: float = -math.inf
 
     def claim(self, keys: list[str], owner: str, worker: str, seconds: float, now: float) -> list[int]:
@@ -46,6 +47,7 @@ class ClaimBook:
             if claim is None or claim.until <= now:
                 self.holders[key] = Claim(owner, worker, now + seconds)
                 held.append(position)
+        self.granted += len(held)
         return held
 
     def release(self, keys: list[str], owner: str) -> None:

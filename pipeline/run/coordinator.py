@@ -30,6 +30,8 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import sync
 
+from pipeline.config import first_line
+from pipeline.errors import EmbedpipeError
 from pipeline.run.coordination import ClaimBook, ShareBook
 
 log = logging.getLogger("embedpipe")
@@ -78,6 +80,10 @@ class Coordinator(SchedulerPlugin):
             log.info("worker %s left: %d claims on texts released", worker, released)
 
 
+class CoordinatorGone(EmbedpipeError):
+    """A call to the coordinator failed: the scheduler is gone or unreachable."""
+
+
 class CoordinatorLink:
     """This worker process's line to the coordinator: blocking calls from a task's thread."""
 
@@ -96,8 +102,13 @@ class CoordinatorLink:
             return None
 
     def call(self, name: str, **kwargs: Any) -> Any:
+        """The coordinator's answer to `name`. The scheduler gone (the run is being shut down, the
+        scheduler died) is one line, not a traceback from the comm."""
         handler = getattr(self.worker.scheduler, PREFIX + name)
-        return sync(self.worker.loop, handler, callback_timeout=CALL_TIMEOUT, **kwargs)
+        try:
+            return sync(self.worker.loop, handler, callback_timeout=CALL_TIMEOUT, **kwargs)
+        except (OSError, RuntimeError) as exc:  # CommClosedError, a timeout, a closed event loop
+            raise CoordinatorGone(f"the Dask scheduler's coordinator cannot be reached ({first_line(exc)})") from None
 
 
 class CoordinatedClaims:
@@ -151,7 +162,7 @@ class SharePoller:
     def _ask(self, wanted: bool) -> float:
         try:
             share = float(self.link.call("share", pool=self.pool, worker=self.link.address, wanted=wanted))
-        except (OSError, RuntimeError) as exc:  # the scheduler is briefly unreachable: keep the share we hold
+        except CoordinatorGone as exc:  # the scheduler is briefly unreachable: keep the share we hold
             log.debug("asking the coordinator for a share failed: %s", exc)
             return self.share
         self.apply(share)
@@ -162,5 +173,5 @@ class SharePoller:
         self._stop.set()
         try:
             self.link.call("leave", pool=self.pool, worker=self.link.address)
-        except (OSError, RuntimeError) as exc:  # the cluster is shutting down: the scheduler drops us anyway
+        except CoordinatorGone as exc:  # the cluster is shutting down: the scheduler drops us anyway
             log.debug("giving the share back failed: %s", exc)
