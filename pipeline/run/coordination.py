@@ -3,12 +3,12 @@ the caller passes: claims on texts being embedded, and each worker's share of th
 
 Claims (`ClaimBook`) follow the local cache's rules: a key is held by one owner until it is
 let go, its worker leaves the cluster, or it lapses. Shares (`ShareBook`) follow demand: a
-worker that asked for budget in the last `ACTIVE_SECONDS` is active, and the active workers
-split the limit evenly. A share is raised only out of what the others are not holding, and a
-worker learns of a cut only when it next asks (about once a second): so a worker that becomes
-active gets its fair share once the others have been told to give it up, and the shares held
-never add up to more than the whole limit (but for `LEAST_SHARE` per worker that joins while
-the others hold everything).
+worker whose last ask said it drew budget lately (the worker's window: a second) is active, and
+the active workers split the limit evenly. A share is raised only out of what the others are
+not holding, and a worker learns of a cut only when it next asks (twice a second): so a worker
+that becomes active gets its fair share once the others have been told to give it up, and the
+shares held never add up to more than the whole limit (but for `LEAST_SHARE` per worker that
+joins while the others hold everything).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-ACTIVE_SECONDS = 2.0  # a worker that drew budget this recently still wants it
 LEAST_SHARE = 0.01  # what an idle worker keeps: enough to send the request that says it wants more
 SILENT_SECONDS = 10.0  # a worker that has not asked for this long holds nothing (its process hangs)
 PRUNE_SECONDS = 60.0  # how often lapsed claims are swept out
@@ -82,25 +81,23 @@ class ShareBook:
 
     told: dict[str, float] = field(default_factory=dict)  # worker -> the share it was last told
     asked_at: dict[str, float] = field(default_factory=dict)  # worker -> when it last asked
-    wanted_at: dict[str, float] = field(default_factory=dict)  # worker -> when it last said it drew budget
+    wanting: dict[str, bool] = field(default_factory=dict)  # worker -> whether its last ask said it drew budget
 
     def share(self, worker: str, wanted: bool, now: float) -> float:
         """`worker`'s share of the limit, asked at `now`, saying whether it drew budget lately."""
         self._forget_silent(now)
-        self.asked_at[worker] = now
-        if wanted:
-            self.wanted_at[worker] = now
-        fair = self.fair_share(worker, now)
+        self.asked_at[worker], self.wanting[worker] = now, wanted
+        fair = self.fair_share(worker)
         held = self.told.get(worker, 0.0)
         free = 1.0 - sum(share for other, share in self.told.items() if other != worker)
         share = fair if fair <= held else max(held, min(fair, free))
         self.told[worker] = max(LEAST_SHARE, share)
         return self.told[worker]
 
-    def fair_share(self, worker: str, now: float) -> float:
+    def fair_share(self, worker: str) -> float:
         """What `worker` should hold once every worker has asked again: the active ones split what
         the idle ones leave evenly."""
-        active = [w for w in self.asked_at if now - self.wanted_at.get(w, -math.inf) < ACTIVE_SECONDS]
+        active = [w for w, wanted in self.wanting.items() if wanted]
         if worker not in active:
             return LEAST_SHARE
         idle = len(self.asked_at) - len(active)
@@ -108,7 +105,7 @@ class ShareBook:
 
     def drop_worker(self, worker: str) -> None:
         """`worker` left (or stopped embedding): its share is free for the others at their next ask."""
-        for book in (self.told, self.asked_at, self.wanted_at):
+        for book in (self.told, self.asked_at, self.wanting):
             book.pop(worker, None)
 
     def _forget_silent(self, now: float) -> None:

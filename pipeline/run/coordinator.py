@@ -9,7 +9,7 @@ would be a round trip per text): so claims go in bulk, a call per batch of texts
 
 The rate limit is shared by shares, not by leases of budget: each worker keeps its own token
 buckets and learned window (the server's headers, scaled by its share), and asks for its share
-about once a second from `SharePoller`, saying whether it drew budget since. No request waits
+twice a second from `SharePoller`, saying whether it drew budget in the last second. No request waits
 on a round trip; a lease per request (or per handful) would add one to the wait of every
 request that finds its worker's lease spent, and the buckets would still be needed to pace
 within a lease. A worker that dies or leaves loses its claims and its share at once
@@ -36,7 +36,8 @@ from pipeline.run.coordination import ClaimBook, ShareBook
 
 log = logging.getLogger("embedpipe")
 PREFIX = "embedpipe_"  # of the scheduler handlers this plugin adds
-SHARE_POLL_SECONDS = 1.0  # how often a worker asks for its share
+SHARE_POLL_SECONDS = 0.5  # how often a worker asks for its share
+WANT_SECONDS = 1.0  # a worker that drew budget this recently says it wants it: a gap between batches is no exit
 CALL_TIMEOUT = 30.0  # seconds a call to the scheduler may take before the worker gives up on it
 
 
@@ -137,8 +138,8 @@ class CoordinatedClaims:
 
 
 class SharePoller:
-    """Keeps an embedder's rate-limit share at what the coordinator says, asking each second
-    whether its embedder drew budget since (`wants`), and applying the answer (`apply`)."""
+    """Keeps an embedder's rate-limit share at what the coordinator says, asking twice a second,
+    saying whether its embedder drew budget lately (`wants`), and applying the answer (`apply`)."""
 
     def __init__(
         self,
@@ -157,7 +158,7 @@ class SharePoller:
 
     def _run(self) -> None:
         while not self._stop.wait(SHARE_POLL_SECONDS):
-            self.share = self._ask(self.wants(SHARE_POLL_SECONDS * 1.5))
+            self.share = self._ask(self.wants(WANT_SECONDS))
 
     def _ask(self, wanted: bool) -> float:
         try:

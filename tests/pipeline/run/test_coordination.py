@@ -3,7 +3,7 @@ goes with its worker, and how the rate limit is split among the workers drawing 
 
 import pytest
 
-from pipeline.run.coordination import ACTIVE_SECONDS, LEAST_SHARE, SILENT_SECONDS, ClaimBook, ShareBook
+from pipeline.run.coordination import LEAST_SHARE, SILENT_SECONDS, ClaimBook, ShareBook
 
 A, B = "tcp://a:1", "tcp://b:1"
 
@@ -61,9 +61,9 @@ def ask(book, worker, wanted, at):
         ([(A, True, 0, 1.0)], "alone: the whole limit"),
         ([(A, True, 0, 1.0), (B, True, 0.1, LEAST_SHARE), (A, True, 1, 0.5), (B, True, 1.1, 0.5)], "B joins"),
         ([(A, True, 0, 1.0), (B, True, 0, LEAST_SHARE), (A, True, 1, 0.5), (B, True, 1, 0.5),
-          (B, False, 3.5, LEAST_SHARE), (A, True, 4, 0.99)], "B goes idle: A gets all it leaves"),
+          (B, False, 1.5, LEAST_SHARE), (A, True, 2, 0.99)], "B goes idle: A gets all it leaves"),
         ([(A, True, 0, 1.0), (B, True, 0, LEAST_SHARE), (A, True, 1, 0.5), (B, True, 1, 0.5),
-          (A, True, 1 + ACTIVE_SECONDS, 0.5)], "B asked for nothing since, but holds its share until it asks"),
+          (A, True, 5, 0.5)], "B has not asked since: it holds its share until it asks"),
         ([(A, False, 0, LEAST_SHARE), (B, True, 0, 0.99)], "A never drew"),
         ([(A, True, 0, 1.0), (B, True, SILENT_SECONDS + 1, 1.0)], "A fell silent: its share is free"),
     ],
