@@ -157,6 +157,7 @@ class RateLimiter:
 
     def sleep(self, seconds: float) -> None:
         """Sleep `seconds` (a retry's backoff), or until `stop`."""
+        self.wanted_at = max(self.wanted_at, self._clock() + seconds)  # the retry will want budget then
         if not self.stopped:
             self._sleep(seconds)
 

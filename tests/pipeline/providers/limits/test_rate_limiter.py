@@ -357,3 +357,7 @@ def test_a_worker_that_asked_for_budget_lately_says_so():
     limit.acquire(10)
     clock.sleep(0.5)
     assert limit.wanted_within(1.0) and not limit.wanted_within(0.4)
+    clock.sleep(5.0)
+    assert not limit.wanted_within(1.0)
+    limit.sleep(3.0)  # a retry's backoff, ended: the retry is about to ask
+    assert limit.wanted_within(0.1)
