@@ -86,6 +86,7 @@ class RateLimiter:
         self._answered = not first_answer_first
         self._first_sender: int | None = None  # the thread whose request goes first
         self.wanted_at = -math.inf  # when a caller last asked for budget or still waited for it
+        self._grown_at: float | None = None  # when the share last grew, until an answer since says what is left
 
     def limit(self, name: str) -> float | None:
         """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
@@ -95,12 +96,15 @@ class RateLimiter:
     def set_share(self, fraction: float) -> None:
         """Spend `fraction` of the limits from now on. What was spent stays spent; a smaller share
         also keeps only its part of the budget banked (the rest is the other processes' now),
-        and a larger one grows its bank only by refilling faster: the others may still spend theirs."""
+        and a larger one grows its bank by refilling faster (the others may still spend theirs) until
+        the next answer says how much the server holds: then to its share of that."""
         with self._learning:
             before, self.share = self.share, fraction
             if fraction < before:
                 self.requests.scale_level(fraction / before)
                 self.tokens.scale_level(fraction / before)
+            elif fraction > before:
+                self._grown_at = self._clock()
             self._relearn(fraction != before)
 
     def wanted_within(self, seconds: float) -> bool:
@@ -270,10 +274,15 @@ class RateLimiter:
         self._hold_until = max(self._hold_until, self._clock() + seconds)
 
     def _cap(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
+        """Hold the buckets to our share of what the server says is left. The first answer to a
+        request sent since our share grew may raise them to it too: the others hold their shares
+        of it, and the rest was left unspent by a process that went idle or away."""
+        grown = ticket is not None and self._grown_at is not None and ticket.sent_at >= self._grown_at
         for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
             remaining = server_level(headers, name, self.window.seconds)
             if remaining is not None:
-                bucket.cap(remaining * self.share, ticket.sent_at if ticket else None)
+                bucket.cap(remaining * self.share, ticket.sent_at if ticket else None, may_raise=grown)
+                self._grown_at = None if grown else self._grown_at
 
     def _learn_limits(self, headers: Mapping[str, str], charged: dict[str, float] | None, since: float = 0.0) -> None:
         """Take the server's limits from its headers, and (for an answer it took: `charged`

@@ -351,6 +351,22 @@ def test_a_share_changed_mid_run_keeps_what_was_spent(before, after, spent, leve
     assert take(limit.tokens, 60_000) == pytest.approx(seconds_for_next_60k)
 
 
+@pytest.mark.parametrize("sent_after_growth, level", [(True, 50_000), (False, 15_000)])
+def test_a_grown_share_takes_its_part_of_what_the_server_has_left_at_the_next_answer(sent_after_growth, level):
+    limit, clock = limiter(None, 600_000)
+    limit.window.seconds = 6.0
+    limit.set_share(0.5)
+    limit._relearn(True)
+    limit.tokens.reserve(15_000)
+    limit.tokens.release(15_000)
+    ticket = limit.acquire(0) if not sent_after_growth else None
+    clock.sleep(0.001)
+    limit.set_share(1.0)  # the other worker went idle, leaving its half of the bank unspent
+    ticket = ticket or limit.acquire(0)
+    limit.observe(answer_headers(limit_tokens=600_000, tokens=50_000), 0, None, ticket)
+    assert limit.tokens.level == pytest.approx(level, rel=1e-3)  # not raised by an answer older than the growth
+
+
 def test_a_worker_that_asked_for_budget_lately_says_so():
     limit, clock = limiter(None, 600_000)
     assert not limit.wanted_within(1.0)
