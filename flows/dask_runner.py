@@ -1,7 +1,9 @@
 """The embed flow's partitions on a Dask cluster (`embedding.task_runner: dask`).
 
-Each worker process embeds whole partitions with its own share of the rate limit
-(`pipeline.run.workers`); the flow keeps no more partitions running than the cluster has threads.
+Each worker process embeds whole partitions with its share of the rate limit, which the
+coordinator the flow registers on the scheduler moves to the workers drawing budget; claims on
+texts are kept there too (`pipeline.run.coordinator`, `pipeline.run.workers`). The flow keeps no
+more partitions running than the cluster has threads.
 """
 
 from __future__ import annotations
@@ -65,6 +67,21 @@ def cluster_shape(runner) -> tuple[int, int]:
     return len(threads), sum(threads.values())
 
 
+def start_coordinator(client, config: EmbeddingConfig) -> None:
+    """Register the coordinator of claims and rate-limit shares on the cluster's scheduler (one
+    already there, from an earlier run, is kept)."""
+    from pipeline.run.coordinator import Coordinator
+
+    try:
+        client.register_plugin(Coordinator())
+    except (ImportError, AttributeError, TypeError) as exc:  # the scheduler cannot unpickle it
+        where = config.dask_address or "the local cluster"
+        raise EmbedpipeError(
+            f"embedding.dask_address {where}: the scheduler cannot load embedpipe's coordinator "
+            f"({first_line(exc)}); install embedpipe where the scheduler runs"
+        ) from None
+
+
 def embed_on_dask(run: Run) -> dict[int, int]:
     """Every partition of the prepared `run`, on the cluster; each partition's row count."""
     config = run.config.embedding
@@ -76,12 +93,13 @@ def embed_on_dask(run: Run) -> dict[int, int]:
             raise EmbedpipeError(
                 f"embedding.dask_address {config.dask_address}: cannot reach the Dask scheduler ({first_line(exc)})"
             ) from None
-        spec = run_spec(run, processes)
+        start_coordinator(runner.client, config)
+        spec = run_spec(run, processes, coordinated=True)
         get_run_logger().info(
-            "Dask: %d worker processes, %d threads; each process gets 1/%d of the rate limit",
+            "Dask: %d worker processes, %d threads; the rate limit is shared by the processes drawing on it, "
+            "through a coordinator on the scheduler",
             processes,
             threads,
-            processes,
         )
 
         def submit(index: int):

@@ -1,12 +1,14 @@
 """Who embeds a text that partitions running at once need together, so that it is paid for once:
 partitions in this process (threads) wait for the one embedding it; processes sharing one cache
-(cluster workers, `owner` set) claim texts in the cache itself."""
+(cluster workers, `owner` set) claim texts in a `ClaimStore`: the cache itself, or on a Dask
+cluster the coordinator on its scheduler (`pipeline.run.coordinator.CoordinatedClaims`)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -16,11 +18,23 @@ CLAIM_SECONDS = 900.0  # a claim a crashed process left lapses after this; other
 Lookup = Callable[[list[str]], dict[str, np.ndarray]]
 
 
-class Claims:
-    """Claims on texts being embedded, here and (with `owner`) across processes."""
+class ClaimStore(Protocol):
+    """Where claims across processes are kept: `VectorCache` has these three."""
 
-    def __init__(self, cache: VectorCache, lookup: Lookup, owner: str | None = None):
+    def claim_many(self, texts: list[str], owner: str, seconds: float) -> list[str]: ...
+
+    def release_many(self, texts: list[str], owner: str) -> None: ...
+
+    def claimed(self, texts: list[str]) -> set[str]: ...
+
+
+class Claims:
+    """Claims on texts being embedded, here and (with `owner`) across processes, in `store`
+    (by default the cache)."""
+
+    def __init__(self, cache: VectorCache, lookup: Lookup, owner: str | None = None, store: ClaimStore | None = None):
         self.cache, self.lookup, self.owner = cache, lookup, owner
+        self.store: ClaimStore = store if store is not None else cache
         self._in_flight: dict[str, threading.Event] = {}  # text -> set once its embedding ends
         self._lock = threading.Lock()
 
@@ -45,15 +59,15 @@ class Claims:
         and the vectors of those another process stored since our lookup (let go again)."""
         if not self.owner or not texts:
             return texts, [], {}
-        held = set(self.cache.claim_many(texts, self.owner, CLAIM_SECONDS))
+        held = set(self.store.claim_many(texts, self.owner, CLAIM_SECONDS))
         stored = self.lookup([t for t in texts if t in held])
         if stored:
-            self.cache.release_many(list(stored), self.owner)
+            self.store.release_many(list(stored), self.owner)
         return [t for t in texts if t in held and t not in stored], [t for t in texts if t not in held], stored
 
     def release_across(self, mine: list[str]) -> None:
         if self.owner:
-            self.cache.release_many(mine, self.owner)
+            self.store.release_many(mine, self.owner)
 
     def stored_elsewhere(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Wait for another process to store `texts`; those it let go of unstored are left out."""
@@ -61,7 +75,7 @@ class Claims:
         pending = texts
         while pending:
             found.update(self.lookup(pending))
-            still = self.cache.claimed([t for t in pending if t not in found])
+            still = self.store.claimed([t for t in pending if t not in found])
             found.update(self.lookup([t for t in pending if t not in found and t not in still]))  # stored, let go
             pending = [t for t in pending if t in still and t not in found]
             if pending:

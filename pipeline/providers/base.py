@@ -97,7 +97,12 @@ class Embedder(ABC):
 
     def share_limits(self, fraction: float, refill_delay: float = 0.0) -> None:
         """Spend only `fraction` of the rate limits: other processes share the key. A worker
-        process's budget starts refilling `refill_delay` s late (its requests reach the server late)."""
+        process's budget starts refilling `refill_delay` s late (its requests reach the server late).
+        Called again mid-run, it follows a share that changed without losing what was spent."""
+
+    def wants_budget(self, within: float) -> bool:
+        """Whether a request asked for rate-limit budget, or waited for it, in the last `within` s."""
+        return False
 
     @property
     def stopped(self) -> bool:

@@ -109,7 +109,10 @@ class HTTPEmbedder(Embedder):
     def share_limits(self, fraction: float, refill_delay: float = 0.0) -> None:
         if refill_delay:
             self.limiter.delay_refill(refill_delay)
-        self.limiter.share = fraction
+        self.limiter.set_share(fraction)
+
+    def wants_budget(self, within: float) -> bool:
+        return self.limiter.wanted_within(within)
 
     @property
     def stopped(self) -> bool:

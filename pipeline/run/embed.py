@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pipeline.cache.claims import Claims
+from pipeline.cache.claims import Claims, ClaimStore
 from pipeline.cache.vectors import VectorCache
 from pipeline.providers.base import Embedder
 from pipeline.run.counts import RunCounter, RunStats
@@ -85,11 +85,12 @@ class TextEmbedder:
     max_tokens: int
     overlap_tokens: int
     claim_owner: str | None = None  # set where other processes share the cache: claims texts there too
+    claim_store: ClaimStore | None = None  # where those claims are kept: the cache unless set
     counts: RunCounter = field(default_factory=RunCounter)
     claims: Claims = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.claims = Claims(self.cache, self._cached, self.claim_owner)
+        self.claims = Claims(self.cache, self._cached, self.claim_owner, self.claim_store)
 
     @property
     def stats(self) -> RunStats:

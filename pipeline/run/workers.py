@@ -5,12 +5,13 @@ each worker a `RunSpec`: plain data, no live client, cache or open file. The wor
 the provider, the cache and the staging directory from it, embeds the partition, and sends
 back a `PartitionResult` that `absorb` folds into the flow's counts.
 
-The rate limit is shared by an explicit split, not by a lock server: each of the cluster's
-N worker processes gets 1/N of the configured caps (and of the requests in flight), spends
-1/N of the limits and of the budget left that the server's headers report, and keeps one
-embedder — so one pair of buckets, one learned window — for its whole life. Buckets that
-each spend within their share can never together spend more than the account's budget, and
-no request waits on a network round trip to a coordinator.
+Each worker process keeps one embedder a run — one pair of buckets, one learned window — that
+spends a share of the limits (and of the budget left that the server's headers report). On a
+Dask cluster (`RunSpec.coordinated`) the share follows demand: the coordinator on the scheduler
+splits the limit among the workers drawing budget, and claims on texts are kept there too, so
+that hosts without a shared disk do not pay twice (`pipeline.run.coordinator`). Elsewhere (a
+pool of processes on one machine) each of N processes spends 1/N and claims in the shared
+cache. Either way no request waits on a network round trip to a coordinator.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 from collections import OrderedDict
 from copy import deepcopy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +38,9 @@ from pipeline.run.steps import Run, RunInput, RunOutput, embed_partition
 from pipeline.sinks.parquet import ParquetSink
 from pipeline.sources.partitions import Partition
 from pipeline.sources.reader import SourcePlan
+
+if TYPE_CHECKING:
+    from pipeline.run.coordinator import CoordinatorLink, SharePoller
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class RunSpec:
     max_tokens: int
     overlap_tokens: int
     workers: int = 1  # processes sharing the key: each spends 1/workers of what the server allows
+    coordinated: bool = False  # on a Dask cluster whose scheduler runs `Coordinator`: shares and claims from it
 
 
 @dataclass(frozen=True)
@@ -69,21 +75,18 @@ class PartitionResult:
 
 
 def shared_config(config: Config, workers: int) -> Config:
-    """`config` with 1/`workers` of the requests and tokens per minute and of the requests in
-    flight, so that `workers` processes spending their shares stay within the account's."""
+    """`config` with 1/`workers` of the requests in flight. The rates are shared by each
+    process's embedder (`Embedder.share_limits`): of the caps and of the server's limits."""
     embedding = config.embedding
-    share = embedding.model_copy(
-        update={
-            name: max(1, value // workers)
-            for name in ("requests_per_minute", "tokens_per_minute", "max_concurrency")
-            if (value := getattr(embedding, name)) is not None
-        }
-    )
+    if embedding.max_concurrency is None:
+        return config
+    share = embedding.model_copy(update={"max_concurrency": max(1, embedding.max_concurrency // workers)})
     return config.model_copy(update={"embedding": share})
 
 
-def run_spec(run: Run, workers: int) -> RunSpec:
-    """The picklable half of a prepared run, for `workers` worker processes."""
+def run_spec(run: Run, workers: int, coordinated: bool = False) -> RunSpec:
+    """The picklable half of a prepared run, for `workers` worker processes; `coordinated`:
+    on a Dask cluster whose scheduler runs the coordinator."""
     return RunSpec(
         shared_config(run.config, workers),
         run.input.plan,
@@ -95,10 +98,26 @@ def run_spec(run: Run, workers: int) -> RunSpec:
         run.texts.max_tokens,
         run.texts.overlap_tokens,
         workers,
+        coordinated,
     )
 
 
-_embedders: OrderedDict[str, Embedder] = OrderedDict()  # by run and settings; the last few kept
+@dataclass
+class ProcessEmbedder:
+    """A worker process's embedder for one run, and (on a coordinated cluster) its line to the
+    coordinator and the poller that keeps its rate-limit share."""
+
+    embedder: Embedder
+    link: CoordinatorLink | None = None
+    poller: SharePoller | None = None
+
+    def close(self) -> None:
+        if self.poller is not None:
+            self.poller.close()
+        self.embedder.close()
+
+
+_embedders: OrderedDict[str, ProcessEmbedder] = OrderedDict()  # by run and settings; the last few kept
 _embedders_lock = threading.Lock()
 _KEPT_EMBEDDERS = 4
 # A worker's first requests leave a freshly started process, on a machine busy starting the
@@ -108,7 +127,7 @@ _KEPT_EMBEDDERS = 4
 WORKER_REFILL_DELAY = 2.0
 
 
-def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]:
+def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, ProcessEmbedder]:
     """This process's embedder for the run `spec` describes, and a name for it that no other
     process shares. Opened once per run and kept, so its rate-limit buckets remember what the
     process already spent (a fresh pair would start full) and a local model loads once."""
@@ -117,24 +136,45 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]
     ).hexdigest()  # never the API key
     with _embedders_lock:
         kept = _embedders.get(key)
-        if kept is not None and kept.stopped:
-            _embedders.pop(
-                key
-            ).close()  # a fatal answer stopped it; the run started again (key or credit fixed) gets a fresh one
+        if kept is not None and kept.embedder.stopped:
+            # a fatal answer stopped it; the run started again (key or credit fixed) gets a fresh one
+            _embedders.pop(key).close()
         if key not in _embedders:
-            _embedders[key] = get_embedder(spec.config.embedding, api_key)
-            _embedders[key].share_limits(1 / max(1, spec.workers), WORKER_REFILL_DELAY)
+            _embedders[key] = open_process_embedder(spec, api_key, key[:16])
             while len(_embedders) > _KEPT_EMBEDDERS:
                 _embedders.popitem(last=False)[1].close()
         _embedders.move_to_end(key)
         return f"{socket.gethostname()}:{os.getpid()}:{key[:12]}", _embedders[key]
 
 
+def open_process_embedder(spec: RunSpec, api_key: str | None, pool: str) -> ProcessEmbedder:
+    """A new embedder spending 1/`spec.workers` of the limits; on a coordinated cluster, the
+    share the coordinator gives it for the budget `pool` (the run's), kept up to date."""
+    embedder = get_embedder(spec.config.embedding, api_key)
+    share = 1 / max(1, spec.workers)
+    embedder.share_limits(share, WORKER_REFILL_DELAY)
+    if not spec.coordinated:
+        return ProcessEmbedder(embedder)
+    from pipeline.run.coordinator import CoordinatorLink
+    from pipeline.run.coordinator import SharePoller as Poller
+
+    link = CoordinatorLink.here()
+    if link is None:  # run outside a Dask worker (a test, a pool): the static share stands
+        return ProcessEmbedder(embedder)
+    poller = Poller(link, pool, embedder.wants_budget, embedder.share_limits, share) if embedder.rate_limited else None
+    return ProcessEmbedder(embedder, link, poller)
+
+
 def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) -> PartitionResult:
     """Embed partition `index` of the run `spec` describes into its staged output part."""
-    sender, embedder = process_embedder(spec, api_key)
-    config = spec.config
+    sender, kept = process_embedder(spec, api_key)
+    embedder, config = kept.embedder, spec.config
     cache = open_cache(config.cache, embedder)  # in front of config.cache.shared_path where set
+    store = None
+    if kept.link is not None:
+        from pipeline.run.coordinator import CoordinatedClaims
+
+        store = CoordinatedClaims(kept.link, embedder.cache_namespace)
     try:
         rows = ParquetSink(config.output.path, spec.metadata, spec.run_key, locked=False)
         chunks = (
@@ -142,7 +182,8 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
             if config.output.chunks_path
             else None
         )
-        texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}")
+        owner, tokens = f"{sender}:{index}", (spec.max_tokens, spec.overlap_tokens)
+        texts = TextEmbedder(embedder, cache, *tokens, claim_owner=owner, claim_store=store)
         run = Run(
             config=config,
             input=RunInput(plan=spec.plan, partitions=spec.partitions, sources=spec.sources, previous=spec.previous),

@@ -36,7 +36,7 @@ def test_two_worker_processes_together_stay_within_the_rate_limit(tmp_path, pref
         assert server.rate_limited == 0, f"refused {[(round(t - t0, 3), round(l, 2)) for t, _, l, _ in server.refusals]} admitted {[round(t - t0, 3) for t in server.admitted]}"
         assert server.requests == 135
         assert max(server.calls.values()) == 1  # a text both files hold is paid once
-    assert "Dask: 2 worker processes, 2 threads; each process gets 1/2 of the rate limit" in output
+    assert "Dask: 2 worker processes, 2 threads; the rate limit is shared by the processes drawing on it" in output
     assert "sent           135 chunks, " in result.stdout and "distinct texts 135 in 135 chunks" in result.stdout
     assert [pq.read_table(tmp_path / "out" / f"part-0000{i}.parquet").num_rows for i in (0, 1)] == [70, 70]
     for noise in ("Traceback", "Error flushing", "telemetry", "Starting temporary server on", "| distributed.", " - distributed."):

@@ -54,7 +54,8 @@ class RateLimiter:
     `transit_margin` seconds after its budget is back: one request's trip from the wire to its
     charge may take longer than another's. With `first_answer_first`, only one request leaves
     until the first answer tells the limits and how full the server's budget is.
-    `share`: the part of the server's limits this process may spend (1/N for N processes on one key).
+    `share`: the part of the limits (the server's and the configured caps) this process may spend
+    (1/N for N processes on one key); `set_share` changes it mid-run.
     """
 
     def __init__(
@@ -84,11 +85,31 @@ class RateLimiter:
         self._first = threading.Condition()
         self._answered = not first_answer_first
         self._first_sender: int | None = None  # the thread whose request goes first
+        self.wanted_at = -math.inf  # when a caller last asked for budget or still waited for it
+        self._grown_at: float | None = None  # when the share last grew, until an answer since says what is left
 
     def limit(self, name: str) -> float | None:
-        """Budget `name` a minute for this process: the server's share, within the cap."""
-        known = [v for v in (self.caps[name], (self.server_limits[name] or 0) * self.share) if v]
+        """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
+        known = [v * self.share for v in (self.caps[name], self.server_limits[name]) if v]
         return min(known) if known else None
+
+    def set_share(self, fraction: float) -> None:
+        """Spend `fraction` of the limits from now on. What was spent stays spent; a smaller share
+        also keeps only its part of the budget banked (the rest is the other processes' now),
+        and a larger one grows its bank by refilling faster (the others may still spend theirs) until
+        the next answer says how much the server holds: then to its share of that."""
+        with self._learning:
+            before, self.share = self.share, fraction
+            if fraction < before:
+                self.requests.scale_level(fraction / before)
+                self.tokens.scale_level(fraction / before)
+            elif fraction > before:
+                self._grown_at = self._clock()
+            self._relearn(fraction != before)
+
+    def wanted_within(self, seconds: float) -> bool:
+        """Whether a caller asked for budget, or waited for it, in the last `seconds`."""
+        return self._clock() - self.wanted_at <= seconds
 
     @property
     def answered(self) -> bool:
@@ -103,6 +124,7 @@ class RateLimiter:
     def acquire(self, tokens: int) -> Ticket:
         """Block until one request of `tokens` tokens fits both budgets; return its ticket.
         Raises `Stopped` once `stop` was called."""
+        self.wanted_at = self._clock()
         self.wait_for_first_answer()
         places = self.requests.reserve(1), self.tokens.reserve(tokens)
         try:
@@ -139,6 +161,7 @@ class RateLimiter:
 
     def sleep(self, seconds: float) -> None:
         """Sleep `seconds` (a retry's backoff), or until `stop`."""
+        self.wanted_at = max(self.wanted_at, self._clock() + seconds)  # the retry will want budget then
         if not self.stopped:
             self._sleep(seconds)
 
@@ -180,6 +203,7 @@ class RateLimiter:
         """Sleep until the budgets cover `places`, and the transit margin after, or `stop`."""
         due = self._clock()
         while not self.stopped:
+            self.wanted_at = self._clock()
             wait = self._wait(places)  # asked again at each nap: the budget may have changed
             due = self._clock() + wait if wait > 0 else due
             if (left := due - self._clock()) <= 0:
@@ -250,10 +274,15 @@ class RateLimiter:
         self._hold_until = max(self._hold_until, self._clock() + seconds)
 
     def _cap(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
+        """Hold the buckets to our share of what the server says is left. The first answer to a
+        request sent since our share grew may raise them to it too: the others hold their shares
+        of it, and the rest was left unspent by a process that went idle or away."""
+        grown = ticket is not None and self._grown_at is not None and ticket.sent_at >= self._grown_at
         for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
             remaining = server_level(headers, name, self.window.seconds)
             if remaining is not None:
-                bucket.cap(remaining * self.share, ticket.sent_at if ticket else None)
+                bucket.cap(remaining * self.share, ticket.sent_at if ticket else None, may_raise=grown)
+                self._grown_at = None if grown else self._grown_at
 
     def _learn_limits(self, headers: Mapping[str, str], charged: dict[str, float] | None, since: float = 0.0) -> None:
         """Take the server's limits from its headers, and (for an answer it took: `charged`
@@ -298,7 +327,7 @@ class RateLimiter:
     def _note_caps(self) -> None:
         """Say once, per budget, that a configured cap holds the run below what the server allows."""
         for name in NAMES:
-            cap, server = self.caps[name], (self.server_limits[name] or 0) * self.share
+            cap, server = self.caps[name], self.server_limits[name] or 0
             if cap and server > cap * 1.01 and name not in self.held_back:
                 self.held_back[name] = (cap, server)
                 log.warning(

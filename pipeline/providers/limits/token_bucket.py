@@ -52,6 +52,14 @@ class TokenBucket:
                 self.debt = max(0.0, self.capacity - self.level - self.waiting)
                 self._debt_updated = self._clock()
 
+    def scale_level(self, ratio: float) -> None:
+        """Keep `ratio` of what is banked (a smaller share of a budget others draw from too);
+        a debt (a level below zero) is kept whole: it was spent."""
+        with self._lock:
+            self._refill()
+            if self.rate is not None and self.level > 0:
+                self.level *= ratio
+
     def reserve(self, amount: float) -> float:
         """Deduct `amount` now; return its place in line: `wait` tells when it is covered."""
         with self._lock:
@@ -107,16 +115,18 @@ class TokenBucket:
             self.level = min(self.capacity, self.level - amount)
             self.debt = max(0.0, self.debt + amount)
 
-    def cap(self, remaining: float, since: float | None = None) -> None:
+    def cap(self, remaining: float, since: float | None = None, may_raise: bool = False) -> None:
         """The server said only `remaining` was left, at some moment after `since` (when the
         request left; default now): never believe we have more than that plus the refill since,
-        less what callers still waiting have reserved (the server has not seen it yet)."""
+        less what callers still waiting have reserved (the server has not seen it yet).
+        `may_raise`: believe that much even where it is more than we had (a share that grew)."""
         with self._lock:
             now = self._refill()
             if self.rate is None:
                 return
             refilled = (now - since) * self.rate if since is not None else 0.0
-            self.level = min(self.level, remaining + max(0.0, refilled) - self.waiting)
+            told = remaining + max(0.0, refilled) - self.waiting
+            self.level = min(self.capacity, told) if may_raise else min(self.level, told)
 
     def _refill(self) -> float:
         now = self._clock()

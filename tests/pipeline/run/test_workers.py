@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import EmbedpipeError, ProviderError
+from pipeline.providers import get_embedder
 from pipeline.run.steps import close_run, finish_run, prepare_run, run_pipeline
 from pipeline.run.workers import absorb, embed_partition_in_worker, run_spec, shared_config
 from tests.conftest import openai_config, write_parquet
@@ -27,13 +28,17 @@ def two_files(tmp_path):
 
 @pytest.mark.parametrize(
     "workers, rpm, tpm, concurrency",
-    [(1, 3000, 1_000_000, 8), (2, 1500, 500_000, 4), (3, 1000, 333_333, 2), (16, 187, 62_500, 1), (4, None, None, None)],
+    [(1, 3000, 1_000_000, 8), (2, 1500, 500_000, 4), (3, 1000, 333_333, 2), (16, 187.5, 62_500, 1), (4, None, None, None)],
 )
 def test_each_worker_process_gets_an_equal_share_of_the_configured_caps(tmp_path, fake_openai, workers, rpm, tpm, concurrency):
     caps = {"requests_per_minute": 3000, "tokens_per_minute": 1_000_000, "max_concurrency": 8} if rpm else {}
-    config = openai_config(tmp_path, fake_openai, tmp_path / "in", **{f"embedding__{k}": v for k, v in caps.items()})
-    share = shared_config(config, workers).embedding
-    assert (share.requests_per_minute, share.tokens_per_minute, share.max_concurrency) == (rpm, tpm, concurrency)  # unset stays unset
+    config = shared_config(openai_config(tmp_path, fake_openai, tmp_path / "in", **{f"embedding__{k}": v for k, v in caps.items()}), workers)
+    embedder = get_embedder(config.embedding, None)
+    embedder.share_limits(1 / workers)
+    limits = embedder.limiter.limit("requests"), embedder.limiter.limit("tokens")
+    assert limits == pytest.approx((rpm, tpm), abs=1) if rpm else limits == (None, None)  # unset stays unset
+    assert config.embedding.max_concurrency == concurrency
+    embedder.close()
 
 
 def run_in_worker_processes(config, processes: int) -> dict:

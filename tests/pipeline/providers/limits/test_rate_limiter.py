@@ -328,3 +328,52 @@ def test_after_the_first_surprise_a_server_that_enforces_seconds_refuses_under_o
     later = [refused for at, refused in server.answers if at > first + 60]  # a minute to learn
     assert sum(later) < 0.01 * len(later)
     assert clock.now < 5 * 60 / 0.95  # at least 0.95 of the limit sustained
+
+
+@pytest.mark.parametrize(
+    "before, after, spent, level, seconds_for_next_60k",
+    [
+        (1.0, 0.5, 0, 30_000, 6.0),  # half the limit: half of the bank, refilled at half the rate
+        (1.0, 0.5, 45_000, 7_500, 10.5),  # what was spent stays spent; half of what is left stays banked
+        (1.0, 0.5, 90_000, -30_000, 18.0),  # a debt is ours whole
+        (0.5, 1.0, 15_000, 15_000, 4.5),  # the bank grows only by refilling faster: the others may spend theirs
+    ],
+)
+def test_a_share_changed_mid_run_keeps_what_was_spent(before, after, spent, level, seconds_for_next_60k):
+    limit, clock = limiter(None, 600_000)  # 10,000 tokens a second
+    limit.window.seconds = 6.0  # banked: 60,000 tokens at the whole limit
+    limit.set_share(before)
+    limit._relearn(True)
+    limit.tokens.reserve(spent)
+    limit.tokens.release(spent)
+    limit.set_share(after)
+    assert limit.tokens.level == pytest.approx(level)
+    assert take(limit.tokens, 60_000) == pytest.approx(seconds_for_next_60k)
+
+
+@pytest.mark.parametrize("sent_after_growth, level", [(True, 50_000), (False, 15_000)])
+def test_a_grown_share_takes_its_part_of_what_the_server_has_left_at_the_next_answer(sent_after_growth, level):
+    limit, clock = limiter(None, 600_000)
+    limit.window.seconds = 6.0
+    limit.set_share(0.5)
+    limit._relearn(True)
+    limit.tokens.reserve(15_000)
+    limit.tokens.release(15_000)
+    ticket = limit.acquire(0) if not sent_after_growth else None
+    clock.sleep(0.001)
+    limit.set_share(1.0)  # the other worker went idle, leaving its half of the bank unspent
+    ticket = ticket or limit.acquire(0)
+    limit.observe(answer_headers(limit_tokens=600_000, tokens=50_000), 0, None, ticket)
+    assert limit.tokens.level == pytest.approx(level, rel=1e-3)  # not raised by an answer older than the growth
+
+
+def test_a_worker_that_asked_for_budget_lately_says_so():
+    limit, clock = limiter(None, 600_000)
+    assert not limit.wanted_within(1.0)
+    limit.acquire(10)
+    clock.sleep(0.5)
+    assert limit.wanted_within(1.0) and not limit.wanted_within(0.4)
+    clock.sleep(5.0)
+    assert not limit.wanted_within(1.0)
+    limit.sleep(3.0)  # a retry's backoff, ended: the retry is about to ask
+    assert limit.wanted_within(0.1)
