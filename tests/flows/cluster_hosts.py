@@ -1,0 +1,209 @@
+"""Hosts on one machine: a Dask scheduler and workers, each in a network namespace of its own.
+
+`Hosts` makes a bridge on a private /24 (10.231.N.0/24, N free on this machine) in the root
+namespace, which keeps 10.231.N.1: the address the services every host reaches bind to (the
+object store, the OpenAI stand-in, the Prefect API). The scheduler and each worker get a
+namespace, one veth into the bridge, an address of their own and a loopback of their own, and
+a home, temporary and working directory of their own: they share no local directory with the
+flow or with each other (a relative `cache.path` resolves under each one's own directory).
+Everything made is taken down again on exit, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]  # workers import this checkout's code, not an installed copy
+SCHEDULER_PORT = 8786
+
+
+def namespaces_unavailable() -> str | None:
+    """Why network namespaces cannot be made here, in one line; None when they can."""
+    if os.geteuid() != 0:
+        return "making network namespaces needs root"
+    if shutil.which("ip") is None:
+        return "making network namespaces needs iproute2's `ip`"
+    probe = f"ephosts-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot make a network namespace: {(made.stderr.strip().splitlines() or ['?'])[0]}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def _free_subnet() -> int:
+    """An N with no address of 10.231.N.0/24 on this machine; from the pid, so that two test
+    sessions at once pick different ones."""
+    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    for step in range(254):
+        n = (os.getpid() + step) % 254 + 1
+        if f" 10.231.{n}." not in used:
+            return n
+    raise RuntimeError("no free 10.231.N.0/24 on this machine")
+
+
+class Hosts:
+    """`with Hosts(root, env) as hosts:` a scheduler at `hosts.scheduler_address`; `add_worker`
+    starts a worker host, `kill_worker` pulls its plug (SIGKILL). `env` is what every process
+    started here gets besides its own HOME, TMPDIR and PREFECT_HOME."""
+
+    def __init__(self, root: Path, env: dict[str, str]):
+        self.root, self.env = root, env
+        self.n = _free_subnet()
+        self.bridge = f"ephb{self.n}"
+        self.host_address = f"10.231.{self.n}.1"
+        self.namespaces: list[str] = []
+        self.veths: list[str] = []
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.addresses: dict[str, str] = {}  # host name -> its address
+
+    @property
+    def scheduler_address(self) -> str:
+        return f"tcp://{self.addresses['scheduler']}:{SCHEDULER_PORT}"
+
+    def __enter__(self) -> Hosts:
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.host_address}/24", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for process in self.processes.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for namespace in self.namespaces:  # its veth end goes with it, and so the pair
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        for link in [*self.veths, self.bridge]:  # gone already where their namespace went
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+
+    def host(self, name: str) -> tuple[str, Path]:
+        """A namespace `name` on the bridge, with an address and a directory of its own."""
+        index = len(self.namespaces) + 2
+        namespace, veth = f"ephosts{self.n}-{name}", f"ephv{self.n}x{index}"
+        _ip("netns", "add", namespace)
+        self.namespaces.append(namespace)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", f"ephp{self.n}x{index}")
+        self.veths.append(veth)
+        _ip("link", "set", f"ephp{self.n}x{index}", "netns", namespace)
+        _ip("link", "set", veth, "master", self.bridge)
+        _ip("link", "set", veth, "up")
+        address = f"10.231.{self.n}.{index}"
+        _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", f"ephp{self.n}x{index}")
+        _ip("-n", namespace, "link", "set", f"ephp{self.n}x{index}", "up")
+        _ip("-n", namespace, "link", "set", "lo", "up")
+        self.addresses[name] = address
+        home = self.root / name
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
+        return namespace, home
+
+    def start(self, name: str, *command: str) -> subprocess.Popen:
+        """Run `command` (python's arguments) on host `name`, in its own directory; output to its log."""
+        namespace, home = self.host(name)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **self.env,
+            "HOME": str(home),
+            "TMPDIR": str(home / "tmp"),
+            "PREFECT_HOME": str(home / ".prefect"),
+            "PYTHONPATH": str(REPO),
+        }
+        log = open(home / "log.txt", "w")  # noqa: SIM115  the child holds it
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, sys.executable, *command],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a kill takes all it started
+        )
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def start_scheduler(self) -> None:
+        self.start(
+            "scheduler", "-m", "distributed.cli.dask_scheduler", "--host", f"10.231.{self.n}.2",
+            "--port", str(SCHEDULER_PORT), "--no-dashboard",
+        )  # fmt: skip
+
+    def add_worker(self, name: str) -> None:
+        """A worker host: one single-threaded worker process, no nanny (a killed host stays dead)."""
+        address = f"10.231.{self.n}.{len(self.namespaces) + 2}"
+        self.start(
+            name, "-m", "distributed.cli.dask_worker", self.scheduler_address, "--nthreads", "1", "--no-nanny",
+            "--no-dashboard", "--host", address, "--local-directory", "dask",
+        )  # fmt: skip
+
+    def wait_for_workers(self, count: int, timeout: float = 60) -> None:
+        """Until the scheduler knows `count` workers (from the root namespace, as the flow sees it)."""
+        from distributed import Client
+
+        with Client(self.scheduler_address, timeout=timeout) as client:
+            client.wait_for_workers(count, timeout=timeout)
+
+    def kill_worker(self, name: str) -> None:
+        """The host goes away at once: its processes get SIGKILL, nothing is cleaned up."""
+        os.killpg(self.processes[name].pid, signal.SIGKILL)
+        self.processes[name].wait()
+
+    def log(self, name: str) -> str:
+        return (self.root / name / "log.txt").read_text(errors="replace")
+
+
+def start_prefect_server(home: Path, host: str, port: int = 4200, timeout: float = 60) -> subprocess.Popen:
+    """A Prefect API server bound to `host` (the temporary one binds 127.0.0.1, which no other
+    namespace reaches), with its own PREFECT_HOME; returns once it answers."""
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "0"}
+    env.pop("PREFECT_API_URL", None)
+    home.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+               "--host", host, "--port", str(port), "--log-level", "error", "--lifespan", "on"]  # fmt: skip
+    log = open(home / "server-log.txt", "w")  # noqa: SIM115  the child holds it
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited: {(home / 'server-log.txt').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://{host}:{port}/api/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop(server)
+    raise RuntimeError("the Prefect server did not answer within a minute")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to its process group, then SIGKILL after 5 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
