@@ -18,6 +18,7 @@ from flows.partition_window import run_partitions
 from flows.task_options import IN_MEMORY
 from pipeline.config import EmbeddingConfig, first_line
 from pipeline.errors import ConfigError, EmbedpipeError
+from pipeline.run.remote_parts import collect_parts
 from pipeline.run.steps import Run
 from pipeline.run.workers import PartitionResult, RunSpec, absorb, embed_partition_in_worker, run_spec
 
@@ -87,6 +88,8 @@ def embed_on_dask(run: Run) -> dict[int, int]:
         def submit(index: int):
             return runner.submit(embed_partition_on_worker, parameters={"spec": spec, "index": index})
 
-        return run_partitions(
+        parts = run_partitions(
             submit, len(run.input.partitions), threads, run.input.plan.total_rows, lambda result: absorb(run, result)
         )
+    collect_parts(spec.remote, [run.output.chunks, run.output.rows], parts)  # workers' parts, staged in the bucket
+    return parts

@@ -22,6 +22,7 @@ import threading
 from collections import OrderedDict
 from copy import deepcopy
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.run.counts import RunStats
 from pipeline.run.embed import TextEmbedder
+from pipeline.run.remote_parts import RemoteParts, remote_parts
 from pipeline.run.steps import Run, RunInput, RunOutput, embed_partition
 from pipeline.sinks.parquet import ParquetSink
 from pipeline.sources.partitions import Partition
@@ -53,6 +55,7 @@ class RunSpec:
     max_tokens: int
     overlap_tokens: int
     workers: int = 1  # processes sharing the key: each spends 1/workers of what the server allows
+    remote: RemoteParts | None = None  # input fetched and parts staged through the object store
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,12 @@ def run_spec(run: Run, workers: int) -> RunSpec:
         run.texts.max_tokens,
         run.texts.overlap_tokens,
         workers,
+        remote_parts(
+            run.input.source_url,
+            Path(run.config.cache.path) / "remote" / "inputs",
+            {str(remote.local): remote.url for remote in run.output.remote_outputs},
+            run.output.rows.run_key,
+        ),
     )
 
 
@@ -133,15 +142,12 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, Embedder]
 def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) -> PartitionResult:
     """Embed partition `index` of the run `spec` describes into its staged output part."""
     sender, embedder = process_embedder(spec, api_key)
-    config = spec.config
+    config, remote = spec.config, spec.remote
+    if remote is not None:
+        remote.fetch_input(spec.partitions[index], spec.sources[index])
     cache = VectorCache.for_embedder(config.cache.path, embedder)
     try:
-        rows = ParquetSink(config.output.path, spec.metadata, spec.run_key, locked=False)
-        chunks = (
-            ParquetSink(config.output.chunks_path, spec.metadata, spec.run_key, locked=False)
-            if config.output.chunks_path
-            else None
-        )
+        rows, chunks = _worker_sinks(spec)
         texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}")
         run = Run(
             config=config,
@@ -151,7 +157,14 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
             started=0.0,
             owns_embedder=False,
         )
+        sinks = [sink for sink in (chunks, rows) if sink is not None]  # chunks first: a rows part vouches for both
+        for sink in sinks:
+            if remote is not None:  # a part uploaded by an attempt whose worker died before it reported
+                remote.fetch_part(sink, index)
         written = embed_partition(run, index)
+        for sink in sinks:
+            if remote is not None:
+                remote.upload_part(sink, index)
     finally:
         cache.close()
     return PartitionResult(
@@ -162,6 +175,19 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
         sender,
         deepcopy(embedder.sent),
     )
+
+
+def _worker_sinks(spec: RunSpec) -> tuple[ParquetSink, ParquetSink | None]:
+    """The run's rows and chunk outputs as this worker writes them: into the flow's staging
+    directory, or, where the output is on an object store, into one of its own."""
+    output = spec.config.output
+
+    def sink(path: str) -> ParquetSink:
+        if spec.remote is not None:
+            return spec.remote.staged_sink(path, spec.metadata)
+        return ParquetSink(path, spec.metadata, spec.run_key, locked=False)
+
+    return sink(output.path), sink(output.chunks_path) if output.chunks_path else None
 
 
 def absorb(run: Run, result: PartitionResult) -> int:
