@@ -14,9 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -207,3 +212,80 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Cluster:
+    """The hosts, and the services every host reaches on the bridge: an S3 bucket and a Prefect API."""
+
+    hosts: Hosts
+    env: dict[str, str]  # what a process needs to reach them: the S3 endpoint and credentials, the API
+    fs: object  # an fsspec file system on the S3 server, for the test's own reads and writes
+    bucket: str
+    workers: list[str] = field(default_factory=list)
+
+    @property
+    def host_address(self) -> str:
+        return self.hosts.host_address
+
+    def add_workers(self, count: int, **env: str) -> None:
+        """`count` more worker hosts (with `env` besides the cluster's), once the scheduler knows them."""
+        self.hosts.env = {**self.env, **env}
+        for _ in range(count):
+            self.workers.append(f"worker-{len(self.workers) + 1}")
+            self.hosts.add_worker(self.workers[-1])
+        self.hosts.wait_for_workers(len(self.workers))
+
+    def run_flow(self, config: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+        """`embedpipe run` of the YAML `config`, from a client directory of its own in the root namespace."""
+        client = self.hosts.root / "client"
+        client.mkdir(exist_ok=True)
+        (client / "run.yaml").write_text(config)
+        environment = {**os.environ, **self.env, **env, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(client / ".prefect")}
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", "run.yaml"],
+            cwd=client, env=environment, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+
+@contextmanager
+def cluster(root: Path) -> Iterator[Cluster]:
+    """A bridge with a scheduler host, a local S3 (moto's server) holding a fresh bucket, and a
+    Prefect API server, all on the bridge; add workers with `add_workers`. All gone on exit."""
+    from moto.server import ThreadedMotoServer
+
+    with Hosts(root / "hosts", {}) as hosts:
+        host = hosts.host_address
+        s3 = ThreadedMotoServer(ip_address=host, port=free_port(host), verbose=False)
+        s3.start()
+        api_port = free_port(host)
+        try:
+            prefect = start_prefect_server(root / "prefect", host, api_port)
+        except BaseException:
+            s3.stop()
+            raise
+        try:
+            env = {
+                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL": "http://{}:{}".format(*s3.get_host_and_port()),
+                "PREFECT_API_URL": f"http://{host}:{api_port}/api", "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning",
+            }  # fmt: skip
+            import fsspec
+
+            fs = fsspec.filesystem(
+                "s3", key="testing", secret="testing", skip_instance_cache=True,
+                client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
+            )  # fmt: skip
+            bucket = f"bucket-{uuid.uuid4().hex[:12]}"
+            fs.mkdir(bucket)
+            hosts.start_scheduler()
+            yield Cluster(hosts, env, fs, bucket)
+        finally:
+            stop(prefect)
+            s3.stop()
