@@ -253,7 +253,8 @@ class FakeOpenAI:
         self.admissions: list[tuple[float, int]] = []  # (time.monotonic(), tokens) of each, for rates over any interval
         self.authorizations: Counter[str] = Counter()  # Authorization headers seen
         self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path with query, headers lowercased) of each
-        self.peers: Counter[str] = Counter()  # admitted embeddings requests by the client's address
+        self.peers: Counter[str] = Counter()  # embeddings requests answered 200, by the client's address
+        self.answered: list[tuple[float, str, list]] = []  # (time.monotonic(), client address, texts) of each
         self.first_request_at: float | None = None  # time.monotonic() of the first request
         self.rejected: list[str] = []  # why each 400 was sent
         self.faults: deque = deque()  # (status, body, headers) answered to the next requests; None: answer as usual
@@ -443,8 +444,10 @@ class FakeOpenAI:
                 raw = self.rfile.read(int(self.headers.get("content-length", 0)))
                 status, payload, headers = fake._route(method, self.path, self.headers, raw)
                 if status == 200 and "/embeddings" in self.path:
+                    texts = json.loads(raw or b"{}").get("input")
                     with fake._lock:
                         fake.peers[self.client_address[0]] += 1
+                        fake.answered.append((time.monotonic(), self.client_address[0], texts))
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/octet-stream" if isinstance(payload, bytes) else "application/json")

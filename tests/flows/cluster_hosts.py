@@ -89,16 +89,10 @@ class Hosts:
         return self
 
     def __exit__(self, *exc) -> None:
-        for process in self.processes.values():
+        for process in self.processes.values():  # throwaway hosts: nothing of theirs needs a clean exit
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.wait()
         for namespace in self.namespaces:  # its veth end goes with it, and so the pair
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
         for link in [*self.veths, self.bridge]:  # gone already where their namespace went
@@ -178,9 +172,9 @@ class Hosts:
         return (self.root / name / "log.txt").read_text(errors="replace")
 
 
-def start_prefect_server(home: Path, host: str, port: int = 4200, timeout: float = 60) -> subprocess.Popen:
+def start_prefect_server(home: Path, host: str, port: int) -> subprocess.Popen:
     """A Prefect API server bound to `host` (the temporary one binds 127.0.0.1, which no other
-    namespace reaches), with its own PREFECT_HOME; returns once it answers."""
+    namespace reaches), with its own PREFECT_HOME; `wait_for_api` says when it answers."""
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "0"}
     env.pop("PREFECT_API_URL", None)
     home.mkdir(parents=True, exist_ok=True)
@@ -189,18 +183,21 @@ def start_prefect_server(home: Path, host: str, port: int = 4200, timeout: float
     log = open(home / "server-log.txt", "w")  # noqa: SIM115  the child holds it
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
+    return server
+
+
+def wait_for_api(server: subprocess.Popen, api_url: str, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited: {(home / 'server-log.txt').read_text()[-2000:]}")
+            raise RuntimeError(f"the Prefect server exited: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"http://{host}:{port}/api/health", timeout=2).status_code == 200:
-                return server
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    stop(server)
-    raise RuntimeError("the Prefect server did not answer within a minute")
+    raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f} s")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -228,11 +225,16 @@ class Cluster:
     env: dict[str, str]  # what a process needs to reach them: the S3 endpoint and credentials, the API
     fs: object  # an fsspec file system on the S3 server, for the test's own reads and writes
     bucket: str
-    workers: list[str] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)  # every worker host started, live or killed
+    killed: list[str] = field(default_factory=list)
 
     @property
     def host_address(self) -> str:
         return self.hosts.host_address
+
+    @property
+    def live_workers(self) -> list[str]:
+        return [name for name in self.workers if name not in self.killed]
 
     def add_workers(self, count: int, **env: str) -> None:
         """`count` more worker hosts (with `env` besides the cluster's), once the scheduler knows them."""
@@ -240,14 +242,23 @@ class Cluster:
         for _ in range(count):
             self.workers.append(f"worker-{len(self.workers) + 1}")
             self.hosts.add_worker(self.workers[-1])
-        self.hosts.wait_for_workers(len(self.workers))
+        self.hosts.wait_for_workers(len(self.live_workers))
+
+    def kill_worker(self, name: str) -> None:
+        """Pull the plug on worker host `name`: SIGKILL, nothing cleaned up."""
+        self.hosts.kill_worker(name)
+        self.killed.append(name)
+
+    def address(self, name: str) -> str:
+        return self.hosts.addresses[name]
 
     def run_flow(self, config: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
         """`embedpipe run` of the YAML `config`, from a client directory of its own in the root namespace."""
         client = self.hosts.root / "client"
         client.mkdir(exist_ok=True)
         (client / "run.yaml").write_text(config)
-        environment = {**os.environ, **self.env, **env, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(client / ".prefect")}
+        environment = {**os.environ, **self.env, **env, "PYTHONPATH": str(REPO)}
+        environment["PREFECT_HOME"] = str(client / ".prefect")
         return subprocess.run(
             [sys.executable, "-m", "flows.cli", "run", "run.yaml"],
             cwd=client, env=environment, capture_output=True, text=True, timeout=timeout,
@@ -262,15 +273,11 @@ def cluster(root: Path) -> Iterator[Cluster]:
 
     with Hosts(root / "hosts", {}) as hosts:
         host = hosts.host_address
-        s3 = ThreadedMotoServer(ip_address=host, port=free_port(host), verbose=False)
-        s3.start()
         api_port = free_port(host)
+        prefect = start_prefect_server(root / "prefect", host, api_port)  # starts while the rest is made
+        s3 = ThreadedMotoServer(ip_address=host, port=free_port(host), verbose=False)
         try:
-            prefect = start_prefect_server(root / "prefect", host, api_port)
-        except BaseException:
-            s3.stop()
-            raise
-        try:
+            s3.start()
             env = {
                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                 "AWS_ENDPOINT_URL": "http://{}:{}".format(*s3.get_host_and_port()),
@@ -285,6 +292,7 @@ def cluster(root: Path) -> Iterator[Cluster]:
             bucket = f"bucket-{uuid.uuid4().hex[:12]}"
             fs.mkdir(bucket)
             hosts.start_scheduler()
+            wait_for_api(prefect, env["PREFECT_API_URL"], root / "prefect" / "server-log.txt")
             yield Cluster(hosts, env, fs, bucket)
         finally:
             stop(prefect)

@@ -54,13 +54,12 @@ def config_yaml(hosts: Cluster, server: FakeOpenAI) -> str:
     )  # cache.path left relative, as by default: each host's is under its own working directory
 
 
-def kill_when_busy(hosts: Cluster, server: FakeOpenAI, after: int, killed: list[str], done: threading.Event):
+def kill_when_busy(hosts: Cluster, server: FakeOpenAI, after: int, done: threading.Event):
     """SIGKILL the first worker host that the server has answered `after` requests of: mid-partition."""
     while not done.wait(0.01):
         for name in hosts.workers:
-            if server.peers[hosts.hosts.addresses[name]] >= after:
-                hosts.hosts.kill_worker(name)
-                killed.append(name)
+            if server.peers[hosts.address(name)] >= after:
+                hosts.kill_worker(name)
                 return
 
 
@@ -86,9 +85,8 @@ def test_two_worker_hosts_one_killed_mid_partition_write_every_row_once(hosts):
     expected = put_inputs(hosts.fs, hosts.bucket)
     with FakeOpenAI(host=hosts.host_address, rpm=RPM, latency=0.05) as server:
         hosts.add_workers(2, CLUSTER_KEY=SECRET)
-        killed: list[str] = []
         done = threading.Event()
-        watcher = threading.Thread(target=kill_when_busy, args=(hosts, server, 3, killed, done))
+        watcher = threading.Thread(target=kill_when_busy, args=(hosts, server, 3, done))
         watcher.start()
         try:
             run = hosts.run_flow(config_yaml(hosts, server), CLUSTER_KEY=SECRET)
@@ -97,17 +95,18 @@ def test_two_worker_hosts_one_killed_mid_partition_write_every_row_once(hosts):
             watcher.join()
     logs = "".join(hosts.hosts.log(name) for name in hosts.workers)
     assert run.returncode == 0, run.stdout + run.stderr + logs[-4000:]
-    assert killed, "no worker was killed: the run ended before one got 3 answers"
+    assert hosts.killed, "no worker was killed: the run ended before one got 3 answers"
     table = read_output(hosts.fs, f"{hosts.bucket}/out")
     ids = table.column("id").to_pylist()
     assert sorted(ids) == sorted(expected)  # every row once: none lost with the killed host, none twice
     vectors = table.column("embedding").to_pylist()
     assert all(np.allclose(v, fake_vector(expected[i], server.dimensions), atol=1e-6) for i, v in zip(ids, vectors))
     # the killed host's partition ran again elsewhere, and Prefect holds one completed run of each partition
-    assert partition_task_runs(hosts.env["PREFECT_API_URL"]) == {f"embed-partition-{i}": ["COMPLETED"] for i in range(FILES)}
+    runs = partition_task_runs(hosts.env["PREFECT_API_URL"])
+    assert runs == {f"embed-partition-{i}": ["COMPLETED"] for i in range(FILES)}
     assert sorted(p.rsplit("/", 1)[-1] for p in hosts.fs.ls(f"{hosts.bucket}/out", refresh=True)) == [
         "_manifest.json", *(f"part-{i:05d}.parquet" for i in range(FILES))
     ]  # the staged parts' prefix is gone once published
-    survivor = next(name for name in hosts.workers if name not in killed)
+    survivor = hosts.live_workers[0]
     assert (hosts.hosts.root / survivor / ".embedpipe" / "cache").is_dir()  # its cache: its own disk
     assert SECRET not in run.stdout + run.stderr + logs
