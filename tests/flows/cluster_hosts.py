@@ -11,6 +11,7 @@ Everything made is taken down again on exit, whatever happened.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -271,6 +272,7 @@ def cluster(root: Path) -> Iterator[Cluster]:
     Prefect API server, all on the bridge; add workers with `add_workers`. All gone on exit."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server narrates every request
     with Hosts(root / "hosts", {}) as hosts:
         host = hosts.host_address
         api_port = free_port(host)

@@ -13,7 +13,10 @@ from pipeline.run.remote_parts import collect_parts
 from pipeline.run.steps import close_run, finish_run, prepare_run
 from pipeline.run.workers import absorb, embed_partition_in_worker, run_spec
 from tests.conftest import openai_config
-from tests.pipeline.test_remote import read_s3_output, s3, s3_endpoint  # noqa: F401  fixtures
+from tests.pipeline import test_remote
+from tests.pipeline.test_remote import read_s3_output
+
+s3_endpoint, s3 = test_remote.s3_endpoint, test_remote.s3  # its fixtures: a local S3, a fresh bucket
 
 TEXTS = [f"ticket {i}: the printer on floor {i % 7} is jammed again" for i in range(30)]
 
@@ -42,7 +45,9 @@ def prepared(tmp_path, s3, fake_openai, monkeypatch):
     return run, pickle.loads(pickle.dumps(run_spec(run, 2)))  # as it travels to a worker
 
 
-def test_workers_on_other_hosts_fetch_their_input_and_the_flow_publishes_their_parts(tmp_path, s3, fake_openai, monkeypatch):
+def test_workers_on_other_hosts_fetch_their_input_and_the_flow_publishes_their_parts(
+    tmp_path, s3, fake_openai, monkeypatch
+):
     fs, bucket = s3
     run, spec = prepared(tmp_path, s3, fake_openai, monkeypatch)
     results = []
@@ -76,7 +81,7 @@ def test_a_partition_run_again_on_another_host(tmp_path, s3, fake_openai, monkey
     try:
         if expected is None:
             again = embed_partition_in_worker(spec, 0, None)
-            assert (again.rows, fake_openai.requests) == (first.rows, requests)  # fetched from the bucket, not paid again
+            assert (again.rows, fake_openai.requests) == (first.rows, requests)  # fetched from the bucket, not paid
         else:
             with pytest.raises(EmbedpipeError, match=expected):
                 embed_partition_in_worker(spec, 0, None)
