@@ -88,8 +88,15 @@ def embed_on_dask(run: Run) -> dict[int, int]:
         def submit(index: int):
             return runner.submit(embed_partition_on_worker, parameters={"spec": spec, "index": index})
 
-        parts = run_partitions(
-            submit, len(run.input.partitions), threads, run.input.plan.total_rows, lambda result: absorb(run, result)
-        )
+        from distributed import KilledWorker  # there whenever prefect-dask is
+
+        try:
+            count, rows = len(run.input.partitions), run.input.plan.total_rows
+            parts = run_partitions(submit, count, threads, rows, lambda result: absorb(run, result))
+        except KilledWorker as exc:  # the scheduler gave up on a partition whose workers kept dying
+            raise EmbedpipeError(
+                f"embedding.task_runner dask: {first_line(exc)}; see those workers' logs (out of memory?), then run "
+                "again: the partitions finished are kept"
+            ) from None
     collect_parts(spec.remote, [run.output.chunks, run.output.rows], parts)  # workers' parts, staged in the bucket
     return parts

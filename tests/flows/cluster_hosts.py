@@ -37,11 +37,25 @@ def namespaces_unavailable() -> str | None:
         return "making network namespaces needs root"
     if shutil.which("ip") is None:
         return "making network namespaces needs iproute2's `ip`"
-    probe = f"ephosts-probe-{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if made.returncode != 0:
-        return f"cannot make a network namespace: {(made.stderr.strip().splitlines() or ['?'])[0]}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    tag = os.getpid() % 100000
+    made: list[list[str]] = []  # what to delete again
+    try:
+        for make, undo in (
+            (["netns", "add", f"ephosts-probe-{tag}"], ["netns", "del", f"ephosts-probe-{tag}"]),
+            (["link", "add", f"ephpb{tag}", "type", "bridge"], ["link", "del", f"ephpb{tag}"]),
+            (
+                ["link", "add", f"ephpv{tag}", "type", "veth", "peer", "name", f"ephpp{tag}"],
+                ["link", "del", f"ephpv{tag}"],
+            ),
+        ):
+            done = subprocess.run(["ip", *make], capture_output=True, text=True)
+            if done.returncode != 0:
+                why = (done.stderr.strip().splitlines() or ["?"])[0]
+                return f"cannot make a network namespace, bridge or veth: {why}"
+            made.append(undo)
+    finally:
+        for undo in reversed(made):
+            subprocess.run(["ip", *undo], capture_output=True)
     return None
 
 
