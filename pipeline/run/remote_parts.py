@@ -49,19 +49,22 @@ class RemoteParts:
             (Path(path) / f".staging-{self.run_key}").mkdir(parents=True, exist_ok=True)
         return ParquetSink(path, metadata, self.run_key, locked=False)
 
-    def fetch_part(self, sink: ParquetSink, index: int) -> None:
-        """Part `index` from the bucket into `sink`'s staging directory, if uploaded and not here."""
+    def fetch_part(self, sink: ParquetSink, index: int) -> bool:
+        """Part `index` from the bucket into `sink`'s staging directory, if uploaded and not
+        here; whether it was."""
         target = sink.staging / sink.part_name(index)
         if str(sink.path) not in self.outputs or target.exists():
-            return
+            return False
         fs, remote = self._staged(sink, index)
         try:
-            if fs.exists(remote):
-                partial = target.with_name(f".{target.name}.fetching")  # never taken for a finished part
-                fs.get_file(remote, str(partial))
-                partial.replace(target)
+            if not fs.exists(remote):
+                return False
+            partial = target.with_name(f".{target.name}.fetching")  # never taken for a finished part
+            fs.get_file(remote, str(partial))
+            partial.replace(target)
         except OSError as exc:
             raise self._error(sink, "fetch", exc) from None
+        return True
 
     def upload_part(self, sink: ParquetSink, index: int) -> None:
         """Part `index`, finished in `sink`'s staging directory, up to the bucket's."""

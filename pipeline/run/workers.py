@@ -158,12 +158,11 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
             owns_embedder=False,
         )
         sinks = [sink for sink in (chunks, rows) if sink is not None]  # chunks first: a rows part vouches for both
-        for sink in sinks:
-            if remote is not None:  # a part uploaded by an attempt whose worker died before it reported
-                remote.fetch_part(sink, index)
+        # a part uploaded by an attempt whose worker died before it reported is fetched, not made again
+        uploaded = [sink for sink in sinks if remote is not None and remote.fetch_part(sink, index)]
         written = embed_partition(run, index)
         for sink in sinks:
-            if remote is not None:
+            if remote is not None and sink not in uploaded:
                 remote.upload_part(sink, index)
     finally:
         cache.close()
