@@ -20,7 +20,7 @@ from tests.flows.cluster_hosts import Cluster, cluster, namespaces_unavailable
 SECRET = "sk-test-cluster-never-print-me"
 FILES, ROWS, BATCH = 6, 40, 4  # 10 requests a partition
 SHARED = [f"a text every file holds {i}" for i in range(4)]
-RPM = 600  # the account's: the server banks 600 requests and refills 10 a second
+RPM, WINDOW = 240, 5  # the account's: the server banks 20 requests and refills 4 a second; a run makes ~60
 
 
 def texts_of(file: int) -> list[str]:
@@ -83,7 +83,7 @@ def hosts(tmp_path):
 
 def test_two_worker_hosts_one_killed_mid_partition_write_every_row_once(hosts):
     expected = put_inputs(hosts.fs, hosts.bucket)
-    with FakeOpenAI(host=hosts.host_address, rpm=RPM, latency=0.05) as server:
+    with FakeOpenAI(host=hosts.host_address, rpm=RPM, window=WINDOW, latency=0.05) as server:
         hosts.add_workers(2, CLUSTER_KEY=SECRET)
         done = threading.Event()
         watcher = threading.Thread(target=kill_when_busy, args=(hosts, server, 3, done))
@@ -110,3 +110,5 @@ def test_two_worker_hosts_one_killed_mid_partition_write_every_row_once(hosts):
     survivor = hosts.live_workers[0]
     assert (hosts.hosts.root / survivor / ".embedpipe" / "cache").is_dir()  # its cache: its own disk
     assert SECRET not in run.stdout + run.stderr + logs
+    # the hosts together stayed within the server's limits
+    assert server.rate_limited <= server.requests / 100, server.refusals
