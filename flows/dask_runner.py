@@ -20,7 +20,14 @@ from pipeline.config import EmbeddingConfig, first_line
 from pipeline.errors import ConfigError, EmbedpipeError
 from pipeline.run.remote_parts import collect_parts
 from pipeline.run.steps import Run
-from pipeline.run.workers import PartitionResult, RunSpec, absorb, embed_partition_in_worker, run_spec
+from pipeline.run.workers import (
+    PartitionResult,
+    RunSpec,
+    absorb,
+    embed_partition_in_worker,
+    kept_by_the_flow,
+    run_spec,
+)
 
 
 @task(**IN_MEMORY, task_run_name="embed-partition-{index}")
@@ -90,13 +97,16 @@ def embed_on_dask(run: Run) -> dict[int, int]:
 
         from distributed import KilledWorker  # there whenever prefect-dask is
 
+        parts = kept_by_the_flow(run)
+        todo = [i for i in range(len(run.input.partitions)) if i not in parts]
         try:
-            count, rows = len(run.input.partitions), run.input.plan.total_rows
-            parts = run_partitions(submit, count, threads, rows, lambda result: absorb(run, result))
+            rows = run.input.plan.total_rows - sum(parts.values())
+            done = run_partitions(lambda k: submit(todo[k]), len(todo), threads, rows, lambda r: absorb(run, r))
         except KilledWorker as exc:  # the scheduler gave up on a partition whose workers kept dying
             raise EmbedpipeError(
                 f"embedding.task_runner dask: {first_line(exc)}; see those workers' logs (out of memory?), then run "
                 "again: the partitions finished are kept"
             ) from None
+    parts.update({todo[k]: rows for k, rows in done.items()})
     collect_parts(spec.remote, [run.output.chunks, run.output.rows], parts)  # workers' parts, staged in the bucket
     return parts

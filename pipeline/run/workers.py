@@ -189,6 +189,16 @@ def _worker_sinks(spec: RunSpec) -> tuple[ParquetSink, ParquetSink | None]:
     return sink(output.path), sink(output.chunks_path) if output.chunks_path else None
 
 
+def kept_by_the_flow(run: Run) -> dict[int, int]:
+    """The partitions whose input is unchanged since the last output, kept by the flow itself
+    (their parts adopted from its copy of that output, which a worker on another host lacks);
+    each one's row count. The others are for the workers."""
+    previous = run.input.previous
+    if previous is None:
+        return {}
+    return {p.index: embed_partition(run, p.index) for p in run.input.partitions if previous.part_for(p) is not None}
+
+
 def absorb(run: Run, result: PartitionResult) -> int:
     """Fold a worker's counts into the run's; returns the partition's row count. Request
     counts are each process's running totals (partitions in one process share its embedder):

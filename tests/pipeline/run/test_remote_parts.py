@@ -11,7 +11,7 @@ import pytest
 from pipeline.errors import EmbedpipeError
 from pipeline.run.remote_parts import collect_parts
 from pipeline.run.steps import close_run, finish_run, prepare_run
-from pipeline.run.workers import absorb, embed_partition_in_worker, run_spec
+from pipeline.run.workers import absorb, embed_partition_in_worker, kept_by_the_flow, run_spec
 from tests.conftest import openai_config
 from tests.pipeline import test_remote
 from tests.pipeline.test_remote import read_s3_output
@@ -45,24 +45,32 @@ def prepared(tmp_path, s3, fake_openai, monkeypatch):
     return run, pickle.loads(pickle.dumps(run_spec(run, 2)))  # as it travels to a worker
 
 
+def on_the_cluster(tmp_path, run, spec, monkeypatch) -> dict:
+    """What the Dask path does: unchanged partitions kept by the flow, the others each on a host of
+    its own; the workers' parts collected, the output published. The manifest."""
+    parts = kept_by_the_flow(run)
+    for index in (i for i in range(len(spec.partitions)) if i not in parts):
+        on_host(monkeypatch, tmp_path, f"host-{index}")
+        result = embed_partition_in_worker(spec, index, None)
+        assert not (tmp_path / f"host-{index}" / spec.partitions[1 - index].file).exists()  # its own input only
+        on_host(monkeypatch, tmp_path, "flow")
+        parts[index] = absorb(run, result)
+    collect_parts(spec.remote, [run.output.chunks, run.output.rows], parts)
+    return finish_run(run, parts)
+
+
 def test_workers_on_other_hosts_fetch_their_input_and_the_flow_publishes_their_parts(
     tmp_path, s3, fake_openai, monkeypatch
 ):
     fs, bucket = s3
-    run, spec = prepared(tmp_path, s3, fake_openai, monkeypatch)
-    results = []
-    for index, host in enumerate(("host-a", "host-b")):
-        on_host(monkeypatch, tmp_path, host)
-        results.append(embed_partition_in_worker(spec, index, None))
-        assert not (tmp_path / host / spec.partitions[1 - index].file).exists()  # only its own partition's input
-    on_host(monkeypatch, tmp_path, "flow")
-    parts = {result.index: absorb(run, result) for result in results}
-    collect_parts(spec.remote, [run.output.chunks, run.output.rows], parts)
-    manifest = finish_run(run, parts)
+    manifest = on_the_cluster(tmp_path, *prepared(tmp_path, s3, fake_openai, monkeypatch), monkeypatch)
     assert manifest["rows"] == len(TEXTS) and fake_openai.requests == 2
     table = read_s3_output(fs, f"{bucket}/out")
     assert table.column("text").to_pylist() == TEXTS and table.column("embedding").null_count == 0
     assert not fs.glob(f"{bucket}/out/.staging-*")  # published: the staged parts are gone from the bucket
+    again = on_the_cluster(tmp_path, *prepared(tmp_path, s3, fake_openai, monkeypatch), monkeypatch)
+    assert again["stats"]["unchanged_rows"] == len(TEXTS) and fake_openai.requests == 2  # kept by the flow
+    assert read_s3_output(fs, f"{bucket}/out").equals(table)
 
 
 @pytest.mark.parametrize("fault, expected", [
