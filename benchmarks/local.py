@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.local                 # the quickstart corpus and 20,000 generated rows
     .venv/bin/python -m benchmarks.local --rows 5000 --torch-rows 1000
+    .venv/bin/python -m benchmarks.local --device cuda   # on a GPU: the backends that run there
 
 Chunks/s through `LocalEmbedder.embed` (what a run calls: batches of 256, the WordPiece check
 included), after a warm-up, timed in 8 blocks taken in turn with the other backends (a change in
@@ -23,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import EmbeddingConfig
+from pipeline.errors import EmbedpipeError
 from pipeline.providers.local import LocalEmbedder
-from pipeline.providers.local.backends import backend_names
+from pipeline.providers.local.backends import BACKENDS, backend_names
+from pipeline.providers.local.devices import resolve_devices
 from pipeline.text.chunking import chunk_texts
 from pipeline.text.normalise import normalise_paragraphs
 
@@ -84,11 +87,24 @@ def recall_at_10(vectors: np.ndarray, expected: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, wanted)]))
 
 
-def compare(corpus: str, texts: list[str], agree_on: int, models: Path) -> list[list[str]]:
+def runnable_backends(device: str) -> list[str]:
+    """The backends that run on `device`, torch (the reference) first; the others are said and skipped."""
+    devices = tuple(resolve_devices(device))
+    names = []
+    for name in backend_names():
+        why_not = BACKENDS[name].cannot_run_on(devices)
+        if why_not:
+            print(f"skipped {name} on {device}: {why_not}", file=sys.stderr)
+        else:
+            names.append(name)
+    return names
+
+
+def compare(corpus: str, texts: list[str], agree_on: int, models: Path, device: str) -> list[list[str]]:
     """One table row per backend: speed on `texts` (the slow ones on the first `agree_on`), agreement on those."""
     embedders = {
-        name: LocalEmbedder(EmbeddingConfig(backend=name, device="cpu", models_path=str(models)))
-        for name in backend_names()
+        name: LocalEmbedder(EmbeddingConfig(backend=name, device=device, models_path=str(models)))
+        for name in runnable_backends(device)
     }
     samples = {name: texts[:agree_on] if name in SLOW else texts for name in embedders}
     vectors, seconds = interleaved_seconds(embedders, samples)
@@ -111,16 +127,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000, help="generated rows")
     parser.add_argument("--torch-rows", type=int, default=2_000, help="generated rows torch and onnx embed")
+    parser.add_argument("--device", default="cpu", help="embedding.device for every backend (cpu, cuda, cuda:N)")
     args = parser.parse_args()
+    try:
+        resolve_devices(args.device)  # a device this machine lacks is one line, before any preparing
+    except EmbedpipeError as exc:
+        sys.exit(f"benchmarks.local: {exc}")
     with tempfile.TemporaryDirectory() as models:  # prepared here once, by the first call of each backend
         quickstart = quickstart_chunks()
         started = time.perf_counter()
         for name in backend_names():  # preparing is once per machine: kept out of the timings
             LocalEmbedder(EmbeddingConfig(backend=name, device="cpu", models_path=models)).close()
         print(f"prepared every backend in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        rows = compare("quickstart", quickstart, len(quickstart), Path(models))
+        rows = compare("quickstart", quickstart, len(quickstart), Path(models), args.device)
         generated = generated_rows(args.rows, quickstart)
-        rows += compare(f"generated {args.rows:,}", generated, args.torch_rows, Path(models))
+        rows += compare(f"generated {args.rows:,}", generated, args.torch_rows, Path(models), args.device)
     header = ["corpus", "backend", "chunks", "seconds", "chunks/s", "× torch", "mean cos", "min cos", "recall@10"]
     print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
     for row in rows:

@@ -133,6 +133,9 @@ class EmbeddingConfig(_Section):
 
 class CacheConfig(_Section):
     path: str = ".embedpipe/cache"
+    # An fsspec URL (s3://bucket/prefix, gs://, az://, a directory) every host reads and fills behind its
+    # local cache: a text paid for on one host is found there by the others. null: this machine's cache only.
+    shared_path: str | None = None
 
 
 class IcebergConfig(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +19,34 @@ def fake_openai():
     """A fake OpenAI server that answers `data` items in shuffled order."""
     with FakeOpenAI(shuffle=True) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on loopback, one for the whole session (each test gets its own bucket)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """A fresh bucket on the local S3; credentials and endpoint come from the environment, as
+    they would for a user (never from the YAML)."""
+    from pipeline.remote import filesystem
+
+    environment = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"bucket-{uuid.uuid4().hex[:12]}"
+    fs, _ = filesystem(f"s3://{bucket}")
+    fs.mkdir(bucket)
+    return fs, bucket
 
 
 def write_parquet(path: Path, columns: dict) -> Path:

@@ -35,6 +35,8 @@ class RunStats:
     embedded_chunks: int = 0  # chunks sent, through the endpoint or the Batch API
     embedded_tokens: int = 0  # tokens of every accepted request, Batch API included: the server's usage
     in_flight_elsewhere: int = 0  # chunks another process sharing the cache was embedding: awaited, not paid here
+    shared_hits: int = 0  # cache.shared_path: vectors the local cache lacked and the shared tier held (in cache_hits)
+    shared_writes: int = 0  # cache.shared_path: vectors this run wrote to the shared tier
     requests: int = 0  # every attempt sent to the provider
     retries: dict = field(default_factory=dict)  # retried attempts by cause
     rate_limited: int = 0  # answers that were 429 rate_limit_exceeded, all retried
@@ -44,8 +46,9 @@ class RunStats:
     cost_usd: float | None = None  # tokens sent at the price table's price; None: no price known
     seconds: float = 0.0
 
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def as_dict(self, shared_tier: bool = True) -> dict:
+        """Every figure, for the manifest; the shared tier's only where one is configured."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if shared_tier or f.name not in _SHARED}
 
     def merge(self, other: RunStats, skip: tuple[str, ...] = ()) -> None:
         """Add `other`'s counts to these (a worker's partition, or what an embedder sent), but
@@ -70,6 +73,7 @@ class RunStats:
         return added
 
 
+_SHARED = ("shared_hits", "shared_writes")  # cache.shared_path's
 _OWN = ("held_back", "cost_usd", "seconds")  # the whole run's: said, priced and timed once
 _ADDED = tuple(f.name for f in fields(RunStats) if f.name not in _OWN)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.cache.tiered import open_cache
 from pipeline.cache.vectors import VectorCache
 from pipeline.config import Config, EmbeddingConfig
 from pipeline.errors import ConfigError, EmbedpipeError
@@ -141,7 +142,7 @@ def estimate_config(config: Config, api_key: str | None) -> Estimate:
         plan, previous = checked_input(config)
         if embedder.needs_sample:  # which cache namespace the run would read: chosen as the run would choose
             embedder.choose(first_texts(plan, config.source, embedder.sample_size))
-        cache = VectorCache.for_embedder(config.cache.path, embedder)
+        cache = open_cache(config.cache, embedder)  # the shared tier's vectors are paid for too
         try:
             return estimate_run(config, plan, previous, embedder, cache, max_tokens, overlap)
         finally:

@@ -24,6 +24,7 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
         ),
         ("distinct texts", f"{s['distinct_texts']:,} in {s['chunks']:,} chunks"),
         ("cache hits", f"{s['cache_hits']:,} chunks"),
+        *([("shared cache", _shared(s))] if "shared_hits" in s else []),  # cache.shared_path set
         *([("bad in cache", bad_line)] if bad else []),
         ("sent", sent),
         *([("in flight", elsewhere_line)] if elsewhere else []),
@@ -39,6 +40,13 @@ def _facts(manifest: dict) -> list[tuple[str, str]]:
         *[("vectors", _stored(column, record)) for column, record in manifest.get("vectors", {}).items()],
         *([("iceberg", _committed(manifest["iceberg"]))] if manifest.get("iceberg") else []),
     ]
+
+
+def _shared(stats: dict) -> str:
+    return (
+        f"{stats['shared_hits']:,} chunks the local cache lacked, read from cache.shared_path; "
+        f"{stats['shared_writes']:,} written to it"
+    )
 
 
 def _committed(iceberg: dict) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from pipeline.cache.tiered import open_cache, settled_shared_counts
 from pipeline.cache.vectors import VectorCache
 from pipeline.concurrency import in_background, map_ahead, prefetch, prompt_thread_switches
 from pipeline.config import Config
@@ -98,7 +99,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
         if embedder.needs_sample:  # a local backend chosen on what this run embeds first
             embedder.choose(first_texts(plan, config.source, embedder.sample_size))
         if cache is None:  # the model's dimensions, or its backend, known only now that the input has passed
-            cache = VectorCache.for_embedder(config.cache.path, embedder)
+            cache = open_cache(config.cache, embedder)
             undo.callback(cache.close)
         max_tokens, overlap = chunk_limits(config.chunking, embedder.max_input_tokens, embedder.model)
         if config.embedding.max_cost_usd is not None:  # an extra read of the input, before any spending
@@ -146,7 +147,7 @@ def _open_embedder_and_cache(
     embedder = shared or get_embedder(config.embedding, api_key)
     try:
         known = embedder.knows_dimensions and not embedder.needs_sample
-        return embedder, VectorCache.for_embedder(config.cache.path, embedder) if known else None
+        return embedder, open_cache(config.cache, embedder) if known else None
     except BaseException:
         if shared is None:
             embedder.close()
@@ -253,6 +254,9 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         raise EmbedpipeError(
             f"row count mismatch: read {run.input.plan.total_rows}, wrote {written}; nothing published"
         )
+    hits, writes = settled_shared_counts(run.texts.cache)  # waits for its writes: the next host finds them
+    stats.shared_hits += hits  # to cluster workers' counts, merged already
+    stats.shared_writes += writes
     stats.seconds = round(time.monotonic() - run.started, 2)
     embedder = run.texts.embedder
     stats.merge(embedder.sent)
@@ -263,7 +267,7 @@ def finish_run(run: Run, parts: dict[int, int]) -> dict:
         **run.output.metadata,
         "output": run.output.published_at or str(run.config.output.path),
         "rows": run.input.plan.total_rows,
-        "stats": stats.as_dict(),
+        "stats": stats.as_dict(shared_tier=run.config.cache.shared_path is not None),
         "vectors": finish_vector_columns(
             run.config, run.output.rows.staged(parts), run.output.metadata, run.input.previous
         ),

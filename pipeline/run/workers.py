@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache.vectors import VectorCache
+from pipeline.cache.tiered import open_cache, settled_shared_counts
 from pipeline.config import Config
 from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.providers import get_embedder
@@ -145,7 +145,7 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
     config, remote = spec.config, spec.remote
     if remote is not None:
         remote.fetch_input(spec.partitions[index], spec.sources[index])
-    cache = VectorCache.for_embedder(config.cache.path, embedder)
+    cache = open_cache(config.cache, embedder)  # in front of config.cache.shared_path where set
     try:
         rows, chunks = _worker_sinks(spec)
         texts = TextEmbedder(embedder, cache, spec.max_tokens, spec.overlap_tokens, claim_owner=f"{sender}:{index}")
@@ -165,7 +165,8 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
             if remote is not None and sink not in uploaded:
                 remote.upload_part(sink, index)
     finally:
-        cache.close()
+        cache.close()  # waits for the shared tier's writes
+    texts.stats.shared_hits, texts.stats.shared_writes = settled_shared_counts(cache)
     return PartitionResult(
         index,
         written,

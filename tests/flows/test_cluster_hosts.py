@@ -50,6 +50,7 @@ def config_yaml(hosts: Cluster, server: FakeOpenAI) -> str:
         f"embedding:\n  provider: openai\n  model: text-embedding-3-small\n  dimensions: {server.dimensions}\n"
         f"  base_url: {server.base_url}\n  api_key_env: CLUSTER_KEY\n  batch_size: {BATCH}\n"
         f"  task_runner: dask\n  dask_address: {hosts.hosts.scheduler_address}\n"
+        f"cache:\n  shared_path: s3://{hosts.bucket}/cache\n"  # one cache for all hosts
         f"output:\n  path: s3://{hosts.bucket}/out\n"
     )  # cache.path left relative, as by default: each host's is under its own working directory
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,34 +12,11 @@ import pytest
 
 from pipeline.downstream.similarity import read_output
 from pipeline.errors import EmbedpipeError
-from pipeline.remote import RemoteOutput, filesystem
+from pipeline.remote import RemoteOutput
 from pipeline.run.steps import run_pipeline
 from tests.conftest import openai_config
 
 TEXTS = [f"ticket {i}: the printer on floor {i % 7} is jammed again" for i in range(40)]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint, monkeypatch):
-    """A fresh bucket on the local S3; credentials and endpoint come from the environment, as
-    they would for a user (never from the YAML)."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"bucket-{uuid.uuid4().hex[:12]}"
-    fs, _ = filesystem(f"s3://{bucket}")
-    fs.mkdir(bucket)
-    return fs, bucket
 
 
 def put_parquet(fs, url: str, texts: list[str]) -> None:

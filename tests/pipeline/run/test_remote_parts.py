@@ -13,10 +13,7 @@ from pipeline.run.remote_parts import collect_parts
 from pipeline.run.steps import close_run, finish_run, prepare_run
 from pipeline.run.workers import absorb, embed_partition_in_worker, kept_by_the_flow, run_spec
 from tests.conftest import openai_config
-from tests.pipeline import test_remote
 from tests.pipeline.test_remote import read_s3_output
-
-s3_endpoint, s3 = test_remote.s3_endpoint, test_remote.s3  # its fixtures: a local S3, a fresh bucket
 
 TEXTS = [f"ticket {i}: the printer on floor {i % 7} is jammed again" for i in range(30)]
 
