@@ -6,10 +6,11 @@
 The hosts are those of the cluster test (`tests/flows/cluster_hosts.py`): a scheduler and each
 worker in a network namespace of its own, sharing no local directory, with input, staging and
 output in a local S3 (moto's server). The same rows, in 8 files (8 partitions), a tenth of
-them texts every file holds, are embedded:
+them texts every file holds, are embedded, each time with fresh caches (every host's own, and
+one shared tier, `cache.shared_path`, in the bucket):
 
-- by the local model (torch) on 1, 2 and 4 workers, each run with fresh caches: rows/s over
-  the run's own seconds (input checked, every partition embedded, output published);
+- by the local model (torch) on 1, 2 and 4 workers: rows/s over the run's own seconds (input
+  checked, every partition embedded, output published);
 - through the loopback OpenAI server (latency 50 ms, 300 requests a minute banked over 10 s,
   20 texts a request) on 2 workers, then again with one worker killed (SIGKILL) mid-partition:
   texts the server was paid for twice, its 429 share, and the seconds from the kill until
@@ -62,6 +63,7 @@ def run_once(hosts: Cluster, label: str, embedding: str) -> dict:
         f"source:\n  path: s3://{hosts.bucket}/in\n"
         f"embedding:\n{embedding}  task_runner: dask\n  dask_address: {hosts.hosts.scheduler_address}\n"
         f"cache:\n  path: .embedpipe/cache-{label}\n"  # relative: under each host's own directory
+        f"  shared_path: s3://{hosts.bucket}/cache-{label}\n"  # one tier for all hosts, fresh each run
         f"output:\n  path: s3://{hosts.bucket}/out-{label}\n"
     )
     run = hosts.run_flow(config, timeout=900, BENCH_KEY=API_KEY)
