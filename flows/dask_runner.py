@@ -20,8 +20,16 @@ from flows.partition_window import run_partitions
 from flows.task_options import IN_MEMORY
 from pipeline.config import EmbeddingConfig, first_line
 from pipeline.errors import ConfigError, EmbedpipeError
+from pipeline.run.remote_parts import collect_parts
 from pipeline.run.steps import Run
-from pipeline.run.workers import PartitionResult, RunSpec, absorb, embed_partition_in_worker, run_spec
+from pipeline.run.workers import (
+    PartitionResult,
+    RunSpec,
+    absorb,
+    embed_partition_in_worker,
+    kept_by_the_flow,
+    run_spec,
+)
 
 
 @task(**IN_MEMORY, task_run_name="embed-partition-{index}")
@@ -105,6 +113,18 @@ def embed_on_dask(run: Run) -> dict[int, int]:
         def submit(index: int):
             return runner.submit(embed_partition_on_worker, parameters={"spec": spec, "index": index})
 
-        return run_partitions(
-            submit, len(run.input.partitions), threads, run.input.plan.total_rows, lambda result: absorb(run, result)
-        )
+        from distributed import KilledWorker  # there whenever prefect-dask is
+
+        parts = kept_by_the_flow(run)
+        todo = [i for i in range(len(run.input.partitions)) if i not in parts]
+        try:
+            rows = run.input.plan.total_rows - sum(parts.values())
+            done = run_partitions(lambda k: submit(todo[k]), len(todo), threads, rows, lambda r: absorb(run, r))
+        except KilledWorker as exc:  # the scheduler gave up on a partition whose workers kept dying
+            raise EmbedpipeError(
+                f"embedding.task_runner dask: {first_line(exc)}; see those workers' logs (out of memory?), then run "
+                "again: the partitions finished are kept"
+            ) from None
+    parts.update({todo[k]: rows for k, rows in done.items()})
+    collect_parts(spec.remote, [run.output.chunks, run.output.rows], parts)  # workers' parts, staged in the bucket
+    return parts

@@ -86,6 +86,23 @@ def fetch_inputs(url: str, root: Path) -> str:
     return str(local / "**" / "*")
 
 
+def fetch_input_file(url: str, root: Path, file: Path) -> None:
+    """Fetch `file`, one of the input files of `url` as `fetch_inputs` mirrored them under
+    `root`, into the same place on this host: a cluster worker's copy of a partition's input."""
+    fs, path = filesystem(url)
+    try:
+        base = path.rstrip("/") if fs.isdir(path) else _glob_base(path)
+        remote = f"{base}/{file.relative_to(root / _slug(url)).as_posix()}"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        partial = file.with_name(f".{file.name}.tmp")
+        fs.get_file(remote, str(partial))
+        if (modified := _modified(fs.info(remote))) is not None:  # as `fetch_inputs` left the flow's copy
+            os.utime(partial, (modified, modified))
+        os.replace(partial, file)
+    except (OSError, ValueError) as exc:
+        raise EmbedpipeError(f"source.path {url}: cannot fetch it ({type(exc).__name__}: {first_line(exc)})") from None
+
+
 class RemoteOutput:
     """An output directory at `url`, worked on in a local mirror and copied up when published."""
 
@@ -151,6 +168,8 @@ class RemoteOutput:
                 if name.startswith("part-") and name not in names:
                     self.fs.rm_file(f"{self.path}/{name}")
             self.fs.put_file(str(self.local / MANIFEST), f"{self.path}/{MANIFEST}")
+            for staged in self.fs.glob(f"{self.path}/.staging-*"):  # cluster workers' parts, published now
+                self.fs.rm(staged, recursive=True)
         except (OSError, ValueError) as exc:
             raise EmbedpipeError(
                 f"output.path {self.url}: cannot copy the output up ({type(exc).__name__}: {first_line(exc)}); it is "
@@ -175,10 +194,15 @@ def _listing(fs, path: str) -> tuple[str, dict[str, dict]]:
     if fs.isdir(path):
         found = fs.find(path, detail=True)
         return path.rstrip("/"), {p: info for p, info in found.items() if is_supported(p)}
-    base = re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0]
+    base = _glob_base(path)
     if fs.isfile(path):
         return base, {path: fs.info(path)}
     return base, {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
+
+
+def _glob_base(path: str) -> str:
+    """The directory above a file's path or a glob's first wildcard."""
+    return re.split(r"[*?\[]", path, maxsplit=1)[0].rsplit("/", 1)[0]
 
 
 def _modified(info: dict) -> float | None:

@@ -22,7 +22,7 @@ from pipeline.incremental.unchanged_files import PreviousOutput, part_source, ru
 from pipeline.incremental.unchanged_rows import prepared_batches
 from pipeline.providers import check_truncation, get_embedder
 from pipeline.providers.base import Embedder
-from pipeline.remote import RemoteOutput, localised
+from pipeline.remote import RemoteOutput, is_remote, localised
 from pipeline.run import progress
 from pipeline.run.columns import check_cut, finish_vector_columns, output_metadata
 from pipeline.run.counts import RunStats
@@ -45,6 +45,7 @@ class RunInput:
     partitions: list[Partition]
     sources: dict[int, dict]  # each partition's input fingerprint, taken before reading it
     previous: PreviousOutput | None  # the last run's output, for incremental runs
+    source_url: str | None = None  # source.path as configured, where it is on an object store
 
 
 @dataclass(kw_only=True)
@@ -81,7 +82,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     A shared `embedder` (a backfill's runs share one rate limit) is used and left open."""
     started = time.monotonic()
     prompt_thread_switches()
-    published_at = config.output.path
+    published_at, source_url = config.output.path, config.source.path if is_remote(config.source.path) else None
     check_truncation(config.embedding, config.output.dimensions_truncate)  # before anything opens
     config, remote_outputs = localised(config)  # object-store paths become local mirrors
     for remote in remote_outputs:
@@ -123,7 +124,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     progress.track(texts.stats, embedder, plan.total_rows)
     return Run(
         config=config,
-        input=RunInput(plan=plan, partitions=partitions, sources=sources, previous=previous),
+        input=RunInput(plan=plan, partitions=partitions, sources=sources, previous=previous, source_url=source_url),
         texts=texts,
         output=RunOutput(
             rows=rows,

@@ -23,6 +23,7 @@ import threading
 from collections import OrderedDict
 from copy import deepcopy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +35,7 @@ from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
 from pipeline.run.counts import RunStats
 from pipeline.run.embed import TextEmbedder
+from pipeline.run.remote_parts import RemoteParts, remote_parts
 from pipeline.run.steps import Run, RunInput, RunOutput, embed_partition
 from pipeline.sinks.parquet import ParquetSink
 from pipeline.sources.partitions import Partition
@@ -59,6 +61,7 @@ class RunSpec:
     overlap_tokens: int
     workers: int = 1  # processes sharing the key: each spends 1/workers of what the server allows
     coordinated: bool = False  # on a Dask cluster whose scheduler runs `Coordinator`: shares and claims from it
+    remote: RemoteParts | None = None  # input fetched and parts staged through the object store
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,12 @@ def run_spec(run: Run, workers: int, coordinated: bool = False) -> RunSpec:
         run.texts.overlap_tokens,
         workers,
         coordinated,
+        remote_parts(
+            run.input.source_url,
+            Path(run.config.cache.path) / "remote" / "inputs",
+            {str(remote.local): remote.url for remote in run.output.remote_outputs},
+            run.output.rows.run_key,
+        ),
     )
 
 
@@ -168,7 +177,9 @@ def open_process_embedder(spec: RunSpec, api_key: str | None, pool: str) -> Proc
 def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) -> PartitionResult:
     """Embed partition `index` of the run `spec` describes into its staged output part."""
     sender, kept = process_embedder(spec, api_key)
-    embedder, config = kept.embedder, spec.config
+    embedder, config, remote = kept.embedder, spec.config, spec.remote
+    if remote is not None:
+        remote.fetch_input(spec.partitions[index], spec.sources[index])
     cache = open_cache(config.cache, embedder)  # in front of config.cache.shared_path where set
     store = None
     if kept.link is not None:
@@ -176,12 +187,7 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
 
         store = CoordinatedClaims(kept.link, embedder.cache_namespace)
     try:
-        rows = ParquetSink(config.output.path, spec.metadata, spec.run_key, locked=False)
-        chunks = (
-            ParquetSink(config.output.chunks_path, spec.metadata, spec.run_key, locked=False)
-            if config.output.chunks_path
-            else None
-        )
+        rows, chunks = _worker_sinks(spec)
         owner, tokens = f"{sender}:{index}", (spec.max_tokens, spec.overlap_tokens)
         texts = TextEmbedder(embedder, cache, *tokens, claim_owner=owner, claim_store=store)
         run = Run(
@@ -192,7 +198,13 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
             started=0.0,
             owns_embedder=False,
         )
+        sinks = [sink for sink in (chunks, rows) if sink is not None]  # chunks first: a rows part vouches for both
+        # a part uploaded by an attempt whose worker died before it reported is fetched, not made again
+        uploaded = [sink for sink in sinks if remote is not None and remote.fetch_part(sink, index)]
         written = embed_partition(run, index)
+        for sink in sinks:
+            if remote is not None and sink not in uploaded:
+                remote.upload_part(sink, index)
     finally:
         cache.close()  # waits for the shared tier's writes
     texts.stats.shared_hits, texts.stats.shared_writes = settled_shared_counts(cache)
@@ -204,6 +216,29 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
         sender,
         deepcopy(embedder.sent),
     )
+
+
+def _worker_sinks(spec: RunSpec) -> tuple[ParquetSink, ParquetSink | None]:
+    """The run's rows and chunk outputs as this worker writes them: into the flow's staging
+    directory, or, where the output is on an object store, into one of its own."""
+    output = spec.config.output
+
+    def sink(path: str) -> ParquetSink:
+        if spec.remote is not None:
+            return spec.remote.staged_sink(path, spec.metadata)
+        return ParquetSink(path, spec.metadata, spec.run_key, locked=False)
+
+    return sink(output.path), sink(output.chunks_path) if output.chunks_path else None
+
+
+def kept_by_the_flow(run: Run) -> dict[int, int]:
+    """The partitions whose input is unchanged since the last output, kept by the flow itself
+    (their parts adopted from its copy of that output, which a worker on another host lacks);
+    each one's row count. The others are for the workers."""
+    previous = run.input.previous
+    if previous is None:
+        return {}
+    return {p.index: embed_partition(run, p.index) for p in run.input.partitions if previous.part_for(p) is not None}
 
 
 def absorb(run: Run, result: PartitionResult) -> int:

@@ -232,7 +232,7 @@ class FakeOpenAI:
                  models: tuple[str, ...] = ("text-embedding-3-small",), rpm: float | None = None,
                  tpm: float | None = None, latency: float = 0.0, window: float = 60.0, window_kind: str = "bucket",
                  send_limit_headers: bool = True, latency_per_1k_tokens: float = 0.0,
-                 deployments: dict[str, str] | None = None):
+                 deployments: dict[str, str] | None = None, host: str = "127.0.0.1"):
         self.dimensions = dimensions
         self.deployments = deployments or {"emb-small": models[0]}  # Azure: deployment name -> the model behind it
         self.shuffle = shuffle
@@ -253,6 +253,8 @@ class FakeOpenAI:
         self.admissions: list[tuple[float, int]] = []  # (time.monotonic(), tokens) of each, for rates over any interval
         self.authorizations: Counter[str] = Counter()  # Authorization headers seen
         self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path with query, headers lowercased) of each
+        self.peers: Counter[str] = Counter()  # embeddings requests answered 200, by the client's address
+        self.answered: list[tuple[float, str, list]] = []  # (time.monotonic(), client address, texts) of each
         self.first_request_at: float | None = None  # time.monotonic() of the first request
         self.rejected: list[str] = []  # why each 400 was sent
         self.faults: deque = deque()  # (status, body, headers) answered to the next requests; None: answer as usual
@@ -261,16 +263,16 @@ class FakeOpenAI:
         self.quota_requests: int | None = None  # answered requests before the quota runs out
         self._lock = threading.Lock()
         self.batch_api = FakeBatchAPI(self._batch_line_body)
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer((host, 0), self._handler())
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"http://{self._server.server_address[0]}:{self._server.server_address[1]}/v1"
 
     @property
     def azure_endpoint(self) -> str:
         """The address of an Azure OpenAI resource: requests go to its /openai/... routes."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://{self._server.server_address[0]}:{self._server.server_address[1]}"
 
     def __enter__(self) -> "FakeOpenAI":
         # polled every 50 ms, so `shutdown` (which waits for a poll) takes no 0.5 s per server
@@ -441,6 +443,11 @@ class FakeOpenAI:
             def _serve(self, method: str):
                 raw = self.rfile.read(int(self.headers.get("content-length", 0)))
                 status, payload, headers = fake._route(method, self.path, self.headers, raw)
+                if status == 200 and "/embeddings" in self.path:
+                    texts = json.loads(raw or b"{}").get("input")
+                    with fake._lock:
+                        fake.peers[self.client_address[0]] += 1
+                        fake.answered.append((time.monotonic(), self.client_address[0], texts))
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/octet-stream" if isinstance(payload, bytes) else "application/json")
