@@ -66,7 +66,13 @@ class Claims:
         return [t for t in texts if t in held and t not in stored], [t for t in texts if t not in held], stored
 
     def release_across(self, mine: list[str]) -> None:
-        if self.owner:
+        """Let go of this process's claims on `mine` once what it stored of them can be read on
+        other hosts: a host waiting on a claim looks for the vector as soon as it is let go."""
+        if not self.owner:
+            return
+        try:
+            self.cache.flush_shared()
+        finally:  # a failed upload still lets go: the others then send the texts themselves
             self.store.release_many(mine, self.owner)
 
     def stored_elsewhere(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -76,7 +82,9 @@ class Claims:
         while pending:
             found.update(self.lookup(pending))
             still = self.store.claimed([t for t in pending if t not in found])
-            found.update(self.lookup([t for t in pending if t not in found and t not in still]))  # stored, let go
+            let_go = [t for t in pending if t not in found and t not in still]
+            self.cache.forget_shared_misses(let_go)  # stored just now, maybe since our last look
+            found.update(self.lookup(let_go))
             pending = [t for t in pending if t in still and t not in found]
             if pending:
                 time.sleep(0.1)

@@ -90,6 +90,12 @@ class TieredCache(VectorCache):
                 self._missed.popitem(last=False)
             return [text for text in texts if text not in self._missed]
 
+    def forget_shared_misses(self, texts: list[str]) -> None:
+        """Ask the shared tier for `texts` at the next lookup: another process just said it stored them."""
+        with self._counting:
+            for text in texts:
+                self._missed.pop(text, None)
+
     def put_many(self, vectors: dict[str, np.ndarray]) -> None:
         """Store vectors locally (a `CacheError` if they cannot be kept), and hand them to the
         thread that writes them to the shared tier (a failed write is raised by a later call)."""

@@ -163,6 +163,14 @@ class VectorCache:
         writer.put([(key, now, np.asarray(v, dtype=_DTYPE).tobytes()) for key, v in zip(keys, vectors.values())])
         writer.flush()
 
+    def flush_shared(self) -> None:
+        """Return once what was stored can be read on other hosts: at once here (a local cache
+        has no shared tier; `TieredCache` waits for its uploads)."""
+
+    def forget_shared_misses(self, texts: list[str]) -> None:
+        """Ask the shared tier for `texts` at the next lookup even if it lacked them just now
+        (nothing to forget here: see `TieredCache`)."""
+
     def _started_writer(self) -> CacheWriter[tuple[str, float, bytes]]:
         with self._starting:  # a cache only read (an estimate, a search) starts no thread
             if self._writer is None:

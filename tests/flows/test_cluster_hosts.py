@@ -111,5 +111,11 @@ def test_two_worker_hosts_one_killed_mid_partition_write_every_row_once(hosts):
     survivor = hosts.live_workers[0]
     assert (hosts.hosts.root / survivor / ".embedpipe" / "cache").is_dir()  # its cache: its own disk
     assert SECRET not in run.stdout + run.stderr + logs
+    # every text paid once, but for those the killed host was answered for and had not yet put in the shared tier
+    killed = hosts.address(hosts.killed[0])
+    paid_by_killed = {text for _, peer, texts in server.answered if peer == killed for text in texts}
+    paid_twice = {text for text, times in server.calls.items() if times > 1}
+    assert set(server.calls) == set(expected.values())
+    assert paid_twice <= paid_by_killed and max(server.calls.values()) <= 2, sorted(paid_twice - paid_by_killed)
     # the hosts together stayed within the server's limits
     assert server.rate_limited <= server.requests / 100, server.refusals

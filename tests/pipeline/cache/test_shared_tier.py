@@ -3,6 +3,8 @@ local cache reads; a damaged object is a miss; a tier that cannot be reached sto
 
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -103,6 +105,43 @@ def test_a_process_waiting_on_a_claim_sees_the_vector_another_host_stored(tmp_pa
     found = claims.stored_elsewhere(["wanted"])
     assert np.array_equal(found["wanted"], vectors_of(["wanted"])["wanted"])
     here.close(), elsewhere.close()
+
+
+class ClaimBoard:
+    """Claims kept in memory, as the coordinator on a Dask scheduler keeps them for all hosts."""
+
+    def __init__(self):
+        self.owners: dict[str, str] = {}
+
+    def claim_many(self, texts, owner, seconds):
+        return [text for text in texts if self.owners.setdefault(text, owner) == owner]
+
+    def release_many(self, texts, owner):
+        for text in texts:
+            if self.owners.get(text) == owner:
+                del self.owners[text]
+
+    def claimed(self, texts):
+        return {text for text in texts if text in self.owners}
+
+
+def test_a_host_waiting_on_a_claim_finds_the_vector_once_the_claim_is_let_go(tmp_path, monkeypatch):
+    url, board = str(tmp_path / "shared"), ClaimBoard()
+    here, there = host(tmp_path, "a", url), host(tmp_path, "b", url)
+    claims_here = Claims(here, lambda texts: here.lookup(texts).vectors, owner="a", store=board)
+    claims_there = Claims(there, lambda texts: there.lookup(texts).vectors, owner="b", store=board)
+    upload = here.shared.put_many
+    monkeypatch.setattr(here.shared, "put_many", lambda raws: (time.sleep(0.5), upload(raws)))  # a slow store
+    mine, _, _ = claims_here.claim_across(["wanted"])
+    assert claims_there.claim_across(["wanted"])[1] == ["wanted"]  # claimed elsewhere: waits, does not send
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(claims_there.stored_elsewhere, ["wanted"])
+        time.sleep(0.2)  # it has looked in the tier, and missed
+        here.put_many(vectors_of(["wanted"]))  # paid for here; its upload is on the way
+        claims_here.release_across(mine)
+        found = waiting.result(timeout=10)
+    assert np.array_equal(found["wanted"], vectors_of(["wanted"])["wanted"])  # not left to be paid again
+    here.close(), there.close()
 
 
 def test_without_shared_path_the_cache_is_local_and_fsspec_never_loads(tmp_path):
