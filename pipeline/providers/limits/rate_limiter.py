@@ -205,7 +205,8 @@ class RateLimiter:
         while not self.stopped:
             self.wanted_at = self._clock()
             wait = self._wait(places)  # asked again at each nap: the budget may have changed
-            due = self._clock() + wait if wait > 0 else due
+            # Covered now: leave within the transit margin, not at a due time a smaller budget set.
+            due = self._clock() + wait if wait > 0 else min(due, self._clock() + self.transit_margin)
             if (left := due - self._clock()) <= 0:
                 return
             self._sleep(min(left, LONGEST_NAP))

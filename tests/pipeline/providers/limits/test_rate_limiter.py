@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from pipeline.providers.limits.rate_limiter import RateLimiter, Stopped, TokenBucket, server_level
+from pipeline.providers.limits.rate_limiter import RateLimiter, Stopped, Ticket, TokenBucket, server_level
 
 
 class Clock:
@@ -377,3 +377,26 @@ def test_a_worker_that_asked_for_budget_lately_says_so():
     assert not limit.wanted_within(1.0)
     limit.sleep(3.0)  # a retry's backoff, ended: the retry is about to ask
     assert limit.wanted_within(0.1)
+
+
+def test_a_request_waiting_on_a_small_share_leaves_once_its_grown_share_covers_it():
+    """A worker idle between partitions is cut to 1% of the limit; a request that meets the cut
+    must not sleep out the wait the cut implied once the share is back and the bank restored."""
+    clock = Clock()
+    restored = []
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if not restored:  # the coordinator gives the share back; the next answer says the server's bank is full
+            restored.append(clock.now)
+            limit.set_share(1.0)
+            ticket = Ticket(clock.now, None)
+            limit.observe(answer_headers(limit_requests=60, requests=59), 1, None, ticket)
+
+    limit = RateLimiter(None, None, sleep=sleep, clock=clock, transit_margin=0)
+    limit.observe(answer_headers(limit_requests=60, requests=60), 1, None)  # 1 a second, a minute banked
+    for _ in range(60):
+        limit.acquire(1)
+    limit.set_share(0.01)  # 0.01 requests a second: the next one is due in ~100 s
+    limit.acquire(1)
+    assert restored and clock.now <= restored[0] + 1.0
