@@ -26,6 +26,7 @@ from pipeline.run.workers import (
     PartitionResult,
     RunSpec,
     absorb,
+    close_run_embedders,
     embed_partition_in_worker,
     kept_by_the_flow,
     run_spec,
@@ -90,6 +91,16 @@ def start_coordinator(client, config: EmbeddingConfig) -> None:
         ) from None
 
 
+def close_embedders_on_workers(client, run_key: str) -> None:
+    """Close the run's embedders the workers keep between partitions: their shares go back to the
+    coordinator now, not when a later run pushes them out. A worker gone by now has none left."""
+    try:  # as tasks, not `client.run`: that runs on the worker's event loop, which a call to the coordinator needs
+        workers = list(client.scheduler_info()["workers"])
+        client.gather([client.submit(close_run_embedders, run_key, workers=[w], pure=False) for w in workers])
+    except (OSError, RuntimeError) as exc:  # the cluster is going away: nothing left to give back
+        get_run_logger().debug("closing the workers' embedders failed: %s", first_line(exc))
+
+
 def embed_on_dask(run: Run) -> dict[int, int]:
     """Every partition of the prepared `run`, on the cluster; each partition's row count."""
     config = run.config.embedding
@@ -125,6 +136,8 @@ def embed_on_dask(run: Run) -> dict[int, int]:
                 f"embedding.task_runner dask: {first_line(exc)}; see those workers' logs (out of memory?), then run "
                 "again: the partitions finished are kept"
             ) from None
+        finally:
+            close_embedders_on_workers(runner.client, spec.run_key)
     parts.update({todo[k]: rows for k, rows in done.items()})
     collect_parts(spec.remote, [run.output.chunks, run.output.rows], parts)  # workers' parts, staged in the bucket
     return parts

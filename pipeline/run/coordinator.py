@@ -71,6 +71,8 @@ class Coordinator(SchedulerPlugin):
     def leave(self, pool: str, worker: str) -> None:
         if pool in self.shares:
             self.shares[pool].drop_worker(worker)
+            if not self.shares[pool].told:  # the run ended on every worker: its book goes
+                del self.shares[pool]
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         """A worker left the cluster (or died): its claims go now, its shares are free."""
@@ -170,8 +172,9 @@ class SharePoller:
         return share
 
     def close(self) -> None:
-        """Stop asking, and give the share back."""
+        """Stop asking, and give the share back (once no ask is under way: one after would take it again)."""
         self._stop.set()
+        self._thread.join(CALL_TIMEOUT)
         try:
             self.link.call("leave", pool=self.pool, worker=self.link.address)
         except CoordinatorGone as exc:  # the cluster is shutting down: the scheduler drops us anyway

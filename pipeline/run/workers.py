@@ -126,7 +126,7 @@ class ProcessEmbedder:
         self.embedder.close()
 
 
-_embedders: OrderedDict[str, ProcessEmbedder] = OrderedDict()  # by run and settings; the last few kept
+_embedders: OrderedDict[tuple[str, str], ProcessEmbedder] = OrderedDict()  # by run and settings; the last few kept
 _embedders_lock = threading.Lock()
 _KEPT_EMBEDDERS = 4
 # A worker's first requests leave a freshly started process, on a machine busy starting the
@@ -140,20 +140,31 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, ProcessEm
     """This process's embedder for the run `spec` describes, and a name for it that no other
     process shares. Opened once per run and kept, so its rate-limit buckets remember what the
     process already spent (a fresh pair would start full) and a local model loads once."""
-    key = hashlib.sha256(
+    digest = hashlib.sha256(
         f"{spec.run_key}{spec.config.embedding.model_dump_json()}".encode()
     ).hexdigest()  # never the API key
+    key = (spec.run_key, digest)
     with _embedders_lock:
         kept = _embedders.get(key)
         if kept is not None and kept.embedder.stopped:
             # a fatal answer stopped it; the run started again (key or credit fixed) gets a fresh one
             _embedders.pop(key).close()
         if key not in _embedders:
-            _embedders[key] = open_process_embedder(spec, api_key, key[:16])
+            _embedders[key] = open_process_embedder(spec, api_key, digest[:16])
             while len(_embedders) > _KEPT_EMBEDDERS:
                 _embedders.popitem(last=False)[1].close()
         _embedders.move_to_end(key)
-        return f"{socket.gethostname()}:{os.getpid()}:{key[:12]}", _embedders[key]
+        return f"{socket.gethostname()}:{os.getpid()}:{digest[:12]}", _embedders[key]
+
+
+def close_run_embedders(run_key: str) -> int:
+    """Close this process's embedders of the run `run_key`, which has ended: their pollers stop
+    asking for a share and give theirs back. The flow calls it on every worker; how many closed."""
+    with _embedders_lock:
+        ended = [key for key in _embedders if key[0] == run_key]
+        for key in ended:
+            _embedders.pop(key).close()
+    return len(ended)
 
 
 def open_process_embedder(spec: RunSpec, api_key: str | None, pool: str) -> ProcessEmbedder:

@@ -11,7 +11,7 @@ distributed = pytest.importorskip("distributed")
 
 from pipeline.run.coordinator import CoordinatedClaims, Coordinator, CoordinatorLink  # noqa: E402
 from pipeline.run.steps import finish_run, prepare_run  # noqa: E402
-from pipeline.run.workers import absorb, embed_partition_in_worker, run_spec  # noqa: E402
+from pipeline.run.workers import absorb, close_run_embedders, embed_partition_in_worker, run_spec  # noqa: E402
 from tests.conftest import openai_config, write_parquet  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 
@@ -30,15 +30,25 @@ def workers(client) -> list[str]:
     return sorted(client.scheduler_info()["workers"])
 
 
-def run_on_two_workers(client, config) -> tuple[dict, list]:
-    """Each partition of the run on its own worker, at once; the manifest."""
+def run_on_two_workers(client, config) -> tuple[dict, str]:
+    """Each partition of the run on its own worker, at once; the manifest, and the run's key."""
     run = prepare_run(config)
     spec = run_spec(run, 2, coordinated=True)
     futures = [
         client.submit(embed_partition_in_worker, spec, i, None, workers=[worker], pure=False)
         for i, worker in zip(range(len(run.input.partitions)), workers(client))
     ]
-    return finish_run(run, {i: absorb(run, future.result()) for i, future in enumerate(futures)})
+    return finish_run(run, {i: absorb(run, future.result()) for i, future in enumerate(futures)}), spec.run_key
+
+
+def shares_held(dask_scheduler) -> dict[str, dict[str, float]]:
+    """The shares each run's budget is split into, by worker."""
+    return {pool: dict(book.told) for pool, book in dask_scheduler.plugins[Coordinator.name].shares.items()}
+
+
+def close_on_each_worker(client, run_key: str) -> list[int]:
+    """What the flow does once a run ends: each worker closes that run's embedders; how many each closed."""
+    return client.gather([client.submit(close_run_embedders, run_key, workers=[w], pure=False) for w in workers(client)])
 
 
 def book(dask_scheduler):
@@ -54,7 +64,7 @@ def test_two_workers_pay_each_text_both_partitions_hold_once(tmp_path, cluster):
     before = cluster.run_on_scheduler(book)
     with FakeOpenAI(latency=0.01) as server:
         config = openai_config(tmp_path, server, tmp_path / "in", source__parallel_partitions=2, embedding__batch_size=4)
-        manifest = run_on_two_workers(cluster, config)
+        manifest, run_key = run_on_two_workers(cluster, config)
     assert manifest["rows"] == 160 and len(server.calls) == 100
     assert max(server.calls.values()) == 1  # the texts both files hold: paid once, though both ran at once
     after = cluster.run_on_scheduler(book)
@@ -64,15 +74,19 @@ def test_two_workers_pay_each_text_both_partitions_hold_once(tmp_path, cluster):
 def test_a_worker_alone_on_the_budget_gets_the_whole_limit(tmp_path, cluster):
     for name, count in (("a", 80), ("b", 10)):
         write_parquet(tmp_path / "in" / f"{name}.parquet", {"id": [f"{name}{i}" for i in range(count)], "text": [f"{name} {i}" for i in range(count)]})
+    before = cluster.run_on_scheduler(shares_held)  # earlier tests' runs, not closed
     with FakeOpenAI(rpm=RPM, window=2.0) as server:
         config = openai_config(tmp_path, server, tmp_path / "in", source__parallel_partitions=2, embedding__batch_size=1)
-        manifest = run_on_two_workers(cluster, config)
+        manifest, run_key = run_on_two_workers(cluster, config)
     assert manifest["rows"] == 90 and len(server.calls) == 90
     b_done = max(at for at, texts in zip(server.admitted, server.admitted_inputs) if texts[0].startswith("b "))
     alone = [at for at in server.admitted if at > b_done + 2.0]  # b is idle: its share moved to a
     rate = (len(alone) - 1) / (alone[-1] - alone[0]) * 60
     assert rate > 0.75 * RPM, f"{rate:.0f} requests a minute"  # not the half a fixed split would leave it
     assert server.rate_limited <= 0.01 * server.requests
+    assert cluster.run_on_scheduler(shares_held).keys() - before.keys()  # this run's shares, held by its workers
+    assert close_on_each_worker(cluster, run_key) == [1, 1]  # the run ended
+    assert cluster.run_on_scheduler(shares_held).keys() == before.keys()  # its shares given back, its book gone
 
 
 def claim_and_share(keys):
