@@ -1,6 +1,11 @@
 """`embedding.task_runner: dask`: the embed flow on a local multi-process Dask cluster, run as
 a user runs it, against a loopback server that enforces the account's rate limit."""
 
+import signal
+import threading
+from urllib.parse import urlsplit
+
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -57,3 +62,31 @@ def test_a_failure_on_the_cluster_is_one_line_and_publishes_nothing(tmp_path, pr
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr + result.stdout
     assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+def kill_a_worker_of(server: FakeOpenAI, after: int, done: threading.Event) -> None:
+    """SIGKILL the first process holding a connection to `server` once it answered `after` requests."""
+    port = urlsplit(server.base_url).port
+    while not done.wait(0.01):
+        if server.requests >= after:
+            for connection in psutil.net_connections(kind="tcp"):
+                if connection.raddr and connection.raddr.port == port and connection.pid:
+                    psutil.Process(connection.pid).send_signal(signal.SIGKILL)
+                    return
+
+
+def test_a_partition_whose_worker_dies_once_too_often_is_one_line(tmp_path, prefect_home, monkeypatch):
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")  # the first death is one too many
+    with FakeOpenAI(latency=0.05) as server:
+        done = threading.Event()
+        killer = threading.Thread(target=kill_a_worker_of, args=(server, 3, done))
+        killer.start()
+        try:
+            args = cluster_config(tmp_path, server, "embedding.batch_size=5", "embedding.requests_per_minute=6000")
+            result = embedpipe(args, prefect_home, tmp_path)
+        finally:
+            done.set()
+            killer.join()
+    assert result.returncode != 0
+    assert "see those workers' logs (out of memory?), then run again" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
