@@ -92,9 +92,10 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
         owns_embedder = embedder is None
         opening = in_background(_open_embedder_and_cache, config, api_key, embedder)  # while the input is checked
         undo.callback(_close_opened, opening, owns_embedder)
+        pricing = in_background(model_price, config.embedding)  # a bad table still fails before any spending
         plan, previous = checked_input(config)
         log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
-        price = model_price(config.embedding)
+        price = pricing.result()
         embedder, cache = opening.result()
         if embedder.needs_sample:  # a local backend chosen on what this run embeds first
             embedder.choose(first_texts(plan, config.source, embedder.sample_size))
