@@ -74,6 +74,7 @@ class HTTPEmbedder(Embedder):
         self._outgoing = threading.local()  # this thread's request: its tokens, then when it left
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute, first_answer_first=True)
         self._fatal: ProviderError | None = None  # the answer that stopped every request
+        self._first_written = threading.Event()
 
     def _send(self, texts: list[str], dimensions: int | None) -> Answer:
         """Send one request for `texts` through a client whose hooks are `request_hooks()`;
@@ -101,6 +102,9 @@ class HTTPEmbedder(Embedder):
 
     def _nothing_to_send(self) -> None:
         self.limiter.pass_first_request()
+
+    def wait_for_first_request(self, timeout: float) -> None:
+        self._first_written.wait(timeout)
 
     @property
     def held_back(self) -> dict[str, tuple[float, float]]:
@@ -237,6 +241,7 @@ class HTTPEmbedder(Embedder):
         """httpcore's `trace` extension: called at each step of sending a request."""
         if event.endswith("send_request_body.complete"):
             self.limiter.sent()
+            self._first_written.set()
 
     def close(self) -> None:
         self.limiter.stop()  # requests still waiting (after a failure elsewhere, or Ctrl-C) end now

@@ -16,6 +16,7 @@ import re
 import httpx2
 import openai
 
+from pipeline.concurrency import in_background
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ConfigError, ProviderError
 from pipeline.providers.http import Answer, Fatal, HTTPEmbedder, RateLimited, Rejected, Transient, retry_after
@@ -57,6 +58,12 @@ class OpenAIEmbedder(HTTPEmbedder):
         http_client = openai.DefaultHttpxClient(transport=self._transport, event_hooks=self.request_hooks())
         self.client = self._make_client(config, api_key, http_client)
         self._transport.prepare(self.client.base_url.scheme)
+        in_background(self._describe_platform)  # while a run checks its input and opens its cache
+
+    def _describe_platform(self) -> None:
+        """Have the client work out the platform headers it sends (`uname -p` in a subprocess:
+        2-3 ms, kept for the process), so that the first request does not wait for them."""
+        self.client.default_headers  # noqa: B018
 
     def _make_client(self, config: EmbeddingConfig, api_key: str | None, http_client: httpx2.Client) -> openai.OpenAI:
         """The `openai` client every request goes through, its own retries off."""

@@ -151,7 +151,8 @@ class RunCounter:
         """Rows read, the texts not seen before and the chunks met for the first time: as cache
         hits where `cached` (as sent where the Batch API had just embedded them); the others are
         counted when embedded."""
-        texts_hashed, hashes = _hashes(texts), _hashes(chunks)
+        texts_hashed = _hashes(texts)
+        hashes = texts_hashed if chunks is texts else _hashes(chunks)  # most batches: each text is its one chunk
         with self._lock:
             self.stats.rows += rows
             self.stats.null_texts += blank

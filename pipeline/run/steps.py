@@ -35,6 +35,7 @@ from pipeline.sources.reader import SourcePlan, row_texts
 from pipeline.text.chunking import chunk_limits
 
 log = logging.getLogger("embedpipe")
+FIRST_REQUEST_WAIT = 0.1  # seconds the next rows wait for the run's first request to leave, at most
 
 
 @dataclass(kw_only=True)
@@ -92,9 +93,10 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
         owns_embedder = embedder is None
         opening = in_background(_open_embedder_and_cache, config, api_key, embedder)  # while the input is checked
         undo.callback(_close_opened, opening, owns_embedder)
+        pricing = in_background(model_price, config.embedding)  # a bad table still fails before any spending
         plan, previous = checked_input(config)
         log.info("source checked: %d rows in %d files", plan.total_rows, len(plan.files))
-        price = model_price(config.embedding)
+        price = pricing.result()
         embedder, cache = opening.result()
         if embedder.needs_sample:  # a local backend chosen on what this run embeds first
             embedder.choose(first_texts(plan, config.source, embedder.sample_size))
@@ -202,7 +204,8 @@ def embed_partition(run: Run, index: int) -> int:
     rows = run.output.rows.open_part(index, partition.rows)
     chunks = run.output.chunks.open_part(index, partition.rows) if run.output.chunks else None
     try:
-        prepared = prefetch(prepared_batches(run.config, run.texts, run.input.previous, partition), depth=2)
+        batches = prepared_batches(run.config, run.texts, run.input.previous, partition)
+        prepared = prefetch(_first_request_first(batches, run.texts.embedder), depth=2)
         embedded = map_ahead(lambda item: run.texts.complete(item[2]), prepared, ahead=2)
         # On a failure: requests stop first, then the reading and embedding threads end (not when collected)
         with closing(prepared), closing(embedded), _stop_on_failure(run.texts.embedder, index):
@@ -222,6 +225,23 @@ def embed_partition(run: Run, index: int) -> int:
         raise
     log.info("partition %d (%s): %d rows embedded", index, partition.file, written)
     return written
+
+
+def _first_request_first(batches: Iterator[tuple], embedder: Embedder) -> Iterator[tuple]:
+    """`batches` (from `prepared_batches`), the second read and prepared only once the first
+    request is on the wire (at most `FIRST_REQUEST_WAIT` s): the next rows cannot leave before
+    its answer anyway, and preparing them meanwhile takes the interpreter from the thread
+    building and sending it. No wait where the first rows need no request."""
+    try:
+        first = next(batches, None)
+        if first is None:
+            return
+        yield first
+        if first[2].misses:
+            embedder.wait_for_first_request(FIRST_REQUEST_WAIT)
+        yield from batches
+    finally:
+        getattr(batches, "close", lambda: None)()  # the reader is released now, not when collected
 
 
 @contextmanager

@@ -158,3 +158,32 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_p
         prepare_run(config)
     close_run(first)
     close_run(prepare_run(config))  # free again
+
+
+class SendingEmbedder:
+    """Stands in for the embedder: notes when a partition's reader waits for its first request."""
+
+    def __init__(self, events: list[str]):
+        self.events = events
+
+    def wait_for_first_request(self, timeout: float) -> None:
+        self.events.append("waited for the first request")
+
+
+@pytest.mark.parametrize("first_misses, expected", [
+    ({"a text the cache lacks": 4}, ["read 1", "waited for the first request", "read 2", "read 3"]),
+    ({}, ["read 1", "read 2", "read 3"]),  # the first rows were all cached: no request to wait for
+])
+def test_the_second_rows_are_read_once_the_first_request_is_on_the_wire(first_misses, expected):
+    from pipeline.run.embed import PreparedRows
+    from pipeline.run.steps import _first_request_first
+
+    events: list[str] = []
+
+    def batches():
+        for i in range(1, 4):
+            events.append(f"read {i}")
+            yield None, None, PreparedRows([], [], misses=first_misses if i == 1 else {"more": 1})
+
+    assert len(list(_first_request_first(batches(), SendingEmbedder(events)))) == 3
+    assert events == expected

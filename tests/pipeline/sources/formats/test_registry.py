@@ -34,13 +34,13 @@ class ClaimsCsv(TsvFormat):
     suffixes = (".csv",)
 
 
-def install(tmp_path, monkeypatch, target: str):
+def install(tmp_path, monkeypatch, target: str, site: str = "site", other_groups: str = ""):
     """Install a package that declares `target` under the entry-point group: its metadata on sys.path."""
-    info = tmp_path / "site" / "embedpipe_plugin-0.1.dist-info"
+    info = tmp_path / site / "embedpipe_plugin-0.1.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: embedpipe-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nplugin = {target}\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    (info / "entry_points.txt").write_text(f"{other_groups}[{ENTRY_POINT_GROUP}]\nplugin = {target}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / site))
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +64,12 @@ def test_the_unknown_format_message_lists_installed_formats_too(tmp_path, monkey
     install(tmp_path, monkeypatch, f"{__name__}:TsvFormat")
     with pytest.raises(SourceError, match=r"t\.xlsx: unknown format; use .csv, .jsonl, .ndjson, .parquet or .tsv$"):
         format_for(tmp_path / "t.xlsx")
+
+
+def test_a_package_found_twice_on_the_path_is_loaded_once(tmp_path, monkeypatch):
+    install(tmp_path, monkeypatch, f"{__name__}:TsvFormat", site="older")
+    install(tmp_path, monkeypatch, f"{__name__}:TsvFormat", site="newer", other_groups="[console_scripts]\nx = y:z\n")
+    assert format_for(tmp_path / "t.tsv").name == "tsv"  # not "tsv claims .tsv, which tsv reads already"
 
 
 BROKEN_PACKAGES = {
