@@ -9,6 +9,7 @@ more partitions running than the cluster has threads.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
 
 from prefect import get_run_logger, task
@@ -91,12 +92,21 @@ def start_coordinator(client, config: EmbeddingConfig) -> None:
         ) from None
 
 
+CLOSE_SECONDS = 10.0  # the most a run's end waits for its workers to give their shares back
+
+
 def close_embedders_on_workers(client, run_key: str) -> None:
     """Close the run's embedders the workers keep between partitions: their shares go back to the
     coordinator now, not when a later run pushes them out. A worker gone by now has none left."""
     try:  # as tasks, not `client.run`: that runs on the worker's event loop, which a call to the coordinator needs
         workers = list(client.scheduler_info()["workers"])
-        client.gather([client.submit(close_run_embedders, run_key, workers=[w], pure=False) for w in workers])
+        closing = [client.submit(close_run_embedders, run_key, workers=[w], pure=False) for w in workers]
+        deadline = time.monotonic() + CLOSE_SECONDS
+        for future in closing:
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:  # a worker gone meanwhile would leave its task waiting forever
+                future.cancel()
     except (OSError, RuntimeError) as exc:  # the cluster is going away: nothing left to give back
         get_run_logger().debug("closing the workers' embedders failed: %s", first_line(exc))
 

@@ -60,6 +60,7 @@ class Claims:
         if not self.owner or not texts:
             return texts, [], {}
         held = set(self.store.claim_many(texts, self.owner, CLAIM_SECONDS))
+        self.cache.forget_shared_misses(list(held))  # another host may have stored them since our lookup
         stored = self.lookup([t for t in texts if t in held])
         if stored:
             self.store.release_many(list(stored), self.owner)

@@ -222,7 +222,11 @@ class HTTPEmbedder(Embedder):
     def _request(self, texts: list[str], tokens: int, dimensions: int | None) -> Answer:
         self._outgoing.tokens, self._outgoing.ticket = tokens, None
         self.tally()
-        answer = self._send(texts, dimensions)
+        self.limiter.request_started()
+        try:
+            answer = self._send(texts, dimensions)
+        finally:
+            self.limiter.request_ended()
         self.limiter.observe(answer.headers, tokens, answer.usage_tokens, self._outgoing.ticket)
         return answer
 

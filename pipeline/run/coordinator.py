@@ -44,7 +44,9 @@ CALL_TIMEOUT = 30.0  # seconds a call to the scheduler may take before the worke
 class Coordinator(SchedulerPlugin):
     """The scheduler's books of claims and shares, kept for every run on the cluster."""
 
-    name = "embedpipe-coordinator"
+    # Versioned: a long-lived scheduler holding an older embedpipe's coordinator gets this one
+    # beside it (`idempotent` would keep the old one, lacking calls this version makes).
+    name = "embedpipe-coordinator-2"
     idempotent = True  # a second run's registration keeps the books of the first
 
     def __init__(self) -> None:
@@ -77,8 +79,8 @@ class Coordinator(SchedulerPlugin):
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         """A worker left the cluster (or died): its claims go now, its shares are free."""
         released = self.claims.drop_worker(worker)
-        for book in self.shares.values():
-            book.drop_worker(worker)
+        for pool in list(self.shares):
+            self.leave(pool, worker)
         if released:
             log.info("worker %s left: %d claims on texts released", worker, released)
 

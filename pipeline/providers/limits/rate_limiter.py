@@ -86,6 +86,8 @@ class RateLimiter:
         self._answered = not first_answer_first
         self._first_sender: int | None = None  # the thread whose request goes first
         self.wanted_at = -math.inf  # when a caller last asked for budget or still waited for it
+        self._in_flight = 0  # requests between `request_started` and `request_ended`
+        self._counting = threading.Lock()
         self._grown_at: float | None = None  # when the share last grew, until an answer since says what is left
 
     def limit(self, name: str) -> float | None:
@@ -108,8 +110,18 @@ class RateLimiter:
             self._relearn(fraction != before)
 
     def wanted_within(self, seconds: float) -> bool:
-        """Whether a caller asked for budget, or waited for it, in the last `seconds`."""
-        return self._clock() - self.wanted_at <= seconds
+        """Whether a request is under way, or a caller asked for budget or waited for it in the
+        last `seconds` (a slow answer is no sign of a worker gone idle)."""
+        return self._in_flight > 0 or self._clock() - self.wanted_at <= seconds
+
+    def request_started(self) -> None:
+        """A request is about to ask for budget and go; `request_ended` once it is over."""
+        with self._counting:
+            self._in_flight += 1
+
+    def request_ended(self) -> None:
+        with self._counting:
+            self._in_flight -= 1
 
     @property
     def answered(self) -> bool:

@@ -144,6 +144,18 @@ def test_a_host_waiting_on_a_claim_finds_the_vector_once_the_claim_is_let_go(tmp
     here.close(), there.close()
 
 
+def test_a_claim_won_just_after_another_host_stored_the_text_takes_its_vector(tmp_path):
+    url, board = str(tmp_path / "shared"), ClaimBoard()
+    here, there = host(tmp_path, "a", url), host(tmp_path, "b", url)
+    claims = Claims(here, lambda texts: here.lookup(texts).vectors, owner="a", store=board)
+    assert not here.lookup(["wanted"]).vectors  # missed: not asked again for a second
+    there.put_many(vectors_of(["wanted"]))  # another host paid for it, and let its claim go
+    there.flush_shared()
+    mine, elsewhere, stored = claims.claim_across(["wanted"])
+    assert (mine, elsewhere, list(stored)) == ([], [], ["wanted"])  # read from the tier, not paid again
+    here.close(), there.close()
+
+
 def test_without_shared_path_the_cache_is_local_and_fsspec_never_loads(tmp_path):
     program = (
         "import sys; from pipeline.cache.tiered import open_cache; from pipeline.config import CacheConfig\n"

@@ -400,3 +400,13 @@ def test_a_request_waiting_on_a_small_share_leaves_once_its_grown_share_covers_i
     limit.set_share(0.01)  # 0.01 requests a second: the next one is due in ~100 s
     limit.acquire(1)
     assert restored and clock.now <= restored[0] + 1.0
+
+
+def test_a_worker_waiting_on_a_slow_answer_still_wants_its_share():
+    limit, clock = limiter(None, 600_000)
+    limit.request_started()
+    limit.acquire(10)
+    clock.sleep(5.0)  # the answer takes its time
+    assert limit.wanted_within(1.0)
+    limit.request_ended()
+    assert not limit.wanted_within(1.0)
