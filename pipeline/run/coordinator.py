@@ -51,7 +51,7 @@ class Coordinator(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.claims = ClaimBook()
-        self.shares: dict[str, ShareBook] = {}  # by run: each has its own key and limit
+        self.shares: dict[str, ShareBook] = {}  # by budget (a key at an endpoint): every run on it draws from one
         self.clock: Callable[[], float] = time.monotonic
 
     async def start(self, scheduler: Any) -> None:
@@ -79,8 +79,9 @@ class Coordinator(SchedulerPlugin):
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         """A worker left the cluster (or died): its claims go now, its shares are free."""
         released = self.claims.drop_worker(worker)
-        for pool in list(self.shares):
-            self.leave(pool, worker)
+        for pool, book in list(self.shares.items()):
+            for member in [m for m in book.asked_at if m == worker or m.startswith(f"{worker}#")]:
+                self.leave(pool, member)
         if released:
             log.info("worker %s left: %d claims on texts released", worker, released)
 
@@ -149,11 +150,12 @@ class SharePoller:
         self,
         link: CoordinatorLink,
         pool: str,
+        member: str,
         wants: Callable[[float], bool],
         apply: Callable[[float], None],
         share: float,
     ) -> None:
-        self.link, self.pool, self.wants, self.apply = link, pool, wants, apply
+        self.link, self.pool, self.member, self.wants, self.apply = link, pool, member, wants, apply
         self.share = share  # kept while the coordinator cannot be asked
         self._stop = threading.Event()
         self.share = self._ask(wanted=True)  # before the first request: it is about to draw
@@ -166,7 +168,7 @@ class SharePoller:
 
     def _ask(self, wanted: bool) -> float:
         try:
-            share = float(self.link.call("share", pool=self.pool, worker=self.link.address, wanted=wanted))
+            share = float(self.link.call("share", pool=self.pool, worker=self.member, wanted=wanted))
         except CoordinatorGone as exc:  # the scheduler is briefly unreachable: keep the share we hold
             log.debug("asking the coordinator for a share failed: %s", exc)
             return self.share
@@ -178,6 +180,6 @@ class SharePoller:
         self._stop.set()
         self._thread.join(CALL_TIMEOUT)
         try:
-            self.link.call("leave", pool=self.pool, worker=self.link.address)
+            self.link.call("leave", pool=self.pool, worker=self.member)
         except CoordinatorGone as exc:  # the cluster is shutting down: the scheduler drops us anyway
             log.debug("giving the share back failed: %s", exc)

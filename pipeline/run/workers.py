@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.cache.tiered import open_cache, settled_shared_counts
-from pipeline.config import Config
+from pipeline.config import Config, EmbeddingConfig
 from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
@@ -150,7 +150,7 @@ def process_embedder(spec: RunSpec, api_key: str | None) -> tuple[str, ProcessEm
             # a fatal answer stopped it; the run started again (key or credit fixed) gets a fresh one
             _embedders.pop(key).close()
         if key not in _embedders:
-            _embedders[key] = open_process_embedder(spec, api_key, digest[:16])
+            _embedders[key] = open_process_embedder(spec, api_key, digest[:12])
             while len(_embedders) > _KEPT_EMBEDDERS:
                 _embedders.popitem(last=False)[1].close()
         _embedders.move_to_end(key)
@@ -167,9 +167,16 @@ def close_run_embedders(run_key: str) -> int:
     return len(ended)
 
 
-def open_process_embedder(spec: RunSpec, api_key: str | None, pool: str) -> ProcessEmbedder:
+def budget_pool(config: EmbeddingConfig, api_key: str | None) -> str:
+    """The name of the rate-limit budget `config` draws from: its key's at its endpoint, shared by
+    every run on the cluster that uses them (a digest: never the key itself)."""
+    return hashlib.sha256(f"{api_key}\n{config.provider}\n{config.base_url}".encode()).hexdigest()[:16]
+
+
+def open_process_embedder(spec: RunSpec, api_key: str | None, run_tag: str) -> ProcessEmbedder:
     """A new embedder spending 1/`spec.workers` of the limits; on a coordinated cluster, the
-    share the coordinator gives it for the budget `pool` (the run's), kept up to date."""
+    share the coordinator gives it (as this process's member `run_tag` for this run) of the
+    budget of its key, kept up to date."""
     embedder = get_embedder(spec.config.embedding, api_key)
     share = 1 / max(1, spec.workers)
     embedder.share_limits(share, WORKER_REFILL_DELAY)
@@ -181,8 +188,12 @@ def open_process_embedder(spec: RunSpec, api_key: str | None, pool: str) -> Proc
     link = CoordinatorLink.here()
     if link is None:  # run outside a Dask worker (a test, a pool): the static share stands
         return ProcessEmbedder(embedder)
-    poller = Poller(link, pool, embedder.wants_budget, embedder.share_limits, share) if embedder.rate_limited else None
-    return ProcessEmbedder(embedder, link, poller)
+    if not embedder.rate_limited:
+        return ProcessEmbedder(embedder, link)
+    pool, member = budget_pool(spec.config.embedding, api_key), f"{link.address}#{run_tag}"
+    return ProcessEmbedder(
+        embedder, link, Poller(link, pool, member, embedder.wants_budget, embedder.share_limits, share)
+    )
 
 
 def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) -> PartitionResult:

@@ -11,7 +11,7 @@ distributed = pytest.importorskip("distributed")
 
 from pipeline.run.coordinator import CoordinatedClaims, Coordinator, CoordinatorLink  # noqa: E402
 from pipeline.run.steps import finish_run, prepare_run  # noqa: E402
-from pipeline.run.workers import absorb, close_run_embedders, embed_partition_in_worker, run_spec  # noqa: E402
+from pipeline.run.workers import absorb, budget_pool, close_run_embedders, embed_partition_in_worker, run_spec  # noqa: E402
 from tests.conftest import openai_config, write_parquet  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 
@@ -111,3 +111,24 @@ def test_a_worker_that_dies_gives_back_its_claims_and_its_share(cluster):
         time.sleep(0.05)
     assert cluster.run_on_scheduler(book)["claims"] == 0
     assert cluster.submit(share_here, workers=[survivor], pure=False).result() == 1.0
+
+
+def two_runs_ask(pool):
+    """Two runs' members in this worker process ask in turn for shares of one budget."""
+    link = CoordinatorLink.here()
+    ask = [lambda run=run: link.call("share", pool=pool, worker=f"{link.address}#{run}", wanted=True) for run in "ab"]
+    shares = [ask[0](), ask[1](), ask[0](), ask[1]()]
+    for run in "ab":
+        link.call("leave", pool=pool, worker=f"{link.address}#{run}")
+    return shares
+
+
+def test_two_runs_on_one_key_draw_from_one_budget(tmp_path, cluster):
+    with FakeOpenAI() as server:
+        config = openai_config(tmp_path, server, tmp_path / "in")
+        other_run = openai_config(tmp_path, server, tmp_path / "in", embedding__batch_size=7)
+    pool = budget_pool(config.embedding, "sk-one")
+    assert pool == budget_pool(other_run.embedding, "sk-one") != budget_pool(config.embedding, "sk-two")
+    assert "sk-one" not in pool
+    # the second run gets its half only once the first was told to give it up: never 200% between them
+    assert cluster.submit(two_runs_ask, pool, workers=[workers(cluster)[0]], pure=False).result() == [1.0, 0.01, 0.5, 0.5]
