@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.cache.tiered import open_cache, settled_shared_counts
 from pipeline.config import Config, EmbeddingConfig
+from pipeline.errors import EmbedpipeError
 from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
@@ -202,6 +203,11 @@ def embed_partition_in_worker(spec: RunSpec, index: int, api_key: str | None) ->
     embedder, config, remote = kept.embedder, spec.config, spec.remote
     if remote is not None:
         remote.fetch_input(spec.partitions[index], spec.sources[index])
+    if not spec.partitions[index].file.exists():  # a local source.path, and a worker on another host
+        raise EmbedpipeError(
+            f"source.path: {spec.partitions[index].file} is not on worker host {socket.gethostname()}; with "
+            "workers on other hosts, put the input on storage every worker sees (an s3:// path, say)"
+        )
     cache = open_cache(config.cache, embedder)  # in front of config.cache.shared_path where set
     store = None
     if kept.link is not None:

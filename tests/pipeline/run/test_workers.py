@@ -76,6 +76,15 @@ def test_a_worker_that_cannot_see_the_staging_directory_says_what_to_share(tmp_p
     close_run(run)  # no longer tracked: later progress snapshots would count its rows
 
 
+def test_a_worker_on_a_host_without_the_local_input_says_where_to_put_it(tmp_path, fake_openai, two_files):
+    run = prepare_run(openai_config(tmp_path, fake_openai, two_files))
+    spec = run_spec(run, 2)
+    spec.partitions[0].file.unlink()  # as on another host: the flow read it here
+    with pytest.raises(EmbedpipeError, match="is not on worker host .*put the input on storage every worker sees"):
+        embed_partition_in_worker(spec, 0, None)
+    close_run(run)
+
+
 def test_a_worker_stopped_by_an_empty_quota_embeds_again_once_credit_is_added(tmp_path, fake_openai, two_files):
     run = prepare_run(openai_config(tmp_path, fake_openai, two_files))
     spec = run_spec(run, 1)
