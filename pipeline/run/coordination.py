@@ -21,6 +21,11 @@ SILENT_SECONDS = 10.0  # a worker that has not asked for this long holds nothing
 PRUNE_SECONDS = 60.0  # how often lapsed claims are swept out
 
 
+def member_name(worker: str, run: str) -> str:
+    """A run's name in a budget's `ShareBook`: the address of its worker process, then the run."""
+    return f"{worker}#{run}"
+
+
 @dataclass(frozen=True)
 class Claim:
     owner: str
@@ -102,6 +107,10 @@ class ShareBook:
             return LEAST_SHARE
         idle = len(self.asked_at) - len(active)
         return (1.0 - LEAST_SHARE * idle) / len(active)
+
+    def members_of(self, worker: str) -> list[str]:
+        """The runs of worker process `worker` that hold a share here (`member_name`)."""
+        return [member for member in self.asked_at if member.split("#", 1)[0] == worker]
 
     def drop_worker(self, worker: str) -> None:
         """`worker` left (or stopped embedding): its share is free for the others at their next ask."""

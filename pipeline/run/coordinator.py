@@ -80,7 +80,7 @@ class Coordinator(SchedulerPlugin):
         """A worker left the cluster (or died): its claims go now, its shares are free."""
         released = self.claims.drop_worker(worker)
         for pool, book in list(self.shares.items()):
-            for member in [m for m in book.asked_at if m == worker or m.startswith(f"{worker}#")]:
+            for member in book.members_of(worker):
                 self.leave(pool, member)
         if released:
             log.info("worker %s left: %d claims on texts released", worker, released)

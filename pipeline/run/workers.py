@@ -34,6 +34,7 @@ from pipeline.errors import EmbedpipeError
 from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.providers import get_embedder
 from pipeline.providers.base import Embedder
+from pipeline.run.coordination import member_name
 from pipeline.run.counts import RunStats
 from pipeline.run.embed import TextEmbedder
 from pipeline.run.remote_parts import RemoteParts, remote_parts
@@ -183,17 +184,16 @@ def open_process_embedder(spec: RunSpec, api_key: str | None, run_tag: str) -> P
     embedder.share_limits(share, WORKER_REFILL_DELAY)
     if not spec.coordinated:
         return ProcessEmbedder(embedder)
-    from pipeline.run.coordinator import CoordinatorLink
-    from pipeline.run.coordinator import SharePoller as Poller
+    from pipeline.run.coordinator import CoordinatorLink, SharePoller
 
     link = CoordinatorLink.here()
     if link is None:  # run outside a Dask worker (a test, a pool): the static share stands
         return ProcessEmbedder(embedder)
     if not embedder.rate_limited:
         return ProcessEmbedder(embedder, link)
-    pool, member = budget_pool(spec.config.embedding, api_key), f"{link.address}#{run_tag}"
+    pool, member = budget_pool(spec.config.embedding, api_key), member_name(link.address, run_tag)
     return ProcessEmbedder(
-        embedder, link, Poller(link, pool, member, embedder.wants_budget, embedder.share_limits, share)
+        embedder, link, SharePoller(link, pool, member, embedder.wants_budget, embedder.share_limits, share)
     )
 
 
