@@ -1,6 +1,7 @@
 """`embedpipe cache check | repair`: find a cache's damaged entries, and drop them.
 
-Both read the SQLite file directly, a range of rowids at a time and, where a range fails, one
+Segment files (where vectors are stored) are checked file by file (`segment_check.py`). Rows
+(claims, and the vectors of caches from before segments) are read from the SQLite file directly, a range of rowids at a time and, where a range fails, one
 row at a time, so one damaged page loses only its own rows. Values are only ever read as
 bytes: a pickled value is a bad entry, never loaded. `repair` copies every good vector into a
 fresh cache beside the old one, then swaps the two directories.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from diskcache.core import MODE_BINARY, MODE_RAW
 
+from pipeline.cache.segment_check import repair_segment, segment_health
 from pipeline.cache.vectors import KEY_FORMAT, cache_error, is_damage, open_store, vector_fault
 from pipeline.config import load_config
 from pipeline.errors import CacheError, ConfigError
@@ -119,6 +121,9 @@ def check_cache(path: str | Path) -> CacheReport:
     report = CacheReport(Path(path))
     for row in _readable_rows(report, integrity=True):
         _classify(row, report)
+    for health in segment_health(report.path):
+        report.good += health.good
+        report.bad.update(health.bad)
     return report
 
 
@@ -140,6 +145,13 @@ def repair_cache(path: str | Path) -> CacheReport:
             raise cache_error(path, exc, "write a repaired copy beside it") from None
         raise
     _swap(path, fresh)
+    try:
+        for health in segment_health(path):  # moved over with the rest: mended in place
+            report.good += health.good
+            report.bad.update(health.bad)
+            repair_segment(health)
+    except OSError as exc:
+        raise cache_error(path, exc, "rewrite a damaged segment") from None
     return report
 
 

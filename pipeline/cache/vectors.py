@@ -1,7 +1,9 @@
 """Disk cache of vectors, keyed by what produced them and the exact text sent.
 
-Values are raw little-endian float32 bytes: diskcache stores bytes as-is, so nothing is
-ever unpickled from disk. Eviction is off: a full disk is an error, not a silent miss.
+Vectors are stored in sorted segment files (`segments.py`), a directory per namespace and size:
+raw little-endian float32, never pickled. diskcache's SQLite holds the rest: claims, the key
+format, and the vectors of caches written before segments (one row each), still read.
+Eviction is off: a full disk is an error, not a silent miss.
 Every vector read is checked, as answers are: one that is not finite, all zeros or the wrong
 size is a miss (and reported), so a damaged entry is embedded again and stored over.
 Every SQLite or file error is a `CacheError`: one line naming the path and the fix.
@@ -10,12 +12,10 @@ Every SQLite or file error is a `CacheError`: one line naming the path and the f
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,28 +24,19 @@ from pathlib import Path
 import diskcache
 import numpy as np
 
+from pipeline.cache.segments import SegmentStore, key_columns
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import CacheError, is_disk_full
 
 _DTYPE = np.dtype("<f4")
 _MODE_RAW, _MODE_BINARY = diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY
 _DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
-# diskcache's `set` for a str key and raw bytes, for many rows at once: its SELECT then INSERT or
-# UPDATE, a vector at a time from Python, took 43 µs a vector at 200k entries; this, 27.
-_UPSERT = (
-    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
-    " VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, ?, NULL, ?)"
-    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, expire_time = NULL,"
-    " access_time = excluded.access_time, access_count = 0, tag = NULL, size = excluded.size,"
-    " mode = excluded.mode, filename = NULL, value = excluded.value"
-)
 # A cache made since keys were made compact says so here; one that holds entries without it
 # keeps the long keys it has ("namespace/sha256 hex"), so no vector already paid for is lost.
 KEY_FORMAT = "embedpipe:key-format"
 COMPACT_KEYS = 2
 _TEXT_DIGEST = 18  # bytes of a text's sha256 in a compact key: 144 bits, no collision in 10^18 texts
 _LOOKUP_BATCH = 500  # keys per SQL query: one query per 500 keys is 30x faster than a `get` each
-_WRITER_PAGE_CACHE_KB = 64 * 1024  # the writer's connection only; each reader's keeps 4 MB (`open_store`)
 
 
 def open_store(path: Path) -> diskcache.Cache:
@@ -78,9 +69,11 @@ class VectorCache:
             os.chmod(self.path, 0o700)  # mkdir's mode is filtered by the umask
             self._cache = open_store(self.path)
             self.compact = _compact_keys(self._cache)
+            self._setting_rows = int(self._cache.get(KEY_FORMAT) is not None)  # rows that are no vector
+            segments = self.path / "segments" / f"{_digest(namespace.encode(), 6)}-{dimensions}"
+            self._segments = SegmentStore(segments, dimensions)
         self._prefix = f"{_digest(namespace.encode(), 6)}:{dimensions}/" if self.compact else f"{namespace}/"
-        self._writer_ready = False
-        self._writer: CacheWriter[tuple[str, float, bytes]] | None = None  # started by the first write
+        self._writer: CacheWriter[tuple[bytes, np.ndarray]] | None = None  # started by the first write
         self._starting = threading.Lock()
 
     @classmethod
@@ -108,19 +101,30 @@ class VectorCache:
     def lookup(self, texts: list[str]) -> Lookup:
         """The usable cached vectors of `texts`, and which texts had an entry that was not one.
 
-        Only raw bytes are read; anything else (a pickle someone put there) is bad, never loaded.
+        Segments first; then, where the SQLite file holds more than its settings (a cache from
+        before segments, or claims), its rows for the rest. Only raw bytes are read; anything else
+        (a pickle someone put there) is bad, never loaded.
         """
-        keys = dict(zip(self.keys(texts), texts))
-        names, result = list(keys), Lookup()
+        unique, result = list(dict.fromkeys(texts)), Lookup()
         with self._errors("read"):
-            for start in range(0, len(names), _LOOKUP_BATCH):
-                batch = names[start : start + _LOOKUP_BATCH]
-                marks = ",".join("?" * len(batch))
-                rows = self._cache._sql(
-                    f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})", batch
-                ).fetchall()
-                self._check_into(result, [(keys[key], self._raw_value(*stored)) for key, *stored in rows])
+            found = self._segments.find(*key_columns(b"".join(_text_digests(unique))))
+            self._check_vectors_into(result, [unique[i] for i in found.positions], found.vectors)
+            if len(found.positions) < len(unique) and len(self._cache) > self._setting_rows:
+                rest = [text for text in unique if text not in result.vectors]
+                self._rows_into(result, [text for text in rest if text not in set(result.bad)])
         return result
+
+    def _rows_into(self, result: Lookup, texts: list[str]) -> None:
+        """Add what diskcache's rows hold for `texts` (one row per vector) to `result`."""
+        keys = dict(zip(self.keys(texts), texts))
+        names = list(keys)
+        for start in range(0, len(names), _LOOKUP_BATCH):
+            batch = names[start : start + _LOOKUP_BATCH]
+            marks = ",".join("?" * len(batch))
+            rows = self._cache._sql(
+                f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})", batch
+            ).fetchall()
+            self._check_into(result, [(keys[key], self._raw_value(*stored)) for key, *stored in rows])
 
     def _check_into(self, result: Lookup, stored: list[tuple[str, bytes | None]]) -> None:
         """Add (text, bytes) pairs to `result`: usable vectors, or bad texts. Those of the right
@@ -134,6 +138,11 @@ class VectorCache:
             else:
                 result.bad.append(text)
         matrix = np.frombuffer(b"".join(raws), dtype=_DTYPE).reshape(len(raws), self.dimensions)
+        self._check_vectors_into(result, texts, matrix)
+
+    @staticmethod
+    def _check_vectors_into(result: Lookup, texts: list[str], matrix: np.ndarray) -> None:
+        """Add `texts` with their rows of `matrix`: usable vectors, or else bad texts."""
         usable = np.asarray(np.isfinite(matrix).all(axis=1) & matrix.any(axis=1))
         if usable.all():  # nearly always
             result.vectors.update(zip(texts, matrix))
@@ -156,11 +165,12 @@ class VectorCache:
 
     def put_many(self, vectors: dict[str, np.ndarray]) -> None:
         """Store vectors; a `CacheError` if they cannot all be kept. The cache's one writer thread
-        stores them, with those other threads handed it meanwhile, in one transaction."""
-        now = time.time()
+        stores them, with those other threads handed it meanwhile, as one new segment."""
+        if not vectors:
+            return
         writer = self._started_writer()
-        keys = self.keys(list(vectors))
-        writer.put([(key, now, np.asarray(v, dtype=_DTYPE).tobytes()) for key, v in zip(keys, vectors.values())])
+        matrix = np.asarray(np.stack(list(vectors.values())), dtype=_DTYPE).reshape(len(vectors), self.dimensions)
+        writer.put([(b"".join(_text_digests(list(vectors))), matrix)])
         writer.flush()
 
     def flush_shared(self) -> None:
@@ -171,45 +181,17 @@ class VectorCache:
         """Ask the shared tier for `texts` at the next lookup even if it lacked them just now
         (nothing to forget here: see `TieredCache`)."""
 
-    def _started_writer(self) -> CacheWriter[tuple[str, float, bytes]]:
+    def _started_writer(self) -> CacheWriter[tuple[bytes, np.ndarray]]:
         with self._starting:  # a cache only read (an estimate, a search) starts no thread
             if self._writer is None:
-                self._writer = CacheWriter(self._write, self._close_connection)
+                self._writer = CacheWriter(self._write, lambda: None)
             return self._writer
 
-    def _write(self, rows: list[tuple[str, float, bytes]]) -> None:
-        """Store (key, time, bytes) rows in one transaction (the writer thread's)."""
-        needed = len(rows) * (self.dimensions * _DTYPE.itemsize + 2 * len(rows[0][0]) + 64)
-        with self._errors("write", needed=needed, vectors=len(rows)):
-            if not self._writer_ready:  # the writer's own connection: pages of the key index stay in memory
-                self._cache._sql(f"PRAGMA cache_size = -{_WRITER_PAGE_CACHE_KB}")
-                self._writer_ready = True
-            try:
-                with self._cache.transact():
-                    self._store(rows)
-            except (sqlite3.Error, OSError):
-                self._roll_back()
-                raise
-
-    def _close_connection(self) -> None:
-        """Close this thread's SQLite connection (the writer's, as it ends)."""
-        with contextlib.suppress(sqlite3.Error):  # a failed close leaves nothing to keep
-            self._cache.close()
-
-    def _store(self, rows: list[tuple[str, float, bytes]]) -> None:
-        """Insert or replace (key, time, bytes) rows as diskcache's `set` would, in one statement;
-        diskcache's triggers keep its count and size. Values diskcache would put in files (over
-        its inline limit: no embedding model's) go through `set`, which cleans up the old file."""
-        inline = [row for row in rows if len(row[2]) < self._cache.disk.min_file_size]
-        self._cache._con.executemany(_UPSERT, [(key, now, now, len(raw), _MODE_RAW, raw) for key, now, raw in inline])
-        for key, _, raw in (row for row in rows if len(row[2]) >= self._cache.disk.min_file_size):
-            self._cache.set(key, raw)
-
-    def _roll_back(self) -> None:
-        # A COMMIT that failed (disk full) can leave this connection's transaction open, and
-        # diskcache would then take every later BEGIN for a lock timeout.
-        with contextlib.suppress(sqlite3.Error):  # nothing was open
-            self._cache._sql("ROLLBACK")
+    def _write(self, handovers: list[tuple[bytes, np.ndarray]]) -> None:
+        """Store the (digests, vectors) handed over as one segment (the writer thread's)."""
+        vectors = np.concatenate([matrix for _, matrix in handovers])
+        with self._errors("write", needed=vectors.nbytes + 16 * len(vectors), vectors=len(vectors)):
+            self._segments.add(*key_columns(b"".join(digests for digests, _ in handovers)), vectors)
 
     def claim_many(self, texts: list[str], owner: str, seconds: float) -> list[str]:
         """Of `texts`, those `owner` now holds for up to `seconds`: while it does, no other
@@ -239,7 +221,10 @@ class VectorCache:
                 self._writer.close()
         finally:
             with self._errors("close"):
-                self._cache.close()
+                try:
+                    self._segments.close()
+                finally:
+                    self._cache.close()
 
     @contextmanager
     def _errors(self, action: str, needed: int = 0, vectors: int = 0) -> Iterator[None]:
@@ -255,6 +240,12 @@ def _compact_keys(store: diskcache.Cache) -> bool:
     if store.get(KEY_FORMAT) is None and store._sql("SELECT 1 FROM Cache LIMIT 1").fetchone() is None:
         store.add(KEY_FORMAT, COMPACT_KEYS)  # two processes opening a fresh cache: the first one's stays
     return store.get(KEY_FORMAT) == COMPACT_KEYS
+
+
+def _text_digests(texts: list[str]) -> list[bytes]:
+    """The 16 bytes of each text's sha256 that key its vector in a segment."""
+    sha256 = hashlib.sha256
+    return [sha256(text.encode()).digest()[:16] for text in texts]
 
 
 def _digest(data: bytes, size: int) -> str:

@@ -1,5 +1,6 @@
 """`cache check` and `cache repair` on real damaged caches: what they count, keep and drop."""
 
+import hashlib
 import stat
 import time
 from collections import Counter
@@ -29,14 +30,16 @@ def test_a_clean_cache_checks_clean(tmp_path):
 
 @pytest.mark.parametrize("long_keys", [False, True])
 def test_a_repaired_cache_keeps_its_kind_of_keys_and_finds_its_vectors(tmp_path, long_keys):
-    if long_keys:  # a cache an embedpipe of before compact keys made: entries, and nothing saying how keyed
-        diskcache.Cache(str(tmp_path / "c")).set("someone else's key", b"1234")
+    if long_keys:  # a cache an embedpipe of before compact keys made: a vector's row, nothing saying how keyed
+        old = diskcache.Cache(str(tmp_path / "c"))
+        old.set(f"ns:4/{hashlib.sha256(b'old').hexdigest()}", np.full(4, 2, dtype="<f4").tobytes())
+        old.close()
     cache = VectorCache(tmp_path / "c", "ns:4", 4)
-    cache.put_many({"a": np.ones(4, dtype=np.float32)})
+    cache.put_many({"a": np.ones(4, dtype=np.float32)})  # in a segment, whatever the rows' keys
     cache.close()
     repair_cache(tmp_path / "c")
     again = VectorCache(tmp_path / "c", "ns:4", 4)
-    assert again.compact is not long_keys and list(again.get_many(["a"])) == ["a"]
+    assert again.compact is not long_keys and sorted(again.get_many(["a", "old"])) == ["a", "old"][: 1 + long_keys]
 
 
 def test_bad_entries_are_counted_by_reason_and_repair_drops_only_them(tmp_path):
@@ -86,7 +89,7 @@ def test_a_file_damaged_mid_way_is_found_and_repair_keeps_every_readable_vector(
 
 
 def test_repair_keeps_large_vectors_other_contents_and_privacy(tmp_path):
-    cache = VectorCache(tmp_path / "c", "ns:10000", 10_000)  # in value files of their own
+    cache = VectorCache(tmp_path / "c", "ns:10000", 10_000)  # 40 KB a vector
     cache.put_many({"big": np.arange(1, 10_001), "nan": np.full(10_000, np.nan)})
     cache.close()
     (tmp_path / "c" / "batches" / "ab12").mkdir(parents=True)  # a Batch API ledger lives under cache.path
@@ -96,7 +99,7 @@ def test_repair_keeps_large_vectors_other_contents_and_privacy(tmp_path):
     big = VectorCache(tmp_path / "c", "ns:10000", 10_000).get_many(["big"])["big"]
     np.testing.assert_array_equal(big, np.arange(1, 10_001))
     assert (tmp_path / "c" / "batches" / "ab12" / "ledger.json").read_text() == "{}"
-    assert len(list((tmp_path / "c").rglob("*.val"))) == 1
+    assert len(list((tmp_path / "c").rglob("*.seg"))) == 1  # rewritten without the bad vector
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # nothing left beside it
 

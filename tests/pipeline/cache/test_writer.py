@@ -14,7 +14,7 @@ def test_vectors_from_many_threads_are_all_stored_in_fewer_transactions(tmp_path
     cache = VectorCache(tmp_path / "c", "ns:4", 4)
     transactions = []
     write = cache._write  # each call is one transaction; the writer starts with the first `put_many`
-    cache._write = lambda rows: (transactions.append(len(rows)), time.sleep(0.02), write(rows))
+    cache._write = lambda handed: (transactions.append(sum(len(m) for _, m in handed)), time.sleep(0.02), write(handed))
 
     def request_thread(n: int) -> None:
         for batch in range(5):

@@ -1,0 +1,75 @@
+"""`embedpipe cache check | repair` for segment files: count their good and bad vectors, and
+rewrite a segment without its bad ones (or drop one whose header or size is wrong)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cache.segments import Segment, SegmentDamaged, write_segment
+
+_CHECK_ROWS = 65_536  # vectors checked at a time: memory stays bounded on a segment of any size
+
+
+@dataclass
+class SegmentHealth:
+    """What one segment file holds: `good` vectors, `bad` ones by reason, and which rows are good
+    (None when the file itself is damaged and none can be trusted)."""
+
+    path: Path
+    good: int = 0
+    bad: Counter = field(default_factory=Counter)
+    keep: np.ndarray | None = None
+
+    @property
+    def clean(self) -> bool:
+        """Every row a usable vector under sorted keys."""
+        return not self.bad
+
+
+def segment_health(cache_path: Path) -> Iterator[SegmentHealth]:
+    """The health of every segment under `cache_path`/segments, one file at a time."""
+    for directory in sorted((cache_path / "segments").glob("*-*")):
+        dimensions = int(directory.name.rsplit("-", 1)[1])
+        for path in sorted(directory.glob("*.seg")):
+            yield _health(path, dimensions)
+
+
+def _health(path: Path, dimensions: int) -> SegmentHealth:
+    health = SegmentHealth(path)
+    try:
+        segment = Segment(path, dimensions)
+    except SegmentDamaged:
+        health.bad["damaged segment files"] += 1
+        return health
+    keep, in_order = [], True
+    for start in range(0, segment.rows, _CHECK_ROWS):
+        high = segment.high[start : start + _CHECK_ROWS + 1]
+        in_order = in_order and not bool((high[1:] < high[:-1]).any())
+        vectors = segment.vectors[start : start + _CHECK_ROWS]
+        finite = np.isfinite(vectors).all(axis=1)
+        nonzero = vectors.any(axis=1)
+        health.bad["not finite"] += int((~finite).sum())
+        health.bad["zero"] += int((finite & ~nonzero).sum())
+        keep.append(finite & nonzero)
+        segment.release_pages(force=True)
+    health.bad["segment files with keys out of order"] += not in_order  # a repair sorts them again
+    health.bad = +health.bad  # drop reasons counted zero times
+    health.keep = np.concatenate(keep) if keep else np.empty(0, bool)
+    health.good = int(health.keep.sum())
+    return health
+
+
+def repair_segment(health: SegmentHealth) -> None:
+    """Rewrite a segment with only its good vectors, sorted, or drop it when none can be trusted."""
+    if health.clean:
+        return
+    if health.keep is not None and health.good:
+        segment = Segment(health.path, int(health.path.parent.name.rsplit("-", 1)[1]))
+        rows = np.flatnonzero(health.keep)
+        write_segment(health.path.parent, segment.tier, segment.high[rows], segment.low[rows], segment.vectors[rows])
+    health.path.unlink()

@@ -1,0 +1,117 @@
+"""Segment files: many writes merged into few files, found from other handles, mended by repair."""
+
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cache import segments
+from pipeline.cache.repair import check_cache, repair_cache
+from pipeline.cache.segments import FANOUT, SegmentStore
+from pipeline.cache.vectors import VectorCache
+
+
+def vector(i: int, dims: int = 8) -> np.ndarray:
+    return np.full(dims, i + 1, dtype=np.float32)
+
+
+def segment_files(cache_path: Path) -> list[Path]:
+    return sorted((cache_path / "segments").rglob("*.seg"))
+
+
+def test_many_small_writes_are_merged_into_few_files_and_every_vector_is_found(tmp_path):
+    cache = VectorCache(tmp_path / "c", "ns:8", 8)
+    texts = [f"text {i}" for i in range(FANOUT**2 * 3 * 10)]
+    for start in range(0, len(texts), 10):  # 192 writes of 10
+        cache.put_many({text: vector(int(text.split()[1])) for text in texts[start : start + 10]})
+    cache.close()  # stops merging: what is merged so far stays
+    files = segment_files(tmp_path / "c")
+    assert len(files) < 3 * FANOUT, [f.name for f in files]  # tiers of fewer than FANOUT files each
+    found = VectorCache(tmp_path / "c", "ns:8", 8).get_many(texts)
+    assert len(found) == len(texts) and all(found[t][0] == int(t.split()[1]) + 1 for t in texts)
+    assert not list((tmp_path / "c").rglob("*.tmp"))
+
+
+def test_a_vector_stored_again_after_a_bad_one_is_the_one_found_after_merging(tmp_path):
+    cache = VectorCache(tmp_path / "c", "ns:8", 8)
+    cache.put_many({"t": np.zeros(8)})  # bad: all zeros
+    assert cache.lookup(["t"]).bad == ["t"]
+    cache.put_many({"t": vector(6)})
+    for i in range(FANOUT * 2):  # enough new segments to merge the two above into one
+        cache.put_many({f"filler {i}": vector(i)})
+    cache.close()
+    again = VectorCache(tmp_path / "c", "ns:8", 8)
+    assert again.get_many(["t"])["t"][0] == 7 and again.lookup(["t"]).bad == []
+
+
+def test_a_vector_another_process_stores_is_found_by_a_handle_opened_before(tmp_path):
+    mine = VectorCache(tmp_path / "c", "ns:8", 8)
+    assert mine.get_many(["theirs"]) == {}
+    script = (
+        "import numpy as np, sys\nfrom pipeline.cache.vectors import VectorCache\n"
+        "c = VectorCache(sys.argv[1], 'ns:8', 8)\nc.put_many({'theirs': np.full(8, 3.0)})\nc.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], check=True, cwd=Path(__file__).parents[3])
+    assert mine.get_many(["theirs"])["theirs"][0] == 3.0
+
+
+def test_a_merge_given_up_at_close_leaves_no_temporary_file_and_loses_nothing(tmp_path, monkeypatch):
+    store = SegmentStore(tmp_path / "s", 4)
+    keys = np.random.default_rng(1).integers(0, 2**63, size=(FANOUT * 100, 2), dtype=np.uint64)
+    monkeypatch.setattr(segments, "MERGE_BYTES", 64)  # a slice a row or so: the merge has many steps
+    for part in np.split(keys, FANOUT):
+        segments.write_segment(tmp_path / "s", 0, part[:, 0], part[:, 1], np.ones((len(part), 4), np.float32))
+    stop = threading.Event()
+    stop.set()
+    assert store.merge_once(stop) is False
+    assert len(list((tmp_path / "s").glob("*.seg"))) == FANOUT and not list((tmp_path / "s").glob("*.tmp"))
+    assert len(store.find(keys[:, 0].copy(), keys[:, 1].copy()).positions) == len(keys)
+
+
+def test_a_temporary_file_of_a_dead_process_is_removed_by_the_next_merge(tmp_path):
+    store = SegmentStore(tmp_path / "s", 4)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / "s" / f"1-0-{dead.stdout.strip()}-ab.seg.{dead.stdout.strip()}.tmp"
+    live = tmp_path / "s" / f"0-0-{os.getpid()}-cd.seg.{os.getpid()}.tmp"  # being written by this process
+    orphan.write_bytes(b"half a merge")
+    live.write_bytes(b"half a write")
+    store.merge_once(threading.Event())
+    assert not orphan.exists() and live.exists()
+
+
+def damage_newest_segment(cache_path: Path, how: str) -> None:
+    newest = max(segment_files(cache_path), key=lambda p: p.name.split("-")[1])
+    if how == "cut short":
+        os.truncate(newest, newest.stat().st_size - 3)
+    else:  # keys out of order: the first key made the largest
+        with open(newest, "r+b") as file:
+            file.seek(segments.HEADER)
+            file.write(b"\xff" * 8)
+
+
+# how the newest segment is damaged -> what check counts, and how many of its two texts a repair keeps
+DAMAGE = {
+    "cut short": ({"damaged segment files": 1}, 0),  # the whole file: its header cannot be trusted
+    "keys out of order": ({"segment files with keys out of order": 1}, 1),  # all but the damaged key's
+}
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_a_damaged_segment_is_counted_by_check_and_mended_by_repair(tmp_path, how):
+    cache = VectorCache(tmp_path / "c", "ns:8", 8)
+    cache.put_many({"a": vector(1), "b": np.full(8, np.nan)})  # a good vector and a bad one, in one file
+    cache.put_many({"x": vector(2), "y": vector(3)})
+    cache.close()
+    damage_newest_segment(tmp_path / "c", how)
+    report = check_cache(tmp_path / "c")
+    bad, kept = DAMAGE[how]
+    assert not report.clean and report.bad == Counter({"not finite": 1, **bad})
+    repair_cache(tmp_path / "c")
+    assert check_cache(tmp_path / "c").clean
+    found = VectorCache(tmp_path / "c", "ns:8", 8).get_many(["a", "b", "x", "y"])
+    assert "a" in found and "b" not in found and len({"x", "y"} & set(found)) == kept
