@@ -1,10 +1,11 @@
 """`embedpipe cache check | repair`: find a cache's damaged entries, and drop them.
 
-Segment files (where vectors are stored) are checked file by file (`segment_check.py`). Rows
-(claims, and the vectors of caches from before segments) are read from the SQLite file directly, a range of rowids at a time and, where a range fails, one
-row at a time, so one damaged page loses only its own rows. Values are only ever read as
-bytes: a pickled value is a bad entry, never loaded. `repair` copies every good vector into a
-fresh cache beside the old one, then swaps the two directories.
+Segment files (where vectors are stored) are checked file by file (`segment_check.py`) and
+mended in place. Rows (claims, and the vectors of caches from before segments) are read from
+the SQLite file directly, a range of rowids at a time and, where a range fails, one row at a
+time, so one damaged page loses only its own rows. Values are only ever read as bytes: a
+pickled value is a bad entry, never loaded. `repair` copies every good row into a fresh cache
+beside the old one, then swaps the two directories.
 """
 
 from __future__ import annotations
