@@ -121,7 +121,7 @@ def write_segment(directory: Path, tier: int, high: np.ndarray, low: np.ndarray,
     with _new_file(directory, tier, time.time_ns()) as (file, _, path):
         _write_header(file, len(order), vectors.shape[1])
         for column in (high[order], low[order], np.ascontiguousarray(vectors[order], dtype=_F4)):
-            file.write(memoryview(column).cast("B"))
+            file.write(column.data.cast("B"))
     return path
 
 
@@ -192,7 +192,7 @@ def _merge_slice(fd: int, segments: list[Segment], start: int, end: int | None, 
 def _write_at(fd: int, column: np.ndarray, offset: int) -> None:
     """All of `column` at `offset`: a write the disk cut short (full) is carried on, so that it
     raises, rather than leaving a hole of zeros in a file that is then renamed into place."""
-    data = memoryview(column).cast("B")
+    data = column.data.cast("B")
     while data:
         written = os.pwrite(fd, data, offset)
         data, offset = data[written:], offset + written
