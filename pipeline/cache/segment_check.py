@@ -56,7 +56,7 @@ def _health(path: Path, dimensions: int) -> SegmentHealth:
         health.bad["not finite"] += int((~finite).sum())
         health.bad["zero"] += int((finite & ~nonzero).sum())
         keep.append(finite & nonzero)
-        segment.release_pages(force=True)
+        segment.release_pages()
     health.bad["segment files with keys out of order"] += not in_order  # a repair sorts them again
     health.bad = +health.bad  # drop reasons counted zero times
     health.keep = np.concatenate(keep) if keep else np.empty(0, bool)

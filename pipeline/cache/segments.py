@@ -34,7 +34,9 @@ HEADER = 32  # magic, rows (u8), dimensions (u4), 12 bytes reserved
 DIGEST = 16  # bytes of a text's sha256 that key its vector: two uint64 columns
 FANOUT = 8  # segments of one tier merged into one of the next
 MERGE_BYTES = 16 * 2**20  # of keys and vectors held at once by a merge: one slice of the key space
-RELEASE_EVERY = 8192  # keys looked up in a segment before its pages are handed back (resident memory)
+BLOCK = 64  # keys a lookup reads in a segment: one 512-byte run of its first key column
+_FIND_CHUNK = 4096  # keys matched against their blocks at a time
+RELEASE_EVERY = 8192  # keys looked up, summed over segments, before their pages are handed back (resident memory)
 _MTIME_GRANULARITY_NS = 50_000_000  # a directory listed sooner after a change is listed again next time
 _U8 = np.dtype("<u8")
 _F4 = np.dtype("<f4")
@@ -67,31 +69,39 @@ class Segment:
             self._map = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ) if self.rows else None
         self.tier = int(path.name.split("-", 1)[0])
         self.dimensions = dimensions
-        self._looked_up = 0
         buffer = self._map if self._map is not None else b""
         n = self.rows
         self.high = np.frombuffer(buffer, dtype=_U8, count=n, offset=HEADER) if n else np.empty(0, _U8)
         self.low = np.frombuffer(buffer, dtype=_U8, count=n, offset=HEADER + 8 * n) if n else np.empty(0, _U8)
         vectors = np.frombuffer(buffer, dtype=_F4, count=n * dimensions, offset=HEADER + 16 * n) if n else None
         self.vectors = vectors.reshape(n, dimensions) if vectors is not None else np.empty((0, dimensions), _F4)
+        self._fence = self.high[::BLOCK].copy()  # each block's first key: the in-memory index
+        self.release_pages()
 
     def find(self, high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions among the keys given, rows here) of the keys this segment holds. Where a key
-        is here twice (stored again after a bad vector), the last, newest, is the one found."""
+        is here twice (stored again after a bad vector), the last, newest, is the one found.
+
+        Each key reads one block of `BLOCK` keys, found through the block's first keys held in
+        memory: a binary search of the mapped file would read about 20 pages a key."""
         if not self.rows or not len(high):
             return np.empty(0, np.intp), np.empty(0, np.intp)
-        rows = np.searchsorted(self.high, high, side="right") - 1
+        rows = np.empty(len(high), np.intp)
+        for start in range(0, len(high), _FIND_CHUNK):  # a (keys x BLOCK) matrix at a time: memory stays small
+            part = high[start : start + _FIND_CHUNK]
+            first = np.maximum(np.searchsorted(self._fence, part, side="right") - 1, 0) * BLOCK
+            block = first[:, None] + np.arange(BLOCK)
+            keys = self.high[np.minimum(block, self.rows - 1)]
+            rows[start : start + len(part)] = first + ((keys <= part[:, None]) & (block < self.rows)).sum(axis=1) - 1
         at = np.maximum(rows, 0)
         hit = (rows >= 0) & (self.high[at] == high) & (self.low[at] == low)
-        self._looked_up += len(high)
         return np.flatnonzero(hit), rows[hit]
 
-    def release_pages(self, force: bool = False) -> None:
+    def release_pages(self) -> None:
         """Hand this process's copies of the pages read so far back to the kernel (they stay in the
-        page cache): a long lookup would otherwise map the whole file into resident memory."""
-        if self._map is not None and (force or self._looked_up >= RELEASE_EVERY):
+        page cache): lookups would otherwise map whole files into resident memory."""
+        if self._map is not None:
             self._map.madvise(mmap.MADV_DONTNEED)
-            self._looked_up = 0
 
 
 def _rows_in(header: bytes, size: int, dimensions: int, path: Path) -> int:
@@ -185,7 +195,7 @@ def _merge_slice(fd: int, segments: list[Segment], start: int, end: int | None, 
     _write_at(fd, low, HEADER + 8 * rows + 8 * done)
     _write_at(fd, np.ascontiguousarray(vectors), HEADER + 16 * rows + 4 * dimensions * done)
     for segment in segments:
-        segment.release_pages(force=True)
+        segment.release_pages()
     return len(order)
 
 
@@ -211,20 +221,26 @@ class SegmentStore:
         self._refreshing = threading.Lock()
         self._merger: threading.Thread | None = None
         self._wake, self._stop = threading.Event(), threading.Event()
+        self._probed = 0  # keys looked up in any segment since their pages were last handed back
         self.merge_failure: OSError | None = None  # the last merge's error, if it failed: logged, tried again
 
     def find(self, high: np.ndarray, low: np.ndarray) -> Found:
         """The vectors of those keys that any segment holds, newest segment first."""
         positions, vectors, left = [], [], np.arange(len(high))
-        for segment in reversed(self.segments()):
+        opened = self.segments()
+        for segment in reversed(opened):
             at, rows = segment.find(high[left], low[left])
+            self._probed += len(left)
             if len(at):
                 positions.append(left[at])
                 vectors.append(segment.vectors[rows])
                 left = np.delete(left, at)
-            segment.release_pages()
             if not len(left):
                 break
+        if self._probed >= RELEASE_EVERY:
+            self._probed = 0
+            for segment in opened:
+                segment.release_pages()
         if not positions:
             return Found(np.empty(0, np.intp), np.empty((0, self.dimensions), _F4))
         return Found(np.concatenate(positions), np.concatenate(vectors))
