@@ -36,7 +36,7 @@ FANOUT = 8  # segments of one tier merged into one of the next
 MERGE_BYTES = 16 * 2**20  # of keys and vectors held at once by a merge: one slice of the key space
 BLOCK = 64  # keys a lookup reads in a segment: one 512-byte run of its first key column
 _FIND_CHUNK = 4096  # keys matched against their blocks at a time
-RELEASE_EVERY = 8192  # keys looked up, summed over segments, before their pages are handed back (resident memory)
+RELEASE_EVERY = 512  # keys looked up in any segments before their pages are handed back
 _MTIME_GRANULARITY_NS = 50_000_000  # a directory listed sooner after a change is listed again next time
 _U8 = np.dtype("<u8")
 _F4 = np.dtype("<f4")
@@ -76,6 +76,9 @@ class Segment:
         vectors = np.frombuffer(buffer, dtype=_F4, count=n * dimensions, offset=HEADER + 16 * n) if n else None
         self.vectors = vectors.reshape(n, dimensions) if vectors is not None else np.empty((0, dimensions), _F4)
         self._fence = self.high[::BLOCK].copy()  # each block's first key: the in-memory index
+        if self._map is not None:  # a key's page only: read-ahead and fault-around would map whole files
+            self._map.madvise(mmap.MADV_RANDOM)
+        self.probed = 0  # keys looked up here since the pages were last handed back
         self.release_pages()
 
     def find(self, high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,11 +100,31 @@ class Segment:
         hit = (rows >= 0) & (self.high[at] == high) & (self.low[at] == low)
         return np.flatnonzero(hit), rows[hit]
 
+    def read_rows(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of rows `first` to `last` (high, low, vectors), read from the file rather than
+        through the mapping: a merge reads every row once, and mapped they would all stay resident."""
+        count, width = last - first, 4 * self.dimensions
+        with open(self.path, "rb") as file:
+            high = _read_at(file, HEADER + 8 * first, count * 8).view(_U8)
+            low = _read_at(file, HEADER + 8 * (self.rows + first), count * 8).view(_U8)
+            vectors = _read_at(file, HEADER + 16 * self.rows + width * first, count * width).view(_F4)
+        return high, low, vectors.reshape(count, self.dimensions)
+
     def release_pages(self) -> None:
         """Hand this process's copies of the pages read so far back to the kernel (they stay in the
         page cache): lookups would otherwise map whole files into resident memory."""
         if self._map is not None:
             self._map.madvise(mmap.MADV_DONTNEED)
+        self.probed = 0
+
+
+def _read_at(file, offset: int, size: int) -> np.ndarray:
+    """`size` bytes of `file` from `offset`, into a fresh array."""
+    data = np.empty(size, np.uint8)
+    file.seek(offset)
+    if file.readinto(memoryview(data)) != size:
+        raise OSError(f"{file.name}: shorter than its header says")
+    return data
 
 
 def _rows_in(header: bytes, size: int, dimensions: int, path: Path) -> int:
@@ -186,7 +209,7 @@ def _merge_slice(fd: int, segments: list[Segment], start: int, end: int | None, 
     for segment in segments:
         first = int(np.searchsorted(segment.high, np.uint64(start), side="left"))
         last = segment.rows if end is None else int(np.searchsorted(segment.high, np.uint64(end), side="left"))
-        parts.append((segment.high[first:last], segment.low[first:last], segment.vectors[first:last]))
+        parts.append(segment.read_rows(first, last))
     high = np.concatenate([p[0] for p in parts])
     order = np.argsort(high, kind="stable")  # stable: of equal keys the newest segment's stays last
     low, vectors = np.concatenate([p[1] for p in parts])[order], np.concatenate([p[2] for p in parts])[order]
@@ -194,8 +217,6 @@ def _merge_slice(fd: int, segments: list[Segment], start: int, end: int | None, 
     _write_at(fd, high[order], HEADER + 8 * done)
     _write_at(fd, low, HEADER + 8 * rows + 8 * done)
     _write_at(fd, np.ascontiguousarray(vectors), HEADER + 16 * rows + 4 * dimensions * done)
-    for segment in segments:
-        segment.release_pages()
     return len(order)
 
 
@@ -221,29 +242,41 @@ class SegmentStore:
         self._refreshing = threading.Lock()
         self._merger: threading.Thread | None = None
         self._wake, self._stop = threading.Event(), threading.Event()
-        self._probed = 0  # keys looked up in any segment since their pages were last handed back
         self.merge_failure: OSError | None = None  # the last merge's error, if it failed: logged, tried again
 
     def find(self, high: np.ndarray, low: np.ndarray) -> Found:
-        """The vectors of those keys that any segment holds, newest segment first."""
-        positions, vectors, left = [], [], np.arange(len(high))
-        opened = self.segments()
+        """The vectors of those keys that any segment holds, newest segment first, `RELEASE_EVERY`
+        keys at a time; the segments hand back the pages read once they were asked `RELEASE_EVERY`
+        keys between them: the kernel maps up to 64 KB around each page read."""
+        opened, found = self.segments(), []
+        for start in range(0, len(high), RELEASE_EVERY):
+            positions, vectors = self._find_in(
+                opened, high[start : start + RELEASE_EVERY], low[start : start + RELEASE_EVERY]
+            )
+            found.append((positions + start, vectors))
+        for segment in opened:  # between calls (a batch apart) nothing stays resident
+            if segment.probed:
+                segment.release_pages()
+        if not found:
+            return Found(np.empty(0, np.intp), np.empty((0, self.dimensions), _F4))
+        return Found(np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]))
+
+    def _find_in(self, opened: tuple[Segment, ...], high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        positions, vectors, left = [np.empty(0, np.intp)], [np.empty((0, self.dimensions), _F4)], np.arange(len(high))
         for segment in reversed(opened):
             at, rows = segment.find(high[left], low[left])
-            self._probed += len(left)
             if len(at):
                 positions.append(left[at])
                 vectors.append(segment.vectors[rows])
                 left = np.delete(left, at)
+            segment.probed += len(at) + len(left)
             if not len(left):
                 break
-        if self._probed >= RELEASE_EVERY:
-            self._probed = 0
+        if sum(segment.probed for segment in opened) >= RELEASE_EVERY:
             for segment in opened:
-                segment.release_pages()
-        if not positions:
-            return Found(np.empty(0, np.intp), np.empty((0, self.dimensions), _F4))
-        return Found(np.concatenate(positions), np.concatenate(vectors))
+                if segment.probed:
+                    segment.release_pages()
+        return np.concatenate(positions), np.concatenate(vectors)
 
     def add(self, high: np.ndarray, low: np.ndarray, vectors: np.ndarray) -> None:
         """Store these keys and vectors as a new segment, readable by every process on return."""

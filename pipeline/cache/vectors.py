@@ -36,6 +36,7 @@ _DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 KEY_FORMAT = "embedpipe:key-format"
 COMPACT_KEYS = 2
 _TEXT_DIGEST = 18  # bytes of a text's sha256 in a compact key: 144 bits, no collision in 10^18 texts
+_SEGMENT_LOOKUP_BATCH = 65_536  # texts hashed and looked up at a time: memory stays small for any call
 _LOOKUP_BATCH = 500  # keys per SQL query: one query per 500 keys is 30x faster than a `get` each
 
 
@@ -105,11 +106,14 @@ class VectorCache:
         before segments, or claims), its rows for the rest. Only raw bytes are read; anything else
         (a pickle someone put there) is bad, never loaded.
         """
-        unique, result = list(dict.fromkeys(texts)), Lookup()
+        unique, result, found_count = list(dict.fromkeys(texts)), Lookup(), 0
         with self._errors("read"):
-            found = self._segments.find(*key_columns(b"".join(_text_digests(unique))))
-            self._check_vectors_into(result, [unique[i] for i in found.positions], found.vectors)
-            if len(found.positions) < len(unique) and len(self._cache) > self._setting_rows:
+            for start in range(0, len(unique), _SEGMENT_LOOKUP_BATCH):
+                some = unique[start : start + _SEGMENT_LOOKUP_BATCH]
+                found = self._segments.find(*key_columns(b"".join(_text_digests(some))))
+                self._check_vectors_into(result, [some[i] for i in found.positions], found.vectors)
+                found_count += len(found.positions)
+            if found_count < len(unique) and len(self._cache) > self._setting_rows:
                 rest = [text for text in unique if text not in result.vectors]
                 self._rows_into(result, [text for text in rest if text not in set(result.bad)])
         return result
