@@ -122,7 +122,7 @@ def _read_at(file, offset: int, size: int) -> np.ndarray:
     """`size` bytes of `file` from `offset`, into a fresh array."""
     data = np.empty(size, np.uint8)
     file.seek(offset)
-    if file.readinto(memoryview(data)) != size:
+    if file.readinto(data.data) != size:
         raise OSError(f"{file.name}: shorter than its header says")
     return data
 
