@@ -299,6 +299,12 @@ class SegmentStore:
                     continue
                 except SegmentDamaged as exc:
                     damaged.append(exc)
+                    if name not in {d.path.name for d in self.damaged}:  # said once a file
+                        log.warning(
+                            "cache %s: segment %s; its vectors are embedded again. `embedpipe cache repair` drops it",
+                            self.directory,
+                            exc,
+                        )
             self._segments, self.damaged = tuple(fresh), damaged
             # an mtime within the clock's granularity of now may not change again for a file added next
             self._listed_mtime = mtime if time.time_ns() - mtime > _MTIME_GRANULARITY_NS else None

@@ -139,7 +139,7 @@ def test_a_vector_stored_over_a_bad_entry_is_read_back(tmp_path):
     assert lookup.bad == [] and lookup.vectors["t"].tolist() == [0, 0, 1, 0]
 
 
-def test_a_segment_cut_short_is_a_miss_and_the_vector_stored_again_is_found(tmp_path):
+def test_a_segment_cut_short_is_a_miss_said_once_and_the_vector_stored_again_is_found(tmp_path, caplog):
     cache = VectorCache(tmp_path / "c", "ns:10000", 10_000)  # 40 KB a vector
     cache.put_many({"kept": np.ones(10_000)})
     cache.put_many({"cut": np.full(10_000, 2.0)})
@@ -149,6 +149,8 @@ def test_a_segment_cut_short_is_a_miss_and_the_vector_stored_again_is_found(tmp_
     assert list(again.get_many(["kept", "cut"])) == ["kept"]
     again.put_many({"cut": np.full(10_000, 2.0)})
     assert again.get_many(["cut"])["cut"][0] == 2.0
+    warnings = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert len(warnings) == 1 and "`embedpipe cache repair` drops it" in warnings[0]
 
 
 def test_a_pickle_is_never_loaded(tmp_path):
