@@ -16,7 +16,8 @@ reading back a table of the output's ids and 64-float32 vectors. The cache's byt
 (SQLite and its WAL included) are compared with the raw vectors: distinct texts × 64 × 4.
 
 Keys: a `VectorCache` filled directly, 2,048 keys a `put_many`, with insert µs/key over each
-tenth of the keys, lookup µs/key of 10,000 random keys already stored, and bytes on disk ÷ raw.
+tenth of the keys, lookup µs/key of 10,000 random keys already stored and of 10,000 it lacks
+(a cold run's lookups), and bytes on disk ÷ raw.
 """
 
 from __future__ import annotations
@@ -421,6 +422,17 @@ def lookup_micros(cache, stored: int, rng: np.random.Generator) -> float:
     return seconds / len(texts) * 1e6
 
 
+def miss_micros(cache) -> float:
+    """µs per key of looking up LOOKUP_KEYS keys the cache lacks (a cold run's lookups); none may be found."""
+    texts = [f"absent {i}" for i in range(LOOKUP_KEYS)]
+    started = time.perf_counter()
+    found = cache.lookup(texts)
+    seconds = time.perf_counter() - started
+    if found.vectors:
+        raise RuntimeError(f"{len(found.vectors):,} absent keys found")
+    return seconds / len(texts) * 1e6
+
+
 def fill_cache(keys: int, path: Path) -> Iterator[dict]:
     """Put `keys` keys in a fresh `VectorCache` at `path`, KEYS_PER_PUT a `put_many`; after each
     tenth of them, yield the keys stored, the insert µs/key of that tenth, the lookup µs/key and
@@ -445,6 +457,7 @@ def fill_cache(keys: int, path: Path) -> Iterator[dict]:
                 "stored": stored,
                 "insert_us": insert,
                 "lookup_us": lookup_micros(cache, stored, rng),
+                "miss_us": miss_micros(cache),
                 "bytes": bytes_on_disk(path),
             }
             put_seconds, since = 0.0, stored
@@ -456,12 +469,18 @@ def measure_keys(keys: int, tmp: Path) -> None:
     """Fill a cache with `keys` keys and print a line at each tenth, then a markdown table."""
     raw_per_key = KEY_DIMENSIONS * FLOAT_BYTES
     print(f"\nVectorCache: {keys:,} keys of {KEY_DIMENSIONS} float32, {KEYS_PER_PUT:,} a put_many", flush=True)
-    header = "| keys stored | insert µs/key (this tenth) | lookup µs/key (10,000 random) | bytes on disk ÷ raw |"
+    header = (
+        "| keys stored | insert µs/key (this tenth) | lookup µs/key (10,000 random) | miss µs/key (10,000 absent)"
+        " | bytes on disk ÷ raw |"
+    )
     lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     started = time.perf_counter()
     for point in fill_cache(keys, tmp / "keys-cache"):
         ratio = point["bytes"] / (point["stored"] * raw_per_key)
-        line = f"| {point['stored']:,} | {point['insert_us']:.1f} | {point['lookup_us']:.1f} | {ratio:.2f} |"
+        line = (
+            f"| {point['stored']:,} | {point['insert_us']:.1f} | {point['lookup_us']:.1f} | {point['miss_us']:.1f}"
+            f" | {ratio:.2f} |"
+        )
         print(f"  {line}  ({time.perf_counter() - started:.0f} s)", flush=True)
         lines.append(line)
     print(f"  bytes on disk ÷ raw at the end: {ratio:.2f}, {verdict('cache bytes ÷ raw', ratio)}")
