@@ -50,13 +50,12 @@ def _health(path: Path, dimensions: int) -> SegmentHealth:
     for start in range(0, segment.rows, _CHECK_ROWS):
         high = segment.high[start : start + _CHECK_ROWS + 1]
         in_order = in_order and not bool((high[1:] < high[:-1]).any())
-        vectors = segment.vectors[start : start + _CHECK_ROWS]
+        vectors = segment.vectors_at(start, min(start + _CHECK_ROWS, segment.rows))
         finite = np.isfinite(vectors).all(axis=1)
         nonzero = vectors.any(axis=1)
         health.bad["not finite"] += int((~finite).sum())
         health.bad["zero"] += int((finite & ~nonzero).sum())
         keep.append(finite & nonzero)
-        segment.release_pages()
     health.bad["segment files with keys out of order"] += not in_order  # a repair sorts them again
     health.bad = +health.bad  # drop reasons counted zero times
     health.keep = np.concatenate(keep) if keep else np.empty(0, bool)
@@ -71,5 +70,7 @@ def repair_segment(health: SegmentHealth) -> None:
     if health.keep is not None and health.good:
         segment = Segment(health.path, int(health.path.parent.name.rsplit("-", 1)[1]))
         rows = np.flatnonzero(health.keep)
-        write_segment(health.path.parent, segment.tier, segment.high[rows], segment.low[rows], segment.vectors[rows])
+        records = segment.read_records(rows)
+        low, vectors = records[:, :8].copy().view(np.uint64).ravel(), records[:, 8:].copy().view(np.float32)
+        write_segment(health.path.parent, segment.tier, segment.high[rows], low, vectors)
     health.path.unlink()

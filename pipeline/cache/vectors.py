@@ -24,7 +24,8 @@ from pathlib import Path
 import diskcache
 import numpy as np
 
-from pipeline.cache.segments import SegmentStore, key_columns
+from pipeline.cache.segment_store import SegmentStore
+from pipeline.cache.segments import key_columns
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import CacheError, is_disk_full
 

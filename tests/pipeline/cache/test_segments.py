@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cache import segments
 from pipeline.cache.repair import check_cache, repair_cache
-from pipeline.cache.segments import FANOUT, SegmentStore
+from pipeline.cache.segment_store import FANOUT, SegmentStore
 from pipeline.cache.vectors import VectorCache
 
 

@@ -1,0 +1,209 @@
+"""The segments of one namespace and size: lookups across them, new ones, and merges.
+
+Segments of a tier are merged in the background once there are `FANOUT` of them, so a lookup
+searches a few files; a writer that gets a tier's `MOST_IN_A_TIER` ahead of the merges waits.
+Files appear by rename and go by unlink, so readers in other threads and processes never see half
+a file, and one that opened a file before a merge removed it keeps reading it. One process at a
+time merges (a lock file); a reader sees a new file at its next lookup (the directory's mtime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cache.segments import MergeStopped, Segment, SegmentDamaged, merge_segments, stamp_of, write_segment
+
+log = logging.getLogger("embedpipe")
+
+FANOUT = 8  # segments of one tier merged into one of the next
+MOST_IN_A_TIER = 2 * FANOUT  # segments of a tier a writer may get ahead of the merges before it waits
+_MTIME_GRANULARITY_NS = 50_000_000  # a directory listed sooner after a change is listed again next time
+_F4 = np.dtype("<f4")
+
+
+@dataclass(frozen=True)
+class Found:
+    """Of the keys looked up, the positions of those found, and their vectors in that order."""
+
+    positions: np.ndarray
+    vectors: np.ndarray
+
+
+class SegmentStore:
+    """The segments of one namespace and size in `directory`: lookups, new segments, and merges on
+    a thread of their own, started by the first new segment."""
+
+    def __init__(self, directory: Path, dimensions: int):
+        self.directory, self.dimensions = directory, dimensions
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.damaged: list[SegmentDamaged] = []  # left out of lookups: `embedpipe cache repair` drops them
+        self._segments: tuple[Segment, ...] = ()
+        self._listed_mtime: int | None = None  # the directory's mtime when listed, if old enough to trust
+        self._refreshing = threading.Lock()
+        self._merger: threading.Thread | None = None
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._merged = threading.Condition()  # told after each merge
+        self.merge_failure: OSError | None = None  # the last merge's error, if it failed: logged, tried again
+
+    def find(self, high: np.ndarray, low: np.ndarray) -> Found:
+        """The vectors of those keys that any segment holds, newest segment first."""
+        positions, vectors, left = [np.empty(0, np.intp)], [np.empty((0, self.dimensions), _F4)], np.arange(len(high))
+        for segment in reversed(self.segments()):
+            at, found = segment.find(high[left], low[left])
+            if len(at):
+                positions.append(left[at])
+                vectors.append(found)
+                left = np.delete(left, at)
+            if not len(left):
+                break
+        return Found(np.concatenate(positions), np.concatenate(vectors))
+
+    def add(self, high: np.ndarray, low: np.ndarray, vectors: np.ndarray) -> None:
+        """Store these keys and vectors as a new segment, readable by every process on return;
+        wait first while the merges are behind (a tier of `MOST_IN_A_TIER`: lookups would slow)."""
+        if not len(high):
+            return
+        self._merge_soon()
+        with self._merged:
+            while self._merges_behind() and self.merge_failure is None and not self._stop.is_set():
+                self._merged.wait(timeout=1.0)  # another process may be the one merging
+        write_segment(self.directory, 0, high, low, vectors)
+        self._merge_soon()
+
+    def _merges_behind(self) -> bool:
+        tiers = [segment.tier for segment in self.segments()]
+        return any(tiers.count(tier) >= MOST_IN_A_TIER for tier in set(tiers))
+
+    def segments(self) -> tuple[Segment, ...]:
+        """The segments on disk now, oldest first, each opened once."""
+        if os.stat(self.directory).st_mtime_ns == self._listed_mtime:
+            return self._segments
+        with self._refreshing:
+            mtime = os.stat(self.directory).st_mtime_ns
+            opened = {s.path.name: s for s in self._segments}
+            fresh, damaged = [], []
+            for name in sorted(_segment_names(self.directory), key=_age):
+                try:
+                    fresh.append(opened.get(name) or Segment(self.directory / name, self.dimensions))
+                except FileNotFoundError:  # merged away since the listing: its rows are in a newer file
+                    continue
+                except SegmentDamaged as exc:
+                    damaged.append(exc)
+                    if name not in {d.path.name for d in self.damaged}:  # said once a file
+                        log.warning(
+                            "cache %s: segment %s; its vectors are embedded again. `embedpipe cache repair` drops it",
+                            self.directory,
+                            exc,
+                        )
+            self._segments, self.damaged = tuple(fresh), damaged
+            # an mtime within the clock's granularity of now may not change again for a file added next
+            self._listed_mtime = mtime if time.time_ns() - mtime > _MTIME_GRANULARITY_NS else None
+        return self._segments
+
+    def close(self) -> None:
+        """Stop merging: a merge under way is given up and leaves nothing."""
+        self._stop.set()
+        self._wake.set()
+        with self._merged:
+            self._merged.notify_all()
+        if self._merger is not None:
+            self._merger.join()
+
+    def _merge_soon(self) -> None:
+        if self._merger is None:
+            self._merger = threading.Thread(target=self._merge_until_stopped, name="embedpipe-merge", daemon=True)
+            self._merger.start()
+        self._wake.set()
+
+    def _merge_until_stopped(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                while not self._stop.is_set() and self.merge_once(self._stop):
+                    self.merge_failure = None
+                    with self._merged:
+                        self._merged.notify_all()
+            except OSError as exc:  # a full disk: the segments stay as they are, all readable
+                if self.merge_failure is None:  # once a store: it is tried again at every new segment
+                    log.warning(
+                        "cache %s: could not merge segments (%s); lookups stay correct, slower", self.directory, exc
+                    )
+                self.merge_failure = exc
+                with self._merged:
+                    self._merged.notify_all()
+
+    def merge_once(self, stop: threading.Event) -> bool:
+        """Merge every segment of the lowest tier that has `FANOUT` or more (all of them: a merge
+        that fell behind catches up in one pass), unless another process is merging here;
+        whether it merged."""
+        with _merge_lock(self.directory) as held:
+            if not held:
+                return False
+            _remove_orphans(self.directory)
+            by_tier: dict[int, list[Segment]] = {}
+            for segment in self.segments():
+                by_tier.setdefault(segment.tier, []).append(segment)
+            tier = min((t for t, group in by_tier.items() if len(group) >= FANOUT), default=None)
+            if tier is None:
+                return False
+            inputs = by_tier[tier]
+            try:
+                merge_segments(self.directory, inputs, stop)
+            except MergeStopped:
+                return False
+            for segment in inputs:
+                segment.path.unlink(missing_ok=True)
+            return True
+
+
+def _segment_names(directory: Path) -> list[str]:
+    return [entry.name for entry in os.scandir(directory) if entry.name.endswith(".seg")]
+
+
+def _age(name: str) -> tuple[int, int]:
+    """Oldest first, by the time in the name: a merged file's is its newest input's, so a vector
+    stored again later (over a bad one) stays the newer."""
+    return stamp_of(name), int(name.split("-", 1)[0])
+
+
+@contextlib.contextmanager
+def _merge_lock(directory: Path):
+    """Whether this process now holds the directory's merge lock (never waits for it)."""
+    fd = os.open(directory / ".merging", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing lets go of the lock
+
+
+def _remove_orphans(directory: Path) -> None:
+    """Delete temporary files left by processes that died while writing them."""
+    for entry in os.scandir(directory):
+        if entry.name.endswith(".tmp") and not _alive(int(entry.name.rsplit(".", 2)[-2])):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
