@@ -5,12 +5,15 @@ from pipeline.arrow_strings import large_strings
 from pipeline.hashset import hash64
 
 
-@pytest.mark.parametrize("values", [
-    [],
-    [None],
-    ["plain", "", None, "caf\u00e9", "e\u0301", "\U0001f600 emoji", "a\x00b"],
-    [None] * 9 + ["after nine nulls"] * 9,  # a validity bitmap over more than one byte
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [None],
+        ["plain", "", None, "caf\u00e9", "e\u0301", "\U0001f600 emoji", "a\x00b"],
+        [None] * 9 + ["after nine nulls"] * 9,  # a validity bitmap over more than one byte
+    ],
+)
 def test_a_list_becomes_the_array_pa_array_makes_of_it(values):
     built = large_strings(values)
     assert built.equals(pa.array(values, type=pa.large_string()))
