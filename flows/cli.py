@@ -13,6 +13,7 @@ from pipeline.config import load_config
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import check_embedding_config, check_truncation
 from pipeline.run.report import summary_lines
+from pipeline.text.tokens import load_tokenizer_ahead
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +116,7 @@ def run_command(args: argparse.Namespace) -> int:
     prepare_prefect()
     from flows.embed import embed_dataset
 
+    load_tokenizer_ahead()  # while Prefect's temporary server starts, not on the way to the first request
     with live_progress(sys.stderr.isatty()):
         manifest = embed_dataset(config)
     print("\n".join(summary_lines(manifest)))
@@ -128,6 +130,7 @@ def backfill_command(args: argparse.Namespace) -> int:
     prepare_prefect()
     from flows.backfill import backfill as backfill_flow
 
+    load_tokenizer_ahead()
     with live_progress(sys.stderr.isatty()):
         result = backfill_flow(
             config, key=args.key, start=args.start, end=args.end, concurrency=max(1, args.concurrency)

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline.arrow_strings import large_strings
 from pipeline.spilled_run import SpilledRun
 
 _BUFFER = 65_536
@@ -34,7 +35,7 @@ def hash64(values: pa.Array | list) -> np.ndarray:
     Integers are widened and strings made large first, so a value hashes alike whichever
     file's type it came in.
     """
-    array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+    array = _arrow(values)
     if pa.types.is_integer(array.type) and array.type != pa.uint64():
         array = array.cast(pa.int64())
     elif pa.types.is_string(array.type):
@@ -42,6 +43,17 @@ def hash64(values: pa.Array | list) -> np.ndarray:
     elif pa.types.is_binary(array.type):
         array = array.cast(pa.large_binary())
     return pl.Series(array).hash(seed=0).to_numpy().view(np.int64)
+
+
+def _arrow(values: pa.Array | pa.ChunkedArray | list) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    if values and isinstance(values[0], str):  # a run's texts: built without importing pandas
+        try:
+            return large_strings(values)
+        except AttributeError:  # not all strings: `pa.array` says what else
+            pass
+    return pa.array(values)
 
 
 class HashSet:

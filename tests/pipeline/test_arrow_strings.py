@@ -1,0 +1,32 @@
+import pyarrow as pa
+import pytest
+
+from pipeline.arrow_strings import large_strings
+from pipeline.hashset import hash64
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [None],
+        ["plain", "", None, "caf\u00e9", "e\u0301", "\U0001f600 emoji", "a\x00b"],
+        [None] * 9 + ["after nine nulls"] * 9,  # a validity bitmap over more than one byte
+    ],
+)
+def test_a_list_becomes_the_array_pa_array_makes_of_it(values):
+    built = large_strings(values)
+    assert built.equals(pa.array(values, type=pa.large_string()))
+    assert built.to_pylist() == values
+
+
+@pytest.mark.parametrize("values", [["a", 3], ["a", b"bytes"], [1.5]])
+def test_a_value_neither_str_nor_none_is_refused(values):
+    with pytest.raises(AttributeError):
+        large_strings(values)
+
+
+@pytest.mark.parametrize("values", [["id-1", "caf\u00e9", "", "id-1"], ["a", None, "a"]])
+def test_texts_hash_alike_from_a_list_or_from_a_file_column(values):
+    # ids and texts from a file come as Arrow string columns; a run's texts come as lists
+    assert (hash64(values) == hash64(pa.array(values, type=pa.string()))).all()
