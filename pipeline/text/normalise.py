@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _ASCII_WHITESPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f ]+"  # what str.split() splits at, of ASCII
+_NEEDS_COLLAPSING = r"[\t\n\x0b\x0c\r\x1c-\x1f]|  |^ | $"  # an ASCII row that `_ASCII_WHITESPACE` changes
 
 
 def normalise_paragraphs(raw: str | None) -> list[str]:
@@ -30,18 +31,48 @@ def normalise_text(raw: str | None) -> str:
     return " ".join(normalise_paragraphs(raw))
 
 
-def normalise_column(raw: list[str | None]) -> list[str]:
-    """`normalise_text` of each row: ASCII rows (nearly all rows of most tables, and NFC leaves
-    them as they are) at once in Arrow, the others one by one in Python, as ever."""
+def normalise_column(raw: list[str | None] | pa.Array | pa.ChunkedArray) -> list[str]:
+    """`normalise_text` of each row (`normalised_array` as Python strings)."""
+    return normalised_array(raw).to_pylist()
+
+
+def normalised_array(raw: list[str | None] | pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
+    """`normalise_text` of each row, as one Arrow array ("" where null or blank). ASCII rows
+    (nearly all rows of most tables; NFC leaves them as they are) are normalised in Arrow, and
+    only those with whitespace to collapse are rewritten; the others one by one in Python."""
     try:
-        array = pa.array(raw, type=pa.large_string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all strings: `normalise_text` says what to each
-        return [normalise_text(text) if isinstance(text, str) else "" for text in raw]
-    collapsed = pc.utf8_trim(pc.replace_substring_regex(array, _ASCII_WHITESPACE, " "), " ")
-    keys = pc.fill_null(collapsed, "").to_pylist()
-    for i in pc.indices_nonzero(pc.invert(pc.fill_null(pc.string_is_ascii(array), True))).to_pylist():
-        keys[i] = normalise_text(raw[i])
-    return keys
+        array = _large_strings(raw)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):  # not all strings
+        return pa.array([normalise_text(text) if isinstance(text, str) else "" for text in raw], pa.large_string())
+    ascii_rows = pc.fill_null(pc.string_is_ascii(array), True)
+    # A regex match costs a tenth of a replace: most rows have nothing to collapse.
+    collapse = pc.and_(ascii_rows, pc.fill_null(pc.match_substring_regex(array, _NEEDS_COLLAPSING), False))
+    if pc.any(collapse).as_py():
+        collapsed = pc.utf8_trim(pc.replace_substring_regex(array.filter(collapse), _ASCII_WHITESPACE, " "), " ")
+        array = pc.replace_with_mask(array, collapse, collapsed)
+    other = pc.invert(ascii_rows)
+    if pc.any(other).as_py():
+        rewritten = [normalise_text(text) for text in array.filter(other).to_pylist()]
+        array = pc.replace_with_mask(array, other, pa.array(rewritten, pa.large_string()))
+    return pc.fill_null(array, "")
+
+
+def _large_strings(raw: list[str | None] | pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
+    """`raw` as one large_string array: a list converted, a column of any string type cast."""
+    if not isinstance(raw, (pa.Array, pa.ChunkedArray)):
+        return pa.array(raw, type=pa.large_string())
+    if isinstance(raw, pa.ChunkedArray):
+        raw = raw.combine_chunks()
+    if pa.types.is_dictionary(raw.type):
+        raw = raw.dictionary_decode()
+    if not (
+        pa.types.is_null(raw.type)
+        or pa.types.is_string(raw.type)
+        or pa.types.is_large_string(raw.type)
+        or pa.types.is_string_view(raw.type)
+    ):
+        raise pa.ArrowTypeError(f"not text: {raw.type}")
+    return raw.cast(pa.large_string())
 
 
 def template_fields(template: str) -> list[str]:
