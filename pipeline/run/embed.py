@@ -15,7 +15,7 @@ from pipeline.providers.base import Embedder
 from pipeline.run.counts import RunCounter, RunStats
 from pipeline.text.chunking import Chunk, chunk_texts
 from pipeline.text.normalise import normalise_paragraphs, normalised_array
-from pipeline.text.tokens import encode_arrays
+from pipeline.text.tokens import count_many
 from pipeline.unit_vectors import l2_normalise
 
 
@@ -226,7 +226,7 @@ def _found(texts: list[str], found: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def _tokens(texts: list[str], known: dict[str, int]) -> list[int]:
     """Each chunk's tokens: as the chunker counted them, or counted now, together."""
-    fresh = iter([len(tokens) for tokens in encode_arrays([text for text in texts if text not in known])])
+    fresh = iter(count_many([text for text in texts if text not in known]))
     return [known[text] if text in known else next(fresh) for text in texts]
 
 
