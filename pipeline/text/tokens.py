@@ -66,6 +66,8 @@ def count_many(texts: list[str], encoding: tiktoken.Encoding | None = None) -> l
     """`count_tokens` of each text. Normalised texts are encoded together, a few calls in all
     (in threads where there are several), not one each: a short text's call costs more than its
     tokens, and holds the interpreter."""
+    if not texts:  # a cached batch: no need even to load the encoding
+        return []
     encoding = encoding or cl100k_base()
     array = pa.array(texts, pa.large_string())
     alone = pc.match_substring_regex(array, _UNJOINABLE).to_numpy(zero_copy_only=False).copy()
