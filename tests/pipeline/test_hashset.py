@@ -7,15 +7,12 @@ from pipeline.hashset import HashSet
 from pipeline.spilled_run import SpilledRun
 
 
-@pytest.mark.parametrize(
-    "values",
-    [
-        list(range(200_000)),
-        [f"id-{i}" for i in range(100_000)],
-        [2**63 - 1, -(2**63), 0],
-        [b"raw", b"", b"\x00"],
-    ],
-)
+@pytest.mark.parametrize("values", [
+    list(range(200_000)),
+    [f"id-{i}" for i in range(100_000)],
+    [2**63 - 1, -(2**63), 0],
+    [b"raw", b"", b"\x00"],
+])
 @pytest.mark.parametrize("memory_members", [hashset.MEMORY_MEMBERS, 3_000])  # 3,000: most members on disk
 def test_each_value_is_new_once(values, memory_members, monkeypatch):
     monkeypatch.setattr(hashset, "_BUFFER", 1_000)  # exercise the merges
@@ -29,14 +26,11 @@ def test_each_value_is_new_once(values, memory_members, monkeypatch):
     assert len(members) == len(values) and (members[1:] > members[:-1]).all()
 
 
-@pytest.mark.parametrize(
-    "added, asked, found",
-    [
-        (["a", "b"], ["b", "c", "a"], [True, False, True]),
-        (["a", "b"], [], []),
-        ([], ["a", "b"], [False, False]),
-    ],
-)
+@pytest.mark.parametrize("added, asked, found", [
+    (["a", "b"], ["b", "c", "a"], [True, False, True]),
+    (["a", "b"], [], []),
+    ([], ["a", "b"], [False, False]),
+])
 def test_contains_asks_without_adding(added, asked, found):
     seen = HashSet()
     seen.add_many(added)
@@ -83,11 +77,7 @@ def test_keys_outside_a_spilled_run_that_pass_its_filter_are_not_found(asked, tm
     run = SpilledRun(np.arange(100, 300_100, 3, dtype=np.int64), tmp_path)
     monkeypatch.setattr(run, "_maybe", lambda keys: np.ones(len(keys), dtype=bool))  # every key a false positive
     outside = np.r_[np.arange(-asked, 0), np.arange(400_000, 400_000 + asked)].astype(np.int64)
-    assert not run.contains(outside).any() and run.contains(np.array([100, 300_097, 101])).tolist() == [
-        True,
-        True,
-        False,
-    ]
+    assert not run.contains(outside).any() and run.contains(np.array([100, 300_097, 101])).tolist() == [True, True, False]
 
 
 @pytest.mark.parametrize("sizes", [[5_000, 3_000], [40_000, 20_000, 1], [1, 1], [70_000, 0]])
