@@ -4,11 +4,13 @@ fresh process, on a run's way to its first request)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 
 
-def large_strings(values: list[str | None]) -> pa.LargeStringArray:
+def large_strings(values: Sequence[str | None]) -> pa.LargeStringArray:
     """`values` as Arrow large strings, None as null: what `pa.array(values, pa.large_string())`
     makes of them, without importing pandas. AttributeError where a value is neither str nor None."""
     encoded = [b"" if value is None else value.encode() for value in values]

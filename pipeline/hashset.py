@@ -102,8 +102,13 @@ class HashSet:
         """Move every member held in memory to disk, as one sorted run."""
         if self._directory is None:
             self._directory = tempfile.TemporaryDirectory(prefix="embedpipe-hashes-")
-        self._spilled.append(SpilledRun(self._members_in_memory(), Path(self._directory.name)))
+        directory = Path(self._directory.name)
+        self._spilled.append(SpilledRun(self._members_in_memory(), directory))
         self._runs, self._recent = [], np.empty(0, dtype=np.int64)
+        # Runs on disk merge as a binary counter does: a query looks in a logarithmic number of
+        # them (one more each spill cost a filter's probes a key each), each member rewritten as often.
+        while len(self._spilled) > 1 and len(self._spilled[-2]) < 2 * len(self._spilled[-1]):
+            self._spilled[-2:] = [SpilledRun.merged(self._spilled[-2:], directory)]
 
     def contains_many(self, values: pa.Array | list) -> np.ndarray:
         """For each value, whether it was added before."""

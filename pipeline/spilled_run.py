@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import weakref
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +29,36 @@ class SpilledRun:
     """Sorted, distinct int64 hashes in a file of their own, removed when this object goes."""
 
     def __init__(self, members: np.ndarray, directory: Path):
-        self.count = len(members)
+        self._write([members], len(members), directory)
+
+    @classmethod
+    def merged(cls, runs: list[SpilledRun], directory: Path) -> SpilledRun:
+        """The members of `runs` (disjoint) as one run, read and merged a slice at a time: memory
+        holds about a slice of each, never a whole run. The runs' files are removed."""
+        merged = cls.__new__(cls)
+        merged._write(_merged_slices(runs), sum(len(run) for run in runs), directory)
+        for run in runs:
+            run.close()
+        return merged
+
+    def _write(self, slices: Iterable[np.ndarray], count: int, directory: Path) -> None:
+        """Write `count` members arriving as ascending sorted `slices`; keep its fences and filter."""
+        self.count = count
         handle, name = tempfile.mkstemp(prefix="hashes-", suffix=".i8", dir=directory)
         self.path = Path(name)
+        self.filter = np.zeros(max(8, count * _FILTER_BITS) // 8, dtype=np.uint8)
+        fences, written = [], 0
         with os.fdopen(handle, "wb") as file:
-            file.write(members.astype(_DTYPE, copy=False).tobytes())
+            for members in slices:
+                file.write(members.astype(_DTYPE, copy=False).tobytes())
+                fences.append(members[-written % _BLOCK :: _BLOCK])
+                for start in range(0, len(members), 1 << 18):  # bounded temporaries while building
+                    positions = self._positions(members[start : start + (1 << 18)])
+                    np.bitwise_or.at(self.filter, positions >> 3, (1 << (positions & 7)).astype(np.uint8))
+                written += len(members)
         self._fd = os.open(self.path, os.O_RDONLY)
         self._closer = weakref.finalize(self, _remove, self._fd, self.path)
-        self.fences = np.ascontiguousarray(members[::_BLOCK])
-        self.filter = np.zeros(max(8, self.count * _FILTER_BITS) // 8, dtype=np.uint8)
-        for start in range(0, self.count, 1 << 18):  # bounded temporaries while building
-            positions = self._positions(members[start : start + (1 << 18)])
-            np.bitwise_or.at(self.filter, positions >> 3, (1 << (positions & 7)).astype(np.uint8))
+        self.fences = np.ascontiguousarray(np.concatenate(fences) if fences else np.zeros(0, dtype=_DTYPE))
 
     def __len__(self) -> int:
         return self.count
@@ -98,9 +117,33 @@ class SpilledRun:
                 found[lo:hi] = _holds(self._read(first_block * _BLOCK, _SLICE_BLOCKS * _BLOCK), keys[lo:hi])
         return found
 
+    def below(self, values: np.ndarray) -> np.ndarray:
+        """For each of the sorted `values`, how many members are smaller: a block read each."""
+        blocks = np.searchsorted(self.fences, values, side="right") - 1
+        return np.array(
+            [
+                0 if b < 0 else b * _BLOCK + int(np.searchsorted(self._read(b * _BLOCK, _BLOCK), v))
+                for b, v in zip(blocks.tolist(), values.tolist())
+            ],
+            dtype=np.int64,
+        )
+
     def _read(self, first: int, count: int) -> np.ndarray:
         count = min(count, self.count - first)
         return np.frombuffer(os.pread(self._fd, count * _DTYPE.itemsize, first * _DTYPE.itemsize), dtype=_DTYPE)
+
+
+def _merged_slices(runs: list[SpilledRun]) -> Iterator[np.ndarray]:
+    """The members of disjoint `runs` in order, a slice at a time: cut at every `_SLICE_BLOCKS`
+    fences of the largest run, each run read from where it passes the cut."""
+    largest = max(runs, key=len)
+    cuts = largest.fences[_SLICE_BLOCKS::_SLICE_BLOCKS]
+    bounds = [np.r_[0, run.below(cuts), len(run)] for run in runs]
+    for piece in range(len(cuts) + 1):
+        parts = [run._read(int(b[piece]), int(b[piece + 1] - b[piece])) for run, b in zip(runs, bounds)]
+        members = np.sort(np.concatenate(parts), kind="stable")  # sorted parts: a merge
+        if len(members):
+            yield members
 
 
 def _holds(members: np.ndarray, keys: np.ndarray) -> np.ndarray:

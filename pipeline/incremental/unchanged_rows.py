@@ -22,7 +22,7 @@ from pipeline.incremental.unchanged_files import PreviousOutput
 from pipeline.run.embed import PreparedRows, TextEmbedder
 from pipeline.sinks.compact import VectorLayout
 from pipeline.sources.partitions import Partition
-from pipeline.sources.reader import BATCH_ROWS, row_texts, text_columns
+from pipeline.sources.reader import BATCH_ROWS, row_text_column, text_columns
 
 
 def prepared_batches(
@@ -42,12 +42,12 @@ def prepared_batches(
     first = min(64 if partition.index == 0 else 1_024, request)
     for batch in _ends_apart(partition.read(), first, request, partition.rows, lambda: partition.read_head(first)):
         if rows_before is None:
-            yield batch, None, texts.prepare(row_texts(batch, source))
+            yield batch, None, texts.prepare(row_text_column(batch, source))
             continue
         same, vectors = rows_before.match(batch)
         texts.counts.reused(int(same.sum()))
         rest = _other_rows(batch, rows_before.text_columns, same) if same.any() else batch
-        yield batch, (same, vectors), texts.prepare(row_texts(rest, source))
+        yield batch, (same, vectors), texts.prepare(row_text_column(rest, source))
 
 
 def _other_rows(batch: pa.RecordBatch, columns: list[str], same: np.ndarray) -> pa.RecordBatch:

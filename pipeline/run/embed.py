@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.cache.claims import Claims, ClaimStore
 from pipeline.cache.vectors import VectorCache
 from pipeline.providers.base import Embedder
 from pipeline.run.counts import RunCounter, RunStats
-from pipeline.text.chunking import Chunk, chunk_texts, utf8_length
-from pipeline.text.normalise import normalise_column, normalise_paragraphs
-from pipeline.text.tokens import encode_arrays
+from pipeline.text.chunking import Chunk, chunk_texts
+from pipeline.text.normalise import normalise_paragraphs, normalised_array
+from pipeline.text.tokens import count_many
 from pipeline.unit_vectors import l2_normalise
 
 
@@ -26,16 +29,21 @@ class EmbeddedText:
 
 @dataclass(frozen=True)
 class PreparedRows:
-    """Rows ready to embed: each row's normalised text ("" when blank), the distinct texts, and
+    """Rows ready to embed: the distinct normalised texts, which of them each row holds, and
     the chunks of those longer than one chunk (a text of one chunk is its own chunk, and costs
     no object of its own); once looked up, the chunk vectors the cache held and the tokens of
     each it lacked."""
 
-    keys: list[str]
     texts: list[str]
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1 where blank
     long: dict[str, list[Chunk]] = field(default_factory=dict)
     cached: dict[str, np.ndarray] = field(default_factory=dict)
     misses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def blank(self) -> int:
+        """Rows whose text is null, empty or whitespace."""
+        return int(np.count_nonzero(self.rows < 0))
 
     def chunks_of(self, text: str) -> list[Chunk]:
         """The chunks of one of `texts`."""
@@ -63,15 +71,15 @@ class RowVectors:
     matrix: np.ndarray
     present: np.ndarray
     rows: PreparedRows
-    chunk_vectors: dict[str, np.ndarray]
+    chunk_vectors: Mapping[str, np.ndarray]
 
     def embedded_texts(self) -> list[EmbeddedText | None]:
         """Per row, its chunks and their vectors (None where blank): the chunk table's rows."""
-        texts = {}
+        texts = []
         for key in self.rows.texts:
             chunks = self.rows.chunks_of(key)
-            texts[key] = EmbeddedText(chunks, np.stack([self.chunk_vectors[c.text] for c in chunks]))
-        return [texts[key] if key else None for key in self.rows.keys]
+            texts.append(EmbeddedText(chunks, np.stack([self.chunk_vectors[c.text] for c in chunks])))
+        return [texts[i] if i >= 0 else None for i in self.rows.rows.tolist()]
 
 
 @dataclass
@@ -97,17 +105,15 @@ class TextEmbedder:
         """What the run did so far."""
         return self.counts.stats
 
-    def prepare(self, raw_texts: list[str | None]) -> PreparedRows:
+    def prepare(self, raw_texts: list[str | None] | pa.Array | pa.ChunkedArray) -> PreparedRows:
         """All that needs no network, safe to run ahead in another thread: normalise, dedupe,
         chunk, look the chunks up in the cache and count the tokens of those it lacks."""
         rows = self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens))
         chunks = rows.chunk_texts()
-        cached = np.array([text in rows.cached for text in chunks], dtype=bool)
-        blank = rows.keys.count("")
-        self.counts.met(len(raw_texts), blank, rows.texts, chunks, cached)
+        self.counts.met(len(rows.rows), rows.blank, rows.texts, chunks, _found(chunks, rows.cached))
         return rows
 
-    def send_ahead(self, raw_texts: list[str | None]) -> dict[str, int]:
+    def send_ahead(self, raw_texts: list[str | None] | pa.Array | pa.ChunkedArray) -> dict[str, int]:
         """The chunks (text -> tokens) of these rows that the cache lacks, for the Batch API to
         embed before the run reads them again: those the cache holds by then count as sent."""
         misses = self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens)).misses
@@ -120,20 +126,17 @@ class TextEmbedder:
         (counted only now: most chunks of most runs are cached)."""
         chunks = rows.chunk_texts()
         cached = self._cached(chunks)
-        misses = [text for text in chunks if text not in cached]
+        misses = [text for text, found in zip(chunks, _found(chunks, cached).tolist()) if not found]
         return replace(rows, cached=cached, misses=dict(zip(misses, _tokens(misses, rows.known_tokens()))))
 
     def complete(self, rows: PreparedRows) -> RowVectors:
         """The network half: embed the chunks the cache lacked, pool chunks into row vectors."""
-        vectors = {**rows.cached, **self._embedded_vectors(rows.misses)}
-        pooled = {
-            key: vectors[key] if key not in rows.long else pool_chunks(rows.long[key], vectors) for key in rows.texts
-        }
-        blank = np.zeros(self.embedder.dimensions, dtype=np.float32)
-        by_row = [pooled[key] if key else blank for key in rows.keys]
-        matrix = np.stack(by_row) if by_row else np.zeros((0, len(blank)), dtype=np.float32)
-        present = np.array([bool(key) for key in rows.keys], dtype=bool)
-        return RowVectors(matrix, present, rows, vectors)
+        vectors = {**rows.cached, **self._embedded_vectors(rows.misses)} if rows.misses else rows.cached
+        long, blank = rows.long, np.zeros((1, self.embedder.dimensions), dtype=np.float32)
+        pooled = [vectors[key] if key not in long else pool_chunks(long[key], vectors) for key in rows.texts]
+        # The distinct texts' vectors, then a blank row's: each row takes its text's (-1: the blank).
+        table = np.concatenate([*pooled, blank[0]]).reshape(-1, blank.shape[1])  # 3x np.stack's pace
+        return RowVectors(table[rows.rows], rows.rows >= 0, rows, vectors)
 
     def _embedded_vectors(self, misses: dict[str, int]) -> dict[str, np.ndarray]:
         """Vectors for chunks (text -> tokens) the cache lacked when looked up: stored by this run
@@ -186,21 +189,44 @@ class TextEmbedder:
         return lookup.vectors
 
 
-def chunk_rows(raw_texts: list[str | None], max_tokens: int, overlap_tokens: int) -> PreparedRows:
+def chunk_rows(
+    raw_texts: list[str | None] | pa.Array | pa.ChunkedArray, max_tokens: int, overlap_tokens: int
+) -> PreparedRows:
     """Normalise each row, and chunk each distinct normalised text once: those of at most
-    `max_tokens` UTF-8 bytes are one chunk without tokenising (a token is at least a byte)."""
-    keys = normalise_column(raw_texts)
-    texts = [key for key in dict.fromkeys(keys) if key]
-    # A character is at most 4 bytes: most texts are short enough to need no counting at all.
-    long = {text for text in texts if 4 * len(text) > max_tokens and utf8_length(text) > max_tokens}
-    longer = {key: raw for key, raw in zip(keys, raw_texts) if key in long} if long else {}
-    paragraphs = [normalise_paragraphs(raw) for raw in longer.values()]  # the chunker's boundaries
-    return PreparedRows(keys, texts, dict(zip(longer, chunk_texts(paragraphs, max_tokens, overlap_tokens))))
+    `max_tokens` UTF-8 bytes are one chunk without tokenising (a token is at least a byte).
+    Rows are normalised and deduplicated in Arrow: a row costs no Python object, a distinct text one."""
+    keys = normalised_array(raw_texts)
+    blank = pc.equal(pc.binary_length(keys), 0)
+    distinct = pc.dictionary_encode(pc.if_else(blank, pa.scalar(None, pa.large_string()), keys))
+    rows = pc.fill_null(distinct.indices, -1).to_numpy().astype(np.int64)
+    texts = distinct.dictionary.to_pylist()  # in the order rows first hold them
+    long = np.flatnonzero(pc.binary_length(distinct.dictionary).to_numpy() > max_tokens)
+    if not len(long):  # most batches: every text one chunk
+        return PreparedRows(texts, rows)
+    # The chunker's boundaries are the raw text's paragraphs: of the last row holding each text.
+    held, first_from_end = np.unique(rows[::-1], return_index=True)
+    last = len(rows) - 1 - first_from_end[np.searchsorted(held, long)]
+    raws = _rows_of(raw_texts, last.tolist())
+    chunks = chunk_texts([normalise_paragraphs(raw) for raw in raws], max_tokens, overlap_tokens)
+    return PreparedRows(texts, rows, {texts[i]: c for i, c in zip(long.tolist(), chunks)})
+
+
+def _rows_of(raw_texts: list[str | None] | pa.Array | pa.ChunkedArray, indices: list[int]) -> list[str | None]:
+    if isinstance(raw_texts, (pa.Array, pa.ChunkedArray)):
+        return raw_texts.take(pa.array(indices, pa.int64())).to_pylist()
+    return [raw_texts[i] for i in indices]
+
+
+def _found(texts: list[str], found: Mapping[str, np.ndarray]) -> np.ndarray:
+    """For each of `texts` (distinct), whether `found` holds it: at once where it holds all or none."""
+    if len(found) == len(texts) or not found:
+        return np.full(len(texts), bool(found) or not texts, dtype=bool)
+    return np.fromiter((text in found for text in texts), dtype=bool, count=len(texts))
 
 
 def _tokens(texts: list[str], known: dict[str, int]) -> list[int]:
     """Each chunk's tokens: as the chunker counted them, or counted now, together."""
-    fresh = iter([len(tokens) for tokens in encode_arrays([text for text in texts if text not in known])])
+    fresh = iter(count_many([text for text in texts if text not in known]))
     return [known[text] if text in known else next(fresh) for text in texts]
 
 

@@ -31,7 +31,7 @@ from pipeline.run.estimate import check_budget, checked_input, estimate_run, mod
 from pipeline.sinks.iceberg import write_iceberg
 from pipeline.sinks.parquet import ParquetSink, chunk_table, vector_array, write_delta
 from pipeline.sources.partitions import Partition, first_texts, plan_partitions
-from pipeline.sources.reader import SourcePlan, row_texts
+from pipeline.sources.reader import SourcePlan, row_text_column
 from pipeline.text.chunking import chunk_limits
 
 log = logging.getLogger("embedpipe")
@@ -176,7 +176,7 @@ def embed_through_batch_api(run: Run) -> None:
                 run.input.previous and run.input.previous.part_for(p)
             ):
                 for batch in p.read():
-                    yield from run.texts.send_ahead(row_texts(batch, source)).items()
+                    yield from run.texts.send_ahead(row_text_column(batch, source)).items()
 
     counts = run.texts.embedder.run_batches(misses(), run.texts.cache)
     run.texts.stats.batch_api = counts

@@ -85,6 +85,13 @@ def row_texts(batch: pa.RecordBatch, config: SourceConfig) -> list[str | None]:
     return render_template(config.text_template, {c: batch.column(c).to_pylist() for c in text_columns(config)})
 
 
+def row_text_column(batch: pa.RecordBatch, config: SourceConfig) -> pa.Array | list[str | None]:
+    """`row_texts`, as the Arrow column itself where the text is one column: no Python object a row."""
+    if config.text_template is None:
+        return batch.column(config.text_column)
+    return row_texts(batch, config)
+
+
 def validate_source(
     config: SourceConfig, output_column: str | None = None, unchanged: Callable[[Path], bool] = lambda f: False
 ) -> SourcePlan:

@@ -6,12 +6,14 @@ import re
 import string
 import unicodedata
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.arrow_strings import large_strings
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _ASCII_WHITESPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f ]+"  # what str.split() splits at, of ASCII
+_NEEDS_COLLAPSING = r"[\t\n\x0b\x0c\r\x1c-\x1f]|  |^ | $"  # an ASCII row that `_ASCII_WHITESPACE` changes
 
 
 def normalise_paragraphs(raw: str | None) -> list[str]:
@@ -31,18 +33,50 @@ def normalise_text(raw: str | None) -> str:
     return " ".join(normalise_paragraphs(raw))
 
 
-def normalise_column(raw: list[str | None]) -> list[str]:
-    """`normalise_text` of each row: ASCII rows (nearly all rows of most tables, and NFC leaves
-    them as they are) at once in Arrow, the others one by one in Python, as ever."""
+def normalise_column(raw: list[str | None] | pa.Array | pa.ChunkedArray) -> list[str]:
+    """`normalise_text` of each row (`normalised_array` as Python strings)."""
+    return normalised_array(raw).to_pylist()
+
+
+def normalised_array(raw: list[str | None] | pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
+    """`normalise_text` of each row, as one Arrow array ("" where null or blank). ASCII rows
+    (nearly all rows of most tables; NFC leaves them as they are) are normalised in Arrow, and
+    only those with whitespace to collapse are rewritten; the others one by one in Python."""
     try:
-        array = large_strings(["" if text is None else text for text in raw])  # null normalises to empty
-    except AttributeError:  # not all strings: `normalise_text` says what to each
-        return [normalise_text(text) if isinstance(text, str) else "" for text in raw]
-    collapsed = pc.utf8_trim(pc.replace_substring_regex(array, _ASCII_WHITESPACE, " "), " ")
-    keys = collapsed.to_pylist()
-    for i in pc.indices_nonzero(pc.invert(pc.string_is_ascii(array))).to_pylist():
-        keys[i] = normalise_text(raw[i])
-    return keys
+        array = _large_strings(raw)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, AttributeError):  # not all strings
+        return large_strings([normalise_text(text) if isinstance(text, str) else "" for text in raw])
+    # Python scalars (fill_null(x, True)) would import pandas through pyarrow's shim: kleene logic instead.
+    ascii_rows = pc.or_kleene(pc.string_is_ascii(array), pc.is_null(array))  # null: normalised to ""
+    # A regex match costs a tenth of a replace: most rows have nothing to collapse.
+    matched = pc.match_substring_regex(array, _NEEDS_COLLAPSING)
+    collapse = pc.and_(ascii_rows, pc.and_kleene(matched, pc.is_valid(matched)))
+    if pc.any(collapse).as_py():
+        collapsed = pc.utf8_trim(pc.replace_substring_regex(array.filter(collapse), _ASCII_WHITESPACE, " "), " ")
+        array = pc.replace_with_mask(array, collapse, collapsed)
+    other = pc.invert(ascii_rows)
+    if pc.any(other).as_py():
+        rewritten = [normalise_text(text) for text in array.filter(other).to_pylist()]
+        array = pc.replace_with_mask(array, other, large_strings(rewritten))
+    return pc.fill_null(array, large_strings([""])[0]) if array.null_count else array
+
+
+def _large_strings(raw: list[str | None] | pa.Array | pa.ChunkedArray) -> pa.LargeStringArray:
+    """`raw` as one large_string array: a list converted, a column of any string type cast."""
+    if not isinstance(raw, (pa.Array, pa.ChunkedArray)):
+        return large_strings(raw)  # not pa.array: see arrow_strings
+    if isinstance(raw, pa.ChunkedArray):
+        raw = raw.combine_chunks()
+    if pa.types.is_dictionary(raw.type):
+        raw = raw.dictionary_decode()
+    if not (
+        pa.types.is_null(raw.type)
+        or pa.types.is_string(raw.type)
+        or pa.types.is_large_string(raw.type)
+        or pa.types.is_string_view(raw.type)
+    ):
+        raise pa.ArrowTypeError(f"not text: {raw.type}")
+    return raw.cast(pa.large_string())
 
 
 def template_fields(template: str) -> list[str]:

@@ -78,3 +78,28 @@ def test_keys_outside_a_spilled_run_that_pass_its_filter_are_not_found(asked, tm
     monkeypatch.setattr(run, "_maybe", lambda keys: np.ones(len(keys), dtype=bool))  # every key a false positive
     outside = np.r_[np.arange(-asked, 0), np.arange(400_000, 400_000 + asked)].astype(np.int64)
     assert not run.contains(outside).any() and run.contains(np.array([100, 300_097, 101])).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("sizes", [[5_000, 3_000], [40_000, 20_000, 1], [1, 1], [70_000, 0]])
+def test_merged_runs_are_the_run_of_all_their_members(sizes, tmp_path, monkeypatch):
+    from pipeline import spilled_run
+
+    monkeypatch.setattr(spilled_run, "_SLICE_BLOCKS", 4)  # many slices
+    rng = np.random.default_rng(len(sizes))
+    members = np.unique(rng.integers(-(2**63), 2**63 - 1, size=sum(sizes) * 2, dtype=np.int64))[: sum(sizes)]
+    parts = np.split(rng.permutation(members), np.cumsum(sizes)[:-1])
+    runs = [SpilledRun(np.sort(part), tmp_path) for part in parts]
+    merged, whole = SpilledRun.merged(runs, tmp_path), SpilledRun(members, tmp_path)
+    np.testing.assert_array_equal(merged.members(), members)
+    np.testing.assert_array_equal(merged.fences, whole.fences)
+    np.testing.assert_array_equal(merged.filter, whole.filter)
+    assert merged.contains(members[::7]).all() and not any(run.path.exists() for run in runs)
+
+
+def test_a_set_far_beyond_its_memory_bound_keeps_few_runs_on_disk(monkeypatch):
+    monkeypatch.setattr(hashset, "_BUFFER", 500)
+    seen, values = HashSet(memory_members=1_000), np.arange(40_000)
+    for start in range(0, len(values), 700):
+        assert seen.add_many(values[start : start + 700]).all()
+    assert len(seen._spilled) <= 6  # about 35 spills, merged as a binary counter: log2(35) + 1 runs at most
+    assert seen.contains_many(values).all() and not seen.contains_many(values + 40_000).any()

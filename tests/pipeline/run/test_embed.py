@@ -1,8 +1,10 @@
 import numpy as np
+import pyarrow as pa
+import pytest
 
 from pipeline.cache.vectors import VectorCache
 from pipeline.providers import get_embedder
-from pipeline.run.embed import TextEmbedder
+from pipeline.run.embed import TextEmbedder, chunk_rows
 from tests.conftest import openai_config
 
 
@@ -23,3 +25,37 @@ def test_a_text_another_worker_stored_after_this_one_looked_it_up_is_not_paid_fo
     assert max(fake_openai.calls.values()) == 1
     np.testing.assert_array_equal(got, expected)
     assert (second.stats.cache_hits, second.stats.embedded_chunks, second.stats.in_flight_elsewhere) == (0, 0, 6)
+
+
+ROWS = ["b  text", None, "a text", "   ", "b text", "a\ttext", ""]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [ROWS, pa.array(ROWS, pa.string()), pa.array(ROWS, pa.large_string()), pa.chunked_array([ROWS[:2], ROWS[2:]])],
+    ids=["list", "string", "large_string", "chunked"],
+)
+def test_rows_hold_their_distinct_text_in_the_order_first_met_and_blanks_hold_none(column):
+    rows = chunk_rows(column, max_tokens=512, overlap_tokens=0)
+    assert rows.texts == ["b text", "a text"]
+    assert rows.rows.tolist() == [0, -1, 1, -1, 0, 1, -1]
+    assert (rows.blank, rows.long) == (3, {})
+
+
+@pytest.mark.parametrize("as_arrow", [False, True])
+def test_a_long_text_is_chunked_at_the_paragraphs_of_the_last_row_holding_it(as_arrow):
+    one, two = "word " * 30, "more " * 30
+    raws = [f"{one}{two}", f"{one}\n\n{two}", "short"]  # the same normalised text, paragraphs only in the second
+    rows = chunk_rows(pa.array(raws) if as_arrow else raws, max_tokens=40, overlap_tokens=0)
+    assert rows.rows.tolist() == [0, 0, 1]
+    assert [c.text for c in rows.chunks_of(rows.texts[0])] == [one.strip(), two.strip()]
+    assert rows.chunks_of("short")[0].text == "short"
+
+
+def test_each_row_gets_its_texts_vector_and_a_blank_row_none(tmp_path, fake_openai):
+    texts = worker(tmp_path, fake_openai, "a")
+    result = texts.complete(texts.prepare(["one", None, "two", "one", " "]))
+    assert result.present.tolist() == [True, False, True, True, False]
+    np.testing.assert_array_equal(result.matrix[0], result.matrix[3])
+    assert not result.matrix[[1, 4]].any()
+    assert [e.chunks[0].text if e else None for e in result.embedded_texts()] == ["one", None, "two", "one", None]

@@ -186,7 +186,7 @@ def test_the_second_rows_are_read_once_the_first_request_is_on_the_wire(first_mi
     def batches():
         for i in range(1, 4):
             events.append(f"read {i}")
-            yield None, None, PreparedRows([], [], misses=first_misses if i == 1 else {"more": 1})
+            yield None, None, PreparedRows([], misses=first_misses if i == 1 else {"more": 1})
 
     assert len(list(_first_request_first(batches(), SendingEmbedder(events)))) == 3
     assert events == expected

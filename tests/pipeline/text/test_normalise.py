@@ -1,11 +1,13 @@
 import random
 
+import pyarrow as pa
 import pytest
 
 from pipeline.text.normalise import (
     normalise_column,
     normalise_paragraphs,
     normalise_text,
+    normalised_array,
     render_template,
     template_fields,
 )
@@ -64,3 +66,23 @@ def test_render_template(columns, expected):
 
 def test_template_fields_in_order_without_repeats():
     assert template_fields("{b} {a} {b:>5}") == ["b", "a"]
+
+
+ROWS = ["  a  b ", "plain", None, "caf\u00e9\u00a0 x", "", "\t", "x\ny"]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.array(ROWS, pa.string()),
+        pa.array(ROWS, pa.large_string()),
+        pa.array(ROWS, pa.string_view()),
+        pa.array(ROWS, pa.string()).dictionary_encode(),
+        pa.chunked_array([ROWS[:3], ROWS[3:]], pa.string()),
+        pa.array(ROWS[2:3], pa.null()),
+    ],
+    ids=["string", "large_string", "string_view", "dictionary", "chunked", "null"],
+)
+def test_an_arrow_column_is_normalised_as_its_rows(column):
+    rows = column.to_pylist()
+    assert normalised_array(column).to_pylist() == [normalise_text(row) for row in rows]
