@@ -1,6 +1,6 @@
-"""Arrow strings from a Python list, built from their buffers: `pa.array` of a list asks its
-pandas shim whether the list is a pandas object first, and that imports pandas (0.2 s in a
-fresh process, on a run's way to its first request)."""
+"""Arrow strings from a Python list, built from their buffers, and integers and bools read from
+theirs: `pa.array` of a list, and `to_numpy`, ask pyarrow's pandas shim first, and that imports
+pandas (0.2 s in a fresh process, on a run's way to its first request)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,21 @@ def large_strings(values: Sequence[str | None]) -> pa.LargeStringArray:
         validity = pa.py_buffer(np.packbits(present, bitorder="little"))
     data = pa.py_buffer(b"".join(encoded))
     return pa.LargeStringArray.from_buffers(len(encoded), pa.py_buffer(offsets), data, validity, nulls)
+
+
+def int_values(array: pa.Array) -> np.ndarray:
+    """The values of an Arrow integer array without nulls, as numpy reads its buffer: `to_numpy`
+    asks pyarrow's pandas shim first, and that imports pandas."""
+    if array.null_count or not pa.types.is_integer(array.type):
+        raise TypeError(f"int_values: an integer array without nulls, not {array.type} with {array.null_count} nulls")
+    kind = "i" if pa.types.is_signed_integer(array.type) else "u"
+    dtype = np.dtype(f"<{kind}{array.type.bit_width // 8}")
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
+def bool_values(array: pa.Array) -> np.ndarray:
+    """The values of an Arrow boolean array without nulls as numpy bools (see `int_values`)."""
+    if array.null_count or not pa.types.is_boolean(array.type):
+        raise TypeError(f"bool_values: a boolean array without nulls, not {array.type} with {array.null_count} nulls")
+    bits = np.unpackbits(np.frombuffer(array.buffers()[1], dtype=np.uint8), bitorder="little")
+    return bits[array.offset : array.offset + len(array)].astype(bool)

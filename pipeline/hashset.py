@@ -48,7 +48,7 @@ def hash64(values: pa.Array | list) -> np.ndarray:
 def _arrow(values: pa.Array | pa.ChunkedArray | list) -> pa.Array | pa.ChunkedArray:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         return values
-    if values and isinstance(values[0], str):  # a run's texts: built without importing pandas
+    if len(values) and isinstance(values[0], str):  # a run's texts: built without importing pandas
         try:
             return large_strings(values)
         except AttributeError:  # not all strings: `pa.array` says what else

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.arrow_strings import int_values
 from pipeline.cache.claims import Claims, ClaimStore
 from pipeline.cache.vectors import VectorCache
 from pipeline.providers.base import Embedder
@@ -196,11 +197,17 @@ def chunk_rows(
     `max_tokens` UTF-8 bytes are one chunk without tokenising (a token is at least a byte).
     Rows are normalised and deduplicated in Arrow: a row costs no Python object, a distinct text one."""
     keys = normalised_array(raw_texts)
-    blank = pc.equal(pc.binary_length(keys), 0)
-    distinct = pc.dictionary_encode(pc.if_else(blank, pa.scalar(None, pa.large_string()), keys))
-    rows = pc.fill_null(distinct.indices, -1).to_numpy().astype(np.int64)
+    distinct = pc.dictionary_encode(keys)  # no nulls: `int_values` reads the indices without pandas
+    rows = int_values(distinct.indices).astype(np.int64)
+    lengths = int_values(pc.binary_length(distinct.dictionary))
     texts = distinct.dictionary.to_pylist()  # in the order rows first hold them
-    long = np.flatnonzero(pc.binary_length(distinct.dictionary).to_numpy() > max_tokens)
+    blank = np.flatnonzero(lengths == 0)
+    if len(blank):  # the blank text is no text: its rows are -1
+        rows[rows == blank[0]] = -1
+        rows[rows > blank[0]] -= 1
+        del texts[blank[0]]
+        lengths = np.delete(lengths, blank[0])
+    long = np.flatnonzero(lengths > max_tokens)
     if not len(long):  # most batches: every text one chunk
         return PreparedRows(texts, rows)
     # The chunker's boundaries are the raw text's paragraphs: of the last row holding each text.

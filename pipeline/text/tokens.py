@@ -9,9 +9,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import tiktoken
+
+from pipeline.arrow_strings import bool_values, int_values, large_strings
 
 _LOADING = threading.Lock()
 # Normalised texts are counted together, joined by a tab and a newline: cl100k_base's pattern
@@ -89,10 +90,10 @@ def count_many(texts: list[str], encoding: tiktoken.Encoding | None = None) -> l
     if not texts:  # a cached batch: no need even to load the encoding
         return []
     encoding = encoding or cl100k_base()
-    array = pa.array(texts, pa.large_string())
-    alone = pc.match_substring_regex(array, _UNJOINABLE).to_numpy(zero_copy_only=False).copy()
+    array = large_strings(texts)  # none of pyarrow's conversions from Python or to numpy: they import pandas
+    alone = bool_values(pc.match_substring_regex(array, _UNJOINABLE))
     counts = np.zeros(len(texts), dtype=np.int64)
-    pieces = _pieces(pc.utf8_length(array).to_numpy(), np.flatnonzero(~alone))
+    pieces = _pieces(int_values(pc.utf8_length(array)), np.flatnonzero(~alone))
     joined = [_SEPARATOR.join([texts[i] for i in piece.tolist()]) for piece in pieces]
     for piece, tokens in zip(pieces, encode_arrays(joined, encoding)):
         cuts = np.flatnonzero(tokens == _separator_token(encoding))

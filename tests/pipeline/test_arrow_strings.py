@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from pipeline.arrow_strings import large_strings
+from pipeline.arrow_strings import bool_values, int_values, large_strings
 from pipeline.hashset import hash64
 
 
@@ -30,3 +30,24 @@ def test_a_value_neither_str_nor_none_is_refused(values):
 def test_texts_hash_alike_from_a_list_or_from_a_file_column(values):
     # ids and texts from a file come as Arrow string columns; a run's texts come as lists
     assert (hash64(values) == hash64(pa.array(values, type=pa.string()))).all()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [pa.array([3, -1, 7], pa.int32()), pa.array(range(10), pa.int64()).slice(3, 4), pa.array([1, 2], pa.uint16())],
+    ids=["int32", "a slice of int64", "uint16"],
+)
+def test_int_values_are_what_numpy_would_read(array):
+    assert int_values(array).tolist() == array.to_pylist()
+
+
+@pytest.mark.parametrize("values", [[True, False, True], [False] * 9 + [True] * 5])
+def test_bool_values_are_what_numpy_would_read_even_of_a_slice(values):
+    array = pa.array(values)
+    assert bool_values(array).tolist() == values and bool_values(array.slice(2)).tolist() == values[2:]
+
+
+@pytest.mark.parametrize("array", [pa.array([1, None]), pa.array(["a"])], ids=["nulls", "not numbers"])
+def test_int_values_refuse_nulls_and_other_types(array):
+    with pytest.raises(TypeError):
+        int_values(array)
