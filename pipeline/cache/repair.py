@@ -122,9 +122,12 @@ def check_cache(path: str | Path) -> CacheReport:
     report = CacheReport(Path(path))
     for row in _readable_rows(report, integrity=True):
         _classify(row, report)
-    for health in segment_health(report.path):
-        report.good += health.good
-        report.bad.update(health.bad)
+    try:
+        for health in segment_health(report.path):
+            report.good += health.good
+            report.bad.update(health.bad)
+    except OSError as exc:
+        raise cache_error(report.path, exc, "read a segment of") from None
     return report
 
 

@@ -32,11 +32,15 @@ class SegmentHealth:
 
 
 def segment_health(cache_path: Path) -> Iterator[SegmentHealth]:
-    """The health of every segment under `cache_path`/segments, one file at a time."""
+    """The health of every segment under `cache_path`/segments, one file at a time; a file a
+    running merge removed meanwhile is skipped (its rows are in the merged one)."""
     for directory in sorted((cache_path / "segments").glob("*-*")):
         dimensions = int(directory.name.rsplit("-", 1)[1])
         for path in sorted(directory.glob("*.seg")):
-            yield _health(path, dimensions)
+            try:
+                yield _health(path, dimensions)
+            except FileNotFoundError:
+                continue
 
 
 def _health(path: Path, dimensions: int) -> SegmentHealth:
@@ -64,13 +68,20 @@ def _health(path: Path, dimensions: int) -> SegmentHealth:
 
 
 def repair_segment(health: SegmentHealth) -> None:
-    """Rewrite a segment with only its good vectors, sorted, or drop it when none can be trusted."""
+    """Rewrite a segment's good vectors, `_CHECK_ROWS` at a time into new files (sorted; the
+    merges join them again), then drop it; drop it alone when none can be trusted."""
     if health.clean:
         return
     if health.keep is not None and health.good:
         segment = Segment(health.path, int(health.path.parent.name.rsplit("-", 1)[1]))
-        rows = np.flatnonzero(health.keep)
-        records = segment.read_records(rows)
-        low, vectors = records[:, :8].copy().view(np.uint64).ravel(), records[:, 8:].copy().view(np.float32)
-        write_segment(health.path.parent, segment.tier, segment.high[rows], low, vectors)
+        for start in range(0, segment.rows, _CHECK_ROWS):
+            end = min(start + _CHECK_ROWS, segment.rows)
+            high, records = segment.read_rows(start, end)
+            good = health.keep[start:end]
+            if good.any():
+                low, vectors = (
+                    records[good, :8].copy().view(np.uint64).ravel(),
+                    records[good, 8:].copy().view(np.float32),
+                )
+                write_segment(health.path.parent, 0, high[good], low, vectors)
     health.path.unlink()

@@ -26,7 +26,8 @@ log = logging.getLogger("embedpipe")
 
 FANOUT = 8  # segments of one tier merged into one of the next
 MOST_IN_A_TIER = 2 * FANOUT  # segments of a tier a writer may get ahead of the merges before it waits
-_MTIME_GRANULARITY_NS = 50_000_000  # a directory listed sooner after a change is listed again next time
+_MTIME_GRANULARITY_NS = 2_000_000_000  # a directory listed sooner after a change is listed again next time
+_ORPHAN_AGE_S = 3600  # a temporary file older than this, of a process gone, was left by a crash
 _F4 = np.dtype("<f4")
 
 
@@ -52,7 +53,7 @@ class SegmentStore:
         self._merger: threading.Thread | None = None
         self._wake, self._stop = threading.Event(), threading.Event()
         self._merged = threading.Condition()  # told after each merge
-        self.merge_failure: OSError | None = None  # the last merge's error, if it failed: logged, tried again
+        self.merge_failure: Exception | None = None  # the last merge's error, if it failed: logged, tried again
 
     def find(self, high: np.ndarray, low: np.ndarray) -> Found:
         """The vectors of those keys that any segment holds, newest segment first."""
@@ -72,12 +73,18 @@ class SegmentStore:
         wait first while the merges are behind (a tier of `MOST_IN_A_TIER`: lookups would slow)."""
         if not len(high):
             return
-        self._merge_soon()
         with self._merged:
-            while self._merges_behind() and self.merge_failure is None and not self._stop.is_set():
-                self._merged.wait(timeout=1.0)  # another process may be the one merging
+            while self._merges_behind() and self._merging():
+                self._merge_soon()  # again each pass: the merge lock may have been another process's
+                self._merged.wait(timeout=1.0)
         write_segment(self.directory, 0, high, low, vectors)
+        self._listed_mtime = None  # list again: a coarse mtime may not show the new file
         self._merge_soon()
+
+    def _merging(self) -> bool:
+        """Whether merges can still catch up: none failed, the thread lives, the store is open."""
+        alive = self._merger is None or self._merger.is_alive()
+        return self.merge_failure is None and alive and not self._stop.is_set()
 
     def _merges_behind(self) -> bool:
         tiers = [segment.tier for segment in self.segments()]
@@ -133,7 +140,7 @@ class SegmentStore:
                     self.merge_failure = None
                     with self._merged:
                         self._merged.notify_all()
-            except OSError as exc:  # a full disk: the segments stay as they are, all readable
+            except Exception as exc:  # noqa: BLE001  a full disk, or worse: the segments stay as they are, all readable
                 if self.merge_failure is None:  # once a store: it is tried again at every new segment
                     log.warning(
                         "cache %s: could not merge segments (%s); lookups stay correct, slower", self.directory, exc
@@ -161,8 +168,10 @@ class SegmentStore:
                 merge_segments(self.directory, inputs, stop)
             except MergeStopped:
                 return False
+            _sync_directory(self.directory)  # the merged file's name on disk before its inputs go
             for segment in inputs:
                 segment.path.unlink(missing_ok=True)
+            self._listed_mtime = None
             return True
 
 
@@ -192,11 +201,21 @@ def _merge_lock(directory: Path):
 
 
 def _remove_orphans(directory: Path) -> None:
-    """Delete temporary files left by processes that died while writing them."""
+    """Delete temporary files left by processes that died while writing them: an hour old and
+    their process gone (a process of another host or container sharing the directory looks gone)."""
     for entry in os.scandir(directory):
-        if entry.name.endswith(".tmp") and not _alive(int(entry.name.rsplit(".", 2)[-2])):
-            with contextlib.suppress(FileNotFoundError):
+        pid = entry.name.rsplit(".", 2)[-2] if entry.name.endswith(".tmp") else ""
+        with contextlib.suppress(FileNotFoundError):
+            if pid.isdigit() and time.time() - entry.stat().st_mtime > _ORPHAN_AGE_S and not _alive(int(pid)):
                 os.unlink(entry.path)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:

@@ -174,6 +174,7 @@ def merge_segments(directory: Path, segments: list[Segment], stop: threading.Eve
             done += _merge_slice(fd, segments, start, end, rows, done)
         if done != rows:  # every input row once: the header's count must hold
             raise OSError(f"merged {done:,} rows of {rows:,}")
+        os.fsync(fd)  # on disk before its inputs are deleted: a power cut must not lose them all
     return path
 
 

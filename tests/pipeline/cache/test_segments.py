@@ -1,16 +1,18 @@
 """Segment files: many writes merged into few files, found from other handles, mended by repair."""
 
+import fcntl
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.cache import segments
+from pipeline.cache import segment_store, segments
 from pipeline.cache.repair import check_cache, repair_cache
 from pipeline.cache.segment_store import FANOUT, SegmentStore
 from pipeline.cache.vectors import VectorCache
@@ -73,15 +75,19 @@ def test_a_merge_given_up_at_close_leaves_no_temporary_file_and_loses_nothing(tm
     assert len(store.find(keys[:, 0].copy(), keys[:, 1].copy()).positions) == len(keys)
 
 
-def test_a_temporary_file_of_a_dead_process_is_removed_by_the_next_merge(tmp_path):
+def test_an_hour_old_temporary_file_of_a_dead_process_is_removed_by_the_next_merge(tmp_path):
     store = SegmentStore(tmp_path / "s", 4)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     orphan = tmp_path / "s" / f"1-0-{dead.stdout.strip()}-ab.seg.{dead.stdout.strip()}.tmp"
     live = tmp_path / "s" / f"0-0-{os.getpid()}-cd.seg.{os.getpid()}.tmp"  # being written by this process
     orphan.write_bytes(b"half a merge")
     live.write_bytes(b"half a write")
+    young = tmp_path / "s" / f"1-0-{dead.stdout.strip()}-ef.seg.{dead.stdout.strip()}.tmp"  # maybe another host's
+    young.write_bytes(b"being written")
+    for old in (orphan, live):
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
     store.merge_once(threading.Event())
-    assert not orphan.exists() and live.exists()
+    assert not orphan.exists() and live.exists() and young.exists()
 
 
 def damage_newest_segment(cache_path: Path, how: str) -> None:
@@ -115,3 +121,43 @@ def test_a_damaged_segment_is_counted_by_check_and_mended_by_repair(tmp_path, ho
     assert check_cache(tmp_path / "c").clean
     found = VectorCache(tmp_path / "c", "ns:8", 8).get_many(["a", "b", "x", "y"])
     assert "a" in found and "b" not in found and len({"x", "y"} & set(found)) == kept
+
+
+def fill_a_tier(store: SegmentStore, directory: Path, files: int) -> None:
+    for i in range(files):
+        keys = np.random.default_rng(i).integers(0, 2**63, size=(4, 2), dtype=np.uint64)
+        segments.write_segment(directory, 0, keys[:, 0], keys[:, 1], np.ones((4, 4), np.float32))
+
+
+def add_in_a_thread(store: SegmentStore) -> threading.Thread:
+    keys = np.random.default_rng(99).integers(0, 2**63, size=(4, 2), dtype=np.uint64)
+    thread = threading.Thread(target=store.add, args=(keys[:, 0], keys[:, 1], np.ones((4, 4), np.float32)))
+    thread.start()
+    return thread
+
+
+def test_a_writer_waiting_for_merges_goes_on_once_another_process_lets_go_of_the_merge_lock(tmp_path):
+    store = SegmentStore(tmp_path / "s", 4)
+    fill_a_tier(store, tmp_path / "s", segment_store.MOST_IN_A_TIER)  # merges are behind: a writer waits
+    holder = os.open(tmp_path / "s" / ".merging", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process merging here
+    writer = add_in_a_thread(store)
+    writer.join(timeout=1.5)
+    assert writer.is_alive()  # waiting, as it should while the tier is full
+    os.close(holder)  # that process stopped without merging this tier
+    writer.join(timeout=10)
+    assert not writer.is_alive() and len(store.segments()) < segment_store.MOST_IN_A_TIER
+    store.close()
+
+
+def test_a_writer_does_not_wait_for_merges_that_failed(tmp_path, monkeypatch):
+    def broken(*args):
+        raise ValueError("a bug in a merge")
+
+    monkeypatch.setattr(segment_store, "merge_segments", broken)
+    store = SegmentStore(tmp_path / "s", 4)
+    fill_a_tier(store, tmp_path / "s", segment_store.MOST_IN_A_TIER)
+    writer = add_in_a_thread(store)
+    writer.join(timeout=10)
+    assert not writer.is_alive() and isinstance(store.merge_failure, ValueError)
+    store.close()

@@ -143,6 +143,7 @@ def test_a_segment_cut_short_is_a_miss_said_once_and_the_vector_stored_again_is_
     cache = VectorCache(tmp_path / "c", "ns:10000", 10_000)  # 40 KB a vector
     cache.put_many({"kept": np.ones(10_000)})
     cache.put_many({"cut": np.full(10_000, 2.0)})
+    cache.close()  # the run that wrote them ended (each open handle says it once)
     newest = max((tmp_path / "c" / "segments").rglob("*.seg"), key=lambda p: p.name.split("-")[1])
     os.truncate(newest, newest.stat().st_size - 100)  # a crash or a full disk mid-file
     again = VectorCache(tmp_path / "c", "ns:10000", 10_000)
