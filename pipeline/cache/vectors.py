@@ -115,8 +115,8 @@ class VectorCache:
                 self._check_vectors_into(result, [some[i] for i in found.positions], found.vectors)
                 found_count += len(found.positions)
             if found_count < len(unique) and len(self._cache) > self._setting_rows:
-                rest = [text for text in unique if text not in result.vectors]
-                self._rows_into(result, [text for text in rest if text not in set(result.bad)])
+                bad = set(result.bad)
+                self._rows_into(result, [text for text in unique if text not in result.vectors and text not in bad])
         return result
 
     def _rows_into(self, result: Lookup, texts: list[str]) -> None:
