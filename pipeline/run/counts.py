@@ -109,6 +109,10 @@ class ChunkTally:
             self.counts[weaker] -= int(held.sum())
             keys = keys[~held]
 
+    def holds(self, kind: str, hashes: np.ndarray) -> np.ndarray:
+        """For each chunk, whether it is counted as `kind`."""
+        return self._kinds[kind].contains_hashes(hashes)
+
     def export(self) -> dict[str, np.ndarray]:
         """The chunks met and each kind's chunks, as hashes: plain data for another process."""
         return {"met": self.met.hashes(), **{kind: members.hashes() for kind, members in self._kinds.items()}}
@@ -130,7 +134,6 @@ class RunCounter:
         self._seen = HashSet()  # distinct texts so far
         self._tally = ChunkTally()  # distinct chunks so far, and how each was had
         self._sent_ahead = HashSet()  # chunks handed to the Batch API before the run
-        self._embedded = HashSet()  # chunks this run embedded and stored
         self._bad = HashSet()  # chunks whose cached entry was bad, counted once
         self._lock = threading.Lock()
 
@@ -174,15 +177,16 @@ class RunCounter:
         """Chunks this run embedded and stored, and their tokens."""
         hashes = hash64(chunks)
         with self._lock:
-            self._embedded.add_hashes(hashes)
             self._tally.add("sent", hashes)
             self.stats.embedded_tokens += tokens
             self._tally_into_stats()
 
     def were_embedded(self, chunks: list[str]) -> list[bool]:
-        """For each chunk, whether this run embedded it."""
+        """For each chunk, whether this run embedded it (or, sent ahead, had the Batch API embed
+        it): the tally's "sent", not a set of its own holding the same millions of hashes."""
+        hashes = _hashes(chunks)
         with self._lock:
-            return list(self._embedded.contains_many(chunks))
+            return list(self._tally.holds("sent", hashes))
 
     def elsewhere(self, chunks: list[str]) -> None:
         """Chunks another process embedded while this one waited: not paid here."""
