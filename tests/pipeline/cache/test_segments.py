@@ -161,3 +161,29 @@ def test_a_writer_does_not_wait_for_merges_that_failed(tmp_path, monkeypatch):
     writer.join(timeout=10)
     assert not writer.is_alive() and isinstance(store.merge_failure, ValueError)
     store.close()
+
+
+WRITER = """
+import sys
+import numpy as np
+from pipeline.cache.vectors import VectorCache
+
+cache, me = VectorCache(sys.argv[1], "ns:8", 8), int(sys.argv[2])
+for batch in range(40):  # texts shared by every process, and texts of its own
+    texts = [f"shared {batch}-{i}" for i in range(25)] + [f"own {me}-{batch}-{i}" for i in range(25)]
+    cache.put_many({t: np.full(8, float(sum(map(ord, t)))) for t in texts})
+cache.close()
+"""
+
+
+def test_processes_writing_and_merging_one_cache_at_once_lose_nothing(tmp_path):
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "c"), str(me)], cwd=Path(__file__).parents[3])
+        for me in range(3)
+    ]
+    assert [writer.wait(timeout=120) for writer in writers] == [0, 0, 0]
+    texts = [f"shared {b}-{i}" for b in range(40) for i in range(25)]
+    texts += [f"own {me}-{b}-{i}" for me in range(3) for b in range(40) for i in range(25)]
+    found = VectorCache(tmp_path / "c", "ns:8", 8).get_many(texts)
+    assert len(found) == len(texts) and all(found[t][0] == sum(map(ord, t)) for t in texts)
+    assert len(segment_files(tmp_path / "c")) < 3 * FANOUT and not list((tmp_path / "c").rglob("*.tmp"))
