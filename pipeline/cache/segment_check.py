@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache.segments import Segment, SegmentDamaged, write_segment
+from pipeline.cache.segments import Segment, SegmentDamaged, split_records, write_segment
 
 _CHECK_ROWS = 65_536  # vectors checked at a time: memory stays bounded on a segment of any size
 
@@ -54,7 +54,7 @@ def _health(path: Path, dimensions: int) -> SegmentHealth:
     for start in range(0, segment.rows, _CHECK_ROWS):
         high = segment.high[start : start + _CHECK_ROWS + 1]
         in_order = in_order and not bool((high[1:] < high[:-1]).any())
-        vectors = segment.vectors_at(start, min(start + _CHECK_ROWS, segment.rows))
+        _, vectors = split_records(segment.read_rows(start, min(start + _CHECK_ROWS, segment.rows))[1])
         finite = np.isfinite(vectors).all(axis=1)
         nonzero = vectors.any(axis=1)
         health.bad["not finite"] += int((~finite).sum())
@@ -79,9 +79,5 @@ def repair_segment(health: SegmentHealth) -> None:
             high, records = segment.read_rows(start, end)
             good = health.keep[start:end]
             if good.any():
-                low, vectors = (
-                    records[good, :8].copy().view(np.uint64).ravel(),
-                    records[good, 8:].copy().view(np.float32),
-                )
-                write_segment(health.path.parent, 0, high[good], low, vectors)
+                write_segment(health.path.parent, 0, high[good], *split_records(records[good]))
     health.path.unlink()

@@ -44,11 +44,13 @@ class Segment:
         self.path, self.dimensions = path, dimensions
         self.tier = int(path.name.split("-", 1)[0])
         self.record = 8 + 4 * dimensions  # bytes of a key's record: low half, then vector
-        with open(path, "rb") as file:
-            header = file.read(HEADER)
-            self.rows = _rows_in(header, os.fstat(file.fileno()).st_size, dimensions, path)
-            self.high = _read_at(file, HEADER, 8 * self.rows).view(_U8)
         self._fd = os.open(path, os.O_RDONLY)  # kept open: a merge may unlink the file meanwhile
+        try:
+            self.rows = _rows_in(os.pread(self._fd, HEADER, 0), os.fstat(self._fd).st_size, dimensions, path)
+            self.high = self._read_at(HEADER, 8 * self.rows).view(_U8)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def __del__(self):
         with contextlib.suppress(AttributeError, OSError):
@@ -60,9 +62,9 @@ class Segment:
         rows = np.searchsorted(self.high, high, side="right") - 1
         at = np.maximum(rows, 0)
         candidates = np.flatnonzero((rows >= 0) & (self.high[at] == high)) if self.rows else np.empty(0, np.intp)
-        records = self.read_records(rows[candidates])
-        hit = records[:, :8].copy().view(_U8).ravel() == low[candidates]
-        return candidates[hit], records[hit, 8:].copy().view(_F4)
+        stored_low, vectors = split_records(self.read_records(rows[candidates]))
+        hit = stored_low == low[candidates]
+        return candidates[hit], vectors[hit]
 
     def read_records(self, rows: np.ndarray) -> np.ndarray:
         """The records (low half, vector: `record` bytes each) of `rows`, one `pread` a row."""
@@ -74,22 +76,23 @@ class Segment:
 
     def read_rows(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows `first` to `last` as (high halves, records), read in one pass into fresh memory."""
-        with open(self.path, "rb") as file:
-            records = _read_at(file, HEADER + 8 * self.rows + self.record * first, self.record * (last - first))
+        records = self._read_at(HEADER + 8 * self.rows + self.record * first, self.record * (last - first))
         return self.high[first:last], records.reshape(last - first, self.record)
 
-    def vectors_at(self, first: int, last: int) -> np.ndarray:
-        """The vectors of rows `first` to `last` (a check reads a file this way, a slice at a time)."""
-        return self.read_rows(first, last)[1][:, 8:].copy().view(_F4)
+    def _read_at(self, offset: int, size: int) -> np.ndarray:
+        """`size` bytes of the file from `offset`, into a fresh array."""
+        data, done = np.empty(size, np.uint8), 0
+        while done < size:  # one read returns at most about 2 GB
+            got = os.preadv(self._fd, [data.data[done:]], offset + done)
+            if not got:
+                raise OSError(f"{self.path.name}: shorter than its header says")
+            done += got
+        return data
 
 
-def _read_at(file, offset: int, size: int) -> np.ndarray:
-    """`size` bytes of `file` from `offset`, into a fresh array."""
-    data = np.empty(size, np.uint8)
-    file.seek(offset)
-    if file.readinto(data.data) != size:
-        raise OSError(f"{file.name}: shorter than its header says")
-    return data
+def split_records(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low halves, float32 vectors) of records: `records_of` undone."""
+    return records[:, :8].copy().view(_U8).ravel(), records[:, 8:].copy().view(_F4)
 
 
 def _rows_in(header: bytes, size: int, dimensions: int, path: Path) -> int:
