@@ -39,6 +39,36 @@ def test_many_small_writes_are_merged_into_few_files_and_every_vector_is_found(t
     assert not list((tmp_path / "c").rglob("*.tmp"))
 
 
+@pytest.mark.parametrize(
+    "asked",
+    [
+        "every key",  # records side by side: read together
+        "every 50th key",  # far apart: read one by one
+        "keys and absent keys, shuffled",
+        "one key",
+    ],
+)
+def test_a_store_finds_each_asked_key_with_its_own_vector(tmp_path, asked):
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2**63, size=(5_000, 2), dtype=np.uint64)
+    keys[1::2, 0] = keys[::2, 0]  # pairs sharing a high half: told apart by the low one
+    vectors = rng.standard_normal((len(keys), 16)).astype(np.float32)
+    store = SegmentStore(tmp_path / "s", 16)
+    store.add(keys[:, 0].copy(), keys[:, 1].copy(), vectors)
+    picks = {
+        "every key": np.arange(len(keys)),
+        "every 50th key": np.arange(0, len(keys), 50),
+        "keys and absent keys, shuffled": rng.permutation(len(keys) + 300)[:2_000],
+        "one key": np.array([4_321]),
+    }[asked]
+    absent = rng.integers(0, 2**63, size=(300, 2), dtype=np.uint64)
+    asked_keys = np.concatenate([keys, absent])[picks]
+    found = store.find(asked_keys[:, 0].copy(), asked_keys[:, 1].copy())
+    store.close()
+    assert sorted(found.positions.tolist()) == np.flatnonzero(picks < len(keys)).tolist()
+    np.testing.assert_array_equal(found.vectors, vectors[picks[found.positions]])
+
+
 def test_a_vector_stored_again_after_a_bad_one_is_the_one_found_after_merging(tmp_path):
     cache = VectorCache(tmp_path / "c", "ns:8", 8)
     cache.put_many({"t": np.zeros(8)})  # bad: all zeros
