@@ -50,11 +50,13 @@ def _health(path: Path, dimensions: int) -> SegmentHealth:
     except SegmentDamaged:
         health.bad["damaged segment files"] += 1
         return health
-    keep, in_order = [], True
+    keep, in_order, before = [], True, np.empty(0, np.uint64)
     for start in range(0, segment.rows, _CHECK_ROWS):
-        high = segment.high[start : start + _CHECK_ROWS + 1]
-        in_order = in_order and not bool((high[1:] < high[:-1]).any())
-        _, vectors = split_records(segment.read_rows(start, min(start + _CHECK_ROWS, segment.rows))[1])
+        high, records = segment.read_rows(start, min(start + _CHECK_ROWS, segment.rows))
+        keys = np.concatenate([before, high])  # the last key before: order across slices too
+        in_order = in_order and not bool((keys[1:] < keys[:-1]).any())
+        before = high[-1:]
+        _, vectors = split_records(records)
         finite = np.isfinite(vectors).all(axis=1)
         nonzero = vectors.any(axis=1)
         health.bad["not finite"] += int((~finite).sum())

@@ -6,10 +6,11 @@ half and the float32 vector. A batch of vectors is one new segment, written in o
 pass, where a SQLite row per vector dirtied a random page of the key index each (80 µs a key at
 7 M keys). `SegmentStore` (segment_store.py) merges them and finds keys in them.
 
-A reader holds a segment's high halves in memory (8 bytes a key) and reads a found key's record
-with one `pread`: nothing is mapped, so lookups leave no file pages in the process's resident
-memory (mapped, this kernel's large page-cache folios made a random read of one vector resident
-as up to 2 MB).
+A reader holds the top 32 bits of a segment's keys in memory (`KeyIndex`: about 5 bytes a key)
+and reads a found key's record with one `pread`; the key is told by its top 32 and low 64 bits,
+96 bits of sha256 (no two of 10^9 texts share them, bar odds of 10^-11). Nothing is mapped, so
+lookups leave no file pages in the process's resident memory (mapped, this kernel's large
+page-cache folios made a random read of one vector resident as up to 2 MB).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.cache.segment_index import TOP, KeyIndex
 
 MAGIC = b"EPVSEG02"
 HEADER = 32  # magic, rows (u8), dimensions (u4), 12 bytes reserved
@@ -41,7 +44,7 @@ def key_columns(digests: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Segment:
-    """One segment file: its high halves in memory, its records read from the file as needed."""
+    """One segment file: its keys' top bits in memory, its records read from the file as needed."""
 
     def __init__(self, path: Path, dimensions: int):
         self.path, self.dimensions = path, dimensions
@@ -50,7 +53,7 @@ class Segment:
         self._fd = os.open(path, os.O_RDONLY)  # kept open: a merge may unlink the file meanwhile
         try:
             self.rows = _rows_in(os.pread(self._fd, HEADER, 0), os.fstat(self._fd).st_size, dimensions, path)
-            self.high = self._read_at(HEADER, 8 * self.rows).view(_U8)
+            self.index = KeyIndex(self._top_bits())
         except BaseException:
             os.close(self._fd)
             raise
@@ -62,29 +65,31 @@ class Segment:
     def find(self, high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions among the keys given, their vectors) of the keys this segment holds. Where
         a key is here twice (stored again after a bad vector), the last, newest, is the one found."""
-        query, rows = self._rows_of(high)
+        query, rows = self.index.rows_of(high >> np.uint64(64 - TOP))
         stored_low, vectors = split_records(self.read_records(rows))
         hit = np.flatnonzero(stored_low == low[query])
         asked = query[hit]
         newest = np.r_[asked[1:] != asked[:-1], True] if len(asked) else np.empty(0, bool)  # a key's last row
         return asked[newest], vectors[hit[newest]]
 
-    def _rows_of(self, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(which key, row) for every row whose high half is a key's: one row a key nearly always,
-        several where keys share their high half (about 3e-4 odds at 10^8 keys)."""
-        last = np.searchsorted(self.high, high, side="right") - 1
-        at = np.maximum(last, 0)
-        held = (last >= 0) & (self.high[at] == high) if self.rows else np.zeros(len(high), bool)
-        first = last.copy()
-        shared = held & (last >= 1) & (self.high[np.maximum(last - 1, 0)] == high)
-        if shared.any():
-            first[shared] = np.searchsorted(self.high, high[shared], side="left")
-        query = np.flatnonzero(held)
-        counts = (last - first + 1)[query]
-        if not shared.any():
-            return query, last[query]
-        starts = np.repeat(np.cumsum(counts) - counts, counts)
-        return np.repeat(query, counts), np.repeat(first[query], counts) + np.arange(int(counts.sum())) - starts
+    def _top_bits(self) -> np.ndarray:
+        """The top bits of every key, read a slice at a time: the full keys are never all in memory."""
+        step = 1 << 20
+        return np.concatenate(
+            [np.empty(0, np.uint32)]
+            + [
+                (self.read_keys(first, min(first + step, self.rows)) >> np.uint64(64 - TOP)).astype(np.uint32)
+                for first in range(0, self.rows, step)
+            ]
+        )
+
+    def first_row_at_or_after(self, key: int) -> int:
+        """The first row whose high half is at least `key`, a multiple of 2^32."""
+        return int(self.index.bound(np.array([key >> (64 - TOP)], np.uint32), after=False)[0])
+
+    def read_keys(self, first: int, last: int) -> np.ndarray:
+        """The high halves of rows `first` to `last`, from the file."""
+        return self._read_at(HEADER + 8 * first, 8 * (last - first)).view(_U8)
 
     def read_records(self, rows: np.ndarray) -> np.ndarray:
         """The records (low half, vector: `record` bytes each) of `rows` (ascending). Rows close
@@ -110,9 +115,9 @@ class Segment:
         return np.frombuffer(data, np.uint8).reshape(-1, size)[at]
 
     def read_rows(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows `first` to `last` as (high halves, records), read in one pass into fresh memory."""
+        """Rows `first` to `last` as (high halves, records), each read in one pass into fresh memory."""
         records = self._read_at(HEADER + 8 * self.rows + self.record * first, self.record * (last - first))
-        return self.high[first:last], records.reshape(last - first, self.record)
+        return self.read_keys(first, last), records.reshape(last - first, self.record)
 
     def _read_at(self, offset: int, size: int) -> np.ndarray:
         """`size` bytes of the file from `offset`, into a fresh array."""
@@ -200,7 +205,7 @@ def merge_segments(directory: Path, segments: list[Segment], stop: threading.Eve
     time so that memory stays bounded; `MergeStopped` once `stop` is set, leaving nothing."""
     rows, dimensions = sum(s.rows for s in segments), segments[0].dimensions
     slices = max(1, -(-rows * (DIGEST + 4 * dimensions) // MERGE_BYTES))
-    bounds = [(2**64 * i) // slices for i in range(slices)]
+    bounds = [((2**TOP * i) // slices) << (64 - TOP) for i in range(slices)]  # where the index can find them
     done, stamp = 0, max(stamp_of(s.path.name) for s in segments)
     with _new_file(directory, max(s.tier for s in segments) + 1, stamp) as (file, fd, path):
         _write_header(file, rows, dimensions)
@@ -225,8 +230,8 @@ def _merge_slice(fd: int, segments: list[Segment], start: int, end: int | None, 
     `rows` rows; the rows written."""
     parts = []
     for segment in segments:
-        first = int(np.searchsorted(segment.high, np.uint64(start), side="left"))
-        last = segment.rows if end is None else int(np.searchsorted(segment.high, np.uint64(end), side="left"))
+        first = segment.first_row_at_or_after(start)
+        last = segment.rows if end is None else segment.first_row_at_or_after(end)
         parts.append(segment.read_rows(first, last))
     high = np.concatenate([p[0] for p in parts])
     order = np.argsort(high, kind="stable")  # stable: of equal keys the newest segment's stays last

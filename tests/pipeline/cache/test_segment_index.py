@@ -1,0 +1,24 @@
+"""A segment's in-memory index finds the same rows a binary search over every key would."""
+
+import numpy as np
+import pytest
+
+from pipeline.cache.segment_index import KeyIndex
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 1_000, 100_000])
+@pytest.mark.parametrize("shared", [False, True])  # stored keys sharing their top bits
+def test_the_index_finds_each_key_where_a_binary_search_does(rows, shared):
+    rng = np.random.default_rng(rows)
+    top = np.sort(rng.integers(0, 2**32, size=rows, dtype=np.uint64).astype(np.uint32))
+    if shared and rows > 1:
+        top[1::3] = top[::3][: len(top[1::3])]
+        top.sort()
+    index = KeyIndex(top)
+    asked = np.concatenate([top[rng.permutation(rows)[:500]], rng.integers(0, 2**32, 500, dtype=np.uint64)])
+    asked = np.concatenate([asked.astype(np.uint32), np.array([0, 2**32 - 1], np.uint32)])
+    for after, side in ((True, "right"), (False, "left")):
+        np.testing.assert_array_equal(index.bound(asked, after), np.searchsorted(top, asked, side=side))
+    query, found = index.rows_of(asked)
+    expected = [(q, r) for q, key in enumerate(asked.tolist()) for r in np.flatnonzero(top == key).tolist()]
+    assert list(zip(query.tolist(), found.tolist())) == expected
