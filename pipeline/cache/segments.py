@@ -92,12 +92,17 @@ class Segment:
         return self._read_at(HEADER + 8 * first, 8 * (last - first)).view(_U8)
 
     def read_records(self, rows: np.ndarray) -> np.ndarray:
-        """The records (low half, vector: `record` bytes each) of `rows` (ascending). Rows close
+        """The records (low half, vector: `record` bytes each) of `rows`, in that order. Rows close
         together are read in one `pread`, the others one each."""
         size, start = self.record, HEADER + 8 * self.rows
         if not len(rows):
             return np.empty((0, size), np.uint8)
-        if (np.diff(rows) < 0).any():  # keys not asked in order: read in file order all the same
+        if len(rows) * _NEAR_BYTES < self.rows * size:  # spread wider than 4 KB apart: one read a row, as asked
+            data = b"".join([os.pread(self._fd, size, start + size * row) for row in rows.tolist()])
+            if len(data) != size * len(rows):
+                raise OSError(f"{self.path.name}: shorter than its header says")
+            return np.frombuffer(data, np.uint8).reshape(len(rows), size)
+        if (np.diff(rows) < 0).any():  # dense: read in file order, rows close together at once
             order = np.argsort(rows, kind="stable")
             records = self.read_records(rows[order])
             records[order] = records.copy()
