@@ -1,6 +1,5 @@
 """A sorted run of 64-bit hashes kept on disk, with what finds a member without reading it all:
-a blocked Bloom filter (10 bits a member, about 2% false positives: a key's bits all in one 64-bit
-word, so a query costs one memory read, not one a probe) and one fence key a block.
+a Bloom filter (`bloom.py`: 10 bits a member, about 2% false positives) and one fence key a block.
 
 `HashSet` spills its oldest members here once it holds more than its bound in memory, so a set
 of 10^8 hashes costs about 1 byte a member in RAM instead of 8. A query reads only what its
@@ -19,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bloom import BloomFilter
+
 _BLOCK = 512  # hashes a block (4 KiB): one fence key each
 _SLICE_BLOCKS = 1024  # blocks a slice when the run is read through (4 MiB)
-_FILTER_BITS = 10  # a member; with _PROBES bits a key in one word, 1.8% false positives
-_PROBES = 5
-_U64 = np.dtype("<u8")
 _DTYPE = np.dtype("<i8")
 
 
@@ -48,14 +46,14 @@ class SpilledRun:
         self.count = count
         handle, name = tempfile.mkstemp(prefix="hashes-", suffix=".i8", dir=directory)
         self.path = Path(name)
-        self.filter = np.zeros(max(1, count * _FILTER_BITS // 64), dtype=_U64)
+        self.filter = BloomFilter(count)
         fences, written = [], 0
         with os.fdopen(handle, "wb") as file:
             for members in slices:
                 file.write(members.astype(_DTYPE, copy=False).tobytes())
                 fences.append(members[-written % _BLOCK :: _BLOCK])
                 for start in range(0, len(members), 1 << 18):  # bounded temporaries while building
-                    np.bitwise_or.at(self.filter, *self._words_and_bits(members[start : start + (1 << 18)]))
+                    self.filter.add(members[start : start + (1 << 18)])
                 written += len(members)
         self._fd = os.open(self.path, os.O_RDONLY)
         self._closer = weakref.finalize(self, _remove, self._fd, self.path)
@@ -67,7 +65,7 @@ class SpilledRun:
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """For each key, whether this run holds it."""
         found = np.zeros(len(keys), dtype=bool)
-        maybe = np.flatnonzero(self._maybe(keys))
+        maybe = np.flatnonzero(self.filter.maybe(keys))
         if not len(maybe):
             return found
         order = maybe[np.argsort(keys[maybe], kind="stable")]
@@ -85,21 +83,6 @@ class SpilledRun:
     def close(self) -> None:
         """Remove the file now rather than when the run is collected."""
         self._closer()
-
-    def _maybe(self, keys: np.ndarray) -> np.ndarray:
-        words, bits = self._words_and_bits(keys)
-        return (self.filter[words] & bits) == bits
-
-    def _words_and_bits(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each key's filter word and its `_PROBES` bits there: the word from the key's high 32
-        bits (scaled to the filter by a multiply, not a modulo), the bits from six-bit fields of
-        its low ones (the keys are hashes already, their bits well mixed)."""
-        unsigned = keys.astype(np.int64, copy=False).view(np.uint64)
-        words = (((unsigned >> np.uint64(32)) * np.uint64(len(self.filter))) >> np.uint64(32)).astype(np.intp)
-        bits = np.zeros(len(keys), dtype=np.uint64)
-        for probe in range(_PROBES):
-            bits |= np.uint64(1) << ((unsigned >> np.uint64(6 * probe)) & np.uint64(63))
-        return words, bits
 
     def _contains_by_blocks(self, keys: np.ndarray, blocks: np.ndarray) -> np.ndarray:
         found = np.zeros(len(keys), dtype=bool)

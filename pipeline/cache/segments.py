@@ -7,8 +7,9 @@ pass, where a SQLite row per vector dirtied a random page of the key index each 
 7 M keys). `SegmentStore` (segment_store.py) merges them and finds keys in them.
 
 A reader holds the top 32 bits of a segment's keys in memory (`KeyIndex`: about 5 bytes a key)
-and reads a found key's record with one `pread`; the key is told by its top 32 and low 64 bits,
-96 bits of sha256 (no two of 10^9 texts share them, bar odds of 10^-11). Nothing is mapped, so
+and a Bloom filter of them that turns away at once most keys the file lacks (1.25 bytes a key),
+and reads a found key's record with one `pread`. A key is told by its top 32 and low 64 bits, 96
+bits of sha256 (no two of 10^9 texts share them, bar odds of 10^-11). Nothing is mapped, so
 lookups leave no file pages in the process's resident memory (mapped, this kernel's large
 page-cache folios made a random read of one vector resident as up to 2 MB).
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bloom import BloomFilter
 from pipeline.cache.segment_index import TOP, KeyIndex
 
 MAGIC = b"EPVSEG02"
@@ -53,6 +55,7 @@ class Segment:
         self._fd = os.open(path, os.O_RDONLY)  # kept open: a merge may unlink the file meanwhile
         try:
             self.rows = _rows_in(os.pread(self._fd, HEADER, 0), os.fstat(self._fd).st_size, dimensions, path)
+            self.filter = BloomFilter(self.rows)  # most keys a lookup asks are in another file
             self.index = KeyIndex(self._top_bits())
         except BaseException:
             os.close(self._fd)
@@ -65,7 +68,9 @@ class Segment:
     def find(self, high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions among the keys given, their vectors) of the keys this segment holds. Where
         a key is here twice (stored again after a bad vector), the last, newest, is the one found."""
-        query, rows = self.index.rows_of(high >> np.uint64(64 - TOP))
+        maybe = np.flatnonzero(self.filter.maybe(high))
+        query, rows = self.index.rows_of(high[maybe] >> np.uint64(64 - TOP))
+        query = maybe[query]
         stored_low, vectors = split_records(self.read_records(rows))
         hit = np.flatnonzero(stored_low == low[query])
         asked = query[hit]
@@ -73,15 +78,14 @@ class Segment:
         return asked[newest], vectors[hit[newest]]
 
     def _top_bits(self) -> np.ndarray:
-        """The top bits of every key, read a slice at a time: the full keys are never all in memory."""
-        step = 1 << 20
-        return np.concatenate(
-            [np.empty(0, np.uint32)]
-            + [
-                (self.read_keys(first, min(first + step, self.rows)) >> np.uint64(64 - TOP)).astype(np.uint32)
-                for first in range(0, self.rows, step)
-            ]
-        )
+        """The top bits of every key, each key added to the filter on the way, read a slice at a
+        time: the full keys are never all in memory."""
+        tops = [np.empty(0, np.uint32)]
+        for first in range(0, self.rows, 1 << 20):
+            keys = self.read_keys(first, min(first + (1 << 20), self.rows))
+            self.filter.add(keys)
+            tops.append((keys >> np.uint64(64 - TOP)).astype(np.uint32))
+        return np.concatenate(tops)
 
     def first_row_at_or_after(self, key: int) -> int:
         """The first row whose high half is at least `key`, a multiple of 2^32."""
