@@ -12,11 +12,13 @@ found in the cache is one chunk, sent.
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from pipeline.hashset import HashSet, hash64
+from pipeline.run.distinct_texts import DistinctTexts
 
 
 @dataclass
@@ -117,9 +119,9 @@ class ChunkTally:
         """The chunks met and each kind's chunks, as hashes: plain data for another process."""
         return {"met": self.met.hashes(), **{kind: members.hashes() for kind, members in self._kinds.items()}}
 
-    def merge(self, exported: dict[str, np.ndarray]) -> int:
-        """Add another tally's `export`; returns how many of its chunks this one had not met."""
-        new = int(self.meet(exported["met"]).sum())
+    def merge(self, exported: dict[str, np.ndarray]) -> np.ndarray:
+        """Add another tally's `export`; returns those of its chunks this one had not met."""
+        new = exported["met"][self.meet(exported["met"])]
         for kind in KINDS:
             self.add(kind, exported[kind])
         return new
@@ -131,8 +133,8 @@ class RunCounter:
 
     def __init__(self) -> None:
         self.stats = RunStats()
-        self._seen = HashSet()  # distinct texts so far
         self._tally = ChunkTally()  # distinct chunks so far, and how each was had
+        self._texts = DistinctTexts(self._tally.met)  # distinct texts so far
         self._sent_ahead = HashSet()  # chunks handed to the Batch API before the run
         self._bad = HashSet()  # chunks whose cached entry was bad, counted once
         self._lock = threading.Lock()
@@ -150,23 +152,42 @@ class RunCounter:
             self.stats.rows += rows
             self.stats.reused_rows += rows
 
-    def met(self, rows: int, blank: int, texts: list[str], chunks: list[str], cached: np.ndarray) -> None:
-        """Rows read, the texts not seen before and the chunks met for the first time: as cache
-        hits where `cached` (as sent where the Batch API had just embedded them); the others are
-        counted when embedded."""
-        texts_hashed = _hashes(texts)
-        hashes = texts_hashed if chunks is texts else _hashes(chunks)  # most batches: each text is its one chunk
+    def met(
+        self,
+        rows: int,
+        blank: int,
+        texts: list[str],
+        chunks: list[str],
+        cached: np.ndarray,
+        long: Collection[str] = (),
+    ) -> None:
+        """Rows read, the texts not seen before (those in `long` of several chunks, the others
+        each its own chunk) and the chunks met for the first time: as cache hits where `cached`
+        (as sent where the Batch API had just embedded them); the others are counted when embedded."""
+        hashes = _hashes(chunks)
         with self._lock:
             self.stats.rows += rows
             self.stats.null_texts += blank
-            self.stats.distinct_texts += int(self._seen.add_hashes(texts_hashed).sum())
             first = self._tally.meet(hashes)
+            self.stats.distinct_texts += self._new_texts(texts, chunks, hashes, first, long)
             self.stats.chunks += int(first.sum())
             found = hashes[first & cached]
             ahead = self._sent_ahead.contains_hashes(found)
             self._tally.add("sent", found[ahead])
             self._tally.add("hit", found[~ahead])
             self._tally_into_stats()
+
+    def _new_texts(
+        self, texts: list[str], chunks: list[str], hashes: np.ndarray, first: np.ndarray, long: Collection[str]
+    ) -> int:  # under the lock
+        if chunks is texts or not long:  # most batches: each text its one chunk, in the same order
+            return self._texts.meet_short(hashes, first)
+        at = {chunk: i for i, chunk in enumerate(chunks)}
+        short = np.array([at[text] for text in texts if text not in long], dtype=np.intp)
+        inside = np.ones(len(chunks), dtype=bool)
+        inside[short] = False
+        new = self._texts.meet_short(hashes[short], first[short])
+        return new + self._texts.meet_long(_hashes([t for t in texts if t in long]), hashes[inside & first])
 
     def sent_ahead(self, chunks: list[str]) -> None:
         """Chunks handed to the Batch API before the run reads them again."""
@@ -207,14 +228,16 @@ class RunCounter:
         once, and its other counts as they are."""
         with self._lock:
             self.stats.merge(stats, skip=_BY_HASH)
-            self.stats.distinct_texts += int(self._seen.add_hashes(texts).sum())
-            self.stats.chunks += self._tally.merge(chunks)
+            fresh = texts[~self._texts.holds(texts)]  # before its chunks join those met here
+            new_chunks = self._tally.merge(chunks)
+            self.stats.distinct_texts += self._texts.merge(fresh, texts, new_chunks)
+            self.stats.chunks += len(new_chunks)
             self._tally_into_stats()
 
     def export(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The distinct texts and the chunk tally, as hashes, for `merge` in another process."""
         with self._lock:
-            return self._seen.hashes(), self._tally.export()
+            return self._texts.hashes(), self._tally.export()
 
     def _tally_into_stats(self) -> None:  # under the lock
         counts = self._tally.counts

@@ -111,7 +111,7 @@ class TextEmbedder:
         chunk, look the chunks up in the cache and count the tokens of those it lacks."""
         rows = self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens))
         chunks = rows.chunk_texts()
-        self.counts.met(len(rows.rows), rows.blank, rows.texts, chunks, _found(chunks, rows.cached))
+        self.counts.met(len(rows.rows), rows.blank, rows.texts, chunks, _found(chunks, rows.cached), rows.long)
         return rows
 
     def send_ahead(self, raw_texts: list[str | None] | pa.Array | pa.ChunkedArray) -> dict[str, int]:
