@@ -1,5 +1,5 @@
 """What a reader keeps in memory of a segment to find its keys: the top 32 bits of each (sorted,
-4 bytes a key) and where each bucket of the key space starts (about a byte a key more).
+4 bytes a key) and where each bucket of the key space starts (0.5 to 1 byte a key more).
 
 Keys are sha256 bits, spread evenly, so a bucket of the top bits holds a handful of them: a key is
 found in its bucket in a few vectorised steps, touching a cache line or two. A binary search over
@@ -23,7 +23,8 @@ class KeyIndex:
         rows = len(self.top)
         self.bits = min(TOP, max(0, (rows // KEYS_A_BUCKET).bit_length() - 1))
         counts = np.bincount(self.top >> (TOP - self.bits), minlength=2**self.bits) if self.bits else [rows]
-        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        # uint32 where a file holds under 2^32 keys: 0.5 to 1 byte a key
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint32 if rows < 2**32 else np.int64)
         self.steps = int(np.max(counts, initial=0)).bit_length()  # halvings that empty the fullest bucket
 
     @property
@@ -51,7 +52,7 @@ class KeyIndex:
     def bound(self, top: np.ndarray, after: bool) -> np.ndarray:
         """`np.searchsorted(self.top, top, side="right" if after else "left")`, a bucket at a time."""
         bucket = (top >> (TOP - self.bits)).astype(np.intp) if self.bits else np.zeros(len(top), np.intp)
-        low, high = self.starts[bucket], self.starts[bucket + 1]
+        low, high = self.starts[bucket].astype(np.intp), self.starts[bucket + 1].astype(np.intp)
         last = max(len(self.top) - 1, 0)
         for _ in range(self.steps):
             middle = (low + high) >> 1

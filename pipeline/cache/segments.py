@@ -69,7 +69,7 @@ class Segment:
         """(positions among the keys given, their vectors) of the keys this segment holds. Where
         a key is here twice (stored again after a bad vector), the last, newest, is the one found."""
         maybe = np.flatnonzero(self.filter.maybe(high))
-        query, rows = self.index.rows_of(high[maybe] >> np.uint64(64 - TOP))
+        query, rows = self.index.rows_of(high[maybe].astype(np.uint64, copy=False) >> np.uint64(64 - TOP))
         query = maybe[query]
         stored_low, vectors = split_records(self.read_records(rows))
         hit = np.flatnonzero(stored_low == low[query])
@@ -87,9 +87,9 @@ class Segment:
             tops.append((keys >> np.uint64(64 - TOP)).astype(np.uint32))
         return np.concatenate(tops)
 
-    def first_row_at_or_after(self, key: int) -> int:
-        """The first row whose high half is at least `key`, a multiple of 2^32."""
-        return int(self.index.bound(np.array([key >> (64 - TOP)], np.uint32), after=False)[0])
+    def first_row_at_or_after(self, top: int) -> int:
+        """The first row whose key's top bits are at least `top`."""
+        return int(self.index.bound(np.array([top], np.uint32), after=False)[0])
 
     def read_keys(self, first: int, last: int) -> np.ndarray:
         """The high halves of rows `first` to `last`, from the file."""
@@ -214,7 +214,7 @@ def merge_segments(directory: Path, segments: list[Segment], stop: threading.Eve
     time so that memory stays bounded; `MergeStopped` once `stop` is set, leaving nothing."""
     rows, dimensions = sum(s.rows for s in segments), segments[0].dimensions
     slices = max(1, -(-rows * (DIGEST + 4 * dimensions) // MERGE_BYTES))
-    bounds = [((2**TOP * i) // slices) << (64 - TOP) for i in range(slices)]  # where the index can find them
+    bounds = sorted({(2**TOP * i) // slices for i in range(slices)})  # in top bits: where the index finds them
     done, stamp = 0, max(stamp_of(s.path.name) for s in segments)
     with _new_file(directory, max(s.tier for s in segments) + 1, stamp) as (file, fd, path):
         _write_header(file, rows, dimensions)
@@ -222,7 +222,7 @@ def merge_segments(directory: Path, segments: list[Segment], stop: threading.Eve
         for i, start in enumerate(bounds):
             if stop.is_set():
                 raise MergeStopped
-            end = bounds[i + 1] if i + 1 < slices else None
+            end = bounds[i + 1] if i + 1 < len(bounds) else None
             done += _merge_slice(fd, segments, start, end, rows, done)
         if done != rows:  # every input row once: the header's count must hold
             raise OSError(f"merged {done:,} rows of {rows:,}")
@@ -235,8 +235,8 @@ class MergeStopped(Exception):
 
 
 def _merge_slice(fd: int, segments: list[Segment], start: int, end: int | None, rows: int, done: int) -> int:
-    """Write the keys in [start, end) of every segment, sorted, at row `done` of a merged file of
-    `rows` rows; the rows written."""
+    """Write the keys whose top bits are in [start, end) of every segment, sorted, at row `done`
+    of a merged file of `rows` rows; the rows written."""
     parts = []
     for segment in segments:
         first = segment.first_row_at_or_after(start)
@@ -253,6 +253,8 @@ def _merge_slice(fd: int, segments: list[Segment], start: int, end: int | None, 
 def _write_at(fd: int, column: np.ndarray, offset: int) -> None:
     """All of `column` at `offset`: a write the disk cut short (full) is carried on, so that it
     raises, rather than leaving a hole of zeros in a file that is then renamed into place."""
+    if not column.size:  # a slice of the key space no key fell in
+        return
     data = np.ascontiguousarray(column).data.cast("B")
     while data:
         written = os.pwrite(fd, data, offset)

@@ -6,7 +6,11 @@ core, and each arena keeps the memory freed in it for its next allocations. A ru
 arrays, so the resident memory grew with the run's length. 4 M rows, two partitions at once
 (`benchmarks/scale.py`'s input): peak RSS of a cold run 838 -> 704 MB, of a cached one 671 -> 622
 MB, in the same time within the noise (cold 67.7 and 64.5 s, cached 23.9 and 25.9 s).
-A user's own `MALLOC_ARENA_MAX` is left as set.
+A user's own `MALLOC_ARENA_MAX` (or `GLIBC_TUNABLES` arena_max) is left as set.
+
+glibc settles its limit once, when a process first has more arenas than 8 a core: asked after
+that, it says yes and changes nothing. The command line asks first thing, before Prefect starts
+its threads; `prepare_run` asks again for a run started from Python (the benchmarks', a user's).
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ _M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
 
 
 def share_malloc_arenas(arenas: int = ARENAS) -> bool:
-    """Have threads started from now on share `arenas` malloc arenas; whether it was set
-    (False off glibc, or where `MALLOC_ARENA_MAX` says otherwise)."""
-    if "MALLOC_ARENA_MAX" in os.environ:
+    """Ask glibc to have threads started from now on share `arenas` malloc arenas; whether it
+    was asked (not off glibc, nor where the environment names a limit of its own)."""
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         process = ctypes.CDLL(None)

@@ -105,6 +105,32 @@ def test_a_merge_given_up_at_close_leaves_no_temporary_file_and_loses_nothing(tm
     assert len(store.find(keys[:, 0].copy(), keys[:, 1].copy()).positions) == len(keys)
 
 
+@pytest.mark.parametrize("merge_bytes", [64, 4096, segments.MERGE_BYTES])  # many slices, some empty; a few; one
+def test_a_merge_in_slices_keeps_every_key_once_with_its_newest_vector(tmp_path, monkeypatch, merge_bytes):
+    monkeypatch.setattr(segments, "MERGE_BYTES", merge_bytes)
+    rng = np.random.default_rng(merge_bytes)
+    keys = rng.integers(0, 2**64 - 1, size=(FANOUT * 50, 2), dtype=np.uint64)
+    keys[:20, 0] = (keys[:20, 0] >> np.uint64(32)) << np.uint64(32)  # on a slice's first key
+    keys[20:40, 0] = keys[40:60, 0]  # sharing a high half with another key
+    keys[60:70, 0] = np.uint64(2**64 - 1)
+    directory = tmp_path / "s"
+    directory.mkdir()
+    for n, part in enumerate(np.split(keys, FANOUT)):
+        segments.write_segment(directory, 0, part[:, 0], part[:, 1], np.full((len(part), 4), n + 1, np.float32))
+    again = keys[::7]  # stored again, newer: these vectors win
+    segments.write_segment(directory, 0, again[:, 0], again[:, 1], np.full((len(again), 4), 99, np.float32))
+    store = SegmentStore(directory, 4)
+    while store.merge_once(threading.Event()):
+        pass
+    files = store.segments()
+    assert len(files) == 1 and files[0].rows == len(keys) + len(again)  # every row once, the older copy too
+    stored = files[0].read_keys(0, files[0].rows)
+    assert bool((stored[1:] >= stored[:-1]).all())
+    found = store.find(keys[:, 0].copy(), keys[:, 1].copy())
+    by_key = dict(zip(found.positions.tolist(), found.vectors[:, 0].tolist()))
+    assert by_key == {i: 99.0 if i % 7 == 0 else float(i // 50 + 1) for i in range(len(keys))}
+
+
 def test_an_hour_old_temporary_file_of_a_dead_process_is_removed_by_the_next_merge(tmp_path):
     store = SegmentStore(tmp_path / "s", 4)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -23,8 +23,11 @@ ctypes.CDLL(None).malloc_stats()  # to stderr: an "Arena N:" section each
 """
 
 
-@pytest.mark.parametrize("env, set_here, most_arenas", [({}, True, 2), ({"MALLOC_ARENA_MAX": "8"}, False, 8)])
-def test_threads_share_two_arenas_unless_malloc_arena_max_is_set(env, set_here, most_arenas):
+@pytest.mark.parametrize(
+    "env, set_here, most_arenas",
+    [({}, True, 2), ({"MALLOC_ARENA_MAX": "8"}, False, 8), ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=8"}, False, 8)],
+)
+def test_threads_share_two_arenas_unless_the_environment_sets_a_limit(env, set_here, most_arenas):
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's arenas: Linux only")
     done = subprocess.run(
