@@ -9,7 +9,7 @@ handful of them. Used to find repeated ids and to count distinct texts over inpu
 than memory would hold as Python objects.
 
 Beyond `memory_members` (8 MB of hashes) the runs in memory go to disk as one `SpilledRun`,
-found through a Bloom filter of one byte a member: at 10^8 members about 100 MB, not 800.
+found through a Bloom filter of 10 bits a member: at 10^8 members about 125 MB, not 800.
 """
 
 from __future__ import annotations
