@@ -28,7 +28,12 @@ class ParquetFormat(InputFormat):
         self, file: Path, columns: list[str] | None, batch_rows: int, row_groups: list[int] | None, encoding: str
     ) -> Iterator[pa.RecordBatch]:
         """The file's rows (or those of `row_groups`) in batches of `batch_rows`."""
-        yield from pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups)
+        # Row group by row group, on this thread: pyarrow's defaults (pre-buffered, decoded by its
+        # threads) held 59 MB of Arrow memory a reader against 7, and read no faster on 2 cores.
+        parquet = pq.ParquetFile(file, pre_buffer=False)
+        yield from parquet.iter_batches(
+            batch_size=batch_rows, columns=columns, row_groups=row_groups, use_threads=False
+        )
 
     def row_group_rows(self, file: Path) -> list[int]:
         """Each row group's row count, from the footer."""
