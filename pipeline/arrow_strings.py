@@ -25,6 +25,12 @@ def large_strings(values: Sequence[str | None]) -> pa.LargeStringArray:
     return pa.LargeStringArray.from_buffers(len(encoded), pa.py_buffer(offsets), data, validity, nulls)
 
 
+def int64_array(values: np.ndarray) -> pa.Int64Array:
+    """numpy integers as an Arrow int64 array, built from their buffer (see `large_strings`)."""
+    data = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+
+
 def int_values(array: pa.Array) -> np.ndarray:
     """The values of an Arrow integer array without nulls, as numpy reads its buffer: `to_numpy`
     asks pyarrow's pandas shim first, and that imports pandas."""

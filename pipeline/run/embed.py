@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.arrow_strings import int_values
+from pipeline.arrow_strings import int64_array, int_values
 from pipeline.cache.claims import Claims, ClaimStore
 from pipeline.cache.vectors import VectorCache
 from pipeline.providers.base import Embedder
@@ -213,15 +213,15 @@ def chunk_rows(
     # The chunker's boundaries are the raw text's paragraphs: of the last row holding each text.
     held, first_from_end = np.unique(rows[::-1], return_index=True)
     last = len(rows) - 1 - first_from_end[np.searchsorted(held, long)]
-    raws = _rows_of(raw_texts, last.tolist())
+    raws = _rows_of(raw_texts, last)
     chunks = chunk_texts([normalise_paragraphs(raw) for raw in raws], max_tokens, overlap_tokens)
     return PreparedRows(texts, rows, {texts[i]: c for i, c in zip(long.tolist(), chunks)})
 
 
-def _rows_of(raw_texts: list[str | None] | pa.Array | pa.ChunkedArray, indices: list[int]) -> list[str | None]:
+def _rows_of(raw_texts: list[str | None] | pa.Array | pa.ChunkedArray, indices: np.ndarray) -> list[str | None]:
     if isinstance(raw_texts, (pa.Array, pa.ChunkedArray)):
-        return raw_texts.take(pa.array(indices, pa.int64())).to_pylist()
-    return [raw_texts[i] for i in indices]
+        return raw_texts.take(int64_array(indices)).to_pylist()  # `pa.array` of a list would import pandas
+    return [raw_texts[i] for i in indices.tolist()]
 
 
 def _found(texts: list[str], found: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -194,6 +194,7 @@ def test_the_second_rows_are_read_once_the_first_request_is_on_the_wire(first_mi
 
 # Run in a fresh interpreter: prints whether pandas was imported when the server saw the first request.
 FIRST_REQUEST = """
+import json
 import sys
 from pathlib import Path
 
@@ -210,14 +211,20 @@ class Server(FakeOpenAI):
 
 
 with Server() as server:
-    overrides = {"source__text_column": None, "source__text_template": sys.argv[3]} if sys.argv[3] else {}
-    run_pipeline(openai_config(Path(sys.argv[1]), server, Path(sys.argv[2]), **overrides))
+    run_pipeline(openai_config(Path(sys.argv[1]), server, Path(sys.argv[2]), **json.loads(sys.argv[3])))
 """
 
 
-@pytest.mark.parametrize("template", ["", "{text} ({extra})"])
-def test_a_run_has_not_imported_pandas_when_its_first_request_leaves(tmp_path, source, template):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"source__text_column": None, "source__text_template": "{text} ({extra})"},
+        {"chunking__max_tokens": 8, "chunking__overlap_tokens": 0},  # texts of several chunks
+    ],
+)
+def test_a_run_has_not_imported_pandas_when_its_first_request_leaves(tmp_path, source, overrides):
     # pyarrow imports pandas (0.2 s) the first time `pa.array` converts a Python list.
-    ran = subprocess.run([sys.executable, "-c", FIRST_REQUEST, str(tmp_path), str(source), template],
+    ran = subprocess.run([sys.executable, "-c", FIRST_REQUEST, str(tmp_path), str(source), json.dumps(overrides)],
                          cwd=Path(__file__).parents[3], capture_output=True, text=True, timeout=60)
     assert ran.stdout.splitlines() == ["pandas imported: False"], ran.stderr
