@@ -2,7 +2,7 @@
 a Bloom filter (`bloom.py`: 10 bits a member, about 2% false positives) and one fence key a block.
 
 `HashSet` spills its oldest members here once it holds more than its bound in memory, so a set
-of 10^8 hashes costs about 1 byte a member in RAM instead of 8. A query reads only what its
+of 10^8 hashes costs about 1.25 bytes a member in RAM instead of 8. A query reads only what its
 filter lets through: a repeated value (a real member) or a false positive. When those are
 dense, the run is read through in large slices; when sparse, block by block. Either way memory
 stays bounded by a slice, not by the run.
