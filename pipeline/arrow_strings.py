@@ -1,5 +1,5 @@
-"""Arrow strings from a Python list, built from their buffers, and integers and bools read from
-theirs: `pa.array` of a list, and `to_numpy`, ask pyarrow's pandas shim first, and that imports
+"""Arrow strings from a Python list and arrays from numpy, built from their buffers, and
+integers read from theirs: `pa.array` of a list, and `to_numpy`, ask pyarrow's pandas shim first, and that imports
 pandas (0.2 s in a fresh process, on a run's way to its first request)."""
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ def large_strings(values: Sequence[str | None]) -> pa.LargeStringArray:
     return pa.LargeStringArray.from_buffers(len(encoded), pa.py_buffer(offsets), data, validity, nulls)
 
 
-def int64_array(values: np.ndarray) -> pa.Int64Array:
-    """numpy integers as an Arrow int64 array, built from their buffer (see `large_strings`)."""
-    data = np.ascontiguousarray(values, dtype=np.int64)
-    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+def from_numpy(values: np.ndarray) -> pa.Array:
+    """A one-dimensional numpy array of numbers or bools as the Arrow array of its type, built
+    from its buffer (see `large_strings`): what `pa.array(values)` makes of it."""
+    values = np.ascontiguousarray(values)
+    if values.dtype == np.bool_:
+        bits = pa.py_buffer(np.packbits(values, bitorder="little"))
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, bits])
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
 def int_values(array: pa.Array) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.arrow_strings import int64_array, int_values
+from pipeline.arrow_strings import from_numpy, int_values
 from pipeline.cache.claims import Claims, ClaimStore
 from pipeline.cache.vectors import VectorCache
 from pipeline.providers.base import Embedder
@@ -220,7 +220,7 @@ def chunk_rows(
 
 def _rows_of(raw_texts: list[str | None] | pa.Array | pa.ChunkedArray, indices: np.ndarray) -> list[str | None]:
     if isinstance(raw_texts, (pa.Array, pa.ChunkedArray)):
-        return raw_texts.take(int64_array(indices)).to_pylist()  # `pa.array` of a list would import pandas
+        return raw_texts.take(from_numpy(indices)).to_pylist()  # `pa.array` of a list would import pandas
     return [raw_texts[i] for i in indices.tolist()]
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.arrow_strings import from_numpy
 from pipeline.config import first_line
 from pipeline.errors import EmbedpipeError, is_disk_full
 from pipeline.sinks.vector_dtypes import as_float_lists, file_encodings
@@ -50,8 +51,8 @@ def _megabytes(size: float) -> str:
 def vector_array(matrix: np.ndarray, present: np.ndarray | None = None) -> pa.FixedSizeListArray:
     """`fixed_size_list<float32>[dimensions]` from a rows × dimensions matrix; null where
     `present` is False."""
-    mask = None if present is None else pa.array(~present, type=pa.bool_())
-    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel())
+    mask = None if present is None else from_numpy(~present)
+    flat = from_numpy(np.ascontiguousarray(matrix, dtype=np.float32).ravel())  # `pa.array` would import pandas
     return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1], mask=mask)
 
 

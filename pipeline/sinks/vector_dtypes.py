@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
+from pipeline.arrow_strings import from_numpy
 from pipeline.errors import ConfigError
 from pipeline.unit_vectors import l2_normalise
 
@@ -140,8 +141,8 @@ def encoding(name: str) -> VectorEncoding:
 
 def encoded_array(codes: np.ndarray, present: np.ndarray | None, enc: VectorEncoding) -> pa.FixedSizeListArray:
     """`fixed_size_list<value_type>[width]` of stored values; null where `present` is False."""
-    mask = None if present is None else pa.array(~present, type=pa.bool_())
-    flat = pa.array(np.ascontiguousarray(codes, dtype=enc.numpy_type).ravel(), type=enc.value_type)
+    mask = None if present is None else from_numpy(~present)
+    flat = from_numpy(np.ascontiguousarray(codes, dtype=enc.numpy_type).ravel())  # of `value_type`
     return pa.FixedSizeListArray.from_arrays(flat, codes.shape[1], mask=mask)
 
 

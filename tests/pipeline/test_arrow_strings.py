@@ -1,7 +1,8 @@
+import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.arrow_strings import bool_values, int_values, large_strings
+from pipeline.arrow_strings import bool_values, from_numpy, int_values, large_strings
 from pipeline.hashset import hash64
 
 
@@ -51,3 +52,21 @@ def test_bool_values_are_what_numpy_would_read_even_of_a_slice(values):
 def test_int_values_refuse_nulls_and_other_types(array):
     with pytest.raises(TypeError):
         int_values(array)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(5, dtype=np.float32) / 3,
+        np.array([0.5, -2], dtype=np.float16),
+        np.array([-128, 0, 127], dtype=np.int8),
+        np.array([0, 255], dtype=np.uint8),
+        np.arange(10, dtype=np.int64)[::3],  # not contiguous
+        np.array([True] * 9 + [False, True]),  # a bitmap over more than one byte
+        np.array([], dtype=np.float32),
+    ],
+    ids=["float32", "float16", "int8", "uint8", "a strided int64 view", "bools", "empty"],
+)
+def test_a_numpy_array_becomes_the_array_pa_array_makes_of_it(values):
+    built = from_numpy(values)
+    assert built.equals(pa.array(values)) and built.type == pa.array(values).type
