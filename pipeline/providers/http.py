@@ -226,7 +226,7 @@ class HTTPEmbedder(Embedder):
         try:
             answer = self._send(texts, dimensions)
         finally:
-            self.limiter.request_ended()
+            self.limiter.request_ended(self._outgoing.ticket)
         self.limiter.observe(answer.headers, tokens, answer.usage_tokens, self._outgoing.ticket)
         return answer
 

@@ -38,6 +38,7 @@ class LearnedWindow:
     ceiling: float = math.inf  # the shallowest debt above `accepted` it refused
     streak: int = 0  # requests taken since the last refusal
     heard: float = 0.0  # the fullest the server's headers ever showed its bucket, in seconds (0: never)
+    surprises: int = 0  # refusals our model did not predict
 
     def reported(self, seconds: float, first: bool = False) -> bool:
         """The server's headers show its bucket held `seconds` of the limit (what it reports
@@ -82,6 +83,7 @@ class LearnedWindow:
         returns whether the window or the pace changed."""
         before = (self.seconds, self.pace)
         self.streak = 0
+        self.surprises += 1
         if debt > self.accepted * JITTER:  # past everything it took: the window ends in between
             self.ceiling = min(self.ceiling, debt)
             self.seconds = _within(min(self.seconds, max(self.accepted, FLOOR)))

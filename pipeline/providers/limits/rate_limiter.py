@@ -25,8 +25,8 @@ log = logging.getLogger("embedpipe")
 NAMES = ("requests", "tokens")
 FIRST_REQUEST_TOKENS = 1024  # before any limit is known: a request most servers' windows take (or one text)
 SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the window holds
-# and at most 1 s of the limit: an answer's latency grows with its size, and the last one's is the run's tail
-MOST_SECONDS_A_REQUEST = 1.0
+# and at most half a second of the limit: an answer's latency grows with its size, and the last one's is the run's tail
+MOST_SECONDS_A_REQUEST = 0.5
 LONGEST_NAP = 0.5  # a waiting request asks again this often: a limit raised meanwhile lets it go sooner
 _CAP_SETTING = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
 
@@ -42,6 +42,7 @@ class Ticket:
 
     sent_at: float
     debt: float | None = None
+    places: tuple[float, float] | None = None  # in the requests and tokens buckets' lines
 
 
 class RateLimiter:
@@ -87,8 +88,10 @@ class RateLimiter:
         self._first_sender: int | None = None  # the thread whose request goes first
         self.wanted_at = -math.inf  # when a caller last asked for budget or still waited for it
         self._in_flight = 0  # requests between `request_started` and `request_ended`
+        self._unanswered: set[Ticket | None] = set()  # requests let through whose answers have not come
         self._counting = threading.Lock()
         self._grown_at: float | None = None  # when the share last grew, until an answer since says what is left
+        self._share_changed_at = -math.inf
 
     def limit(self, name: str) -> float | None:
         """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
@@ -102,6 +105,7 @@ class RateLimiter:
         the next answer says how much the server holds: then to its share of that."""
         with self._learning:
             before, self.share = self.share, fraction
+            self._share_changed_at = self._clock() if fraction != before else self._share_changed_at
             if fraction < before:
                 self.requests.scale_level(fraction / before)
                 self.tokens.scale_level(fraction / before)
@@ -119,9 +123,11 @@ class RateLimiter:
         with self._counting:
             self._in_flight += 1
 
-    def request_ended(self) -> None:
+    def request_ended(self, ticket: Ticket | None = None) -> None:
+        """The request is over, answered or not; `ticket`, where it got one, is no longer in flight."""
         with self._counting:
             self._in_flight -= 1
+            self._unanswered.discard(ticket)
 
     @property
     def answered(self) -> bool:
@@ -147,12 +153,15 @@ class RateLimiter:
         if self.stopped:
             raise Stopped("the rate limiter was stopped: no request leaves")
         debts = [d for d in (self.requests.owe(1), self.tokens.owe(tokens)) if d is not None]
-        return Ticket(self._clock(), max(debts) if debts else None)
+        ticket = Ticket(self._clock(), max(debts) if debts else None, places)
+        with self._counting:
+            self._unanswered.add(ticket)
+        return ticket
 
     def request_tokens(self) -> int | None:
         """The most tokens one request should carry (None: no limit known): a quarter of what
         the learned window holds, so that the budget is spent in steps the server takes, and no
-        more than 1 s of the limit, or more where the request budget would otherwise bind
+        more than half a second of the limit, or more where the request budget would otherwise bind
         first; before the first answer, a small request."""
         return self.later_request_tokens() if self._answered else FIRST_REQUEST_TOKENS
 
@@ -245,6 +254,9 @@ class RateLimiter:
         """
         first = not self._answered
         since = self._clock() - ticket.sent_at if ticket is not None else 0.0
+        with self._counting:
+            self._unanswered.discard(ticket)
+            alone = not self._unanswered  # no other request was on its way: the server's report is exact
         self._learn_limits(headers, {"requests": 1, "tokens": estimated_tokens}, since)
         if first:  # the first request was charged before any limit was known: it is the debt so far
             self._first_answer_without_levels()
@@ -253,7 +265,7 @@ class RateLimiter:
         if ticket is not None and ticket.debt is not None:
             with self._learning:
                 self._relearn(self.window.admitted(ticket.debt))
-        self._cap(headers, ticket)
+        self._cap(headers, ticket, alone)
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
         self.settled()
@@ -262,6 +274,8 @@ class RateLimiter:
         """A 429 for a request of `tokens` tokens our model let through: refund it, learn the
         limits its headers carry and what its debt says of the window. `back_off` follows."""
         self.refund(tokens)
+        with self._counting:
+            self._unanswered.discard(ticket)
         self._learn_limits(headers, None)
         with self._learning:
             if (debt := _debt_to_learn_from(ticket, self._limits_changed_at)) is not None and self.window.refused(debt):
@@ -272,7 +286,7 @@ class RateLimiter:
                     100 * self.window.pace,
                 )
                 self._relearn(True)
-        self._cap(headers, None)
+        self._cap(headers, None, alone=False)
         self.settled()
 
     def back_off(self, seconds: float, tokens: int) -> None:
@@ -286,16 +300,31 @@ class RateLimiter:
                 bucket.cap(amount - seconds * bucket.rate)
         self._hold_until = max(self._hold_until, self._clock() + seconds)
 
-    def _cap(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
+    def _cap(self, headers: Mapping[str, str], ticket: Ticket | None, alone: bool) -> None:
         """Hold the buckets to our share of what the server says is left. The first answer to a
         request sent since our share grew may raise them to it too: the others hold their shares
-        of it, and the rest was left unspent by a process that went idle or away."""
+        of it, and the rest was left unspent by a process that went idle or away.
+
+        A process spending the whole limit also believes a report of more than it expected, when
+        the answered request was `alone` on its way (others might reach the server after it
+        counted, in any order) and for as long as the server has refused nothing our model let
+        through: a limit raised before its headers said so refilled the server faster than our
+        mirror, and that budget would otherwise stay banked there, unspent, to the end of the
+        run. A server whose reports are not what it enforces (a minute reported, seconds
+        enforced) shows itself by a refusal."""
         grown = ticket is not None and self._grown_at is not None and ticket.sent_at >= self._grown_at
-        for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
+        places = ticket.places if ticket is not None and alone and self._reports_trusted(ticket) else None
+        for index, (bucket, name) in enumerate(((self.requests, "requests"), (self.tokens, "tokens"))):
             remaining = server_level(headers, name, self.window.seconds)
             if remaining is not None:
-                bucket.cap(remaining * self.share, ticket.sent_at if ticket else None, may_raise=grown)
+                place = places[index] if places else None
+                bucket.cap(remaining * self.share, ticket.sent_at if ticket else None, may_raise=grown, place=place)
                 self._grown_at = None if grown else self._grown_at
+
+    def _reports_trusted(self, ticket: Ticket) -> bool:
+        """Whether the answer to `ticket` may raise the buckets to the server's report: it left
+        since the share last changed, the share is the whole limit, and no refusal surprised us."""
+        return ticket.sent_at > self._share_changed_at and self.share == 1.0 and not self.window.surprises
 
     def _learn_limits(self, headers: Mapping[str, str], charged: dict[str, float] | None, since: float = 0.0) -> None:
         """Take the server's limits from its headers, and (for an answer it took: `charged`

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 from pipeline.providers.limits.learned_window import MINUTE
 
+RAISE_MARGIN = 0.05  # seconds of refill not believed when a report raises the level: the request's trip there
+
 
 class TokenBucket:
     """`per_minute` units a minute, banked up to `window` seconds' worth, refilled continuously.
@@ -115,11 +117,17 @@ class TokenBucket:
             self.level = min(self.capacity, self.level - amount)
             self.debt = max(0.0, self.debt + amount)
 
-    def cap(self, remaining: float, since: float | None = None, may_raise: bool = False) -> None:
+    def cap(
+        self, remaining: float, since: float | None = None, may_raise: bool = False, place: float | None = None
+    ) -> None:
         """The server said only `remaining` was left, at some moment after `since` (when the
         request left; default now): never believe we have more than that plus the refill since,
         less what callers still waiting have reserved (the server has not seen it yet).
-        `may_raise`: believe that much even where it is more than we had (a share that grew)."""
+        `may_raise`: believe that much even where it is more than we had (a share that grew).
+        `place` (the answered request's, from `reserve`): where the server holds more than we
+        believe (its limit rose before its headers told us; our answers came late), believe it,
+        less everything reserved after that request (those may have reached it after it counted)
+        and `RAISE_MARGIN` seconds of refill (the request's trip to the server)."""
         with self._lock:
             now = self._refill()
             if self.rate is None:
@@ -127,6 +135,9 @@ class TokenBucket:
             refilled = (now - since) * self.rate if since is not None else 0.0
             told = remaining + max(0.0, refilled) - self.waiting
             self.level = min(self.capacity, told) if may_raise else min(self.level, told)
+            if place is not None:
+                believed = told + self.waiting - (self.reserved - place) - RAISE_MARGIN * self.rate
+                self.level = max(self.level, min(self.capacity, believed))
 
     def _refill(self) -> float:
         now = self._clock()

@@ -260,7 +260,7 @@ def test_a_cap_below_the_servers_limit_is_said_once(caplog):
     "rpm, tpm, window, size",
     [
         (10_000, 600_000, 1.0, 2_500),  # a quarter of the second's 10,000 tokens
-        (10_000, 600_000, 10.0, 10_000),  # 1 s of the limit, not a quarter of ten
+        (10_000, 600_000, 10.0, 5_000),  # half a second of the limit, not a quarter of ten
         (20, 600_000, 10.0, 37_500),  # a request each 3 s: big enough that requests do not bind first
         (None, None, 60.0, None),  # no limit known: the provider's maximum
     ],
@@ -285,6 +285,30 @@ def test_a_limit_the_server_changes_is_followed_at_its_next_answer(factor):
     limit.observe(answer_headers(limit_tokens=600_000), 0, None)
     limit.observe(answer_headers(limit_tokens=int(600_000 * factor)), 0, None)
     assert limit.tokens.rate == 10_000 * factor
+
+
+@pytest.mark.parametrize(
+    "other, surprised, level",
+    [
+        (None, False, 39_500),  # alone: the 30,000 reported, the 10,000 refilled since it left, less 0.05 s of refill
+        ("answered", False, 39_500 - 5_000),  # less a request sent after it: it may have come after the count
+        ("in flight", False, 10_000 - 5_000),  # one still on its way may be counted or not: ours is kept
+        (None, True, 10_000),  # a server that refused what our model let through: its reports raise nothing
+    ],
+)
+def test_a_report_of_more_than_we_believe_raises_our_budget_where_it_can_be_trusted(other, surprised, level):
+    limit, clock = limiter(None, 600_000)  # 10,000 tokens a second
+    limit.window.seconds = 6.0
+    limit._relearn(True)
+    ticket = limit.acquire(60_000)  # the bank, spent at once
+    if other:
+        later = limit.acquire(5_000)  # waits 0.5 s for its budget
+        if other == "answered":
+            limit.request_ended(later)
+    limit.window.surprises = int(surprised)
+    clock.now = 1.0
+    limit.observe(answer_headers(limit_tokens=600_000, tokens=30_000), 60_000, None, ticket)  # the limit rose
+    assert limit.tokens.level == pytest.approx(level)
 
 
 class SecondsServer:
