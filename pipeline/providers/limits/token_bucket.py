@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from pipeline.providers.limits.learned_window import MINUTE
 
-RAISE_MARGIN = 0.05  # seconds of refill not believed when a report raises the level: the request's trip there
+RAISE_MARGIN = 0.1  # seconds of refill not believed when a report raises the level: the request's trip there
 
 
 class TokenBucket:
