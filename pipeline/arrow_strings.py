@@ -1,6 +1,6 @@
-"""Arrow strings from a Python list and arrays from numpy, built from their buffers, and
-integers read from theirs: `pa.array` of a list, and `to_numpy`, ask pyarrow's pandas shim first, and that imports
-pandas (0.2 s in a fresh process, on a run's way to its first request)."""
+"""Arrow strings from a Python list and Arrow arrays from numpy, built from their buffers, and
+integers and bools read from theirs: `pa.array`, and `to_numpy`, ask pyarrow's pandas shim
+first, and that imports pandas (0.2 s in a fresh process, on a run's way to its first request)."""
 
 from __future__ import annotations
 
