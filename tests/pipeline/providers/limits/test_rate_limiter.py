@@ -311,6 +311,18 @@ def test_a_report_of_more_than_we_believe_raises_our_budget_where_it_can_be_trus
     assert limit.tokens.level == pytest.approx(level)
 
 
+def test_a_process_spending_a_share_of_the_limit_is_not_raised_by_a_report():
+    limit, clock = limiter(None, 600_000)
+    limit.window.seconds = 6.0
+    limit.set_share(0.5)  # 5,000 tokens a second, 30,000 banked: other processes spend the rest
+    limit._relearn(True)
+    clock.now = 0.001
+    ticket = limit.acquire(30_000)
+    clock.now = 1.001
+    limit.observe(answer_headers(limit_tokens=600_000, tokens=30_000), 30_000, None, ticket)
+    assert limit.tokens.level == pytest.approx(5_000)  # its own refill: what the others left is theirs
+
+
 class SecondsServer:
     """A server in one thread on the test's clock: it enforces `tpm` over a `window`-second
     bucket, but reports what is left as if it banked a whole minute (as a server may)."""
