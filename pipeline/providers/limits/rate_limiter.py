@@ -43,6 +43,7 @@ class Ticket:
     sent_at: float
     debt: float | None = None
     places: tuple[float, float] | None = None  # in the requests and tokens buckets' lines
+    solo: bool = False  # no other request was on its way when it left
 
 
 class RateLimiter:
@@ -91,7 +92,7 @@ class RateLimiter:
         self._unanswered: set[Ticket | None] = set()  # requests let through whose answers have not come
         self._counting = threading.Lock()
         self._grown_at: float | None = None  # when the share last grew, until an answer since says what is left
-        self._share_changed_at = -math.inf
+        self._shared = False  # set_share was called: other processes spend the same limits
 
     def limit(self, name: str) -> float | None:
         """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
@@ -105,7 +106,7 @@ class RateLimiter:
         the next answer says how much the server holds: then to its share of that."""
         with self._learning:
             before, self.share = self.share, fraction
-            self._share_changed_at = self._clock() if fraction != before else self._share_changed_at
+            self._shared = True
             if fraction < before:
                 self.requests.scale_level(fraction / before)
                 self.tokens.scale_level(fraction / before)
@@ -153,8 +154,8 @@ class RateLimiter:
         if self.stopped:
             raise Stopped("the rate limiter was stopped: no request leaves")
         debts = [d for d in (self.requests.owe(1), self.tokens.owe(tokens)) if d is not None]
-        ticket = Ticket(self._clock(), max(debts) if debts else None, places)
         with self._counting:
+            ticket = Ticket(self._clock(), max(debts) if debts else None, places, solo=not self._unanswered)
             self._unanswered.add(ticket)
         return ticket
 
@@ -256,7 +257,7 @@ class RateLimiter:
         since = self._clock() - ticket.sent_at if ticket is not None else 0.0
         with self._counting:
             self._unanswered.discard(ticket)
-            alone = not self._unanswered  # no other request was on its way: the server's report is exact
+            alone = ticket is not None and ticket.solo and not self._unanswered  # none other on its way, ever
         self._learn_limits(headers, {"requests": 1, "tokens": estimated_tokens}, since)
         if first:  # the first request was charged before any limit was known: it is the debt so far
             self._first_answer_without_levels()
@@ -305,15 +306,15 @@ class RateLimiter:
         request sent since our share grew may raise them to it too: the others hold their shares
         of it, and the rest was left unspent by a process that went idle or away.
 
-        A process spending the whole limit also believes a report of more than it expected, when
-        the answered request was `alone` on its way (others might reach the server after it
-        counted, in any order) and for as long as the server has refused nothing our model let
-        through: a limit raised before its headers said so refilled the server faster than our
-        mirror, and that budget would otherwise stay banked there, unspent, to the end of the
-        run. A server whose reports are not what it enforces (a minute reported, seconds
-        enforced) shows itself by a refusal."""
+        A process alone on the limits also believes a report of more than it expected, when
+        the answered request was `alone` on its way, from its send to its answer (others might
+        reach the server before or after it counted, in any order), and for as long as the
+        server has refused nothing our model let through: a limit raised before its headers said
+        so refilled the server faster than our mirror, and that budget would otherwise stay
+        banked there, unspent, to the end of the run. A server whose reports are not what it
+        enforces (a minute reported, seconds enforced) shows itself by a refusal."""
         grown = ticket is not None and self._grown_at is not None and ticket.sent_at >= self._grown_at
-        places = ticket.places if ticket is not None and alone and self._reports_trusted(ticket) else None
+        places = ticket.places if ticket is not None and alone and self._reports_trusted() else None
         for index, (bucket, name) in enumerate(((self.requests, "requests"), (self.tokens, "tokens"))):
             remaining = server_level(headers, name, self.window.seconds)
             if remaining is not None:
@@ -321,10 +322,11 @@ class RateLimiter:
                 bucket.cap(remaining * self.share, ticket.sent_at if ticket else None, may_raise=grown, place=place)
                 self._grown_at = None if grown else self._grown_at
 
-    def _reports_trusted(self, ticket: Ticket) -> bool:
-        """Whether the answer to `ticket` may raise the buckets to the server's report: it left
-        since the share last changed, the share is the whole limit, and no refusal surprised us."""
-        return ticket.sent_at > self._share_changed_at and self.share == 1.0 and not self.window.surprises
+    def _reports_trusted(self) -> bool:
+        """Whether an answer may raise the buckets to the server's report: no other process
+        spends these limits (their requests on the way are unknown here, whatever our share),
+        and no refusal surprised us."""
+        return not self._shared and not self.window.surprises
 
     def _learn_limits(self, headers: Mapping[str, str], charged: dict[str, float] | None, since: float = 0.0) -> None:
         """Take the server's limits from its headers, and (for an answer it took: `charged`

@@ -293,6 +293,7 @@ def test_a_limit_the_server_changes_is_followed_at_its_next_answer(factor):
         (None, False, 39_000),  # alone: the 30,000 reported, the 10,000 refilled since it left, less 0.1 s of refill
         ("answered", False, 39_000 - 5_000),  # less a request sent after it: it may have come after the count
         ("in flight", False, 10_000 - 5_000),  # one still on its way may be counted or not: ours is kept
+        ("earlier", False, 5_000),  # one sent before it and answered since may have been counted after it
         (None, True, 10_000),  # a server that refused what our model let through: its reports raise nothing
     ],
 )
@@ -300,8 +301,10 @@ def test_a_report_of_more_than_we_believe_raises_our_budget_where_it_can_be_trus
     limit, clock = limiter(None, 600_000)  # 10,000 tokens a second
     limit.window.seconds = 6.0
     limit._relearn(True)
+    earlier = limit.acquire(5_000) if other == "earlier" else None
     ticket = limit.acquire(60_000)  # the bank, spent at once
-    if other:
+    limit.request_ended(earlier)
+    if other in ("answered", "in flight"):
         later = limit.acquire(5_000)  # waits 0.5 s for its budget
         if other == "answered":
             limit.request_ended(later)
@@ -311,7 +314,7 @@ def test_a_report_of_more_than_we_believe_raises_our_budget_where_it_can_be_trus
     assert limit.tokens.level == pytest.approx(level)
 
 
-def test_a_process_spending_a_share_of_the_limit_is_not_raised_by_a_report():
+def test_a_process_sharing_the_limits_with_others_is_not_raised_by_a_report():
     limit, clock = limiter(None, 600_000)
     limit.window.seconds = 6.0
     limit.set_share(0.5)  # 5,000 tokens a second, 30,000 banked: other processes spend the rest
