@@ -303,7 +303,8 @@ def test_a_report_of_more_than_we_believe_raises_our_budget_where_it_can_be_trus
     limit._relearn(True)
     earlier = limit.acquire(5_000) if other == "earlier" else None
     ticket = limit.acquire(60_000)  # the bank, spent at once
-    limit.request_ended(earlier)
+    if earlier:
+        limit.request_ended(earlier)  # answered before the one under test
     if other in ("answered", "in flight"):
         later = limit.acquire(5_000)  # waits 0.5 s for its budget
         if other == "answered":
