@@ -25,8 +25,8 @@ log = logging.getLogger("embedpipe")
 NAMES = ("requests", "tokens")
 FIRST_REQUEST_TOKENS = 1024  # before any limit is known: a request most servers' windows take (or one text)
 SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the window holds
-# and at most half a second of the limit: an answer's latency grows with its size, and the last one's is the run's tail
-MOST_SECONDS_A_REQUEST = 0.5
+# and at most a quarter second of the limit: an answer's latency grows with its size, and the last one's is the run's tail
+MOST_SECONDS_A_REQUEST = 0.25
 LONGEST_NAP = 0.5  # a waiting request asks again this often: a limit raised meanwhile lets it go sooner
 _CAP_SETTING = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
 
@@ -162,7 +162,7 @@ class RateLimiter:
     def request_tokens(self) -> int | None:
         """The most tokens one request should carry (None: no limit known): a quarter of what
         the learned window holds, so that the budget is spent in steps the server takes, and no
-        more than half a second of the limit, or more where the request budget would otherwise bind
+        more than a quarter second of the limit, or more where the request budget would otherwise bind
         first; before the first answer, a small request."""
         return self.later_request_tokens() if self._answered else FIRST_REQUEST_TOKENS
 

@@ -260,7 +260,7 @@ def test_a_cap_below_the_servers_limit_is_said_once(caplog):
     "rpm, tpm, window, size",
     [
         (10_000, 600_000, 1.0, 2_500),  # a quarter of the second's 10,000 tokens
-        (10_000, 600_000, 10.0, 5_000),  # half a second of the limit, not a quarter of ten
+        (10_000, 1_200_000, 10.0, 5_000),  # a quarter second of the limit, not a quarter of ten
         (20, 600_000, 10.0, 37_500),  # a request each 3 s: big enough that requests do not bind first
         (None, None, 60.0, None),  # no limit known: the provider's maximum
     ],
