@@ -28,7 +28,6 @@ import functools
 import json
 import multiprocessing
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -220,29 +219,11 @@ def pipeline_config(base_url: str, source: Path, cache: Path, output: Path) -> d
     }
 
 
-def run_child(config_path: str) -> None:
-    """In the child: one run of the pipeline; prints a JSON line of its seconds, the process's
-    CPU seconds, its peak RSS (VmHWM, KiB) and the run's stats."""
-    from pipeline.config import Config
-    from pipeline.run.steps import run_pipeline
-
-    config = Config.model_validate(json.loads(Path(config_path).read_text()))
-    started = time.perf_counter()
-    manifest = run_pipeline(config, api_key="sk-bench")
-    seconds = time.perf_counter() - started
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking parent.
-    status = Path("/proc/self/status").read_text()
-    peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = usage.ru_utime + usage.ru_stime  # imports included: a second or two
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_kib": peak_kib, "stats": manifest["stats"]}))
-
-
 def run_pipeline_in_child(config: dict, path: Path) -> dict:
-    """Run the pipeline on `config` in a fresh Python process; what `run_child` printed."""
+    """Run the pipeline on `config` in a fresh Python process (`benchmarks/run_child.py`); what it printed."""
     path.write_text(json.dumps(config))
     child = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scale", "--child", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "benchmarks.run_child", str(path)], capture_output=True, text=True
     )
     if child.returncode != 0:
         raise RuntimeError(f"the pipeline's run failed ({child.returncode}):\n{child.stderr[-4000:]}")
@@ -515,8 +496,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        return run_child(argv[1])
     args = parse_args(argv)
     global PARTITION_ROWS
     PARTITION_ROWS = args.partition_rows

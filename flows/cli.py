@@ -12,14 +12,12 @@ from flows.console import hide_user_error_tracebacks, live_progress
 from pipeline.config import load_config
 from pipeline.errors import EmbedpipeError
 from pipeline.providers import check_embedding_config, check_truncation
-from pipeline.run.memory import share_malloc_arenas
 from pipeline.run.report import summary_lines
 from pipeline.text.tokens import load_tokenizer_ahead
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `embedpipe` console script; returns the exit status."""
-    share_malloc_arenas()  # before any thread: asked later, glibc may have settled its limit already
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "batches" and args.action != "list" and not args.batch_id:

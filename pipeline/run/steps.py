@@ -28,7 +28,7 @@ from pipeline.run.columns import check_cut, finish_vector_columns, output_metada
 from pipeline.run.counts import RunStats
 from pipeline.run.embed import RowVectors, TextEmbedder
 from pipeline.run.estimate import check_budget, checked_input, estimate_run, model_price, run_cost
-from pipeline.run.memory import share_malloc_arenas
+from pipeline.run.memory import allocate_for_a_run
 from pipeline.sinks.iceberg import write_iceberg
 from pipeline.sinks.parquet import ParquetSink, chunk_table, vector_array, write_delta
 from pipeline.sources.partitions import Partition, first_texts, plan_partitions
@@ -84,7 +84,7 @@ def prepare_run(config: Config, api_key: str | None = None, embedder: Embedder |
     A shared `embedder` (a backfill's runs share one rate limit) is used and left open."""
     started = time.monotonic()
     prompt_thread_switches()
-    share_malloc_arenas()  # before the run's threads start: each would take an arena of its own
+    allocate_for_a_run()  # before the run's threads start: each would take an arena of its own
     published_at, source_url = config.output.path, config.source.path if is_remote(config.source.path) else None
     check_truncation(config.embedding, config.output.dimensions_truncate)  # before anything opens
     config, remote_outputs = localised(config)  # object-store paths become local mirrors

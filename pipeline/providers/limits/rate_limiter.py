@@ -25,7 +25,7 @@ log = logging.getLogger("embedpipe")
 NAMES = ("requests", "tokens")
 FIRST_REQUEST_TOKENS = 1024  # before any limit is known: a request most servers' windows take (or one text)
 SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the window holds
-# and at most a quarter second of the limit: an answer's latency grows with its size, and the last one's is the run's tail
+# and at most a quarter second of the limit: latency grows with a request's size, and the last one's is the run's tail
 MOST_SECONDS_A_REQUEST = 0.25
 LONGEST_NAP = 0.5  # a waiting request asks again this often: a limit raised meanwhile lets it go sooner
 _CAP_SETTING = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}

@@ -1,4 +1,4 @@
-"""A run's threads share a few malloc arenas, unless the user chose how many."""
+"""A run's threads share one malloc arena, and Arrow allocates through malloc, unless the user chose otherwise."""
 
 import subprocess
 import sys
@@ -25,9 +25,9 @@ ctypes.CDLL(None).malloc_stats()  # to stderr: an "Arena N:" section each
 
 @pytest.mark.parametrize(
     "env, set_here, most_arenas",
-    [({}, True, 2), ({"MALLOC_ARENA_MAX": "8"}, False, 8), ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=8"}, False, 8)],
+    [({}, True, 1), ({"MALLOC_ARENA_MAX": "8"}, False, 8), ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=8"}, False, 8)],
 )
-def test_threads_share_two_arenas_unless_the_environment_sets_a_limit(env, set_here, most_arenas):
+def test_threads_share_one_arena_unless_the_environment_sets_a_limit(env, set_here, most_arenas):
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's arenas: Linux only")
     done = subprocess.run(
@@ -37,4 +37,21 @@ def test_threads_share_two_arenas_unless_the_environment_sets_a_limit(env, set_h
     assert done.stdout.strip() == str(set_here)
     assert 1 <= arenas <= most_arenas
     if not set_here:
-        assert arenas > 2  # the test tells the two apart: eight threads took more than two
+        assert arenas > 1  # the test tells the two apart: eight threads took more than one
+
+
+ARROW_SCRIPT = """
+import pyarrow as pa
+from pipeline.run.memory import arrow_from_malloc
+print(arrow_from_malloc(), pa.default_memory_pool().backend_name)
+"""
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [({}, "True system"), ({"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}, "False mimalloc")],
+)
+def test_arrow_allocates_through_malloc_unless_the_environment_names_a_pool(env, expected):
+    env = {"PATH": "", **env}
+    done = subprocess.run([sys.executable, "-c", ARROW_SCRIPT], capture_output=True, text=True, cwd=ROOT, env=env, check=True)
+    assert done.stdout.strip() == expected
