@@ -61,6 +61,7 @@ class Scenario:
     batch: int | None = None  # texts per request for every client; None: each client's own choice
     halved: tuple[float, float] | None = None  # fractions of `seconds` at which the limits halve and come back
     window_kind: str = "bucket"  # or "fixed": counters reset every `window` seconds
+    trip: float = 0.0  # seconds each request takes to reach the server's limiter (a far region's one-way trip)
 
     @property
     def limit(self) -> int:
@@ -88,6 +89,8 @@ SCENARIOS = [
     Scenario("window-1s-requests", "requests", rpm=300, tpm=10_000_000, window=1, seconds=45, words=(2, 6), batch=64),
     Scenario("halved", "tokens", rpm=10_000, tpm=1_000_000, window=10, seconds=45, words=(20, 60),
              halved=(1 / 3, 2 / 3)),
+    Scenario("halved-far", "tokens", rpm=10_000, tpm=1_000_000, window=10, seconds=45, words=(20, 60),
+             halved=(1 / 3, 2 / 3), trip=0.15),
 ]
 WORDS = "invoice refund printer login password shipping delay broken screen battery order account email update".split()
 
@@ -155,7 +158,7 @@ def serve(conn, scenario: Scenario) -> None:
     from tests.fakes.openai_server import FakeOpenAI
 
     with FakeOpenAI(rpm=scenario.rpm, tpm=scenario.tpm, latency=LATENCY, latency_per_1k_tokens=LATENCY_PER_1K,
-                    window=scenario.window, window_kind=scenario.window_kind) as server:
+                    window=scenario.window, window_kind=scenario.window_kind, trip=scenario.trip) as server:
         threading.Thread(target=follow_schedule, args=(server, scenario), daemon=True).start()
         conn.send(server.base_url)
         conn.recv()
@@ -288,6 +291,8 @@ def describe(scenario: Scenario, texts: int, tokens: int, work: int) -> str:
     if scenario.halved:
         halve, restore = (f * scenario.seconds for f in scenario.halved)
         halved = f", halved from {halve:.0f} s to {restore:.0f} s"
+    if scenario.trip:
+        halved += f", requests reach it {scenario.trip * 1000:.0f} ms after they leave"
     size = f"{scenario.batch} texts a request" if scenario.batch else "request size the client's"
     return (f"{scenario.name}: {scenario.rpm:,} RPM, {scenario.tpm:,} TPM, {window}{halved}; {texts:,} texts, "
             f"{tokens:,} tokens, {size}; lower bound {lower_bound(scenario, work):.2f} s (+ latency)")

@@ -225,14 +225,15 @@ class FakeOpenAI:
     `send_limit_headers=False`); each banks `window` seconds of budget, as a token bucket or, with
     `window_kind="fixed"`, as counters reset every `window` seconds (see `Budget`); `set_limits`
     changes them mid-run. `latency` plus `latency_per_1k_tokens` per 1,000 tokens delays every
-    answer within the limits.
+    answer within the limits; `trip` delays every request before the limits see it (a network's
+    one-way trip: a client's clock and the server's count apart by that much).
     """
 
     def __init__(self, dimensions: int = 16, shuffle: bool = False,
                  models: tuple[str, ...] = ("text-embedding-3-small",), rpm: float | None = None,
                  tpm: float | None = None, latency: float = 0.0, window: float = 60.0, window_kind: str = "bucket",
                  send_limit_headers: bool = True, latency_per_1k_tokens: float = 0.0,
-                 deployments: dict[str, str] | None = None, host: str = "127.0.0.1"):
+                 deployments: dict[str, str] | None = None, host: str = "127.0.0.1", trip: float = 0.0):
         self.dimensions = dimensions
         self.deployments = deployments or {"emb-small": models[0]}  # Azure: deployment name -> the model behind it
         self.shuffle = shuffle
@@ -243,6 +244,7 @@ class FakeOpenAI:
         self.send_limit_headers = send_limit_headers
         self.latency = latency
         self.latency_per_1k_tokens = latency_per_1k_tokens
+        self.trip = trip
         self.rate_limited = 0  # requests answered 429 for going over rpm or tpm
         self.refusals: list[tuple] = []  # (time.monotonic(), budget, level, needed) of each
         self.tokens_served = 0
@@ -295,6 +297,7 @@ class FakeOpenAI:
 
     def answer(self, body: dict) -> tuple[int, dict, dict]:
         """The status, JSON body and headers for one embeddings request."""
+        time.sleep(self.trip)
         with self._lock:
             self.requests += 1
             self.first_request_at = self.first_request_at or time.monotonic()
