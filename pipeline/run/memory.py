@@ -7,8 +7,8 @@ core, and each arena keeps the memory freed in it for its next allocations. A ru
 arrays, so the resident memory grew with the run's length. 4 M rows, two partitions at once
 (`benchmarks/scale.py`'s input): peak RSS of a cold run 838 -> 704 MB with two arenas, of a cached
 one 671 -> 622 MB, in the same time within the noise (cold 67.7 and 64.5 s, cached 23.9 and 25.9 s).
-One arena, not two: 477-484 -> 415-438 MB (cold, Arrow from malloc), times within the noise; the
-threads allocate holding the interpreter's lock, so one arena is not contended.
+One arena, not two (Arrow from malloc, four runs each way): 474-521 -> 415-476 MB cold, times
+within the noise; the threads allocate holding the interpreter's lock, so one arena is not contended.
 
 pyarrow's default pool (mimalloc in its wheels) keeps a heap for each thread that allocates
 Arrow buffers and holds pages freed there for that thread's next ones: with the same run's
