@@ -287,14 +287,14 @@ def run_client(conn, client: str, base_url: str, texts: list[str], scenario: Sce
 def describe(scenario: Scenario, texts: int, tokens: int, work: int) -> str:
     """The scenario in one line: limits, window, schedule, work and its lower bound."""
     window = f"{scenario.window:g} s window" + (" (fixed)" if scenario.window_kind == "fixed" else "")
-    halved = ""
+    behaviour = ""
     if scenario.halved:
         halve, restore = (f * scenario.seconds for f in scenario.halved)
-        halved = f", halved from {halve:.0f} s to {restore:.0f} s"
+        behaviour = f", halved from {halve:.0f} s to {restore:.0f} s"
     if scenario.trip:
-        halved += f", requests reach it {scenario.trip * 1000:.0f} ms after they leave"
+        behaviour += f", requests reach it {scenario.trip * 1000:.0f} ms after they leave"
     size = f"{scenario.batch} texts a request" if scenario.batch else "request size the client's"
-    return (f"{scenario.name}: {scenario.rpm:,} RPM, {scenario.tpm:,} TPM, {window}{halved}; {texts:,} texts, "
+    return (f"{scenario.name}: {scenario.rpm:,} RPM, {scenario.tpm:,} TPM, {window}{behaviour}; {texts:,} texts, "
             f"{tokens:,} tokens, {size}; lower bound {lower_bound(scenario, work):.2f} s (+ latency)")
 
 

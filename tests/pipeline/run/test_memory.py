@@ -53,5 +53,35 @@ print(arrow_from_malloc(), pa.default_memory_pool().backend_name)
 )
 def test_arrow_allocates_through_malloc_unless_the_environment_names_a_pool(env, expected):
     env = {"PATH": "", **env}
-    done = subprocess.run([sys.executable, "-c", ARROW_SCRIPT], capture_output=True, text=True, cwd=ROOT, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", ARROW_SCRIPT], capture_output=True, text=True, cwd=ROOT, env=env, check=True
+    )
     assert done.stdout.strip() == expected
+
+
+# As `embedpipe` starts: its package `flows` imported before the libraries that start threads.
+IMPORTS_SCRIPT = """
+import ctypes, importlib, sys, threading
+for name in sys.argv[1].split(","):
+    importlib.import_module(name)
+def work():
+    keep = [bytearray(200_000) for _ in range(50)]
+threads = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+@pytest.mark.parametrize(
+    "imports, one_arena",
+    [("flows,pyarrow,polars", True), ("pyarrow,polars,flows", False)],  # the second: a limit set too late
+)
+def test_importing_flows_first_keeps_the_threads_of_later_imports_in_one_arena(imports, one_arena):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's arenas: Linux only")
+    env = {"PATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_SCRIPT, imports], capture_output=True, text=True, cwd=ROOT, env=env, check=True
+    )
+    assert (done.stderr.count("Arena ") == 1) == one_arena
