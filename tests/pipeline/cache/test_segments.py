@@ -39,25 +39,32 @@ def test_many_small_writes_are_merged_into_few_files_and_every_vector_is_found(t
     assert not list((tmp_path / "c").rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("window_bytes", [65_536, segments._WINDOW_BYTES])  # windows of 910 records, or one of all
 @pytest.mark.parametrize(
     "asked",
     [
-        "every key",  # records side by side: read together
-        "every 50th key",  # far apart: read one by one
+        "every key",  # records side by side: read a window at a time
+        "every 50th key",  # 3.6 KB apart: still read a window at a time
+        "every 200th key",  # 14 KB apart: read one by one
+        "the first 1,000 keys and every 200th after",  # both, in one lookup
         "keys and absent keys, shuffled",
         "one key",
     ],
 )
-def test_a_store_finds_each_asked_key_with_its_own_vector(tmp_path, asked):
+def test_a_store_finds_each_asked_key_with_its_own_vector(tmp_path, monkeypatch, asked, window_bytes):
+    monkeypatch.setattr(segments, "_WINDOW_BYTES", window_bytes)
     rng = np.random.default_rng(3)
     keys = rng.integers(0, 2**63, size=(5_000, 2), dtype=np.uint64)
-    keys[1::2, 0] = keys[::2, 0]  # pairs sharing a high half: told apart by the low one
-    vectors = rng.standard_normal((len(keys), 16)).astype(np.float32)
+    keys[1:200:2, 0] = keys[:200:2, 0]  # pairs sharing a high half: told apart by the low one
+    keys = keys[np.argsort(keys[:, 0], kind="stable")]  # in file order: the nth key is the file's nth record
+    vectors = rng.standard_normal((len(keys), 16)).astype(np.float32)  # records of 72 bytes
     store = SegmentStore(tmp_path / "s", 16)
     store.add(keys[:, 0].copy(), keys[:, 1].copy(), vectors)
     picks = {
         "every key": np.arange(len(keys)),
         "every 50th key": np.arange(0, len(keys), 50),
+        "every 200th key": np.arange(0, len(keys), 200),
+        "the first 1,000 keys and every 200th after": np.r_[np.arange(1_000), np.arange(1_000, len(keys), 200)],
         "keys and absent keys, shuffled": rng.permutation(len(keys) + 300)[:2_000],
         "one key": np.array([4_321]),
     }[asked]
