@@ -123,6 +123,10 @@ def embed_on_dask(run: Run) -> dict[int, int]:
                 f"embedding.dask_address {config.dask_address}: cannot reach the Dask scheduler ({first_line(exc)})"
             ) from None
         start_coordinator(runner.client, config)
+        if not config.dask_address:  # a cluster of our own: its shutdown is ours to keep quiet
+            from flows.dask_logging import QuietShutdown
+
+            runner.client.register_plugin(QuietShutdown())
         spec = run_spec(run, processes, coordinated=True)
         get_run_logger().info(
             "Dask: %d worker processes, %d threads; the rate limit is shared by the processes drawing on it, "
