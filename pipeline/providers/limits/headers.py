@@ -27,11 +27,27 @@ def server_level(headers: Mapping[str, str], name: str, window: float = 60.0) ->
     """
     remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
     limit = _number(headers.get(f"x-ratelimit-limit-{name}"))
-    until_full = _duration(headers.get(f"x-ratelimit-reset-{name}"))
+    until_full = until_reset(headers, name)
     if remaining is None or not limit or until_full is None:
         return remaining
     level = (window - until_full) * limit / 60
     return level if abs(level - remaining) <= 1 else remaining
+
+
+def until_reset(headers: Mapping[str, str], name: str) -> float | None:
+    """Seconds until budget `name` is full again (`x-ratelimit-reset-*`), or None."""
+    return _duration(headers.get(f"x-ratelimit-reset-{name}"))
+
+
+def implied_seconds(headers: Mapping[str, str], name: str) -> float | None:
+    """What is left, in seconds of the limit, plus the seconds until the budget is full again: the
+    same at every answer from a server that refills continuously (its bank), anything from 0 to
+    twice the window from one that resets a counter at fixed times. None without all three headers."""
+    remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
+    limit, until_full = server_limit(headers, name), until_reset(headers, name)
+    if remaining is None or limit is None or until_full is None:
+        return None
+    return max(0.0, remaining) / (limit / 60) + until_full
 
 
 def _duration(value: str | None) -> float | None:

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pipeline.providers.limits.headers import server_level, server_limit
+from pipeline.providers.limits.fixed_windows import ResetSums
+from pipeline.providers.limits.headers import implied_seconds, server_level, server_limit, until_reset
 from pipeline.providers.limits.learned_window import LearnedWindow
 from pipeline.providers.limits.token_bucket import TokenBucket
 
@@ -93,6 +94,7 @@ class RateLimiter:
         self._counting = threading.Lock()
         self._grown_at: float | None = None  # when the share last grew, until an answer since says what is left
         self._shared = False  # set_share was called: other processes spend the same limits
+        self._reset_sums = {name: ResetSums() for name in NAMES}  # what the answers show of how each refills
 
     def limit(self, name: str) -> float | None:
         """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
@@ -266,6 +268,7 @@ class RateLimiter:
         if ticket is not None and ticket.debt is not None:
             with self._learning:
                 self._relearn(self.window.admitted(ticket.debt))
+        self._follow_resets(headers, ticket)
         self._cap(headers, ticket, alone)
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
@@ -287,6 +290,7 @@ class RateLimiter:
                     100 * self.window.pace,
                 )
                 self._relearn(True)
+        self._follow_resets(headers, ticket)
         self._cap(headers, None, alone=False)
         self.settled()
 
@@ -312,15 +316,55 @@ class RateLimiter:
         server has refused nothing our model let through: a limit raised before its headers said
         so refilled the server faster than our mirror, and that budget would otherwise stay
         banked there, unspent, to the end of the run. A server whose reports are not what it
-        enforces (a minute reported, seconds enforced) shows itself by a refusal."""
+        enforces (a minute reported, seconds enforced) shows itself by a refusal.
+
+        Fixed windows: a report from the window under way is believed, more or less than we had,
+        less everything reserved since the earliest request still unanswered (those may be
+        counted after it); that is how a reset we did not see coming is found."""
         grown = ticket is not None and self._grown_at is not None and ticket.sent_at >= self._grown_at
         places = ticket.places if ticket is not None and alone and self._reports_trusted() else None
         for index, (bucket, name) in enumerate(((self.requests, "requests"), (self.tokens, "tokens"))):
             remaining = server_level(headers, name, self.window.seconds)
             if remaining is not None:
                 place = places[index] if places else None
+                if bucket.period is not None and ticket is not None:
+                    if _of_a_window_gone(bucket, ticket, until_reset(headers, name)):
+                        continue
+                    if ticket.places and not self._shared:
+                        place = self._earliest_unanswered(index, ticket.places[index])
                 bucket.cap(remaining * self.share, ticket.sent_at if ticket else None, may_raise=grown, place=place)
                 self._grown_at = None if grown else self._grown_at
+
+    def _earliest_unanswered(self, index: int, place: float) -> float:
+        """The earliest place in bucket `index` (0: requests, 1: tokens) of a request still unanswered, or `place`."""
+        with self._counting:
+            places = [t.places[index] for t in self._unanswered if t is not None and t.places]
+        return min([place, *places])
+
+    def _follow_resets(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
+        """Take a budget whose answers show fixed windows (`fixed_windows.py`) for one, and keep
+        its next reset from each answer: the time the request left plus the wait it was told."""
+        with self._learning:
+            for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
+                implied, until_full, limit = (
+                    implied_seconds(headers, name),
+                    until_reset(headers, name),
+                    server_limit(headers, name),
+                )
+                if implied is None or until_full is None or not limit or bucket.rate is None:
+                    continue
+                sums = self._reset_sums[name]
+                if not sums.add(implied, until_full, 60 / limit) and bucket.period is None:
+                    continue
+                if bucket.period is None:
+                    log.info(
+                        "the server resets its %s budget at fixed times (every %.1f s or so): spending each window's "
+                        "budget as it opens",
+                        name,
+                        max(self.window.seconds, sums.longest_reset),
+                    )
+                sent_at = ticket.sent_at if ticket is not None else self._clock()
+                bucket.resets_every(max(self.window.seconds, sums.longest_reset), sent_at + until_full)
 
     def _reports_trusted(self) -> bool:
         """Whether an answer may raise the buckets to the server's report: no other process
@@ -380,6 +424,13 @@ class RateLimiter:
                     f"{cap:,.0f}",
                     f"{server:,.0f}",
                 )
+
+
+def _of_a_window_gone(bucket: TokenBucket, ticket: Ticket, until_full: float | None) -> bool:
+    """Whether an answer from a server of fixed windows speaks of a window already reset: the
+    reset it was told of is not the next one."""
+    period = bucket.period or 0.0
+    return until_full is not None and ticket.sent_at + until_full < bucket.reset_at - period / 2
 
 
 def _debt_to_learn_from(ticket: Ticket | None, limits_changed_at: float) -> float | None:

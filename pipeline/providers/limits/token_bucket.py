@@ -33,6 +33,8 @@ class TokenBucket:
         self.waiting = 0.0  # reserved by callers still waiting to send
         self.reserved_when_full: float | None = None  # `reserved` when last full, until a request is sent
         self.debt = 0.0  # what our sends owe a bucket refilled at `rate` that was full: see LearnedWindow
+        self.period: float | None = None  # set for a server of fixed windows: seconds between its resets
+        self.reset_at = math.inf  # with `period`: the server's next reset, by our clock
         self._clock = clock
         self._updated = self._debt_updated = clock()
         self._lock = threading.Lock()
@@ -48,7 +50,7 @@ class TokenBucket:
                 return
             unlimited, rate = self.rate is None, self.rate
             self.rate = per_minute / 60.0
-            self.capacity = self.rate * window
+            self.capacity = self.rate * (self.period or window)  # a fixed window's budget is its period's
             self.level = self.capacity if unlimited else min(self.level, self.capacity)
             if rate != self.rate:  # debt met at the old rate, in the new one's terms: what is spent of the window
                 self.debt = max(0.0, self.capacity - self.level - self.waiting)
@@ -81,7 +83,12 @@ class TokenBucket:
             if self.rate is None:
                 return 0.0
             short = place - self.reserved - self.level
-            return short / self.rate + max(0.0, self._updated - now) if short > 1e-6 else 0.0  # not float dust
+            if short <= 1e-6:  # not float dust
+                return 0.0
+            if self.period is not None:  # covered at the reset that leaves room for everyone ahead of it
+                ahead = place - (self.reserved - self.waiting)
+                return self.reset_at - now + self.period * max(0, math.ceil(ahead / self.capacity - 1e-9) - 1)
+            return short / self.rate + max(0.0, self._updated - now)
 
     def sent(self) -> None:
         """A request has been written to the server in full. The server's bucket, full until
@@ -132,16 +139,42 @@ class TokenBucket:
             now = self._refill()
             if self.rate is None:
                 return
-            refilled = (now - since) * self.rate if since is not None else 0.0
+            refilled = (now - since) * self.rate if since is not None and self.period is None else 0.0
             told = remaining + max(0.0, refilled) - self.waiting
             self.level = min(self.capacity, told) if may_raise else min(self.level, told)
             if place is not None:
-                believed = told + self.waiting - (self.reserved - place) - RAISE_MARGIN * self.rate
+                if self.period is None:  # less what refilled on the request's way there
+                    believed = told + self.waiting - (self.reserved - place) - RAISE_MARGIN * self.rate
+                else:  # fixed windows, nothing refilled; callers still waiting go this window, wherever in line
+                    believed = told + self.waiting - max(self.reserved - place, self.waiting)
                 self.level = max(self.level, min(self.capacity, believed))
+
+    def resets_every(self, period: float, next_reset: float) -> None:
+        """The server resets this budget every `period` seconds, one of them at `next_reset` (a
+        time after which it has, by our clock: the earliest it can be): from now on it refills only
+        at its resets. Each answer may put them later, never earlier."""
+        with self._lock:
+            now = self._refill()
+            if self.rate is None:
+                return
+            if self.period is None:
+                self.capacity = self.rate * period
+                self.level = min(self.level, self.capacity)
+            self.period = max(period, self.period or 0.0)
+            if self.reset_at == math.inf:  # the first: the next reset from now
+                passed = max(0.0, now - next_reset)
+                self.reset_at = next_reset + self.period * math.ceil(passed / self.period + 1e-9 if passed else 0)
+            else:  # one of the resets we know, told again: the nearest of them
+                told = next_reset - self.period * round((next_reset - self.reset_at) / self.period)
+                self.reset_at = max(self.reset_at, told)
 
     def _refill(self) -> float:
         now = self._clock()
-        if self.rate is not None:
+        if self.rate is not None and self.period is not None:
+            if now >= self.reset_at:  # what callers still waiting reserved goes into the new window
+                self.level = self.capacity - self.waiting
+                self.reset_at += self.period * (1 + math.floor((now - self.reset_at) / self.period))
+        elif self.rate is not None:
             self.level = min(self.capacity, self.level + max(0.0, now - self._updated) * self.rate)
         self._updated = max(now, self._updated)  # later than now while a refill delay runs
         return now

@@ -1,0 +1,35 @@
+"""Servers that reset a counter at fixed times, told apart from those that refill continuously.
+
+A token bucket refills continuously: what it reports left, in seconds of the limit, plus the
+seconds until it is full again is the same sum at every answer (its bank). A fixed window is a
+counter reset every `period` seconds: the same sum runs from twice the period, just after a
+reset, down to nothing at the end of a window that was spent. Once one budget's sums spread by
+more than half the largest (and a unit), it is taken for fixed windows: `TokenBucket` then
+refills it only at the resets, so each window is spent as it opens and none is sent into a
+window already spent (a continuous mirror met 429s there, and paced through the last window
+what it could have sent at once).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SPREAD = 0.5  # of the largest sum, past which the sums cannot be a bucket's: its differ by rounding only
+
+
+@dataclass
+class ResetSums:
+    """The sums (seconds left plus seconds until full) one budget's answers showed, and the longest
+    wait for a reset: the period of fixed windows is at least that."""
+
+    lowest: float = math.inf
+    highest: float = 0.0
+    longest_reset: float = 0.0
+
+    def add(self, implied: float, until_full: float, unit: float) -> bool:
+        """Add one answer's sum and seconds until full (`unit`: the seconds one unit of the
+        budget refills in, the rounding of a whole count); whether the sums show fixed windows."""
+        self.lowest, self.highest = min(self.lowest, implied), max(self.highest, implied)
+        self.longest_reset = max(self.longest_reset, until_full)
+        return self.highest - self.lowest > SPREAD * self.highest + unit

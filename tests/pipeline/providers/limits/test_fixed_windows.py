@@ -1,0 +1,133 @@
+"""Fixed windows (a counter reset at fixed times) told apart from a bucket, and spent as they open."""
+
+import math
+
+import pytest
+
+from pipeline.providers.limits.fixed_windows import ResetSums
+from pipeline.providers.limits.headers import implied_seconds
+from pipeline.providers.limits.rate_limiter import RateLimiter
+from pipeline.providers.limits.token_bucket import TokenBucket
+from tests.pipeline.providers.limits.test_rate_limiter import Clock, take
+
+
+def headers(limit: int, remaining: int, reset: str) -> dict:
+    return {
+        "x-ratelimit-limit-tokens": str(limit),
+        "x-ratelimit-remaining-tokens": str(remaining),
+        "x-ratelimit-reset-tokens": reset,
+    }
+
+
+@pytest.mark.parametrize(
+    "answer, seconds",
+    [
+        (headers(60_000, 400, "0.6s"), 1.0),  # 400 tokens left at 1,000 a second, full in 0.6 s: a 1 s bank
+        (headers(600_000, 0, "1m0s"), 60.0),
+        (headers(60_000, 1_000, "1s"), 2.0),  # a fixed window just reset: a window left and a window to wait
+        ({"x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "5"}, None),  # no reset said
+    ],
+)
+def test_an_answer_implies_seconds_left_plus_seconds_until_full(answer, seconds):
+    assert implied_seconds(answer, "tokens") == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def sums_of(answers: list[tuple[float, float]], unit: float = 0.001) -> bool:
+    sums = ResetSums()
+    return any([sums.add(implied, until, unit) for implied, until in answers])
+
+
+@pytest.mark.parametrize(
+    "answers, fixed",
+    [
+        ([(10.0, 0.2), (9.99, 4.0), (10.0, 9.9), (9.98, 0.0)], False),  # a bucket: the same sum, but rounding
+        ([(1.0, 0.5), (0.6, 0.6)], False),  # whole units of 0.4 s: a bucket of a few units a second
+        ([(19.0, 9.6), (12.0, 5.0), (0.5, 0.4)], True),  # a 10 s window spent, nearly at its reset
+        ([(1.9, 0.95), (0.1, 0.05), (1.8, 0.9)], True),  # 1 s windows: spent, then reset
+    ],
+)
+def test_only_sums_a_bucket_cannot_show_are_taken_for_fixed_windows(answers, fixed):
+    unit = 0.4 if answers[0] == (1.0, 0.5) else 0.001
+    assert sums_of(answers, unit) is fixed
+
+
+def test_a_bucket_of_fixed_windows_refills_only_at_its_resets():
+    clock = Clock()
+    bucket = TokenBucket(60_000, clock, window=1.0)  # 1,000 tokens a second
+    bucket.resets_every(1.0, next_reset=0.4)
+    assert take(bucket, 1_000) == 0  # the window's budget at once
+    clock.now = 0.3
+    early = bucket.reserve(100)
+    assert bucket.wait(early) == pytest.approx(0.1)  # nothing refilled: wait for the reset
+    clock.now = 0.4
+    assert bucket.wait(early) == 0
+    bucket.release(100)  # it leaves, in the new window
+    assert take(bucket, 900) == 0  # the rest of the reset's 1,000
+    places = [bucket.reserve(800) for _ in range(3)]  # three callers waiting in line
+    assert [bucket.wait(p) for p in places] == pytest.approx([1.0, 2.0, 3.0])  # a window each
+    bucket.resets_every(1.0, next_reset=0.45)  # an answer says the reset came at 0.45: the next is at 1.45
+    assert bucket.reset_at == pytest.approx(1.45)
+    bucket.resets_every(1.0, next_reset=0.41)  # an earlier report moves nothing
+    assert bucket.reset_at == pytest.approx(1.45)
+    clock.now = 1.45
+    assert bucket.wait(places[0]) == 0
+    bucket.release(800)  # the first leaves; the others wait a window each
+    assert [bucket.wait(p) for p in places[1:]] == pytest.approx([1.0, 2.0])
+
+
+class FixedWindowServer:
+    """A server in one thread on the test's clock: `tpm` a minute, as a counter of `window`
+    seconds' worth reset every `window` seconds from `phase`; it reports the time to the reset."""
+
+    def __init__(self, clock, tpm, window, phase):
+        self.clock, self.tpm, self.window, self.phase = clock, tpm, window, phase
+        self.capacity = tpm * window / 60
+        self.level, self.index, self.answers = self.capacity, 0, []  # (time, refused)
+
+    def take(self, tokens):
+        index = math.floor((self.clock.now + self.phase) / self.window)
+        if index != self.index:
+            self.level, self.index = self.capacity, index
+        refused = self.level < min(tokens, self.capacity)
+        self.level -= 0 if refused else tokens
+        self.answers.append((self.clock.now, refused))
+        until = (index + 1) * self.window - (self.clock.now + self.phase)
+        answer = headers(self.tpm, max(0, int(self.level)), f"{until:.3f}s")
+        return refused, answer, until
+
+
+@pytest.mark.parametrize("window, phase", [(1.0, 0.3), (10.0, 0.7), (10.0, 9.9)])
+def test_a_server_of_fixed_windows_is_spent_as_each_window_opens_with_under_one_percent_refused(window, phase):
+    clock = Clock()
+    limit = RateLimiter(sleep=clock.sleep, clock=clock, first_answer_first=True, transit_margin=0)
+    server = FixedWindowServer(clock, tpm=600_000, window=window, phase=phase * window / 10 if window > 1 else phase)
+    windows, sent = 30, 0
+    while sent < server.capacity * windows:
+        tokens = min(limit.request_tokens() or 300_000, 300_000)
+        ticket = limit.acquire(tokens)
+        refused, answer, until_reset = server.take(tokens)
+        if refused:
+            limit.refused(answer, tokens, ticket)
+            limit.back_off(until_reset, tokens)
+            continue
+        limit.observe(answer, tokens, tokens, ticket)
+        sent += tokens
+    assert limit.tokens.period is not None
+    first = next((at for at, refused in server.answers if refused), 0.0)
+    later = [refused for at, refused in server.answers if at > first + 2 * window]
+    assert sum(later) < 0.01 * len(later)
+    fastest = (windows - 1) * window  # a window at once, then one at each reset
+    assert clock.now <= fastest + window  # the first window or two to learn, none lost after
+
+
+def test_a_bucket_that_says_when_it_is_full_is_never_taken_for_fixed_windows():
+    clock = Clock()
+    limit = RateLimiter(sleep=clock.sleep, clock=clock, first_answer_first=True, transit_margin=0)
+    rate, capacity, level, updated = 10_000.0, 100_000.0, 100_000.0, 0.0  # 600,000 a minute, 10 s banked
+    for _ in range(400):
+        ticket = limit.acquire(tokens := min(limit.request_tokens() or 5_000, 5_000))
+        level, updated = min(capacity, level + (clock.now - updated) * rate), clock.now
+        level -= tokens
+        answer = headers(600_000, max(0, int(level)), f"{(capacity - level) / rate:.3f}s")
+        limit.observe(answer, tokens, tokens, ticket)
+    assert limit.tokens.period is None and limit.requests.period is None
