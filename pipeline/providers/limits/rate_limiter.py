@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pipeline.providers.limits.fixed_windows import ResetSums
-from pipeline.providers.limits.headers import implied_seconds, server_level, server_limit, until_reset
+from pipeline.providers.limits.fixed_windows import ResetSums, follow_resets, of_a_window_gone
+from pipeline.providers.limits.headers import server_level, server_limit
 from pipeline.providers.limits.learned_window import LearnedWindow
 from pipeline.providers.limits.token_bucket import TokenBucket
 
@@ -328,7 +328,7 @@ class RateLimiter:
             if remaining is not None:
                 place = places[index] if places else None
                 if bucket.period is not None and ticket is not None:
-                    if _of_a_window_gone(bucket, ticket, until_reset(headers, name)):
+                    if of_a_window_gone(bucket, ticket.sent_at, headers, name):
                         continue
                     if ticket.places and not self._shared:
                         place = self._earliest_unanswered(index, ticket.places[index])
@@ -342,29 +342,17 @@ class RateLimiter:
         return min([place, *places])
 
     def _follow_resets(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
-        """Take a budget whose answers show fixed windows (`fixed_windows.py`) for one, and keep
-        its next reset from each answer: the time the request left plus the wait it was told."""
+        """Take a budget whose answers show fixed windows for one, and keep its next reset."""
+        sent_at = ticket.sent_at if ticket is not None else self._clock()
         with self._learning:
             for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-                implied, until_full, limit = (
-                    implied_seconds(headers, name),
-                    until_reset(headers, name),
-                    server_limit(headers, name),
-                )
-                if implied is None or until_full is None or not limit or bucket.rate is None:
-                    continue
-                sums = self._reset_sums[name]
-                if not sums.add(implied, until_full, 60 / limit) and bucket.period is None:
-                    continue
-                if bucket.period is None:
+                if follow_resets(bucket, self._reset_sums[name], headers, name, sent_at, self.window.seconds):
                     log.info(
                         "the server resets its %s budget at fixed times (every %.1f s or so): spending each window's "
                         "budget as it opens",
                         name,
-                        max(self.window.seconds, sums.longest_reset),
+                        bucket.period,
                     )
-                sent_at = ticket.sent_at if ticket is not None else self._clock()
-                bucket.resets_every(max(self.window.seconds, sums.longest_reset), sent_at + until_full)
 
     def _reports_trusted(self) -> bool:
         """Whether an answer may raise the buckets to the server's report: no other process
@@ -424,13 +412,6 @@ class RateLimiter:
                     f"{cap:,.0f}",
                     f"{server:,.0f}",
                 )
-
-
-def _of_a_window_gone(bucket: TokenBucket, ticket: Ticket, until_full: float | None) -> bool:
-    """Whether an answer from a server of fixed windows speaks of a window already reset: the
-    reset it was told of is not the next one."""
-    period = bucket.period or 0.0
-    return until_full is not None and ticket.sent_at + until_full < bucket.reset_at - period / 2
 
 
 def _debt_to_learn_from(ticket: Ticket | None, limits_changed_at: float) -> float | None:

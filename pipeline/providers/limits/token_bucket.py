@@ -35,6 +35,7 @@ class TokenBucket:
         self.debt = 0.0  # what our sends owe a bucket refilled at `rate` that was full: see LearnedWindow
         self.period: float | None = None  # set for a server of fixed windows: seconds between its resets
         self.reset_at = math.inf  # with `period`: the server's next reset, by our clock
+        self._believe_next = False  # fixed windows just found: the next report may raise the level, once
         self._clock = clock
         self._updated = self._debt_updated = clock()
         self._lock = threading.Lock()
@@ -134,7 +135,10 @@ class TokenBucket:
         `place` (the answered request's, from `reserve`): where the server holds more than we
         believe (its limit rose before its headers told us; our answers came late), believe it,
         less everything reserved after that request (those may have reached it after it counted)
-        and `RAISE_MARGIN` seconds of refill (the request's trip to the server)."""
+        and `RAISE_MARGIN` seconds of refill (the request's trip to the server). With fixed
+        windows, only the first report after they were found may raise the level (a reset we did
+        not foresee); from then on our own resets do, and reports only lower it: answers come
+        back in another order than they were counted, and a raise would count some twice."""
         with self._lock:
             now = self._refill()
             if self.rate is None:
@@ -142,12 +146,13 @@ class TokenBucket:
             refilled = (now - since) * self.rate if since is not None and self.period is None else 0.0
             told = remaining + max(0.0, refilled) - self.waiting
             self.level = min(self.capacity, told) if may_raise else min(self.level, told)
-            if place is not None:
-                if self.period is None:  # less what refilled on the request's way there
-                    believed = told + self.waiting - (self.reserved - place) - RAISE_MARGIN * self.rate
-                else:  # fixed windows, nothing refilled; callers still waiting go this window, wherever in line
-                    believed = told + self.waiting - max(self.reserved - place, self.waiting)
+            if place is not None and self.period is None:  # less what refilled on the request's way there
+                believed = told + self.waiting - (self.reserved - place) - RAISE_MARGIN * self.rate
                 self.level = max(self.level, min(self.capacity, believed))
+            elif place is not None and self._believe_next:  # a reset found, not foreseen: once, then our own
+                # Nothing refilled; callers still waiting go this window, wherever they are in line.
+                believed = told + self.waiting - max(self.reserved - place, self.waiting)
+                self.level, self._believe_next = max(self.level, min(self.capacity, believed)), False
 
     def resets_every(self, period: float, next_reset: float) -> None:
         """The server resets this budget every `period` seconds, one of them at `next_reset` (a
@@ -160,6 +165,7 @@ class TokenBucket:
             if self.period is None:
                 self.capacity = self.rate * period
                 self.level = min(self.level, self.capacity)
+                self._believe_next = True  # the server may have reset since we last believed it spent
             self.period = max(period, self.period or 0.0)
             if self.reset_at == math.inf:  # the first: the next reset from now
                 passed = max(0.0, now - next_reset)

@@ -51,6 +51,19 @@ def test_a_server_that_banks_seconds_is_learned_from_its_headers(window):
     assert max(after_first) <= 1_000 * window / 4  # a quarter of what the window holds
 
 
+def test_a_server_of_fixed_windows_has_its_last_window_spent_as_it_opens_not_paced():
+    window = 2.0
+    with FakeOpenAI(tpm=60_000, window=window, window_kind="fixed", latency=0.02) as server:  # 2,000 a window
+        texts = corpus(6_000)  # about 5,700 tokens: the first window, then two more as they open
+        client = embed_all(server, texts)
+        origin = server.budgets["tokens"].origin
+    assert client.limiter.tokens.period == pytest.approx(window, abs=0.1)
+    assert server.rate_limited <= 2 and len(server.calls) == len(texts)  # the first surprise, and one
+    last = max(int((at - origin) // window) for at, _ in server.admissions)
+    in_last = [(at - origin) % window for at, _ in server.admissions if int((at - origin) // window) == last]
+    assert max(in_last) < window / 2, in_last  # paced at the limit, they would take the whole window
+
+
 def test_a_cap_below_the_servers_limit_holds_and_the_summary_says_so(tmp_path, caplog):
     texts = corpus(4_000)
     source = write_parquet(tmp_path / "in.parquet", {"id": list(range(len(texts))), "text": texts})
