@@ -5,7 +5,17 @@ from dataclasses import replace
 
 import pytest
 
-from benchmarks.ratelimits import Scenario, corpus, lower_bound, markdown_table, sustained, targets, work_of
+from benchmarks.ratelimits import (
+    Scenario,
+    corpus,
+    figures,
+    lower_bound,
+    lower_bound_fixed,
+    markdown_table,
+    sustained,
+    targets,
+    work_of,
+)
 from pipeline.text.tokens import count_tokens
 
 
@@ -62,6 +72,27 @@ def scenario(window=60.0, halved=None, limit=600, binding="tokens", batch=None):
 )
 def test_the_lower_bound_spends_the_banked_window_then_the_limit_as_it_refills(s, work, seconds):
     assert lower_bound(s, work) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "s, work, phase, seconds",
+    [
+        (scenario(window=10.0), 100, 3.0, 0.0),  # the first window's 100 covers it
+        (scenario(window=10.0), 101, 3.0, 7.0),  # one more: the first reset, 7 s on
+        (scenario(window=10.0), 300, 3.0, 17.0),  # three windows: the second reset
+        (scenario(window=10.0), 300, 9.9, 10.1),  # the first request late in its window: resets sooner
+        (scenario(window=10.0, halved=(1 / 3, 2 / 3)), 100 + 100 + 100 + 50 + 50 + 50 + 100, 0.0, 60.0),  # halved 30-60 s
+    ],
+)
+def test_the_lower_bound_of_fixed_windows_spends_each_window_as_it_resets(s, work, phase, seconds):
+    assert lower_bound_fixed(s, work, phase) == pytest.approx(seconds)
+
+
+def test_with_fixed_windows_a_run_is_measured_against_its_own_resets():
+    s = replace(scenario(window=10.0), window_kind="fixed")
+    run = {"seconds": 18.0, "start_up": 1.0, "phase": 3.0, "rate_limited": 0, "requests": 10}
+    f = figures(s, 300, run)  # bound: 17 s from the first request
+    assert f["sustained"] == pytest.approx(17 / 17) and f["vs_bound"] == pytest.approx(18 / 17)
 
 
 @pytest.mark.parametrize(
