@@ -318,9 +318,9 @@ class RateLimiter:
         banked there, unspent, to the end of the run. A server whose reports are not what it
         enforces (a minute reported, seconds enforced) shows itself by a refusal.
 
-        Fixed windows: a report from the window under way is believed, more or less than we had,
-        less everything reserved since the earliest request still unanswered (those may be
-        counted after it); that is how a reset we did not see coming is found."""
+        Fixed windows: a report of a window already reset is left aside; the first report after
+        they were found may raise the level (`TokenBucket.cap`), less everything reserved since
+        the earliest request still unanswered (those may be counted after it)."""
         grown = ticket is not None and self._grown_at is not None and ticket.sent_at >= self._grown_at
         places = ticket.places if ticket is not None and alone and self._reports_trusted() else None
         for index, (bucket, name) in enumerate(((self.requests, "requests"), (self.tokens, "tokens"))):

@@ -162,11 +162,10 @@ class TokenBucket:
             now = self._refill()
             if self.rate is None:
                 return
-            if self.period is None:
-                self.capacity = self.rate * period
-                self.level = min(self.level, self.capacity)
-                self._believe_next = True  # the server may have reset since we last believed it spent
-            self.period = max(period, self.period or 0.0)
+            first, self.period = self.period is None, max(period, self.period or 0.0)
+            self.capacity = self.rate * self.period
+            self.level = min(self.level, self.capacity)
+            self._believe_next = self._believe_next or first  # it may have reset since we last believed it spent
             if self.reset_at == math.inf:  # the first: the next reset from now
                 passed = max(0.0, now - next_reset)
                 self.reset_at = next_reset + self.period * math.ceil(passed / self.period + 1e-9 if passed else 0)

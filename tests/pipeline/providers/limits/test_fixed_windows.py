@@ -131,3 +131,16 @@ def test_a_bucket_that_says_when_it_is_full_is_never_taken_for_fixed_windows():
         answer = headers(600_000, max(0, int(level)), f"{(capacity - level) / rate:.3f}s")
         limit.observe(answer, tokens, tokens, ticket)
     assert limit.tokens.period is None and limit.requests.period is None
+
+
+def test_only_the_first_report_after_fixed_windows_are_found_may_raise_the_level():
+    clock = Clock()
+    bucket = TokenBucket(60_000, clock, window=1.0)
+    place = bucket.reserve(3_000)  # spent past the window: our level is -2,000
+    bucket.release(3_000)
+    bucket.resets_every(1.0, next_reset=0.6)
+    bucket.cap(900, since=0.0, place=place)  # the server reset before we knew: it has 900 left
+    assert bucket.level == pytest.approx(900)
+    bucket.level = 100  # spent since
+    bucket.cap(900, since=0.0, place=place)  # a late answer, counted before the others: lowers only
+    assert bucket.level == pytest.approx(100)
