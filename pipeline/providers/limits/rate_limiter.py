@@ -347,6 +347,7 @@ class RateLimiter:
         with self._learning:
             for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
                 if follow_resets(bucket, self._reset_sums[name], headers, name, sent_at, self.window.seconds):
+                    self._relearn(True)  # at the whole limit: see _relearn
                     log.info(
                         "the server resets its %s budget at fixed times (every %.1f s or so): spending each window's "
                         "budget as it opens",
@@ -392,13 +393,14 @@ class RateLimiter:
                 self._relearn(True)
 
     def _relearn(self, changed: bool) -> None:
-        """Apply the limits, window and pace learned so far to both buckets."""
+        """Apply the limits, window and pace learned so far to both buckets. A budget of fixed
+        windows takes no pace: its refusals say our resets came early, not that it spends slower."""
         if not changed:
             return
         with self._learning:
             for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-                limit = self.limit(name)
-                bucket.set_limit(limit * self.window.pace if limit else None, self.window.seconds)
+                limit, pace = self.limit(name), 1.0 if bucket.period is not None else self.window.pace
+                bucket.set_limit(limit * pace if limit else None, self.window.seconds)
 
     def _note_caps(self) -> None:
         """Say once, per budget, that a configured cap holds the run below what the server allows."""

@@ -144,3 +144,13 @@ def test_only_the_first_report_after_fixed_windows_are_found_may_raise_the_level
     bucket.level = 100  # spent since
     bucket.cap(900, since=0.0, place=place)  # a late answer, counted before the others: lowers only
     assert bucket.level == pytest.approx(100)
+
+
+def test_a_budget_of_fixed_windows_is_spent_at_the_whole_limit_whatever_slowed_the_pace():
+    clock = Clock()
+    limit = RateLimiter(sleep=clock.sleep, clock=clock, transit_margin=0)
+    limit.window.pace = 0.8  # as after refusals our model could not explain
+    limit.observe(headers(60_000, 900, "0.5s"), 100, 100, limit.acquire(100))  # a sum of 1.4 s
+    assert limit.tokens.rate == pytest.approx(800)
+    limit.observe(headers(60_000, 0, "0.1s"), 100, 100, limit.acquire(100))  # 0.1 s: fixed windows
+    assert limit.tokens.period is not None and limit.tokens.rate == pytest.approx(1_000)
