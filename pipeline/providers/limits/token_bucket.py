@@ -162,9 +162,10 @@ class TokenBucket:
             now = self._refill()
             if self.rate is None:
                 return
-            first, self.period = self.period is None, max(period, self.period or 0.0)
+            first, self.period, before = self.period is None, max(period, self.period or 0.0), self.capacity
             self.capacity = self.rate * self.period
-            self.level = min(self.level, self.capacity)
+            # A longer period found: the window under way holds that much more than we thought.
+            self.level = min(self.level + (0.0 if first else self.capacity - before), self.capacity)
             self._believe_next = self._believe_next or first  # it may have reset since we last believed it spent
             if self.reset_at == math.inf:  # the first: the next reset from now
                 passed = max(0.0, now - next_reset)

@@ -154,3 +154,12 @@ def test_a_budget_of_fixed_windows_is_spent_at_the_whole_limit_whatever_slowed_t
     assert limit.tokens.rate == pytest.approx(800)
     limit.observe(headers(60_000, 0, "0.1s"), 100, 100, limit.acquire(100))  # 0.1 s: fixed windows
     assert limit.tokens.period is not None and limit.tokens.rate == pytest.approx(1_000)
+
+
+def test_a_longer_period_told_mid_window_adds_to_what_the_window_holds():
+    clock = Clock()
+    bucket = TokenBucket(60_000, clock, window=10.0)
+    bucket.resets_every(9.5, next_reset=5.0)  # first taken for 9.5 s: 9,500 tokens a window
+    assert take(bucket, 9_000) == 0
+    bucket.resets_every(10.0, next_reset=5.0)  # an answer told of a longer wait: 10 s, 10,000
+    assert bucket.level == pytest.approx(1_000)
