@@ -60,6 +60,9 @@ class Segment:
             self.index = KeyIndex(self._top_bits())
         except BaseException:
             os.close(self._fd)
+            # Not closed again by __del__: the error (a store keeps a damaged file's) holds this
+            # object, and by the time it goes the number may be another file's, open elsewhere.
+            del self._fd
             raise
 
     def __del__(self):

@@ -1,6 +1,7 @@
 """Segment files: many writes merged into few files, found from other handles, mended by repair."""
 
 import fcntl
+import gc
 import os
 import subprocess
 import sys
@@ -161,6 +162,23 @@ def damage_newest_segment(cache_path: Path, how: str) -> None:
         with open(newest, "r+b") as file:
             file.seek(segments.HEADER)
             file.write(b"\xff" * 8)
+
+
+def test_a_segment_file_that_fails_to_open_never_closes_a_descriptor_twice(tmp_path):
+    store = SegmentStore(tmp_path / "s", 8)
+    store.add(np.arange(1, 4, dtype=np.uint64), np.arange(3, dtype=np.uint64), np.ones((3, 8), np.float32))
+    store.close()
+    path = next((tmp_path / "s").glob("*.seg"))
+    path.write_bytes(path.read_bytes()[:-1])  # cut short: its header no longer agrees
+    with pytest.raises(segments.SegmentDamaged) as failed:
+        segments.Segment(path, 8)
+    other = os.open(tmp_path / "other", os.O_WRONLY | os.O_CREAT)  # most likely the number the segment had
+    try:
+        del failed  # the error held the half-opened segment: it goes now
+        gc.collect()
+        os.fstat(other)  # still open: nothing closed it
+    finally:
+        os.close(other)
 
 
 # how the newest segment is damaged -> what check counts, and how many of its two texts a repair keeps
