@@ -32,7 +32,7 @@ def quiet_in_worker() -> bool:
 
 
 def test_every_worker_of_a_cluster_gets_the_filter_once_registered_and_those_started_later_too():
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         with Client(cluster) as client:
             assert not any(client.run(quiet_in_worker).values())
             client.register_plugin(QuietShutdown())
