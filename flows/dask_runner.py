@@ -62,7 +62,7 @@ def dask_runner(config: EmbeddingConfig, local_workers: int):
         "n_workers": local_workers,
         "threads_per_worker": 1,
         "processes": True,
-        "dashboard_address": None,
+        "dashboard_address": ":0",  # a free port: a second run at once (8787 taken) would warn
         "env": {"PREFECT_API_URL": api_url, "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning"},
     }
     return DaskTaskRunner(cluster_kwargs=cluster)
