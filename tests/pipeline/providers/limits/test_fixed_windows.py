@@ -8,7 +8,7 @@ from pipeline.providers.limits.fixed_windows import ResetSums
 from pipeline.providers.limits.headers import implied_seconds
 from pipeline.providers.limits.rate_limiter import RateLimiter
 from pipeline.providers.limits.token_bucket import TokenBucket
-from tests.pipeline.providers.limits.test_rate_limiter import Clock, take
+from tests.pipeline.providers.limits.test_rate_limiter import Clock, send_through, take
 
 
 def headers(limit: int, remaining: int, reset: str) -> dict:
@@ -101,17 +101,8 @@ def test_a_server_of_fixed_windows_is_spent_as_each_window_opens_with_under_one_
     clock = Clock()
     limit = RateLimiter(sleep=clock.sleep, clock=clock, first_answer_first=True, transit_margin=0)
     server = FixedWindowServer(clock, tpm=600_000, window=window, phase=phase * window / 10 if window > 1 else phase)
-    windows, sent = 30, 0
-    while sent < server.capacity * windows:
-        tokens = min(limit.request_tokens() or 300_000, 300_000)
-        ticket = limit.acquire(tokens)
-        refused, answer, until_reset = server.take(tokens)
-        if refused:
-            limit.refused(answer, tokens, ticket)
-            limit.back_off(until_reset, tokens)
-            continue
-        limit.observe(answer, tokens, tokens, ticket)
-        sent += tokens
+    windows = 30
+    send_through(limit, server, server.capacity * windows)
     assert limit.tokens.period is not None
     first = next((at for at, refused in server.answers if refused), 0.0)
     later = [refused for at, refused in server.answers if at > first + 2 * window]

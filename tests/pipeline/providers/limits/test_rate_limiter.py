@@ -349,12 +349,11 @@ class SecondsServer:
         return refused, headers, max(0.001, (tokens - self.level) / self.rate)  # retry-after-ms: whole milliseconds
 
 
-def test_after_the_first_surprise_a_server_that_enforces_seconds_refuses_under_one_percent():
-    clock = Clock()
-    limit = RateLimiter(sleep=clock.sleep, clock=clock, first_answer_first=True)
-    server = SecondsServer(clock, tpm=600_000, window=1.0)
+def send_through(limit, server, tokens_in_all):
+    """Send `tokens_in_all` through `limit` to a server on the test's clock, a request at a time as
+    the provider does: `server.take(tokens)` answers (refused, headers, retry-after seconds)."""
     sent = 0
-    while sent < 600_000 * 5:  # five minutes of the limit
+    while sent < tokens_in_all:
         tokens = min(limit.request_tokens() or 300_000, 300_000)
         ticket = limit.acquire(tokens)
         refused, headers, retry_after = server.take(tokens)
@@ -364,6 +363,13 @@ def test_after_the_first_surprise_a_server_that_enforces_seconds_refuses_under_o
             continue
         limit.observe(headers, tokens, tokens, ticket)
         sent += tokens
+
+
+def test_after_the_first_surprise_a_server_that_enforces_seconds_refuses_under_one_percent():
+    clock = Clock()
+    limit = RateLimiter(sleep=clock.sleep, clock=clock, first_answer_first=True)
+    server = SecondsServer(clock, tpm=600_000, window=1.0)
+    send_through(limit, server, 600_000 * 5)  # five minutes of the limit
     first = next(at for at, refused in server.answers if refused)
     later = [refused for at, refused in server.answers if at > first + 60]  # a minute to learn
     assert sum(later) < 0.01 * len(later)
