@@ -168,8 +168,7 @@ class TokenBucket:
             self.level = min(self.level + (0.0 if first else self.capacity - before), self.capacity)
             self._believe_next = self._believe_next or first  # it may have reset since we last believed it spent
             if self.reset_at == math.inf:  # the first: the next reset from now
-                passed = max(0.0, now - next_reset)
-                self.reset_at = next_reset + self.period * math.ceil(passed / self.period + 1e-9 if passed else 0)
+                self.reset_at = _first_after(next_reset, now, self.period)
             else:  # one of the resets we know, told again: the nearest of them
                 told = next_reset - self.period * round((next_reset - self.reset_at) / self.period)
                 self.reset_at = max(self.reset_at, told)
@@ -179,8 +178,13 @@ class TokenBucket:
         if self.rate is not None and self.period is not None:
             if now >= self.reset_at:  # what callers still waiting reserved goes into the new window
                 self.level = self.capacity - self.waiting
-                self.reset_at += self.period * (1 + math.floor((now - self.reset_at) / self.period))
+                self.reset_at = _first_after(self.reset_at, now, self.period)
         elif self.rate is not None:
             self.level = min(self.capacity, self.level + max(0.0, now - self._updated) * self.rate)
         self._updated = max(now, self._updated)  # later than now while a refill delay runs
         return now
+
+
+def _first_after(reset: float, now: float, period: float) -> float:
+    """The first of the resets `period` apart from `reset` that is later than `now` (`reset` itself if it is)."""
+    return reset if reset > now else reset + period * (1 + math.floor((now - reset) / period))
