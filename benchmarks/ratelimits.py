@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks.ratelimits --quick    # scaled down, a few minutes in all
     .venv/bin/python -m benchmarks.ratelimits --scenarios window-1s,halved --clients embedpipe,openai-loop --runs 3
     .venv/bin/python -m benchmarks.ratelimits --markdown # also one markdown table of every row, for the README
+    .venv/bin/python -m benchmarks.ratelimits --limit-headers remaining  # headers that say only what is left (Azure)
 
 The loopback server runs in its own process and enforces RPM and TPM as servers do: each limit
 banks `window` seconds of budget (a token bucket of limit × window / 60, refilled continuously;
@@ -62,6 +63,7 @@ class Scenario:
     halved: tuple[float, float] | None = None  # fractions of `seconds` at which the limits halve and come back
     window_kind: str = "bucket"  # or "fixed": counters reset every `window` seconds
     trip: float = 0.0  # seconds each request takes to reach the server's limiter (a far region's one-way trip)
+    limit_headers: str = "all"  # or "remaining": only x-ratelimit-remaining-* (Azure OpenAI's), no limit or reset
 
     @property
     def limit(self) -> int:
@@ -188,6 +190,7 @@ def serve(conn, scenario: Scenario) -> None:
         window=scenario.window,
         window_kind=scenario.window_kind,
         trip=scenario.trip,
+        limit_headers=scenario.limit_headers,
     ) as server:
         threading.Thread(target=follow_schedule, args=(server, scenario), daemon=True).start()
         conn.send(server.base_url)
@@ -218,21 +221,28 @@ def follow_schedule(server, scenario: Scenario) -> None:
 
 
 def embedpipe_setup(base_url: str, texts: list[str], scenario: Scenario, tmp: str):
-    """Write the texts as the Parquet input a user would have; return the timed call and the row count.
-
-    No limits, concurrency or (unless the scenario fixes one) request size in the config: embedpipe
-    learns the limits from the server's headers and sizes its requests itself."""
+    """Write the texts as the Parquet input a user would have; return the timed call and the row count."""
     pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), Path(tmp) / "in.parquet")
+    config = embedpipe_config(base_url, scenario, tmp)
+    return lambda: run_pipeline(config, api_key="sk-bench"), lambda _: vectors_written(Path(tmp) / "out")
+
+
+def embedpipe_config(base_url: str, scenario: Scenario, tmp: str) -> Config:
+    """No limits, concurrency or (unless the scenario fixes one) request size: embedpipe learns the
+    limits from the server's headers and sizes its requests itself. A server whose headers say only
+    what is left gets the limits in the config, as embedpipe's warning asks a user to."""
     embedding = {
         "provider": "openai",
         "model": "text-embedding-3-small",
         "dimensions": 16,
         "base_url": base_url,
         "api_key_env": "EMBEDPIPE_BENCH_KEY",
-    }  # named, as for any server not OpenAI's; the key is passed below
+    }  # named, as for any server not OpenAI's; the key is passed to the run
     if scenario.batch:
         embedding["batch_size"] = scenario.batch
-    config = Config.model_validate(
+    if scenario.limit_headers != "all":
+        embedding.update(requests_per_minute=scenario.rpm, tokens_per_minute=scenario.tpm)
+    return Config.model_validate(
         {
             "source": {"path": f"{tmp}/in.parquet"},
             "embedding": embedding,
@@ -240,7 +250,6 @@ def embedpipe_setup(base_url: str, texts: list[str], scenario: Scenario, tmp: st
             "output": {"path": f"{tmp}/out"},
         }
     )
-    return lambda: run_pipeline(config, api_key="sk-bench"), lambda _: vectors_written(Path(tmp) / "out")
 
 
 def vectors_written(out: Path) -> int:
@@ -353,6 +362,8 @@ def describe(scenario: Scenario, texts: int, tokens: int, work: int) -> str:
         behaviour = f", halved from {halve:.0f} s to {restore:.0f} s"
     if scenario.trip:
         behaviour += f", requests reach it {scenario.trip * 1000:.0f} ms after they leave"
+    if scenario.limit_headers != "all":
+        behaviour += f", headers: {scenario.limit_headers} only"
     size = f"{scenario.batch} texts a request" if scenario.batch else "request size the client's"
     bound = f"lower bound {lower_bound(scenario, work):.2f} s (+ latency)"
     if scenario.window_kind == "fixed":  # where the resets fall differs run to run
@@ -451,11 +462,11 @@ def markdown_table(sections: list[tuple[Scenario, list[str], int, list[dict]]]) 
     return "\n".join(lines)
 
 
-def scaled(scenario: Scenario, quick: bool, window_kind: str) -> Scenario:
+def scaled(scenario: Scenario, quick: bool, window_kind: str, limit_headers: str = "all") -> Scenario:
     """The scenario as run. --quick: a fifth of the time; where a minute is banked, a quarter of the
     limits too (the bank would dominate the run). Smaller windows keep their limits, so a window holds
     the same requests as in the full run."""
-    scenario = replace(scenario, window_kind=window_kind)
+    scenario = replace(scenario, window_kind=window_kind, limit_headers=limit_headers)
     if not quick:
         return scenario
     share = 4 if scenario.window >= 60 else 1
@@ -477,6 +488,12 @@ def main() -> None:
         default="bucket",
         help="how the server banks its window: a token bucket (default) or fixed windows",
     )
+    parser.add_argument(
+        "--limit-headers",
+        choices=("all", "remaining"),
+        default="all",
+        help="the server's x-ratelimit-* headers: limit, remaining and reset (OpenAI's), or what is left only (Azure's)",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print one markdown table of every row")
     parser.add_argument(
         "--give-up",
@@ -490,7 +507,7 @@ def main() -> None:
     for scenario in SCENARIOS:
         if scenario.name not in args.scenarios.split(","):
             continue
-        scenario = scaled(scenario, args.quick, args.window_kind)
+        scenario = scaled(scenario, args.quick, args.window_kind, args.limit_headers)
         texts = corpus(scenario)
         tokens = sum(len(t) for t in cl100k_base().encode_ordinary_batch(texts))
         give_up = args.give_up * lower_bound(scenario, work_of(scenario, texts, tokens)) + 10 if args.give_up else None

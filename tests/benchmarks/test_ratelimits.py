@@ -8,10 +8,13 @@ import pytest
 from benchmarks.ratelimits import (
     Scenario,
     corpus,
+    describe,
+    embedpipe_config,
     figures,
     lower_bound,
     lower_bound_fixed,
     markdown_table,
+    scaled,
     sustained,
     targets,
     work_of,
@@ -136,3 +139,11 @@ def test_the_markdown_table_has_a_row_per_scenario_and_client_named_on_its_first
     ]
     assert rows[0].startswith("| s: 600 RPM, 600 TPM, 10 s window;") and rows[1].startswith("|  | openai-loop")
     assert rows[2].startswith("| t: 600 RPM, 600 TPM, 60 s window;")
+
+
+@pytest.mark.parametrize("headers, limits", [("all", (None, None)), ("remaining", (600, 600))])
+def test_a_server_that_says_only_what_is_left_has_embedpipe_told_the_limits(tmp_path, headers, limits):
+    s = scaled(scenario(), quick=False, window_kind="bucket", limit_headers=headers)
+    embedding = embedpipe_config("http://127.0.0.1:9/v1", s, str(tmp_path)).embedding
+    assert (embedding.requests_per_minute, embedding.tokens_per_minute) == limits
+    assert ("headers: remaining only" in describe(s, 1, 1, 1)) == (headers == "remaining")

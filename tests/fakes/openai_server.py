@@ -221,8 +221,9 @@ class _QuietServer(ThreadingHTTPServer):
 class FakeOpenAI:
     """Start with `with FakeOpenAI() as server:`; point clients at `server.base_url`.
 
-    `rpm` and `tpm` enforce rate limits with 429s and `x-ratelimit-*` headers (none with
-    `send_limit_headers=False`); each banks `window` seconds of budget, as a token bucket or, with
+    `rpm` and `tpm` enforce rate limits with 429s and `x-ratelimit-*` headers: `limit_headers`
+    "all" (limit, remaining, reset: OpenAI's), "remaining" (only what is left: Azure OpenAI's) or
+    "none"; each banks `window` seconds of budget, as a token bucket or, with
     `window_kind="fixed"`, as counters reset every `window` seconds (see `Budget`); `set_limits`
     changes them mid-run. `latency` plus `latency_per_1k_tokens` per 1,000 tokens delays every
     answer within the limits; `trip` delays every request before the limits see it (a network's
@@ -232,7 +233,7 @@ class FakeOpenAI:
     def __init__(self, dimensions: int = 16, shuffle: bool = False,
                  models: tuple[str, ...] = ("text-embedding-3-small",), rpm: float | None = None,
                  tpm: float | None = None, latency: float = 0.0, window: float = 60.0, window_kind: str = "bucket",
-                 send_limit_headers: bool = True, latency_per_1k_tokens: float = 0.0,
+                 limit_headers: str = "all", latency_per_1k_tokens: float = 0.0,
                  deployments: dict[str, str] | None = None, host: str = "127.0.0.1", trip: float = 0.0):
         self.dimensions = dimensions
         self.deployments = deployments or {"emb-small": models[0]}  # Azure: deployment name -> the model behind it
@@ -241,7 +242,9 @@ class FakeOpenAI:
         self.window, self.window_kind = window, window_kind
         limits = (("requests", rpm), ("tokens", tpm))
         self.budgets = {name: Budget(limit, window, window_kind) for name, limit in limits if limit}
-        self.send_limit_headers = send_limit_headers
+        if limit_headers not in ("all", "remaining", "none"):
+            raise ValueError(f"limit_headers must be 'all', 'remaining' or 'none', not {limit_headers!r}")
+        self.limit_headers = limit_headers
         self.latency = latency
         self.latency_per_1k_tokens = latency_per_1k_tokens
         self.trip = trip
@@ -379,11 +382,14 @@ class FakeOpenAI:
 
     def _current_headers(self) -> dict:
         """The x-ratelimit-* headers of the budgets' levels now; the caller holds the lock."""
-        if not self.send_limit_headers:
+        if self.limit_headers == "none":
             return {}
         for budget in self.budgets.values():
             budget.refill()
-        return {key: value for name, b in self.budgets.items() for key, value in b.headers(name).items()}
+        headers = {key: value for name, b in self.budgets.items() for key, value in b.headers(name).items()}
+        if self.limit_headers == "remaining":
+            return {key: value for key, value in headers.items() if key.startswith("x-ratelimit-remaining-")}
+        return headers
 
     def _problem(self, model: str | None, texts: list) -> tuple[int, dict, dict] | None:
         status, message = self._check(model, texts) or (None, None)

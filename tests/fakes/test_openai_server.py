@@ -143,12 +143,22 @@ def test_set_limits_can_add_a_limit_and_leaves_the_other_alone():
 
 @pytest.mark.parametrize("limit", [{"rpm": 60}, {"tpm": 600}, {"rpm": 60, "tpm": 600}])
 def test_no_limit_headers_when_the_server_sends_none(limit):
-    with FakeOpenAI(**limit, window=1.0, send_limit_headers=False) as server:
+    with FakeOpenAI(**limit, window=1.0, limit_headers="none") as server:
         answers = [post(server, 30) for _ in range(3)]
     assert answers[0].status_code == 200 and answers[-1].status_code == 429
     for answer in answers:
         assert not [name for name in answer.headers if name.startswith("x-ratelimit-")]
     assert "retry-after-ms" in answers[-1].headers
+
+
+def test_azure_style_headers_say_only_what_is_left():
+    with FakeOpenAI(rpm=60, tpm=600, window=10.0, limit_headers="remaining") as server:
+        answer = post(server, 30)
+    assert sorted(name for name in answer.headers if name.startswith("x-ratelimit-")) == [
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens",
+    ]
+    assert (answer.headers["x-ratelimit-remaining-requests"], answer.headers["x-ratelimit-remaining-tokens"]) == ("9", "70")
 
 
 def test_admissions_record_when_and_how_many_tokens():

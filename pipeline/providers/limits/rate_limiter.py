@@ -95,6 +95,7 @@ class RateLimiter:
         self._grown_at: float | None = None  # when the share last grew, until an answer since says what is left
         self._shared = False  # set_share was called: other processes spend the same limits
         self._reset_sums = {name: ResetSums() for name in NAMES}  # what the answers show of how each refills
+        self.unreported: list[str] = []  # budgets whose answers say what is left but not the limit, none configured
 
     def limit(self, name: str) -> float | None:
         """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
@@ -371,21 +372,26 @@ class RateLimiter:
             if changed:
                 self._limits_changed_at = self._clock()
             self.server_limits.update({name: v for name, v in limits.items() if v})
+            # A server that reports only what is left (Azure OpenAI) tells seconds of the configured cap.
             held = [
                 (level + charged[name]) / (limit / 60) - since
                 for name in NAMES
-                if charged and (limit := limits[name]) and (level := _remaining(headers, name)) is not None
+                if charged
+                and (limit := limits[name] or self.caps[name])
+                and (level := _remaining(headers, name)) is not None
             ]
             widened = bool(held) and self.window.reported(min(held), first=not self._answered)
             if changed:
                 self._note_caps()
             self._relearn(changed or widened)
+        if charged and not self._answered:
+            self._note_unreported(headers)
 
     def _first_answer_without_levels(self) -> None:
         """A server whose first answer does not say how full its budget is may bank no more than a
         second: start there, and let sustained success widen the window."""
         with self._learning:
-            if not self.window.heard and self.window.assume_shortest():
+            if not self.window.heard and self.window.assume_shortest() and any(self.limit(n) for n in NAMES):
                 log.info(
                     "the server does not say how full its budget is: spending 1 s of the limits at once, more if it "
                     "allows"
@@ -401,6 +407,21 @@ class RateLimiter:
             for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
                 limit, pace = self.limit(name), 1.0 if bucket.period is not None else self.window.pace
                 bucket.set_limit(limit * pace if limit else None, self.window.seconds)
+
+    def _note_unreported(self, headers: Mapping[str, str]) -> None:
+        """Say once, at the first answer, which budgets the server counts (`x-ratelimit-remaining-*`)
+        without saying their limits (no `x-ratelimit-limit-*`: Azure OpenAI), where none is configured."""
+        self.unreported = [
+            name for name in NAMES if self.limit(name) is None and _remaining(headers, name) is not None
+        ]
+        if self.unreported:
+            settings = " and ".join(f"embedding.{_CAP_SETTING[name]}" for name in self.unreported)
+            log.warning(
+                "the server says what is left of its %s limits but not the limits (no x-ratelimit-limit-* "
+                "headers): set %s to them; until then only its 429s hold this run back",
+                " and ".join(self.unreported),
+                settings,
+            )
 
     def _note_caps(self) -> None:
         """Say once, per budget, that a configured cap holds the run below what the server allows."""

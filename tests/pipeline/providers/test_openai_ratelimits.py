@@ -64,6 +64,31 @@ def test_a_server_of_fixed_windows_has_its_last_window_spent_as_it_opens_not_pac
     assert max(in_last) < window / 2, in_last  # paced at the limit, they would take the whole window
 
 
+def test_a_server_that_says_only_what_is_left_and_no_limits_configured_is_named_once_with_the_fix(caplog):
+    with FakeOpenAI(tpm=60_000, rpm=6_000, window=1.0, latency=0.02, limit_headers="remaining") as server:
+        texts = corpus(2_000)
+        embed_all(server, texts)
+    assert len(server.calls) == len(texts)  # its 429s held the run back, and every text was embedded
+    said = [r.getMessage() for r in caplog.records if "but not the limits" in r.getMessage()]
+    assert said == [
+        "the server says what is left of its requests and tokens limits but not the limits (no x-ratelimit-limit-* "
+        "headers): set embedding.requests_per_minute and embedding.tokens_per_minute to them; until then only its "
+        "429s hold this run back"
+    ]
+    assert not [r for r in caplog.records if "how full its budget is" in r.getMessage()]  # no limits to spend 1 s of
+
+
+@pytest.mark.parametrize("window", [1.0, 10.0])
+def test_a_server_that_says_only_what_is_left_is_spent_within_the_configured_limits(window, caplog):
+    with FakeOpenAI(tpm=60_000, window=window, latency=0.02, limit_headers="remaining") as server:
+        texts = corpus(int(1_000 * (window + 4)))  # the window's bank, and four seconds more
+        client = embed_all(server, texts, tokens_per_minute=60_000)
+    assert server.rate_limited <= 1 and len(server.calls) == len(texts)  # as with every header (above)
+    # What is left, in seconds of the configured limit, tells the window: spent at once, not 1 s of it.
+    assert client.limiter.window.seconds == pytest.approx(window, rel=0.2)
+    assert not [r for r in caplog.records if "but not the limits" in r.getMessage()]
+
+
 def test_a_cap_below_the_servers_limit_holds_and_the_summary_says_so(tmp_path, caplog):
     texts = corpus(4_000)
     source = write_parquet(tmp_path / "in.parquet", {"id": list(range(len(texts))), "text": texts})
