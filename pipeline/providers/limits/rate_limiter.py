@@ -411,9 +411,7 @@ class RateLimiter:
     def _note_unreported(self, headers: Mapping[str, str]) -> None:
         """Say once, at the first answer, which budgets the server counts (`x-ratelimit-remaining-*`)
         without saying their limits (no `x-ratelimit-limit-*`: Azure OpenAI), where none is configured."""
-        self.unreported = [
-            name for name in NAMES if self.limit(name) is None and _remaining(headers, name) is not None
-        ]
+        self.unreported = [name for name in NAMES if self.limit(name) is None and _remaining(headers, name) is not None]
         if self.unreported:
             settings = " and ".join(f"embedding.{_CAP_SETTING[name]}" for name in self.unreported)
             log.warning(
