@@ -15,8 +15,8 @@ import pyarrow as pa
 
 from pipeline.config import SourceConfig
 from pipeline.errors import SourceError
-from pipeline.hashset import HashSet
 from pipeline.sources.formats import describe_suffixes, format_for, is_supported
+from pipeline.sources.unique_ids import UniqueIds
 from pipeline.text.normalise import render_template, template_fields
 
 BATCH_ROWS = 8192
@@ -108,7 +108,7 @@ def validate_source(
         needed = text_columns(config)
     except ValueError as exc:
         raise SourceError(f"source.text_template: {exc}") from None
-    seen_ids = HashSet()  # eight bytes an id
+    seen_ids = UniqueIds()
     rows = []
     for file in files:
         schema = _schema(file, config.encoding)
@@ -167,7 +167,7 @@ def _try_template(file: Path, config: SourceConfig) -> None:
         raise SourceError(f"{file}: source.text_template cannot be filled: {type(exc).__name__}: {exc}") from None
 
 
-def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen: HashSet) -> int:
+def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen: UniqueIds) -> int:
     """Read the id and `text_columns` through (so a bad byte surfaces now, not mid-run), adding
     ids to `seen`; raise on a null or repeated id. Returns the row count."""
     rows = 0
@@ -177,9 +177,8 @@ def _check_rows(file: Path, config: SourceConfig, text_columns: list[str], seen:
         if ids.null_count:
             offset = ids.is_null().to_pylist().index(True)
             raise SourceError(f"{file}: column {id_column!r} is null at row {rows + offset + 1}; every row needs an id")
-        new = seen.add_many(ids)
-        if not new.all():
-            offset = int(new.argmin())
+        offset = seen.first_repeat(ids)
+        if offset is not None:
             raise SourceError(
                 f"{file}: column {id_column!r} repeats id {ids[offset].as_py()!r} at row {rows + offset + 1}; ids "
                 "must be unique"
