@@ -197,7 +197,7 @@ class HTTPEmbedder(Embedder):
 
     def _wait_after_429(self, exc: RateLimited, tokens: int, attempt: int) -> None:
         self.tally("429")
-        self.limiter.refused(exc.headers, tokens, getattr(self._outgoing, "ticket", None))
+        self.limiter.refused(exc.headers, tokens, getattr(self._outgoing, "ticket", None), exc.retry_after)
         wait = exc.retry_after or backoff(attempt)
         log.info("rate limited (429): all requests wait %.1f s", wait)
         self.limiter.back_off(wait, tokens)

@@ -8,18 +8,30 @@ more than half the largest (and a unit), it is taken for fixed windows: `TokenBu
 refills it only at the resets, so each window is spent as it opens and none is sent into a
 window already spent (a continuous mirror met 429s there, and paced through the last window
 what it could have sent at once).
+
+A server that says only what is left (Azure OpenAI: no `x-ratelimit-reset-*`) gives no sums. Its
+resets show as jumps instead (`LevelJumps`): a report of more left than an earlier one plus what
+a bucket refilled at the limit since could hold. Charges only ever lower the level, so that
+bound holds whatever order the server counted the requests in; a jump needs a reset (or a server
+that refills faster than the limit we hold to, which steps at our limit then spend no faster).
+A 429 from such a server tells when its next reset is, the wait it asks for, and gives it away
+first where that wait is longer than a bucket refilling at the limit could ask of the request (by
+half a window: such a bucket would be slower than half our limit). Two waits told in different
+windows correct the period learned.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.providers.limits.headers import implied_seconds, server_limit, until_reset
 from pipeline.providers.limits.token_bucket import TokenBucket
 
 SPREAD = 0.5  # of the largest sum, past which the sums cannot be a bucket's: its differ by rounding only
+JUMP = 0.25  # of a window's budget: a level that rose by more than the refill at the limit explains
 
 
 @dataclass
@@ -62,3 +74,71 @@ def of_a_window_gone(bucket: TokenBucket, sent_at: float, headers: Mapping[str, 
     until_full = until_reset(headers, name)
     period = bucket.period or 0.0
     return until_full is not None and sent_at + until_full < bucket.reset_at - period / 2
+
+
+@dataclass
+class LevelJumps:
+    """One budget's reports of what is left, from a server that does not say when it is full again:
+    the recent ones (when the request left, when its answer came, the level), the most it ever
+    held (a fixed window's budget is at least that: its period at least that over the limit), and
+    the last reset a 429 told exactly (when it came plus the wait it asked for)."""
+
+    reports: deque = field(default_factory=deque)
+    most: float = 0.0
+    told: float | None = None
+
+    def add(self, sent_at: float, answered_at: float, level: float, rate: float, budget: float) -> float | None:
+        """Add a report (`rate`: units a second; `budget`: a window's). Where it shows more left than
+        any report answered before its request left (so counted before it), plus `rate` since that
+        one's request left, by more than `JUMP` of the budget: the earliest the reset between can be."""
+        earliest = None
+        for sent, answered, before in self.reports:
+            if answered < sent_at and level - before - rate * (answered_at - sent) > JUMP * budget:
+                earliest = sent if earliest is None else max(earliest, sent)
+        self.reports.append((sent_at, answered_at, level))
+        while self.reports[0][1] < answered_at - budget / rate:  # a window's reports are enough
+            self.reports.popleft()
+        return earliest
+
+    def period(self, rate: float, window: float) -> float:
+        """The least the period of fixed windows can be: the window learned, or the most the
+        budget held over the limit."""
+        return max(window, self.most / rate)
+
+
+def follow_jumps(
+    bucket: TokenBucket, jumps: LevelJumps, level: float, charged: float, sent_at: float, now: float, window: float
+) -> bool:
+    """Add what an answer to a request of `charged` units said is left (`level`, of this process's
+    share) to `jumps`; once a level jumps, have `bucket` refill only at the resets, one of them no
+    earlier than the jump allows. Returns whether this answer was the one that showed them."""
+    if bucket.rate is None:
+        return False
+    jumps.most = max(jumps.most, level + charged)
+    period = bucket.period or jumps.period(bucket.rate, window)
+    earliest = jumps.add(sent_at, now, level, bucket.rate, bucket.rate * period)
+    if earliest is None:
+        return False
+    first = bucket.period is None
+    told = jumps.told if jumps.told is not None and jumps.told > earliest else None  # a 429 said when, exactly
+    bucket.resets_every(period, earliest if told is None else told, exact=told is not None)
+    return first
+
+
+def follow_refusal(
+    bucket: TokenBucket, jumps: LevelJumps, needed: float, level: float, wait: float, now: float, window: float
+) -> bool:
+    """A 429 found this budget short (`level` left, `needed` asked) and asked for `wait` seconds:
+    where that is a reset, the next one, and the period learned from the one told before. Returns
+    whether this refusal was the one that showed fixed windows."""
+    if bucket.rate is None or level >= needed:
+        return False
+    first, reset, before = bucket.period is None, now + wait, jumps.told
+    jumps.told = reset  # kept before the windows are found too: a jump then says when they reset
+    if first and wait <= needed / bucket.rate + window / 2:  # as a bucket at the limit could ask
+        return False
+    period = max(bucket.period or jumps.period(bucket.rate, window), wait)
+    if before is not None and (count := round((reset - before) / period)) >= 1:
+        period = max(period, (reset - before) / count)  # a period learned short: its resets came early
+    bucket.resets_every(period, reset, exact=True)
+    return first

@@ -17,8 +17,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pipeline.providers.limits.fixed_windows import ResetSums, follow_resets, of_a_window_gone
-from pipeline.providers.limits.headers import server_level, server_limit
+from pipeline.providers.limits.fixed_windows import (
+    LevelJumps,
+    ResetSums,
+    follow_jumps,
+    follow_refusal,
+    follow_resets,
+    of_a_window_gone,
+)
+from pipeline.providers.limits.headers import server_level, server_limit, until_reset
 from pipeline.providers.limits.learned_window import LearnedWindow
 from pipeline.providers.limits.token_bucket import TokenBucket
 
@@ -95,6 +102,7 @@ class RateLimiter:
         self._grown_at: float | None = None  # when the share last grew, until an answer since says what is left
         self._shared = False  # set_share was called: other processes spend the same limits
         self._reset_sums = {name: ResetSums() for name in NAMES}  # what the answers show of how each refills
+        self._level_jumps = {name: LevelJumps() for name in NAMES}  # the same, where they say only what is left
         self.unreported: list[str] = []  # budgets whose answers say what is left but not the limit, none configured
 
     def limit(self, name: str) -> float | None:
@@ -269,15 +277,18 @@ class RateLimiter:
         if ticket is not None and ticket.debt is not None:
             with self._learning:
                 self._relearn(self.window.admitted(ticket.debt))
-        self._follow_resets(headers, ticket)
+        self._follow_resets(headers, ticket, charged={"requests": 1, "tokens": estimated_tokens})
         self._cap(headers, ticket, alone)
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
         self.settled()
 
-    def refused(self, headers: Mapping[str, str], tokens: int, ticket: Ticket | None = None) -> None:
+    def refused(
+        self, headers: Mapping[str, str], tokens: int, ticket: Ticket | None = None, wait: float | None = None
+    ) -> None:
         """A 429 for a request of `tokens` tokens our model let through: refund it, learn the
-        limits its headers carry and what its debt says of the window. `back_off` follows."""
+        limits its headers carry and what its debt says of the window (and, from a server of fixed
+        windows, the `wait` it asked for: until its next reset). `back_off` follows."""
         self.refund(tokens)
         with self._counting:
             self._unanswered.discard(ticket)
@@ -291,7 +302,7 @@ class RateLimiter:
                     100 * self.window.pace,
                 )
                 self._relearn(True)
-        self._follow_resets(headers, ticket)
+        self._follow_resets(headers, ticket, refused=tokens, wait=wait)
         self._cap(headers, None, alone=False)
         self.settled()
 
@@ -342,12 +353,36 @@ class RateLimiter:
             places = [t.places[index] for t in self._unanswered if t is not None and t.places]
         return min([place, *places])
 
-    def _follow_resets(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
-        """Take a budget whose answers show fixed windows for one, and keep its next reset."""
-        sent_at = ticket.sent_at if ticket is not None else self._clock()
+    def _follow_resets(
+        self,
+        headers: Mapping[str, str],
+        ticket: Ticket | None,
+        charged: Mapping[str, float] | None = None,
+        refused: float | None = None,
+        wait: float | None = None,
+    ) -> None:
+        """Take a budget whose answers show fixed windows for one, and keep its next reset. Where
+        they say only what is left: its jumps show them (an answer that `charged` units), and a 429
+        for `refused` tokens tells the next reset, the `wait` it asks for."""
+        now = self._clock()
+        sent_at = ticket.sent_at if ticket is not None else now
         with self._learning:
             for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-                if follow_resets(bucket, self._reset_sums[name], headers, name, sent_at, self.window.seconds):
+                if until_reset(headers, name) is not None:
+                    found = follow_resets(bucket, self._reset_sums[name], headers, name, sent_at, self.window.seconds)
+                elif (level := _remaining(headers, name)) is not None and ticket is not None:
+                    level, window = level * self.share, self.window.seconds
+                    jumps = self._level_jumps[name]
+                    if charged is not None:
+                        found = follow_jumps(bucket, jumps, level, charged[name] * self.share, sent_at, now, window)
+                    elif refused is not None and wait:
+                        needed = 1 if name == "requests" else refused * self.share
+                        found = follow_refusal(bucket, jumps, needed, level, wait, now, window)
+                    else:
+                        found = False
+                else:
+                    found = False
+                if found:
                     self._relearn(True)  # at the whole limit: see _relearn
                     log.info(
                         "the server resets its %s budget at fixed times (every %.1f s or so): spending each window's "

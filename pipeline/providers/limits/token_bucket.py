@@ -154,10 +154,11 @@ class TokenBucket:
                 believed = told + self.waiting - max(self.reserved - place, self.waiting)
                 self.level, self._believe_next = max(self.level, min(self.capacity, believed)), False
 
-    def resets_every(self, period: float, next_reset: float) -> None:
+    def resets_every(self, period: float, next_reset: float, exact: bool = False) -> None:
         """The server resets this budget every `period` seconds, one of them at `next_reset` (a
         time after which it has, by our clock: the earliest it can be): from now on it refills only
-        at its resets. Each answer may put them later, never earlier."""
+        at its resets. Each answer may put them later, never earlier, but for an `exact` one (the
+        wait a 429 asked for): the next reset is then the first of its after now."""
         with self._lock:
             now = self._refill()
             if self.rate is None:
@@ -167,7 +168,7 @@ class TokenBucket:
             # A longer period found: the window under way holds that much more than we thought.
             self.level = min(self.level + (0.0 if first else self.capacity - before), self.capacity)
             self._believe_next = self._believe_next or first  # it may have reset since we last believed it spent
-            if self.reset_at == math.inf:  # the first: the next reset from now
+            if self.reset_at == math.inf or exact:  # the first, or one told: the next reset from now
                 self.reset_at = _first_after(next_reset, now, self.period)
             else:  # one of the resets we know, told again: the nearest of them
                 told = next_reset - self.period * round((next_reset - self.reset_at) / self.period)

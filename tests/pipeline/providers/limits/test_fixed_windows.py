@@ -77,10 +77,12 @@ def test_a_bucket_of_fixed_windows_refills_only_at_its_resets():
 
 class FixedWindowServer:
     """A server in one thread on the test's clock: `tpm` a minute, as a counter of `window`
-    seconds' worth reset every `window` seconds from `phase`; it reports the time to the reset."""
+    seconds' worth reset every `window` seconds from `phase`; it reports the time to the reset,
+    unless `remaining_only` (Azure's headers: only what is left; a 429 still says how long to wait)."""
 
-    def __init__(self, clock, tpm, window, phase):
+    def __init__(self, clock, tpm, window, phase, remaining_only=False):
         self.clock, self.tpm, self.window, self.phase = clock, tpm, window, phase
+        self.remaining_only = remaining_only
         self.capacity = tpm * window / 60
         self.level, self.index, self.answers = self.capacity, 0, []  # (time, refused)
 
@@ -93,14 +95,21 @@ class FixedWindowServer:
         self.answers.append((self.clock.now, refused))
         until = (index + 1) * self.window - (self.clock.now + self.phase)
         answer = headers(self.tpm, max(0, int(self.level)), f"{until:.3f}s")
+        if self.remaining_only:
+            answer = {"x-ratelimit-remaining-tokens": answer["x-ratelimit-remaining-tokens"]}
         return refused, answer, until
 
 
-@pytest.mark.parametrize("window, phase", [(1.0, 0.3), (10.0, 0.7), (10.0, 9.9)])
-def test_a_server_of_fixed_windows_is_spent_as_each_window_opens_with_under_one_percent_refused(window, phase):
+@pytest.mark.parametrize("remaining_only", [False, True], ids=["all headers", "what is left only, limits configured"])
+@pytest.mark.parametrize("window, phase", [(1.0, 0.3), (10.0, 0.7), (10.0, 9.9), (60.0, 30.0)])
+def test_a_server_of_fixed_windows_is_spent_as_each_window_opens_with_under_one_percent_refused(
+    window, phase, remaining_only
+):
     clock = Clock()
-    limit = RateLimiter(sleep=clock.sleep, clock=clock, first_answer_first=True, transit_margin=0)
-    server = FixedWindowServer(clock, tpm=600_000, window=window, phase=phase * window / 10 if window > 1 else phase)
+    tpm = 600_000 if remaining_only else None  # the headers say no limit: the user does
+    limit = RateLimiter(tokens_per_minute=tpm, sleep=clock.sleep, clock=clock, first_answer_first=True, transit_margin=0)
+    phase = phase * window / 10 if window == 10 else phase
+    server = FixedWindowServer(clock, tpm=600_000, window=window, phase=phase, remaining_only=remaining_only)
     windows = 30
     send_through(limit, server, server.capacity * windows)
     assert limit.tokens.period is not None

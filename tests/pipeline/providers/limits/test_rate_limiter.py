@@ -358,7 +358,7 @@ def send_through(limit, server, tokens_in_all):
         ticket = limit.acquire(tokens)
         refused, headers, retry_after = server.take(tokens)
         if refused:
-            limit.refused(headers, tokens, ticket)
+            limit.refused(headers, tokens, ticket, retry_after)
             limit.back_off(retry_after, tokens)
             continue
         limit.observe(headers, tokens, tokens, ticket)
