@@ -51,11 +51,15 @@ def test_a_server_that_banks_seconds_is_learned_from_its_headers(window):
     assert max(after_first) <= 1_000 * window / 4  # a quarter of what the window holds
 
 
-def test_a_server_of_fixed_windows_has_its_last_window_spent_as_it_opens_not_paced():
+@pytest.mark.parametrize(
+    "headers, limits",
+    [("all", {}), ("remaining", {"tokens_per_minute": 60_000})],  # Azure's: what is left only, limits configured
+)
+def test_a_server_of_fixed_windows_has_its_last_window_spent_as_it_opens_not_paced(headers, limits):
     window = 2.0
-    with FakeOpenAI(tpm=60_000, window=window, window_kind="fixed", latency=0.02) as server:  # 2,000 a window
-        texts = corpus(6_000)  # about 5,700 tokens: the first window, then two more as they open
-        client = embed_all(server, texts)
+    with FakeOpenAI(tpm=60_000, window=window, window_kind="fixed", latency=0.02, limit_headers=headers) as server:
+        texts = corpus(6_000)  # about 5,700 tokens: the first window (2,000), then two more as they open
+        client = embed_all(server, texts, **limits)
         origin = server.budgets["tokens"].origin
     assert client.limiter.tokens.period == pytest.approx(window, abs=0.1)
     assert server.rate_limited <= 2 and len(server.calls) == len(texts)  # the first surprise, and one

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipeline.providers.limits.fixed_windows import ResetSums
+from pipeline.providers.limits.fixed_windows import LevelJumps, ResetSums, follow_jumps, follow_refusal
 from pipeline.providers.limits.headers import implied_seconds
 from pipeline.providers.limits.rate_limiter import RateLimiter
 from pipeline.providers.limits.token_bucket import TokenBucket
@@ -163,3 +163,64 @@ def test_a_longer_period_told_mid_window_adds_to_what_the_window_holds():
     assert take(bucket, 9_000) == 0
     bucket.resets_every(10.0, next_reset=5.0)  # an answer told of a longer wait: 10 s, 10,000
     assert bucket.level == pytest.approx(1_000)
+
+
+# Reports of what is left, from a server that does not say when it is full again: 100 a second,
+# 1,000 a window. Each is (when the request left, when its answer came, the level it reported).
+JUMPS = {
+    "a bucket refilling at the limit": ([(0.0, 0.1, 0), (0.3, 0.4, 30), (2.0, 2.1, 200)], None),
+    "a reset between two answers": ([(0.0, 0.1, 0), (0.3, 0.4, 20), (1.1, 1.2, 900)], 0.3),
+    "a jump from a report counted maybe after it": ([(0.0, 0.5, 0), (0.45, 0.6, 900)], None),
+    "a rise a bucket could refill, slowly": ([(0.0, 0.1, 0), (3.0, 3.1, 320)], None),
+}
+
+
+@pytest.mark.parametrize("case", JUMPS)
+def test_a_level_that_rose_past_what_the_limit_refills_shows_a_reset_and_the_earliest_it_was(case):
+    reports, earliest = JUMPS[case]
+    jumps = LevelJumps()
+    found = [jumps.add(sent, answered, level, rate=100.0, budget=1_000.0) for sent, answered, level in reports]
+    assert found[:-1] == [None] * (len(reports) - 1) and found[-1] == earliest
+
+
+def fixed_bucket(clock, period=None):
+    bucket = TokenBucket(6_000, clock, window=10.0)  # 100 a second
+    if period:
+        bucket.resets_every(period, next_reset=0.0)
+    return bucket
+
+
+@pytest.mark.parametrize(
+    "wait, fixed",
+    [(2.0, False), (5.5, False), (8.0, True)],  # a bucket at the limit asks at most 5 (half a window) + 0.5
+)
+def test_a_429_that_waits_longer_than_a_bucket_would_shows_fixed_windows_and_when_the_next_reset_is(wait, fixed):
+    clock = Clock()
+    clock.now = 3.0
+    bucket = fixed_bucket(clock)
+    jumps = LevelJumps()
+    found = follow_refusal(bucket, jumps, needed=50, level=10, wait=wait, now=clock.now, window=10.0)
+    assert found is fixed and (bucket.period is not None) is fixed
+    assert jumps.told == pytest.approx(3.0 + wait)  # kept either way: a jump later says when its reset was
+    if fixed:
+        assert bucket.reset_at == pytest.approx(11.0)
+
+
+def test_resets_told_a_window_apart_correct_a_period_learned_short():
+    clock = Clock()
+    bucket, jumps = fixed_bucket(clock, period=9.0), LevelJumps()
+    for now, wait in ((3.0, 7.0), (19.0, 1.0)):  # resets at 10 and 20: ours at 9 came early
+        clock.now = now
+        follow_refusal(bucket, jumps, needed=50, level=0, wait=wait, now=now, window=9.0)
+    assert bucket.period == pytest.approx(10.0) and bucket.reset_at == pytest.approx(20.0)
+
+
+def test_a_jump_after_a_told_wait_takes_the_reset_it_told():
+    clock = Clock()
+    bucket, jumps = fixed_bucket(clock), LevelJumps()
+    follow_jumps(bucket, jumps, level=0, charged=100, sent_at=0.0, now=0.1, window=10.0)
+    clock.now = 0.2
+    follow_refusal(bucket, jumps, needed=100, level=0, wait=2.8, now=0.2, window=10.0)  # a bucket could ask that
+    clock.now = 3.2
+    assert follow_jumps(bucket, jumps, level=900, charged=100, sent_at=3.0, now=3.2, window=10.0)
+    assert bucket.period == pytest.approx(10.0) and bucket.reset_at == pytest.approx(13.0)  # not 10, from 0.0
