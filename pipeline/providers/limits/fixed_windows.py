@@ -111,17 +111,25 @@ def follow_jumps(
 ) -> bool:
     """Add what an answer to a request of `charged` units said is left (`level`, of this process's
     share) to `jumps`; once a level jumps, have `bucket` refill only at the resets, one of them no
-    earlier than the jump allows. Returns whether this answer was the one that showed them."""
-    if bucket.rate is None:
+    earlier than the jump allows. `window`: the window learned; `bucket.limit_rate`: the limit's
+    rate (not slowed by a pace learned from refusals). Returns whether this answer was the one that
+    showed them."""
+    rate = bucket.limit_rate
+    if rate is None:
         return False
     jumps.most = max(jumps.most, level + charged)
-    period = bucket.period or jumps.period(bucket.rate, window)
-    earliest = jumps.add(sent_at, now, level, bucket.rate, bucket.rate * period)
+    period = bucket.period or jumps.period(rate, window)
+    earliest = jumps.add(sent_at, now, level, rate, rate * period)
     if earliest is None:
         return False
-    first = bucket.period is None
-    told = jumps.told if jumps.told is not None and jumps.told > earliest else None  # a 429 said when, exactly
-    bucket.resets_every(period, earliest if told is None else told, exact=told is not None)
+    first, told = bucket.period is None, jumps.told
+    if told is not None and told > now:  # the next reset, as a 429 told it
+        bucket.resets_every(period, told, exact=True)
+    elif told is not None:  # a reset told before: this one lies a whole number of periods after it
+        reset = told + period * max(0, math.ceil((earliest - told) / period))
+        bucket.resets_every(period, reset if reset <= now else earliest, exact=reset == told)
+    else:
+        bucket.resets_every(period, earliest)
     return first
 
 
@@ -131,13 +139,14 @@ def follow_refusal(
     """A 429 found this budget short (`level` left, `needed` asked) and asked for `wait` seconds:
     where that is a reset, the next one, and the period learned from the one told before. Returns
     whether this refusal was the one that showed fixed windows."""
-    if bucket.rate is None or level >= needed:
+    rate = bucket.limit_rate
+    if rate is None or level >= needed:
         return False
     first, reset, before = bucket.period is None, now + wait, jumps.told
     jumps.told = reset  # kept before the windows are found too: a jump then says when they reset
-    if first and wait <= needed / bucket.rate + window / 2:  # as a bucket at the limit could ask
+    if first and wait <= needed / rate + window / 2:  # as a bucket at the limit could ask
         return False
-    period = max(bucket.period or jumps.period(bucket.rate, window), wait)
+    period = max(bucket.period or jumps.period(rate, window), wait)
     if before is not None and (count := round((reset - before) / period)) >= 1:
         period = max(period, (reset - before) / count)  # a period learned short: its resets came early
     bucket.resets_every(period, reset, exact=True)

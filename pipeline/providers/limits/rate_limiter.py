@@ -441,7 +441,7 @@ class RateLimiter:
         with self._learning:
             for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
                 limit, pace = self.limit(name), 1.0 if bucket.period is not None else self.window.pace
-                bucket.set_limit(limit * pace if limit else None, self.window.seconds)
+                bucket.set_limit(limit, self.window.seconds, pace)
 
     def _note_unreported(self, headers: Mapping[str, str]) -> None:
         """Say once, at the first answer, which budgets the server counts (`x-ratelimit-remaining-*`)

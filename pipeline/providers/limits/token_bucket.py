@@ -27,6 +27,7 @@ class TokenBucket:
 
     def __init__(self, per_minute: float | None, clock: Callable[[], float] = time.monotonic, window: float = MINUTE):
         self.rate: float | None = None  # units a second; None: no limit known
+        self.limit_rate: float | None = None  # the limit's, before a pace learned from refusals slows it
         self.capacity = self.level = math.inf
         self.refill_delay = 0.0  # seconds a full bucket waits, once spent from, before refilling
         self.reserved = 0.0  # everything ever reserved: a caller's place in line
@@ -41,16 +42,17 @@ class TokenBucket:
         self._lock = threading.Lock()
         self.set_limit(per_minute, window)
 
-    def set_limit(self, per_minute: float | None, window: float) -> None:
-        """Follow a new limit, banked up to `window` seconds of it. An unlimited bucket given
-        a limit starts full (the server's headers then say how full)."""
+    def set_limit(self, per_minute: float | None, window: float, pace: float = 1.0) -> None:
+        """Follow a new limit, spent at `pace` of it and banked up to `window` seconds of that.
+        An unlimited bucket given a limit starts full (the server's headers then say how full)."""
         with self._lock:
             self._refill()
             if per_minute is None:
-                self.rate, self.capacity, self.level = None, math.inf, math.inf
+                self.rate = self.limit_rate = None
+                self.capacity = self.level = math.inf
                 return
             unlimited, rate = self.rate is None, self.rate
-            self.rate = per_minute / 60.0
+            self.rate, self.limit_rate = per_minute * pace / 60.0, per_minute / 60.0
             self.capacity = self.rate * (self.period or window)  # a fixed window's budget is its period's
             self.level = self.capacity if unlimited else min(self.level, self.capacity)
             if rate != self.rate:  # debt met at the old rate, in the new one's terms: what is spent of the window
