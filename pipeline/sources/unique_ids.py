@@ -39,9 +39,8 @@ class UniqueIds:
             values = _ascending_integers(ids, self._stops[-1] if self._stops else None)
             if values is not None:
                 self._add_runs(values)
-                if len(self._starts) <= self.most_runs:
-                    return None
-                self._spread_runs()
+                if len(self._starts) > self.most_runs:
+                    self._spread_runs()
                 return None
             self._spread_runs()
         assert self._seen is not None

@@ -103,7 +103,6 @@ class RateLimiter:
         self._shared = False  # set_share was called: other processes spend the same limits
         self._reset_sums = {name: ResetSums() for name in NAMES}  # what the answers show of how each refills
         self._level_jumps = {name: LevelJumps() for name in NAMES}  # the same, where they say only what is left
-        self.unreported: list[str] = []  # budgets whose answers say what is left but not the limit, none configured
 
     def limit(self, name: str) -> float | None:
         """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
@@ -446,14 +445,13 @@ class RateLimiter:
     def _note_unreported(self, headers: Mapping[str, str]) -> None:
         """Say once, at the first answer, which budgets the server counts (`x-ratelimit-remaining-*`)
         without saying their limits (no `x-ratelimit-limit-*`: Azure OpenAI), where none is configured."""
-        self.unreported = [name for name in NAMES if self.limit(name) is None and _remaining(headers, name) is not None]
-        if self.unreported:
-            settings = " and ".join(f"embedding.{_CAP_SETTING[name]}" for name in self.unreported)
+        unreported = [name for name in NAMES if self.limit(name) is None and _remaining(headers, name) is not None]
+        if unreported:
             log.warning(
                 "the server says what is left of its %s limits but not the limits (no x-ratelimit-limit-* "
                 "headers): set %s to them; until then only its 429s hold this run back",
-                " and ".join(self.unreported),
-                settings,
+                " and ".join(unreported),
+                " and ".join(f"embedding.{_CAP_SETTING[name]}" for name in unreported),
             )
 
     def _note_caps(self) -> None:
