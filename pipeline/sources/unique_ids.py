@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from pipeline.arrow_strings import from_numpy, int_values
 from pipeline.hashset import HashSet
 
 MOST_RUNS = 1 << 16  # runs of consecutive ids kept before they go into the hash set
@@ -32,7 +33,7 @@ class UniqueIds:
         """Runs of consecutive ids held instead of the ids (0 once they went into the hash set)."""
         return len(self._starts)
 
-    def first_repeat(self, ids: pa.Array | pa.ChunkedArray) -> int | None:
+    def first_repeat(self, ids: pa.Array) -> int | None:
         """Add `ids` (no nulls); the position of the first one added before (in an earlier batch
         or earlier in this one), or None."""
         if self._seen is None:
@@ -64,17 +65,17 @@ class UniqueIds:
         self._seen = HashSet()
         for start, stop in zip(self._starts, self._stops):
             for first in range(start, stop, _SPREAD):
-                self._seen.add_many(pa.array(np.arange(first, min(stop, first + _SPREAD), dtype=np.int64)))
+                self._seen.add_many(from_numpy(np.arange(first, min(stop, first + _SPREAD), dtype=np.int64)))
         self._starts, self._stops = [], []
 
 
-def _ascending_integers(ids: pa.Array | pa.ChunkedArray, after: int | None) -> np.ndarray | None:
+def _ascending_integers(ids: pa.Array, after: int | None) -> np.ndarray | None:
     """The ids as int64, when they are integers (of a type `hash64` hashes as int64) that go up
-    from above `after`; None otherwise."""
+    from above `after`; None otherwise. Read from the buffer: `to_numpy` would import pandas."""
     kind = ids.type
     if not pa.types.is_integer(kind) or kind == pa.uint64():
         return None
-    values = ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    values = int_values(ids).astype(np.int64, copy=False)
     if len(values) and after is not None and values[0] < after:
         return None
     return values if bool(np.all(values[1:] > values[:-1])) else None
