@@ -17,6 +17,7 @@ from pipeline.hashset import HashSet
 
 MOST_RUNS = 1 << 16  # runs of consecutive ids kept before they go into the hash set
 _SPREAD = 1 << 20  # ids a run is spread into the hash set at a time
+_LARGEST = np.iinfo(np.int64).max
 
 
 class UniqueIds:
@@ -76,6 +77,6 @@ def _ascending_integers(ids: pa.Array, after: int | None) -> np.ndarray | None:
     if not pa.types.is_integer(kind) or kind == pa.uint64():
         return None
     values = int_values(ids).astype(np.int64, copy=False)
-    if len(values) and after is not None and values[0] < after:
-        return None
+    if len(values) and ((after is not None and values[0] < after) or values[-1] == _LARGEST):
+        return None  # going down, or at the largest id, whose run would end past int64
     return values if bool(np.all(values[1:] > values[:-1])) else None
