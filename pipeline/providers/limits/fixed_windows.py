@@ -100,10 +100,10 @@ class LevelJumps:
             self.reports.popleft()
         return earliest
 
-    def period(self, rate: float, window: float) -> float:
-        """The least the period of fixed windows can be: the window learned, or the most the
-        budget held over the limit."""
-        return max(window, self.most / rate)
+    def period(self, bucket: TokenBucket, rate: float, window: float) -> float:
+        """The bucket's period, or before it has one the least the period of fixed windows can
+        be: the window learned, or the most the budget held over the limit's `rate`."""
+        return bucket.period or max(window, self.most / rate)
 
 
 def follow_jumps(
@@ -118,7 +118,7 @@ def follow_jumps(
     if rate is None:
         return False
     jumps.most = max(jumps.most, level + charged)
-    period = bucket.period or jumps.period(rate, window)
+    period = jumps.period(bucket, rate, window)
     earliest = jumps.add(sent_at, now, level, rate, rate * period)
     if earliest is None:
         return False
@@ -146,7 +146,7 @@ def follow_refusal(
     jumps.told = reset  # kept before the windows are found too: a jump then says when they reset
     if first and wait <= needed / rate + window / 2:  # as a bucket at the limit could ask
         return False
-    period = max(bucket.period or jumps.period(rate, window), wait)
+    period = max(jumps.period(bucket, rate, window), wait)
     if before is not None and (count := round((reset - before) / period)) >= 1:
         period = max(period, (reset - before) / count)  # a period learned short: its resets came early
     bucket.resets_every(period, reset, exact=True)

@@ -363,25 +363,9 @@ class RateLimiter:
         """Take a budget whose answers show fixed windows for one, and keep its next reset. Where
         they say only what is left: its jumps show them (an answer that `charged` units), and a 429
         for `refused` tokens tells the next reset, the `wait` it asks for."""
-        now = self._clock()
-        sent_at = ticket.sent_at if ticket is not None else now
         with self._learning:
             for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-                if until_reset(headers, name) is not None:
-                    found = follow_resets(bucket, self._reset_sums[name], headers, name, sent_at, self.window.seconds)
-                elif (level := _remaining(headers, name)) is not None and ticket is not None:
-                    level, window = level * self.share, self.window.seconds
-                    jumps = self._level_jumps[name]
-                    if charged is not None:
-                        found = follow_jumps(bucket, jumps, level, charged[name] * self.share, sent_at, now, window)
-                    elif refused is not None and wait:
-                        needed = 1 if name == "requests" else refused * self.share
-                        found = follow_refusal(bucket, jumps, needed, level, wait, now, window)
-                    else:
-                        found = False
-                else:
-                    found = False
-                if found:
+                if self._shows_fixed_windows(bucket, name, headers, ticket, charged, refused, wait):
                     self._relearn(True)  # at the whole limit: see _relearn
                     log.info(
                         "the server resets its %s budget at fixed times (every %.1f s or so): spending each window's "
@@ -389,6 +373,33 @@ class RateLimiter:
                         name,
                         bucket.period,
                     )
+
+    def _shows_fixed_windows(
+        self,
+        bucket: TokenBucket,
+        name: str,
+        headers: Mapping[str, str],
+        ticket: Ticket | None,
+        charged: Mapping[str, float] | None,
+        refused: float | None,
+        wait: float | None,
+    ) -> bool:
+        """Add one answer to what budget `name`'s answers show of how it refills (see
+        `_follow_resets`); whether this answer was the one that showed fixed windows."""
+        now, window = self._clock(), self.window.seconds
+        sent_at = ticket.sent_at if ticket is not None else now
+        if until_reset(headers, name) is not None:
+            return follow_resets(bucket, self._reset_sums[name], headers, name, sent_at, window)
+        level = _remaining(headers, name)
+        if level is None or ticket is None:
+            return False
+        jumps, level = self._level_jumps[name], level * self.share
+        if charged is not None:
+            return follow_jumps(bucket, jumps, level, charged[name] * self.share, sent_at, now, window)
+        if refused is not None and wait:
+            needed = 1 if name == "requests" else refused * self.share
+            return follow_refusal(bucket, jumps, needed, level, wait, now, window)
+        return False
 
     def _reports_trusted(self) -> bool:
         """Whether an answer may raise the buckets to the server's report: no other process
