@@ -4,57 +4,36 @@
 server's, from its `x-ratelimit-limit-*` headers, capped by the configured ones where set; with
 neither known, nothing is held back but the 429s' retry-after. How much of the limit the server
 banks — a minute, or a few seconds — is learned (`LearnedWindow`), as is whether it takes our
-full rate. `stop` wakes every waiting caller for good: after an answer no retry can fix,
+full rate: reading the answers is `LimitsFromAnswers`' part (answers.py), holding requests back
+by what they showed is this module's. `stop` wakes every waiting caller for good: after an answer no retry can fix,
 nobody sends.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from pipeline.providers.limits.fixed_windows import (
-    LevelJumps,
-    ResetSums,
-    follow_jumps,
-    follow_refusal,
-    follow_resets,
-    of_a_window_gone,
-)
-from pipeline.providers.limits.headers import server_level, server_limit, until_reset
+from pipeline.providers.limits.answers import NAMES, LimitsFromAnswers, Ticket
+from pipeline.providers.limits.fixed_windows import LevelJumps, ResetSums
+from pipeline.providers.limits.headers import server_level
 from pipeline.providers.limits.learned_window import LearnedWindow
 from pipeline.providers.limits.token_bucket import TokenBucket
 
-log = logging.getLogger("embedpipe")
-NAMES = ("requests", "tokens")
 FIRST_REQUEST_TOKENS = 1024  # before any limit is known: a request most servers' windows take (or one text)
 SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the window holds
 # and at most a quarter second of the limit: latency grows with a request's size, and the last one's is the run's tail
 MOST_SECONDS_A_REQUEST = 0.25
 LONGEST_NAP = 0.5  # a waiting request asks again this often: a limit raised meanwhile lets it go sooner
-_CAP_SETTING = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
 
 
 class Stopped(Exception):
     """`RateLimiter.stop` was called while this caller waited, or before it came."""
 
 
-@dataclass(frozen=True)
-class Ticket:
-    """A request let through: when it left, and its debt in seconds of the limit (None: no
-    limit was known), for `observe` or `refused` when its answer comes."""
-
-    sent_at: float
-    debt: float | None = None
-    places: tuple[float, float] | None = None  # in the requests and tokens buckets' lines
-    solo: bool = False  # no other request was on its way when it left
-
-
-class RateLimiter:
+class RateLimiter(LimitsFromAnswers):
     """Requests-per-minute and tokens-per-minute budgets, kept together.
 
     Call `acquire` as the request goes on the wire (the openai provider does it from httpx's
@@ -103,11 +82,6 @@ class RateLimiter:
         self._shared = False  # set_share was called: other processes spend the same limits
         self._reset_sums = {name: ResetSums() for name in NAMES}  # what the answers show of how each refills
         self._level_jumps = {name: LevelJumps() for name in NAMES}  # the same, where they say only what is left
-
-    def limit(self, name: str) -> float | None:
-        """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
-        known = [v * self.share for v in (self.caps[name], self.server_limits[name]) if v]
-        return min(known) if known else None
 
     def set_share(self, fraction: float) -> None:
         """Spend `fraction` of the limits from now on. What was spent stays spent; a smaller share
@@ -248,63 +222,6 @@ class RateLimiter:
         held = self._hold_until - self._clock()  # a 429 arrived while we waited
         return max(budget + self.transit_margin if budget > 0 else 0.0, held)
 
-    def refund(self, tokens: int) -> None:
-        """Give back a request the server refused without charging (a 429)."""
-        self.requests.adjust(-1)
-        self.tokens.adjust(-tokens)
-
-    def observe(
-        self, headers: Mapping[str, str], estimated_tokens: int, used_tokens: int | None, ticket: Ticket | None = None
-    ) -> None:
-        """Learn from an answer the server took: its limits, how full its budget is, and the
-        response's usage.
-
-        The headers may date from when the server took the request, not from when its answer
-        arrived (the ticket says when it left): taking them as current would throw away the
-        refill during the request's latency, once per request that finds our bucket above zero.
-        """
-        first = not self._answered
-        since = self._clock() - ticket.sent_at if ticket is not None else 0.0
-        with self._counting:
-            self._unanswered.discard(ticket)
-            alone = ticket is not None and ticket.solo and not self._unanswered  # none other on its way, ever
-        self._learn_limits(headers, {"requests": 1, "tokens": estimated_tokens}, since)
-        if first:  # the first request was charged before any limit was known: it is the debt so far
-            self._first_answer_without_levels()
-            self.requests.owe(1)
-            self.tokens.owe(estimated_tokens)
-        if ticket is not None and ticket.debt is not None:
-            with self._learning:
-                self._relearn(self.window.admitted(ticket.debt))
-        self._follow_resets(headers, ticket, charged={"requests": 1, "tokens": estimated_tokens})
-        self._cap(headers, ticket, alone)
-        if used_tokens is not None and used_tokens != estimated_tokens:
-            self.tokens.adjust(used_tokens - estimated_tokens)
-        self.settled()
-
-    def refused(
-        self, headers: Mapping[str, str], tokens: int, ticket: Ticket | None = None, wait: float | None = None
-    ) -> None:
-        """A 429 for a request of `tokens` tokens our model let through: refund it, learn the
-        limits its headers carry and what its debt says of the window (and, from a server of fixed
-        windows, the `wait` it asked for: until its next reset). `back_off` follows."""
-        self.refund(tokens)
-        with self._counting:
-            self._unanswered.discard(ticket)
-        self._learn_limits(headers, None)
-        with self._learning:
-            if (debt := _debt_to_learn_from(ticket, self._limits_changed_at)) is not None and self.window.refused(debt):
-                log.info(
-                    "the server refused a request our model let through: now spending at most %.1f s of the limit "
-                    "at once, at %.0f%% of it",
-                    self.window.seconds,
-                    100 * self.window.pace,
-                )
-                self._relearn(True)
-        self._follow_resets(headers, ticket, refused=tokens, wait=wait)
-        self._cap(headers, None, alone=False)
-        self.settled()
-
     def back_off(self, seconds: float, tokens: int) -> None:
         """A 429 said a refused (and refunded) request of `tokens` tokens fits in `seconds`:
         nobody sends before then, and the budgets hold no more than makes that true for the
@@ -315,184 +232,6 @@ class RateLimiter:
             if bucket.rate is not None:
                 bucket.cap(amount - seconds * bucket.rate)
         self._hold_until = max(self._hold_until, self._clock() + seconds)
-
-    def _cap(self, headers: Mapping[str, str], ticket: Ticket | None, alone: bool) -> None:
-        """Hold the buckets to our share of what the server says is left. The first answer to a
-        request sent since our share grew may raise them to it too: the others hold their shares
-        of it, and the rest was left unspent by a process that went idle or away.
-
-        A process alone on the limits also believes a report of more than it expected, when
-        the answered request was `alone` on its way, from its send to its answer (others might
-        reach the server before or after it counted, in any order), and for as long as the
-        server has refused nothing our model let through: a limit raised before its headers said
-        so refilled the server faster than our mirror, and that budget would otherwise stay
-        banked there, unspent, to the end of the run. A server whose reports are not what it
-        enforces (a minute reported, seconds enforced) shows itself by a refusal.
-
-        Fixed windows: a report of a window already reset is left aside; the first report after
-        they were found may raise the level (`TokenBucket.cap`), less everything reserved since
-        the earliest request still unanswered (those may be counted after it)."""
-        grown = ticket is not None and self._grown_at is not None and ticket.sent_at >= self._grown_at
-        places = ticket.places if ticket is not None and alone and self._reports_trusted() else None
-        for index, (bucket, name) in enumerate(((self.requests, "requests"), (self.tokens, "tokens"))):
-            remaining = server_level(headers, name, self.window.seconds)
-            if remaining is not None:
-                place = places[index] if places else None
-                if bucket.period is not None and ticket is not None:
-                    if of_a_window_gone(bucket, ticket.sent_at, headers, name):
-                        continue
-                    if ticket.places and not self._shared:
-                        place = self._earliest_unanswered(index, ticket.places[index])
-                bucket.cap(remaining * self.share, ticket.sent_at if ticket else None, may_raise=grown, place=place)
-                self._grown_at = None if grown else self._grown_at
-
-    def _earliest_unanswered(self, index: int, place: float) -> float:
-        """The earliest place in bucket `index` (0: requests, 1: tokens) of a request still unanswered, or `place`."""
-        with self._counting:
-            places = [t.places[index] for t in self._unanswered if t is not None and t.places]
-        return min([place, *places])
-
-    def _follow_resets(
-        self,
-        headers: Mapping[str, str],
-        ticket: Ticket | None,
-        charged: Mapping[str, float] | None = None,
-        refused: float | None = None,
-        wait: float | None = None,
-    ) -> None:
-        """Take a budget whose answers show fixed windows for one, and keep its next reset. Where
-        they say only what is left: its jumps show them (an answer that `charged` units), and a 429
-        for `refused` tokens tells the next reset, the `wait` it asks for."""
-        with self._learning:
-            for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-                if self._shows_fixed_windows(bucket, name, headers, ticket, charged, refused, wait):
-                    self._relearn(True)  # at the whole limit: see _relearn
-                    log.info(
-                        "the server resets its %s budget at fixed times (every %.1f s or so): spending each window's "
-                        "budget as it opens",
-                        name,
-                        bucket.period,
-                    )
-
-    def _shows_fixed_windows(
-        self,
-        bucket: TokenBucket,
-        name: str,
-        headers: Mapping[str, str],
-        ticket: Ticket | None,
-        charged: Mapping[str, float] | None,
-        refused: float | None,
-        wait: float | None,
-    ) -> bool:
-        """Add one answer to what budget `name`'s answers show of how it refills (see
-        `_follow_resets`); whether this answer was the one that showed fixed windows."""
-        now, window = self._clock(), self.window.seconds
-        sent_at = ticket.sent_at if ticket is not None else now
-        if until_reset(headers, name) is not None:
-            return follow_resets(bucket, self._reset_sums[name], headers, name, sent_at, window)
-        level = _remaining(headers, name)
-        if level is None or ticket is None:
-            return False
-        jumps, level = self._level_jumps[name], level * self.share
-        if charged is not None:
-            return follow_jumps(bucket, jumps, level, charged[name] * self.share, sent_at, now, window)
-        if refused is not None and wait:
-            needed = 1 if name == "requests" else refused * self.share
-            return follow_refusal(bucket, jumps, needed, level, wait, now, window)
-        return False
-
-    def _reports_trusted(self) -> bool:
-        """Whether an answer may raise the buckets to the server's report: no other process
-        spends these limits (their requests on the way are unknown here, whatever our share),
-        and no refusal surprised us."""
-        return not self._shared and not self.window.surprises
-
-    def _learn_limits(self, headers: Mapping[str, str], charged: dict[str, float] | None, since: float = 0.0) -> None:
-        """Take the server's limits from its headers, and (for an answer it took: `charged`
-        holds what it charged, `since` seconds ago) how many seconds of them its budget held:
-        what it reports left may include the refill since."""
-        limits = {name: server_limit(headers, name) for name in NAMES}
-        with self._learning:
-            changed = any(v and v != self.server_limits[name] for name, v in limits.items())
-            if changed:
-                self._limits_changed_at = self._clock()
-            self.server_limits.update({name: v for name, v in limits.items() if v})
-            # A server that reports only what is left (Azure OpenAI) tells seconds of the configured cap.
-            held = [
-                (level + charged[name]) / (limit / 60) - since
-                for name in NAMES
-                if charged
-                and (limit := limits[name] or self.caps[name])
-                and (level := _remaining(headers, name)) is not None
-            ]
-            widened = bool(held) and self.window.reported(min(held), first=not self._answered)
-            if changed:
-                self._note_caps()
-            self._relearn(changed or widened)
-        if charged and not self._answered:
-            self._note_unreported(headers)
-
-    def _first_answer_without_levels(self) -> None:
-        """A server whose first answer does not say how full its budget is may bank no more than a
-        second: start there, and let sustained success widen the window."""
-        with self._learning:
-            if not self.window.heard and self.window.assume_shortest() and any(self.limit(n) for n in NAMES):
-                log.info(
-                    "the server does not say how full its budget is: spending 1 s of the limits at once, more if it "
-                    "allows"
-                )
-                self._relearn(True)
-
-    def _relearn(self, changed: bool) -> None:
-        """Apply the limits, window and pace learned so far to both buckets. A budget of fixed
-        windows takes no pace: its refusals say our resets came early, not that it spends slower."""
-        if not changed:
-            return
-        with self._learning:
-            for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
-                limit, pace = self.limit(name), 1.0 if bucket.period is not None else self.window.pace
-                bucket.set_limit(limit, self.window.seconds, pace)
-
-    def _note_unreported(self, headers: Mapping[str, str]) -> None:
-        """Say once, at the first answer, which budgets the server counts (`x-ratelimit-remaining-*`)
-        without saying their limits (no `x-ratelimit-limit-*`: Azure OpenAI), where none is configured."""
-        unreported = [name for name in NAMES if self.limit(name) is None and _remaining(headers, name) is not None]
-        if unreported:
-            log.warning(
-                "the server says what is left of its %s limits but not the limits (no x-ratelimit-limit-* "
-                "headers): set %s to them; until then only its 429s hold this run back",
-                " and ".join(unreported),
-                " and ".join(f"embedding.{_CAP_SETTING[name]}" for name in unreported),
-            )
-
-    def _note_caps(self) -> None:
-        """Say once, per budget, that a configured cap holds the run below what the server allows."""
-        for name in NAMES:
-            cap, server = self.caps[name], self.server_limits[name] or 0
-            if cap and server > cap * 1.01 and name not in self.held_back:
-                self.held_back[name] = (cap, server)
-                log.warning(
-                    "embedding.%s = %s holds this run below the server's %s a minute: raise it or leave it unset",
-                    _CAP_SETTING[name],
-                    f"{cap:,.0f}",
-                    f"{server:,.0f}",
-                )
-
-
-def _debt_to_learn_from(ticket: Ticket | None, limits_changed_at: float) -> float | None:
-    """The debt a refused request left with, when its refusal says something of the window: it
-    left under a known limit, and the limit has not changed since (requests sent at the old
-    rate meet the new one)."""
-    if ticket is None or ticket.sent_at <= limits_changed_at:
-        return None
-    return ticket.debt
-
-
-def _remaining(headers: Mapping[str, str], name: str) -> float | None:
-    try:
-        return max(0.0, float(headers[f"x-ratelimit-remaining-{name}"]))
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 __all__ = ["RateLimiter", "Stopped", "Ticket", "TokenBucket", "server_level"]
