@@ -6,7 +6,7 @@ half and the float32 vector. A batch of vectors is one new segment, written in o
 pass, where a SQLite row per vector dirtied a random page of the key index each (80 µs a key at
 7 M keys). `SegmentStore` (segment_store.py) merges them and finds keys in them.
 
-A reader holds the top 32 bits of a segment's keys in memory (`KeyIndex`: about 5 bytes a key)
+A reader holds the top 32 bits of a segment's keys in memory (`KeyIndex`: 2.5 to 5 bytes a key)
 and a Bloom filter of them that turns away at once most keys the file lacks (1.25 bytes a key),
 and reads a found key's record with one `pread`. A key is told by its top 32 and low 64 bits, 96
 bits of sha256 (no two of 10^9 texts share them, bar odds of 10^-11). Nothing is mapped, so

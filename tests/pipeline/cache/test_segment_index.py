@@ -6,7 +6,7 @@ import pytest
 from pipeline.cache.segment_index import KeyIndex
 
 
-@pytest.mark.parametrize("rows", [0, 1, 7, 8, 1_000, 100_000])
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 1_000, 100_000, 300_000])  # 300,000: 2 bytes a key
 @pytest.mark.parametrize("shared", [False, True])  # stored keys sharing their top bits
 def test_the_index_finds_each_key_where_a_binary_search_does(rows, shared):
     rng = np.random.default_rng(rows)
@@ -16,9 +16,14 @@ def test_the_index_finds_each_key_where_a_binary_search_does(rows, shared):
         top.sort()
     index = KeyIndex(top)
     asked = np.concatenate([top[rng.permutation(rows)[:500]], rng.integers(0, 2**32, 500, dtype=np.uint64)])
-    asked = np.concatenate([asked.astype(np.uint32), np.array([0, 2**32 - 1], np.uint32)])
+    # the bits below a stored key's bucket, in the buckets beside it: found only where the key is
+    beside = [(top.astype(np.int64) + step * (1 << (32 - index.bits))) % 2**32 for step in (-1, 1)] if index.bits else []
+    ends = np.array([0, 2**32 - 1], np.uint32)
+    asked = np.concatenate([asked.astype(np.uint32), *[b.astype(np.uint32) for b in beside], ends])
     for after, side in ((True, "right"), (False, "left")):
         np.testing.assert_array_equal(index.bound(asked, after), np.searchsorted(top, asked, side=side))
     query, found = index.rows_of(asked)
-    expected = [(q, r) for q, key in enumerate(asked.tolist()) for r in np.flatnonzero(top == key).tolist()]
+    assert index.nbytes <= (2 if rows >= 2**18 else 4) * rows + 4 * (len(index.starts))
+    lows, highs = np.searchsorted(top, asked, side="left"), np.searchsorted(top, asked, side="right")
+    expected = [(q, r) for q, (low, high) in enumerate(zip(lows.tolist(), highs.tolist())) for r in range(low, high)]
     assert list(zip(query.tolist(), found.tolist())) == expected
