@@ -452,6 +452,7 @@ def fill_cache(keys: int, path: Path) -> Iterator[dict]:
                 "lookup_us": lookup_micros(cache, stored, rng),
                 "miss_us": miss_micros(cache),
                 "bytes": bytes_on_disk(path),
+                "index_bytes": cache.index_bytes,
             }
             put_seconds, since = 0.0, stored
     finally:
@@ -464,7 +465,7 @@ def measure_keys(keys: int, tmp: Path) -> None:
     print(f"\nVectorCache: {keys:,} keys of {KEY_DIMENSIONS} float32, {KEYS_PER_PUT:,} a put_many", flush=True)
     header = (
         "| keys stored | insert µs/key (this tenth) | lookup µs/key (10,000 random) | miss µs/key (10,000 absent)"
-        " | bytes on disk ÷ raw |"
+        " | bytes on disk ÷ raw | in memory: bytes a key |"
     )
     lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     started = time.perf_counter()
@@ -472,7 +473,7 @@ def measure_keys(keys: int, tmp: Path) -> None:
         ratio = point["bytes"] / (point["stored"] * raw_per_key)
         line = (
             f"| {point['stored']:,} | {point['insert_us']:.1f} | {point['lookup_us']:.1f} | {point['miss_us']:.1f}"
-            f" | {ratio:.2f} |"
+            f" | {ratio:.2f} | {point['index_bytes'] / point['stored']:.2f} |"
         )
         print(f"  {line}  ({time.perf_counter() - started:.0f} s)", flush=True)
         lines.append(line)

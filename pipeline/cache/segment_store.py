@@ -68,6 +68,11 @@ class SegmentStore:
                 break
         return Found(np.concatenate(positions), np.concatenate(vectors))
 
+    @property
+    def index_bytes(self) -> int:
+        """Bytes this process holds in memory to find keys: each segment's index and Bloom filter."""
+        return sum(segment.index.nbytes + segment.filter.nbytes for segment in self.segments())
+
     def add(self, high: np.ndarray, low: np.ndarray, vectors: np.ndarray) -> None:
         """Store these keys and vectors as a new segment, readable by every process on return;
         wait first while the merges are behind (a tier of `MOST_IN_A_TIER`: lookups would slow)."""

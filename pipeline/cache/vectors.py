@@ -83,6 +83,11 @@ class VectorCache:
         """The cache of `embedder`'s vectors (its namespace and dimensions) at `path`."""
         return cls(path, embedder.cache_namespace, embedder.dimensions)
 
+    @property
+    def index_bytes(self) -> int:
+        """Bytes held in memory to find the vectors of segments (about 4 a key)."""
+        return self._segments.index_bytes
+
     def key(self, text: str) -> str:
         """Where `text`'s vector is kept: "namespace/sha256 hex" in a cache of long keys; in a
         compact one (about 38 characters, not 125: a third of the bytes an entry takes at 64

@@ -55,6 +55,7 @@ def test_filling_a_cache_reports_each_tenth_with_every_looked_up_key_found(tmp_p
     assert [p["stored"] for p in points] == list(range(500, 5_001, 500))
     assert all(p["insert_us"] > 0 and p["lookup_us"] > 0 for p in points)
     assert points[-1]["bytes"] > points[-1]["stored"] * 16 * 4  # at least the raw vectors
+    assert 0 < points[-1]["index_bytes"] < points[-1]["stored"] * 8  # the keys' top bits and filters, not whole keys
 
 
 def result(rows, cold, cached, peak_mb):

@@ -77,6 +77,19 @@ def test_a_store_finds_each_asked_key_with_its_own_vector(tmp_path, monkeypatch,
     np.testing.assert_array_equal(found.vectors, vectors[picks[found.positions]])
 
 
+@pytest.mark.parametrize(
+    ("keys", "most_bytes_a_key"),
+    [(1_000, 6.5), (300_000, 4.25)],  # a file of 2^18 keys or more keeps 2 bytes of each key's top bits, not 4
+)
+def test_a_process_holds_a_few_bytes_a_key_in_memory_to_find_them(tmp_path, keys, most_bytes_a_key):
+    cache = VectorCache(tmp_path / "c", "ns:4", 4)
+    texts = [f"text {i}" for i in range(keys)]
+    cache.put_many(dict(zip(texts, np.ones((keys, 4), np.float32))))
+    assert len(cache.get_many(texts[::97])) == len(texts[::97])
+    assert keys * 1.25 < cache.index_bytes <= keys * most_bytes_a_key  # the Bloom filter alone is 1.25
+    cache.close()
+
+
 def test_a_vector_stored_again_after_a_bad_one_is_the_one_found_after_merging(tmp_path):
     cache = VectorCache(tmp_path / "c", "ns:8", 8)
     cache.put_many({"t": np.zeros(8)})  # bad: all zeros
