@@ -17,7 +17,8 @@ def test_the_index_finds_each_key_where_a_binary_search_does(rows, shared):
     index = KeyIndex(top)
     asked = np.concatenate([top[rng.permutation(rows)[:500]], rng.integers(0, 2**32, 500, dtype=np.uint64)])
     # the bits below a stored key's bucket, in the buckets beside it: found only where the key is
-    beside = [(top.astype(np.int64) + step * (1 << (32 - index.bits))) % 2**32 for step in (-1, 1)] if index.bits else []
+    bucket = 1 << (32 - index.bits)
+    beside = [(top.astype(np.int64) + step * bucket) % 2**32 for step in (-1, 1)] if index.bits else []
     ends = np.array([0, 2**32 - 1], np.uint32)
     asked = np.concatenate([asked.astype(np.uint32), *[b.astype(np.uint32) for b in beside], ends])
     for after, side in ((True, "right"), (False, "left")):
