@@ -31,7 +31,9 @@ from pipeline.cache.segment_index import TOP, KeyIndex
 MAGIC = b"EPVSEG02"
 HEADER = 32  # magic, rows (u8), dimensions (u4), 12 bytes reserved
 DIGEST = 16  # bytes of a text's sha256 that key its vector: two uint64
-MERGE_BYTES = 16 * 2**20  # of keys and vectors held at once by a merge: one slice of the key space
+# Of keys and vectors a merge reads at once: one slice of the key space. It holds about twice that
+# (read, then sorted); at 16 MB its slices were in most of a 10M-row run's new highs of RSS.
+MERGE_BYTES = 4 * 2**20
 # A window of the file is read whole where its asked records lie closer than _NEAR_BYTES apart on
 # average: one `pread` a record costs about 1.1 µs, what copying 15 KB from the page cache does.
 _WINDOW_BYTES = 2**20
@@ -250,10 +252,11 @@ def _merge_slice(fd: int, segments: list[Segment], start: int, end: int | None, 
         last = segment.rows if end is None else segment.first_row_at_or_after(end)
         parts.append(segment.read_rows(first, last))
     high = np.concatenate([p[0] for p in parts])
+    records = np.concatenate([p[1] for p in parts])
+    del parts  # the slice is held twice at most: read, then sorted
     order = np.argsort(high, kind="stable")  # stable: of equal keys the newest segment's stays last
-    records = np.concatenate([p[1] for p in parts])[order]
     _write_at(fd, high[order], HEADER + 8 * done)
-    _write_at(fd, records, HEADER + 8 * rows + records.shape[1] * done)
+    _write_at(fd, records[order], HEADER + 8 * rows + records.shape[1] * done)
     return len(order)
 
 
