@@ -44,16 +44,16 @@ class KeyIndex:
         top = np.asarray(top, dtype=np.uint32)
         if not len(self.rest):
             return np.empty(0, np.intp), np.empty(0, np.int64)
-        opens = self.starts[self._buckets(top)].astype(np.intp)
-        rest = (top & self._below).astype(self.rest.dtype)
-        last = self.bound(top, after=True) - 1
+        bucket, rest = self._buckets(top), (top & self._below).astype(self.rest.dtype)
+        opens = self.starts[bucket].astype(np.intp)
+        last = self._bound(bucket, rest, after=True) - 1
         held = (last >= opens) & (self.rest[np.maximum(last, 0)] == rest)  # in the key's own bucket
         first = last.copy()
         shared = held & (last - 1 >= opens) & (self.rest[np.maximum(last - 1, 0)] == rest)
         query = np.flatnonzero(held)
         if not shared.any():
             return query, last[query]
-        first[shared] = self.bound(top[shared], after=False)
+        first[shared] = self._bound(bucket[shared], rest[shared], after=False)
         counts = (last - first + 1)[query]
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         return np.repeat(query, counts), np.repeat(first[query], counts) + np.arange(int(counts.sum())) - starts
@@ -61,9 +61,12 @@ class KeyIndex:
     def bound(self, top: np.ndarray, after: bool) -> np.ndarray:
         """`np.searchsorted(<the keys' top bits>, top, side="right" if after else "left")`, a bucket
         at a time: within one, the bits below the bucket's order its keys."""
-        bucket = self._buckets(top)
+        top = np.asarray(top, dtype=np.uint32)
+        return self._bound(self._buckets(top), (top & self._below).astype(self.rest.dtype), after)
+
+    def _bound(self, bucket: np.ndarray, rest: np.ndarray, after: bool) -> np.ndarray:
+        """`bound` of the keys in `bucket` whose bits below it are `rest`."""
         low, high = self.starts[bucket].astype(np.intp), self.starts[bucket + 1].astype(np.intp)
-        rest = (top & self._below).astype(self.rest.dtype)
         last = max(len(self.rest) - 1, 0)
         for _ in range(self.steps):
             middle = (low + high) >> 1
