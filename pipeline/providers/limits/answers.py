@@ -23,7 +23,7 @@ from pipeline.providers.limits.fixed_windows import (
     follow_resets,
     of_a_window_gone,
 )
-from pipeline.providers.limits.headers import server_level, server_limit, until_reset
+from pipeline.providers.limits.headers import server_level, server_limit, server_remaining, until_reset
 from pipeline.providers.limits.learned_window import LearnedWindow
 from pipeline.providers.limits.token_bucket import TokenBucket
 
@@ -202,7 +202,7 @@ class LimitsFromAnswers:
         sent_at = ticket.sent_at if ticket is not None else now
         if until_reset(headers, name) is not None:
             return follow_resets(bucket, self._reset_sums[name], headers, name, sent_at, window)
-        level = _remaining(headers, name)
+        level = server_remaining(headers, name)
         if level is None or ticket is None:
             return False
         jumps, level = self._level_jumps[name], level * self.share
@@ -235,7 +235,7 @@ class LimitsFromAnswers:
                 for name in NAMES
                 if charged
                 and (limit := limits[name] or self.caps[name])
-                and (level := _remaining(headers, name)) is not None
+                and (level := server_remaining(headers, name)) is not None
             ]
             widened = bool(held) and self.window.reported(min(held), first=not self._answered)
             if changed:
@@ -268,7 +268,8 @@ class LimitsFromAnswers:
     def _note_unreported(self, headers: Mapping[str, str]) -> None:
         """Say once, at the first answer, which budgets the server counts (`x-ratelimit-remaining-*`)
         without saying their limits (no `x-ratelimit-limit-*`: Azure OpenAI), where none is configured."""
-        unreported = [name for name in NAMES if self.limit(name) is None and _remaining(headers, name) is not None]
+        counted = [name for name in NAMES if server_remaining(headers, name) is not None]
+        unreported = [name for name in counted if self.limit(name) is None]
         if unreported:
             log.warning(
                 "the server says what is left of its %s limits but not the limits (no x-ratelimit-limit-* "
@@ -298,10 +299,3 @@ def _debt_to_learn_from(ticket: Ticket | None, limits_changed_at: float) -> floa
     if ticket is None or ticket.sent_at <= limits_changed_at:
         return None
     return ticket.debt
-
-
-def _remaining(headers: Mapping[str, str], name: str) -> float | None:
-    try:
-        return max(0.0, float(headers[f"x-ratelimit-remaining-{name}"]))
-    except (KeyError, TypeError, ValueError):
-        return None

@@ -15,6 +15,12 @@ def server_limit(headers: Mapping[str, str], name: str) -> float | None:
     return limit if limit and limit > 0 else None
 
 
+def server_remaining(headers: Mapping[str, str], name: str) -> float | None:
+    """The whole units `x-ratelimit-remaining-{name}` reports left (never below 0), or None."""
+    remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
+    return None if remaining is None else max(0.0, remaining)
+
+
 def server_level(headers: Mapping[str, str], name: str, window: float = 60.0) -> float | None:
     """What the server says is left of budget `name` ("requests" or "tokens"), or None.
 
@@ -43,11 +49,11 @@ def implied_seconds(headers: Mapping[str, str], name: str) -> float | None:
     """What is left, in seconds of the limit, plus the seconds until the budget is full again: the
     same at every answer from a server that refills continuously (its bank), anything from 0 to
     twice the window from one that resets a counter at fixed times. None without all three headers."""
-    remaining = _number(headers.get(f"x-ratelimit-remaining-{name}"))
+    remaining = server_remaining(headers, name)
     limit, until_full = server_limit(headers, name), until_reset(headers, name)
     if remaining is None or limit is None or until_full is None:
         return None
-    return max(0.0, remaining) / (limit / 60) + until_full
+    return remaining / (limit / 60) + until_full
 
 
 def _duration(value: str | None) -> float | None:
