@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cache.shared_tier import SharedTier
-from pipeline.cache.vectors import Lookup, VectorCache
+from pipeline.cache.vectors import Hits, Lookup, VectorCache
 from pipeline.cache.writer import CacheWriter
 from pipeline.config import CacheConfig
 
@@ -62,13 +62,14 @@ class TieredCache(VectorCache):
         self._uploader: CacheWriter[tuple[str, bytes]] | None = None  # started by the first write
         self._starting_uploader = threading.Lock()
 
-    def lookup(self, texts: list[str]) -> Lookup:
+    def hits(self, texts: list[str]) -> Hits:
         """The local cache's usable vectors, and the shared tier's for those it lacked (stored
         locally now). An object in the tier that is no usable vector is a miss, as a bad local
         entry is; a bad local entry the tier holds a good vector for is replaced by it. A text
         the tier lacked is not asked for again within `MISS_MEMORY` seconds."""
-        local = super().lookup(texts)
-        asking = self._not_missed_lately([text for text in dict.fromkeys(texts) if text not in local.vectors])
+        local = super().hits(texts)
+        lacked = np.flatnonzero(~local.found).tolist()
+        asking = self._not_missed_lately([texts[i] for i in lacked])
         if not asking:
             return local
         shared = Lookup()
@@ -79,8 +80,12 @@ class TieredCache(VectorCache):
         with self._counting:
             self.shared_hits += len(shared.vectors)
             self._missed.update((text, now) for text in asking if text not in shared.vectors)
+        for i in lacked:
+            vector = shared.vectors.get(texts[i])
+            if vector is not None:
+                local.found[i], local.matrix[i] = True, vector
         bad = [text for text in dict.fromkeys([*local.bad, *shared.bad]) if text not in shared.vectors]
-        return Lookup({**local.vectors, **shared.vectors}, bad)
+        return Hits(local.found, local.matrix, bad)
 
     def _not_missed_lately(self, texts: list[str]) -> list[str]:
         """Those of `texts` the shared tier did not lack in the last `MISS_MEMORY` seconds."""

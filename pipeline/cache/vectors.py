@@ -59,6 +59,20 @@ class Lookup:
     bad: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Hits:
+    """`Lookup` by position, for distinct texts: whether each had a usable vector (`found`), the
+    vectors (`matrix`, a row a text, zeros where not found) and the texts whose entry was bad."""
+
+    found: np.ndarray
+    matrix: np.ndarray
+    bad: list[str] = field(default_factory=list)
+
+    def vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The found ones, text -> vector."""
+        return {texts[i]: self.matrix[i] for i in np.flatnonzero(self.found).tolist()}
+
+
 class VectorCache:
     """Vectors by (namespace, text). `namespace` names provider, endpoint, model and dimensions."""
 
@@ -106,23 +120,44 @@ class VectorCache:
         return self.lookup(texts).vectors
 
     def lookup(self, texts: list[str]) -> Lookup:
-        """The usable cached vectors of `texts`, and which texts had an entry that was not one.
+        """The usable cached vectors of `texts`, and which texts had an entry that was not one."""
+        unique = list(dict.fromkeys(texts))
+        hits = self.hits(unique)
+        return Lookup(hits.vectors(unique), hits.bad)
+
+    def hits(self, texts: list[str]) -> Hits:
+        """`lookup` of distinct `texts`, by position: no dictionary of texts (a cached run's path).
 
         Segments first; then, where the SQLite file holds more than its settings (a cache from
         before segments, or claims), its rows for the rest. Only raw bytes are read; anything else
         (a pickle someone put there) is bad, never loaded.
         """
-        unique, result, found_count = list(dict.fromkeys(texts)), Lookup(), 0
+        bad: list[str] = []
+        found = np.zeros(len(texts), dtype=bool)
+        matrix = np.zeros((len(texts), self.dimensions), dtype=_DTYPE)
         with self._errors("read"):
-            for start in range(0, len(unique), _SEGMENT_LOOKUP_BATCH):
-                some = unique[start : start + _SEGMENT_LOOKUP_BATCH]
-                found = self._segments.find(*key_columns(b"".join(_text_digests(some))))
-                self._check_vectors_into(result, [some[i] for i in found.positions], found.vectors)
-                found_count += len(found.positions)
-            if found_count < len(unique) and len(self._cache) > self._setting_rows:
-                bad = set(result.bad)
-                self._rows_into(result, [text for text in unique if text not in result.vectors and text not in bad])
-        return result
+            for start in range(0, len(texts), _SEGMENT_LOOKUP_BATCH):
+                some = texts[start : start + _SEGMENT_LOOKUP_BATCH]
+                stored = self._segments.find(*key_columns(b"".join(_text_digests(some))))
+                at, usable = start + stored.positions, usable_rows(stored.vectors)
+                found[at[usable]] = True
+                matrix[at[usable]] = stored.vectors[usable]
+                bad.extend(texts[i] for i in at[~usable].tolist())
+            if not found.all() and len(self._cache) > self._setting_rows:
+                self._older_rows_into(found, matrix, bad, texts)
+        return Hits(found, matrix, bad)
+
+    def _older_rows_into(self, found: np.ndarray, matrix: np.ndarray, bad: list[str], texts: list[str]) -> None:
+        """Fill in what diskcache's rows hold for those of `texts` the segments lacked."""
+        skip = set(bad)
+        rest = {texts[i]: i for i in np.flatnonzero(~found).tolist() if texts[i] not in skip}
+        older = Lookup()
+        self._rows_into(older, list(rest))
+        if older.vectors:
+            at = np.array([rest[text] for text in older.vectors], dtype=np.intp)
+            found[at] = True
+            matrix[at] = np.stack(list(older.vectors.values()))
+        bad.extend(older.bad)
 
     def _rows_into(self, result: Lookup, texts: list[str]) -> None:
         """Add what diskcache's rows hold for `texts` (one row per vector) to `result`."""
@@ -153,7 +188,7 @@ class VectorCache:
     @staticmethod
     def _check_vectors_into(result: Lookup, texts: list[str], matrix: np.ndarray) -> None:
         """Add `texts` with their rows of `matrix`: usable vectors, or else bad texts."""
-        usable = np.asarray(np.isfinite(matrix).all(axis=1) & matrix.any(axis=1))
+        usable = usable_rows(matrix)
         if usable.all():  # nearly always
             result.vectors.update(zip(texts, matrix))
             return
@@ -250,6 +285,11 @@ def _compact_keys(store: diskcache.Cache) -> bool:
     if store.get(KEY_FORMAT) is None and store._sql("SELECT 1 FROM Cache LIMIT 1").fetchone() is None:
         store.add(KEY_FORMAT, COMPACT_KEYS)  # two processes opening a fresh cache: the first one's stays
     return store.get(KEY_FORMAT) == COMPACT_KEYS
+
+
+def usable_rows(matrix: np.ndarray) -> np.ndarray:
+    """For each row of `matrix`, whether it can be a vector: finite and not all zeros."""
+    return np.asarray(np.isfinite(matrix).all(axis=1) & matrix.any(axis=1))
 
 
 def _text_digests(texts: list[str]) -> list[bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -11,7 +10,7 @@ import pyarrow.compute as pc
 
 from pipeline.arrow_strings import from_numpy, int_values
 from pipeline.cache.claims import Claims, ClaimStore
-from pipeline.cache.vectors import VectorCache
+from pipeline.cache.vectors import Hits, VectorCache
 from pipeline.providers.base import Embedder
 from pipeline.run.counts import RunCounter, RunStats
 from pipeline.text.chunking import Chunk, chunk_texts
@@ -32,13 +31,13 @@ class EmbeddedText:
 class PreparedRows:
     """Rows ready to embed: the distinct normalised texts, which of them each row holds, and
     the chunks of those longer than one chunk (a text of one chunk is its own chunk, and costs
-    no object of its own); once looked up, the chunk vectors the cache held and the tokens of
-    each it lacked."""
+    no object of its own); once looked up, the vectors the cache held for `chunk_texts()`, by
+    position, and the tokens of each chunk it lacked."""
 
     texts: list[str]
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1 where blank
     long: dict[str, list[Chunk]] = field(default_factory=dict)
-    cached: dict[str, np.ndarray] = field(default_factory=dict)
+    cached: Hits = field(default_factory=lambda: Hits(np.zeros(0, dtype=bool), np.zeros((0, 0), dtype=np.float32)))
     misses: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -67,19 +66,20 @@ class PreparedRows:
 @dataclass(frozen=True)
 class RowVectors:
     """Each row's vector (zeros where its text is blank), which rows have one, and the chunk
-    vectors they were pooled from."""
+    vectors they were pooled from (a row each of `rows.chunk_texts()`)."""
 
     matrix: np.ndarray
     present: np.ndarray
     rows: PreparedRows
-    chunk_vectors: Mapping[str, np.ndarray]
+    chunk_matrix: np.ndarray
 
     def embedded_texts(self) -> list[EmbeddedText | None]:
         """Per row, its chunks and their vectors (None where blank): the chunk table's rows."""
+        at = {chunk: i for i, chunk in enumerate(self.rows.chunk_texts())}
         texts = []
         for key in self.rows.texts:
             chunks = self.rows.chunks_of(key)
-            texts.append(EmbeddedText(chunks, np.stack([self.chunk_vectors[c.text] for c in chunks])))
+            texts.append(EmbeddedText(chunks, self.chunk_matrix[[at[c.text] for c in chunks]]))
         return [texts[i] if i >= 0 else None for i in self.rows.rows.tolist()]
 
 
@@ -111,7 +111,7 @@ class TextEmbedder:
         chunk, look the chunks up in the cache and count the tokens of those it lacks."""
         rows = self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens))
         chunks = rows.chunk_texts()
-        self.counts.met(len(rows.rows), rows.blank, rows.texts, chunks, _found(chunks, rows.cached), rows.long)
+        self.counts.met(len(rows.rows), rows.blank, rows.texts, chunks, rows.cached.found, rows.long)
         return rows
 
     def send_ahead(self, raw_texts: list[str | None] | pa.Array | pa.ChunkedArray) -> dict[str, int]:
@@ -126,18 +126,30 @@ class TextEmbedder:
         """`rows` with the cache's vectors for their chunks and the token counts of the others
         (counted only now: most chunks of most runs are cached)."""
         chunks = rows.chunk_texts()
-        cached = self._cached(chunks)
-        misses = [text for text, found in zip(chunks, _found(chunks, cached).tolist()) if not found]
+        cached = self.cache.hits(chunks)
+        if cached.bad:
+            self.counts.bad_entries(cached.bad)
+        misses = [chunks[i] for i in np.flatnonzero(~cached.found).tolist()]
         return replace(rows, cached=cached, misses=dict(zip(misses, _tokens(misses, rows.known_tokens()))))
 
     def complete(self, rows: PreparedRows) -> RowVectors:
         """The network half: embed the chunks the cache lacked, pool chunks into row vectors."""
-        vectors = {**rows.cached, **self._embedded_vectors(rows.misses)} if rows.misses else rows.cached
-        long, blank = rows.long, np.zeros((1, self.embedder.dimensions), dtype=np.float32)
-        pooled = [vectors[key] if key not in long else pool_chunks(long[key], vectors) for key in rows.texts]
+        chunks, matrix = rows.chunk_texts(), rows.cached.matrix
+        if rows.misses:
+            embedded = self._embedded_vectors(rows.misses)
+            lacked = np.flatnonzero(~rows.cached.found)
+            matrix = matrix.copy()
+            matrix[lacked] = np.stack([embedded[chunks[i]] for i in lacked.tolist()])
+        blank = np.zeros((1, self.embedder.dimensions), dtype=np.float32)
+        if rows.long:  # some texts pool several chunks
+            vectors, long = dict(zip(chunks, matrix)), rows.long
+            pooled = [vectors[key] if key not in long else pool_chunks(long[key], vectors) for key in rows.texts]
+            texts_matrix = np.concatenate(pooled).reshape(-1, blank.shape[1])  # 3x np.stack's pace
+        else:  # each text its one chunk, in the same order
+            texts_matrix = matrix
         # The distinct texts' vectors, then a blank row's: each row takes its text's (-1: the blank).
-        table = np.concatenate([*pooled, blank[0]]).reshape(-1, blank.shape[1])  # 3x np.stack's pace
-        return RowVectors(table[rows.rows], rows.rows >= 0, rows, vectors)
+        table = np.concatenate([texts_matrix, blank])
+        return RowVectors(table[rows.rows], rows.rows >= 0, rows, matrix)
 
     def _embedded_vectors(self, misses: dict[str, int]) -> dict[str, np.ndarray]:
         """Vectors for chunks (text -> tokens) the cache lacked when looked up: stored by this run
@@ -222,13 +234,6 @@ def _rows_of(raw_texts: list[str | None] | pa.Array | pa.ChunkedArray, indices: 
     if isinstance(raw_texts, (pa.Array, pa.ChunkedArray)):
         return raw_texts.take(from_numpy(indices)).to_pylist()  # `pa.array` of a list would import pandas
     return [raw_texts[i] for i in indices.tolist()]
-
-
-def _found(texts: list[str], found: Mapping[str, np.ndarray]) -> np.ndarray:
-    """For each of `texts` (distinct), whether `found` holds it: at once where it holds all or none."""
-    if len(found) == len(texts) or not found:
-        return np.full(len(texts), bool(found) or not texts, dtype=bool)
-    return np.fromiter((text in found for text in texts), dtype=bool, count=len(texts))
 
 
 def _tokens(texts: list[str], known: dict[str, int]) -> list[int]:

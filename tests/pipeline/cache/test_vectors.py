@@ -282,3 +282,18 @@ def test_a_full_disk_is_one_line_and_what_was_stored_before_stays_readable(tmp_p
     assert result["message"] == (f"cache.path {disk_dir / 'cache'}: the disk is full (storing {per_batch} vectors "
                                  f"needs about {needs} more): free space there or set cache.path elsewhere")
     assert result["stored"] > 0 and result["readable"]
+
+
+def test_hits_say_by_position_what_a_lookup_says_by_text(tmp_path):
+    cache = VectorCache(tmp_path / "c", "ns:4", 4)
+    cache.put_many({"stored": np.full(4, 1.0), "zeros": np.zeros(4)})
+    cache._cache.set(cache.key("old row"), np.full(4, 2.0, dtype="<f4").tobytes())  # a cache from before segments
+    cache._cache.set(cache.key("pickled"), [1.0, 2.0, 3.0, 4.0])  # not raw bytes: bad, never loaded
+    texts = ["absent", "stored", "zeros", "old row", "pickled"]
+    hits = cache.hits(texts)
+    assert hits.found.tolist() == [False, True, False, True, False]
+    assert hits.matrix[:, 0].tolist() == [0, 1, 0, 2, 0]
+    assert sorted(hits.bad) == ["pickled", "zeros"]
+    lookup = cache.lookup(texts[::-1] + texts)
+    assert {text: vector[0] for text, vector in lookup.vectors.items()} == {"stored": 1, "old row": 2}
+    assert sorted(lookup.bad) == ["pickled", "zeros"]
