@@ -160,11 +160,13 @@ class RunCounter:
         chunks: list[str],
         cached: np.ndarray,
         long: Collection[str] = (),
+        hashes: np.ndarray | None = None,
     ) -> None:
         """Rows read, the texts not seen before (those in `long` of several chunks, the others
         each its own chunk) and the chunks met for the first time: as cache hits where `cached`
-        (as sent where the Batch API had just embedded them); the others are counted when embedded."""
-        hashes = _hashes(chunks)
+        (as sent where the Batch API had just embedded them); the others are counted when embedded.
+        `hashes` are the chunks' `hash64`, where the caller has them already."""
+        hashes = _hashes(chunks) if hashes is None else hashes
         with self._lock:
             self.stats.rows += rows
             self.stats.null_texts += blank

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from pipeline.arrow_strings import from_numpy, int_values
 from pipeline.cache.claims import Claims, ClaimStore
 from pipeline.cache.vectors import Hits, VectorCache
+from pipeline.hashset import hash64
 from pipeline.providers.base import Embedder
 from pipeline.run.counts import RunCounter, RunStats
 from pipeline.text.chunking import Chunk, chunk_texts
@@ -36,6 +37,7 @@ class PreparedRows:
 
     texts: list[str]
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1 where blank
+    text_array: pa.Array | None = None  # `texts` as Arrow strings, where they came from Arrow: hashed there
     long: dict[str, list[Chunk]] = field(default_factory=dict)
     cached: Hits = field(default_factory=lambda: Hits(np.zeros(0, dtype=bool), np.zeros((0, 0), dtype=np.float32)))
     misses: dict[str, int] = field(default_factory=dict)
@@ -54,6 +56,12 @@ class PreparedRows:
         if not self.long:  # most batches: every text one chunk
             return self.texts
         return list(dict.fromkeys(c for text in self.texts for c in self._chunk_strings(text)))
+
+    def chunk_hashes(self) -> np.ndarray:
+        """`hash64` of each of `chunk_texts()`: of the Arrow strings where each text is its one chunk."""
+        if self.text_array is not None and not self.long:
+            return hash64(self.text_array)
+        return hash64(self.chunk_texts()) if self.texts else np.zeros(0, dtype=np.int64)
 
     def known_tokens(self) -> dict[str, int]:
         """The chunks whose tokens the chunker counted already."""
@@ -111,7 +119,8 @@ class TextEmbedder:
         chunk, look the chunks up in the cache and count the tokens of those it lacks."""
         rows = self.looked_up(chunk_rows(raw_texts, self.max_tokens, self.overlap_tokens))
         chunks = rows.chunk_texts()
-        self.counts.met(len(rows.rows), rows.blank, rows.texts, chunks, rows.cached.found, rows.long)
+        found, hashes = rows.cached.found, rows.chunk_hashes()
+        self.counts.met(len(rows.rows), rows.blank, rows.texts, chunks, found, rows.long, hashes)
         return rows
 
     def send_ahead(self, raw_texts: list[str | None] | pa.Array | pa.ChunkedArray) -> dict[str, int]:
@@ -210,24 +219,25 @@ def chunk_rows(
     Rows are normalised and deduplicated in Arrow: a row costs no Python object, a distinct text one."""
     keys = normalised_array(raw_texts)
     distinct = pc.dictionary_encode(keys)  # no nulls: `int_values` reads the indices without pandas
-    rows = int_values(distinct.indices).astype(np.int64)
-    lengths = int_values(pc.binary_length(distinct.dictionary))
-    texts = distinct.dictionary.to_pylist()  # in the order rows first hold them
+    rows, strings = int_values(distinct.indices).astype(np.int64), distinct.dictionary
+    lengths = int_values(pc.binary_length(strings))
     blank = np.flatnonzero(lengths == 0)
     if len(blank):  # the blank text is no text: its rows are -1
-        rows[rows == blank[0]] = -1
-        rows[rows > blank[0]] -= 1
-        del texts[blank[0]]
-        lengths = np.delete(lengths, blank[0])
+        at = int(blank[0])
+        rows[rows == at] = -1
+        rows[rows > at] -= 1
+        strings = pa.concat_arrays([strings[:at], strings[at + 1 :]])
+        lengths = np.delete(lengths, at)
+    texts = strings.to_pylist()  # in the order rows first hold them
     long = np.flatnonzero(lengths > max_tokens)
     if not len(long):  # most batches: every text one chunk
-        return PreparedRows(texts, rows)
+        return PreparedRows(texts, rows, strings)
     # The chunker's boundaries are the raw text's paragraphs: of the last row holding each text.
     held, first_from_end = np.unique(rows[::-1], return_index=True)
     last = len(rows) - 1 - first_from_end[np.searchsorted(held, long)]
     raws = _rows_of(raw_texts, last)
     chunks = chunk_texts([normalise_paragraphs(raw) for raw in raws], max_tokens, overlap_tokens)
-    return PreparedRows(texts, rows, {texts[i]: c for i, c in zip(long.tolist(), chunks)})
+    return PreparedRows(texts, rows, strings, {texts[i]: c for i, c in zip(long.tolist(), chunks)})
 
 
 def _rows_of(raw_texts: list[str | None] | pa.Array | pa.ChunkedArray, indices: np.ndarray) -> list[str | None]:

@@ -3,6 +3,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.cache.vectors import VectorCache
+from pipeline.hashset import hash64
 from pipeline.providers import get_embedder
 from pipeline.run.embed import TextEmbedder, chunk_rows
 from tests.conftest import openai_config
@@ -40,6 +41,7 @@ def test_rows_hold_their_distinct_text_in_the_order_first_met_and_blanks_hold_no
     assert rows.texts == ["b text", "a text"]
     assert rows.rows.tolist() == [0, -1, 1, -1, 0, 1, -1]
     assert (rows.blank, rows.long) == (3, {})
+    assert rows.chunk_hashes().tolist() == hash64(["b text", "a text"]).tolist()  # counted as a list's would be
 
 
 @pytest.mark.parametrize("as_arrow", [False, True])
