@@ -52,6 +52,13 @@ def prompt_thread_switches(seconds: float = 0.0005) -> None:
     sys.setswitchinterval(min(sys.getswitchinterval(), seconds))
 
 
+def holding(lock: threading.Lock, items: Iterable[T]) -> Generator[T]:
+    """Yield `items` holding `lock`, from the first item asked for until the last is taken or the
+    consumer stops: another thread's `holding` the same lock waits until then."""
+    with lock:
+        yield from items
+
+
 def prefetch(items: Iterable[T], depth: int) -> Generator[T]:
     """Yield `items`, computed up to `depth` ahead in a background thread.
 

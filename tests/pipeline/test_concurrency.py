@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from pipeline.concurrency import map_ahead, prefetch
+from pipeline.concurrency import holding, map_ahead, prefetch
 
 
 def test_items_arrive_in_order():
@@ -70,3 +70,25 @@ def test_map_ahead_raises_the_first_failure_in_order():
         for item, _ in map_ahead(fail_on_three, range(10), ahead=2):
             seen.append(item)
     assert seen == [0, 1, 2]
+
+
+@pytest.mark.parametrize("first_stops_early", [False, True])
+def test_a_second_reader_holding_the_lock_starts_once_the_first_has_read_all_or_stopped(first_stops_early):
+    lock, events = threading.Lock(), []
+
+    def reader(name):
+        for i in range(3):
+            events.append((name, i))
+            yield i
+
+    first = prefetch(holding(lock, reader("first")), depth=1)
+    assert next(first) == 0
+    second = prefetch(holding(lock, reader("second")), depth=1)
+    time.sleep(0.1)
+    assert ("second", 0) not in events  # waiting for the first to finish reading
+    if first_stops_early:
+        first.close()
+    else:
+        assert list(first) == [1, 2]
+    assert list(second) == [0, 1, 2]
+    assert events.index(("second", 0)) > max(events.index(e) for e in events if e[0] == "first")
