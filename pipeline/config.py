@@ -28,7 +28,7 @@ class SourceConfig(_Section):
     text_template: str | None = None
     encoding: str = "utf-8"  # of text-based files (CSV, JSON Lines), e.g. latin-1; Parquet is always UTF-8
     partition_rows: int = 1_000_000  # a larger Parquet file is split at row groups
-    parallel_partitions: int = 2  # partitions processed at once
+    parallel_partitions: int = 2  # partitions in flight at once; one reads its rows at a time
 
     @model_validator(mode="after")
     def _one_text_spec(self) -> SourceConfig:
