@@ -100,26 +100,37 @@ class SegmentStore:
         if os.stat(self.directory).st_mtime_ns == self._listed_mtime:
             return self._segments
         with self._refreshing:
-            mtime = os.stat(self.directory).st_mtime_ns
             opened = {s.path.name: s for s in self._segments}
-            fresh, damaged = [], []
-            for name in sorted(_segment_names(self.directory), key=_age):
-                try:
-                    fresh.append(opened.get(name) or Segment(self.directory / name, self.dimensions))
-                except FileNotFoundError:  # merged away since the listing: its rows are in a newer file
-                    continue
-                except SegmentDamaged as exc:
-                    damaged.append(exc)
-                    if name not in {d.path.name for d in self.damaged}:  # said once a file
-                        log.warning(
-                            "cache %s: segment %s; its vectors are embedded again. `embedpipe cache repair` drops it",
-                            self.directory,
-                            exc,
-                        )
-            self._segments, self.damaged = tuple(fresh), damaged
+            listed = None
+            while listed is None:  # a file merged away since the listing: its rows are in one listed again
+                mtime = os.stat(self.directory).st_mtime_ns
+                listed = self._open_listed(opened)
+            self._segments, self.damaged = listed
             # an mtime within the clock's granularity of now may not change again for a file added next
             self._listed_mtime = mtime if time.time_ns() - mtime > _MTIME_GRANULARITY_NS else None
         return self._segments
+
+    def _open_listed(self, opened: dict[str, Segment]) -> tuple[tuple[Segment, ...], list[SegmentDamaged]] | None:
+        """The segments listed now, oldest first, and the damaged ones left out; None where a listed
+        file went before it was opened (a merge replaced it by a file this listing may lack).
+        Each file opened is added to `opened`, for the next listing."""
+        fresh, damaged = [], []
+        for name in sorted(_segment_names(self.directory), key=_age):
+            try:
+                if name not in opened:
+                    opened[name] = Segment(self.directory / name, self.dimensions)
+                fresh.append(opened[name])
+            except FileNotFoundError:
+                return None
+            except SegmentDamaged as exc:
+                damaged.append(exc)
+                if name not in {d.path.name for d in self.damaged}:  # said once a file
+                    log.warning(
+                        "cache %s: segment %s; its vectors are embedded again. `embedpipe cache repair` drops it",
+                        self.directory,
+                        exc,
+                    )
+        return tuple(fresh), damaged
 
     def close(self) -> None:
         """Stop merging: a merge under way is given up and leaves nothing."""

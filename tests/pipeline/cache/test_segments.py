@@ -281,3 +281,20 @@ def test_processes_writing_and_merging_one_cache_at_once_lose_nothing(tmp_path):
     found = VectorCache(tmp_path / "c", "ns:8", 8).get_many(texts)
     assert len(found) == len(texts) and all(found[t][0] == sum(map(ord, t)) for t in texts)
     assert len(segment_files(tmp_path / "c")) < 3 * FANOUT and not list((tmp_path / "c").rglob("*.tmp"))
+
+
+def test_a_lookup_listing_files_a_merge_then_replaces_finds_their_vectors_in_the_merged_file(tmp_path, monkeypatch):
+    cache = VectorCache(tmp_path / "c", "ns:8", 8)
+    cache.put_many({"a": vector(1)})
+    cache.put_many({"b": vector(2)})
+    stale = [path.name for path in segment_files(tmp_path / "c")]  # as listed just before a merge
+    cache.put_many({"a": vector(1), "b": vector(2)})  # the merge's output, then its inputs go
+    for path in segment_files(tmp_path / "c"):
+        if path.name in stale:
+            path.unlink()
+    cache.close()
+    listings = iter([stale])
+    real = segment_store._segment_names
+    monkeypatch.setattr(segment_store, "_segment_names", lambda directory: next(listings, None) or real(directory))
+    found = VectorCache(tmp_path / "c", "ns:8", 8).get_many(["a", "b"])
+    assert sorted(found) == ["a", "b"]
