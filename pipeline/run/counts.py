@@ -132,25 +132,33 @@ class RunCounter:
     (by `hash64`), and how each chunk got its vector; `merge` adds another process's counts."""
 
     def __init__(self) -> None:
-        self.stats = RunStats()
+        self._stats = RunStats()
         self._tally = ChunkTally()  # distinct chunks so far, and how each was had
         self._texts = DistinctTexts(self._tally.met)  # distinct texts so far
         self._sent_ahead = HashSet()  # chunks handed to the Batch API before the run
         self._bad = HashSet()  # chunks whose cached entry was bad, counted once
+        self._waiting: list[tuple[np.ndarray, np.ndarray]] = []  # batches met, not yet in the tally
         self._lock = threading.Lock()
+
+    @property
+    def stats(self) -> RunStats:
+        """What the run did so far, every batch met counted."""
+        with self._lock:
+            self._count_waiting()
+        return self._stats
 
     def skipped(self, rows: int, unchanged: bool = False) -> None:
         """Rows kept without embedding: a part an earlier attempt finished, or (`unchanged`) one
         kept from the last run because its input did not change."""
         with self._lock:
-            self.stats.rows += rows
-            self.stats.unchanged_rows += rows if unchanged else 0
+            self._stats.rows += rows
+            self._stats.unchanged_rows += rows if unchanged else 0
 
     def reused(self, rows: int) -> None:
         """Rows that take their vectors from the last run's output."""
         with self._lock:
-            self.stats.rows += rows
-            self.stats.reused_rows += rows
+            self._stats.rows += rows
+            self._stats.reused_rows += rows
 
     def met(
         self,
@@ -165,19 +173,40 @@ class RunCounter:
         """Rows read, the texts not seen before (those in `long` of several chunks, the others
         each its own chunk) and the chunks met for the first time: as cache hits where `cached`
         (as sent where the Batch API had just embedded them); the others are counted when embedded.
-        `hashes` are the chunks' `hash64`, where the caller has them already."""
+        `hashes` are the chunks' `hash64`, where the caller has them already. Batches whose texts
+        are each one chunk wait and are counted together (`COUNT_TOGETHER` hashes, or as soon as
+        anything else reads or adds to the counts)."""
         hashes = _hashes(chunks) if hashes is None else hashes
         with self._lock:
-            self.stats.rows += rows
-            self.stats.null_texts += blank
+            self._stats.rows += rows
+            self._stats.null_texts += blank
+            if chunks is texts or not long:  # each text its one chunk: counted with the next batches
+                self._waiting.append((hashes, cached))
+                if sum(len(h) for h, _ in self._waiting) >= COUNT_TOGETHER:
+                    self._count_waiting()
+                return
+            self._count_waiting()
             first = self._tally.meet(hashes)
-            self.stats.distinct_texts += self._new_texts(texts, chunks, hashes, first, long)
-            self.stats.chunks += int(first.sum())
-            found = hashes[first & cached]
-            ahead = self._sent_ahead.contains_hashes(found)
-            self._tally.add("sent", found[ahead])
-            self._tally.add("hit", found[~ahead])
-            self._tally_into_stats()
+            self._count_met(hashes, cached, first, self._new_texts(texts, chunks, hashes, first, long))
+
+    def _count_waiting(self) -> None:  # under the lock; before anything else reads or adds to the tally
+        """Count the batches `met` left waiting, together: a set spilled to disk is then read
+        through once for them all, not once a batch."""
+        if not self._waiting:
+            return
+        hashes, cached = (np.concatenate(parts) for parts in zip(*self._waiting))
+        self._waiting = []
+        first = self._tally.meet(hashes)
+        self._count_met(hashes, cached, first, self._texts.meet_short(hashes, first))
+
+    def _count_met(self, hashes: np.ndarray, cached: np.ndarray, first: np.ndarray, new_texts: int) -> None:
+        self._stats.distinct_texts += new_texts
+        self._stats.chunks += int(first.sum())
+        found = hashes[first & cached]
+        ahead = self._sent_ahead.contains_hashes(found)
+        self._tally.add("sent", found[ahead])
+        self._tally.add("hit", found[~ahead])
+        self._tally_into_stats()
 
     def _new_texts(
         self, texts: list[str], chunks: list[str], hashes: np.ndarray, first: np.ndarray, long: Collection[str]
@@ -194,14 +223,16 @@ class RunCounter:
     def sent_ahead(self, chunks: list[str]) -> None:
         """Chunks handed to the Batch API before the run reads them again."""
         with self._lock:
+            self._count_waiting()
             self._sent_ahead.add_many(chunks)
 
     def embedded(self, chunks: list[str], tokens: int) -> None:
         """Chunks this run embedded and stored, and their tokens."""
         hashes = hash64(chunks)
         with self._lock:
+            self._count_waiting()
             self._tally.add("sent", hashes)
-            self.stats.embedded_tokens += tokens
+            self._stats.embedded_tokens += tokens
             self._tally_into_stats()
 
     def were_embedded(self, chunks: list[str]) -> list[bool]:
@@ -209,6 +240,7 @@ class RunCounter:
         it): the tally's "sent", not a set of its own holding the same millions of hashes."""
         hashes = _hashes(chunks)
         with self._lock:
+            self._count_waiting()
             return list(self._tally.holds("sent", hashes))
 
     def elsewhere(self, chunks: list[str]) -> None:
@@ -216,37 +248,42 @@ class RunCounter:
         if chunks:
             hashes = hash64(chunks)
             with self._lock:
+                self._count_waiting()
                 self._tally.add("elsewhere", hashes)
                 self._tally_into_stats()
 
     def bad_entries(self, chunks: list[str]) -> None:
         """Cached entries that were no usable vector, each counted once."""
         with self._lock:
-            self.stats.bad_cache_entries += int(self._bad.add_many(chunks).sum())
+            self._stats.bad_cache_entries += int(self._bad.add_many(chunks).sum())
 
     def merge(self, stats: RunStats, texts: np.ndarray, chunks: dict[str, np.ndarray]) -> None:
         """Add what a partition embedded in another process counted (its `stats` and `export`):
         its distinct texts and chunks by hash, so that one it shares with other partitions counts
         once, and its other counts as they are."""
         with self._lock:
-            self.stats.merge(stats, skip=_BY_HASH)
+            self._count_waiting()
+            self._stats.merge(stats, skip=_BY_HASH)
             fresh = texts[~self._texts.holds(texts)]  # before its chunks join those met here
             new_chunks = self._tally.merge(chunks)
-            self.stats.distinct_texts += self._texts.merge(fresh, texts, new_chunks)
-            self.stats.chunks += len(new_chunks)
+            self._stats.distinct_texts += self._texts.merge(fresh, texts, new_chunks)
+            self._stats.chunks += len(new_chunks)
             self._tally_into_stats()
 
     def export(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The distinct texts and the chunk tally, as hashes, for `merge` in another process."""
         with self._lock:
+            self._count_waiting()
             return self._texts.hashes(), self._tally.export()
 
     def _tally_into_stats(self) -> None:  # under the lock
         counts = self._tally.counts
-        self.stats.cache_hits, self.stats.embedded_chunks = counts["hit"], counts["sent"]
-        self.stats.in_flight_elsewhere = counts["elsewhere"]
+        self._stats.cache_hits, self._stats.embedded_chunks = counts["hit"], counts["sent"]
+        self._stats.in_flight_elsewhere = counts["elsewhere"]
 
 
+# Batches `RunCounter.met` counts together, in hashes: a spilled set is read through once for them.
+COUNT_TOGETHER = 65_536
 # Counted by hash in `RunCounter`: a text or chunk met in several partitions is one.
 _BY_HASH = ("distinct_texts", "chunks", "cache_hits", "embedded_chunks", "in_flight_elsewhere")
 

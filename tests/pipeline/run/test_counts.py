@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ProviderError
-from pipeline.run.counts import KINDS, ChunkTally, RunStats
+from pipeline.run import counts
+from pipeline.run.counts import KINDS, ChunkTally, RunCounter, RunStats
 from pipeline.run.embed import chunk_rows
 from pipeline.run.estimate import estimate_config
 from pipeline.run.report import summary_lines, summary_markdown
@@ -259,3 +260,18 @@ def test_run_stats_since_is_what_running_totals_added():
     assert (added.requests, added.retries, added.timed_out_tokens) == (4, {"429": 0, "timeout": 2}, 20)
     before.merge(added)
     assert before.as_dict() == after.as_dict()
+
+
+@pytest.mark.parametrize("together", [1, counts.COUNT_TOGETHER])
+def test_batches_counted_together_read_as_each_counted_when_met(together, monkeypatch):
+    monkeypatch.setattr(counts, "COUNT_TOGETHER", together)
+    run = RunCounter()
+    run.met(3, 1, ["a", "b"], ["a", "b"], np.array([True, False]))  # a cached, b to send
+    assert (run.stats.rows, run.stats.chunks, run.stats.cache_hits) == (3, 2, 1)  # read mid-run: all met so far
+    run.met(2, 0, ["b", "c"], ["b", "c"], np.array([False, True]))
+    assert run.were_embedded(["b"]) == [False]
+    run.embedded(["b"], tokens=5)
+    assert run.were_embedded(["b", "c"]) == [True, False]
+    run.met(1, 0, ["c"], ["c"], np.array([True]))
+    stats = run.stats
+    assert (stats.distinct_texts, stats.chunks, stats.cache_hits, stats.embedded_chunks) == (3, 3, 2, 1)

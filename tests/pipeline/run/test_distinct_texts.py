@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 
+from pipeline.run import counts
 from pipeline.run.counts import RunCounter
 
 PIECES = [f"piece {i}" for i in range(12)]  # few, so that texts and chunks meet each other often
@@ -37,7 +38,9 @@ def expected(batches: list[list[tuple[str, ...]]]) -> tuple[int, int]:
 
 @pytest.mark.parametrize("seed", range(40))
 @pytest.mark.parametrize("processes", [1, 3])  # 3: two workers' counts merged into the flow's, which met some too
-def test_distinct_texts_and_chunks_are_counted_once_each(seed, processes):
+@pytest.mark.parametrize("together", [1, counts.COUNT_TOGETHER])  # each batch counted as met, or batches together
+def test_distinct_texts_and_chunks_are_counted_once_each(seed, processes, together, monkeypatch):
+    monkeypatch.setattr(counts, "COUNT_TOGETHER", together)
     batches = random_batches(seed)
     if processes == 1:
         run = RunCounter()
