@@ -135,9 +135,7 @@ class TextEmbedder:
         """`rows` with the cache's vectors for their chunks and the token counts of the others
         (counted only now: most chunks of most runs are cached)."""
         chunks = rows.chunk_texts()
-        cached = self.cache.hits(chunks)
-        if cached.bad:
-            self.counts.bad_entries(cached.bad)
+        cached = self._hits(chunks)
         misses = [chunks[i] for i in np.flatnonzero(~cached.found).tolist()]
         return replace(rows, cached=cached, misses=dict(zip(misses, _tokens(misses, rows.known_tokens()))))
 
@@ -203,12 +201,18 @@ class TextEmbedder:
         return self._cached(maybe) if maybe else {}
 
     def _cached(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """The cache's usable vectors for `texts`. An entry that is no usable vector is a miss,
-        counted once however often it is read before the vector embedded again replaces it."""
-        lookup = self.cache.lookup(texts)
-        if lookup.bad:
-            self.counts.bad_entries(lookup.bad)
-        return lookup.vectors
+        """The cache's usable vectors for `texts`, text -> vector."""
+        unique = list(dict.fromkeys(texts))
+        return self._hits(unique).vectors(unique)
+
+    def _hits(self, texts: list[str]) -> Hits:
+        """The cache's usable vectors for distinct `texts`, by position. An entry that is no usable
+        vector is a miss, counted once however often it is read before the vector embedded again
+        replaces it."""
+        hits = self.cache.hits(texts)
+        if hits.bad:
+            self.counts.bad_entries(hits.bad)
+        return hits
 
 
 def chunk_rows(
