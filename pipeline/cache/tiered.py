@@ -80,12 +80,12 @@ class TieredCache(VectorCache):
         with self._counting:
             self.shared_hits += len(shared.vectors)
             self._missed.update((text, now) for text in asking if text not in shared.vectors)
-        for i in lacked:
-            vector = shared.vectors.get(texts[i])
-            if vector is not None:
-                local.found[i], local.matrix[i] = True, vector
         bad = [text for text in dict.fromkeys([*local.bad, *shared.bad]) if text not in shared.vectors]
-        return Hits(local.found, local.matrix, bad)
+        if not shared.vectors:
+            return Hits(local.found, local.matrix, bad)
+        at = np.array([i for i in lacked if texts[i] in shared.vectors], dtype=np.intp)
+        fetched = np.stack([shared.vectors[texts[i]] for i in at.tolist()])
+        return Hits.at(len(texts), [np.flatnonzero(local.found), at], [local.matrix, fetched], bad)
 
     def _not_missed_lately(self, texts: list[str]) -> list[str]:
         """Those of `texts` the shared tier did not lack in the last `MISS_MEMORY` seconds."""

@@ -61,16 +61,25 @@ class Lookup:
 
 @dataclass(frozen=True)
 class Hits:
-    """`Lookup` by position, for distinct texts: whether each had a usable vector (`found`), the
-    vectors (`matrix`, a row a text, zeros where not found) and the texts whose entry was bad."""
+    """`Lookup` by position, for distinct texts: whether each had a usable vector (`found`), those
+    vectors in the texts' order (`matrix`, a row for each found text: misses take no memory) and
+    the texts whose entry was bad."""
 
     found: np.ndarray
     matrix: np.ndarray
     bad: list[str] = field(default_factory=list)
 
+    @classmethod
+    def at(cls, count: int, positions: list[np.ndarray], vectors: list[np.ndarray], bad: list[str]) -> Hits:
+        """Of `count` texts, those at `positions` (disjoint arrays) found with `vectors` (as many rows)."""
+        where = np.concatenate(positions)
+        found = np.zeros(count, dtype=bool)
+        found[where] = True
+        return cls(found, np.concatenate(vectors)[np.argsort(where)], bad)
+
     def vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
         """The found ones, text -> vector."""
-        return {texts[i]: self.matrix[i] for i in np.flatnonzero(self.found).tolist()}
+        return dict(zip([texts[i] for i in np.flatnonzero(self.found).tolist()], self.matrix))
 
 
 class VectorCache:
@@ -132,31 +141,34 @@ class VectorCache:
         before segments, or claims), its rows for the rest. Only raw bytes are read; anything else
         (a pickle someone put there) is bad, never loaded.
         """
+        positions, vectors = [np.empty(0, np.intp)], [np.empty((0, self.dimensions), _DTYPE)]
         bad: list[str] = []
-        found = np.zeros(len(texts), dtype=bool)
-        matrix = np.zeros((len(texts), self.dimensions), dtype=_DTYPE)
         with self._errors("read"):
             for start in range(0, len(texts), _SEGMENT_LOOKUP_BATCH):
                 some = texts[start : start + _SEGMENT_LOOKUP_BATCH]
                 stored = self._segments.find(*key_columns(b"".join(_text_digests(some))))
                 at, usable = start + stored.positions, usable_rows(stored.vectors)
-                found[at[usable]] = True
-                matrix[at[usable]] = stored.vectors[usable]
+                positions.append(at[usable])
+                vectors.append(stored.vectors[usable])
                 bad.extend(texts[i] for i in at[~usable].tolist())
-            if not found.all() and len(self._cache) > self._setting_rows:
-                self._older_rows_into(found, matrix, bad, texts)
-        return Hits(found, matrix, bad)
+            if sum(map(len, positions)) + len(bad) < len(texts) and len(self._cache) > self._setting_rows:
+                self._older_rows_into(texts, positions, vectors, bad)
+        return Hits.at(len(texts), positions, vectors, bad)
 
-    def _older_rows_into(self, found: np.ndarray, matrix: np.ndarray, bad: list[str], texts: list[str]) -> None:
-        """Fill in what diskcache's rows hold for those of `texts` the segments lacked."""
+    def _older_rows_into(
+        self, texts: list[str], positions: list[np.ndarray], vectors: list[np.ndarray], bad: list[str]
+    ) -> None:
+        """Add to `positions` and `vectors` (or `bad`) what diskcache's rows hold for those of
+        `texts` the segments lacked."""
+        lacked = np.ones(len(texts), dtype=bool)
+        lacked[np.concatenate(positions)] = False
         skip = set(bad)
-        rest = {texts[i]: i for i in np.flatnonzero(~found).tolist() if texts[i] not in skip}
+        rest = {texts[i]: i for i in np.flatnonzero(lacked).tolist() if texts[i] not in skip}
         older = Lookup()
         self._rows_into(older, list(rest))
         if older.vectors:
-            at = np.array([rest[text] for text in older.vectors], dtype=np.intp)
-            found[at] = True
-            matrix[at] = np.stack(list(older.vectors.values()))
+            positions.append(np.array([rest[text] for text in older.vectors], dtype=np.intp))
+            vectors.append(np.stack(list(older.vectors.values())))
         bad.extend(older.bad)
 
     def _rows_into(self, result: Lookup, texts: list[str]) -> None:

@@ -142,12 +142,13 @@ class TextEmbedder:
     def complete(self, rows: PreparedRows) -> RowVectors:
         """The network half: embed the chunks the cache lacked, pool chunks into row vectors."""
         chunks, matrix = rows.chunk_texts(), rows.cached.matrix
-        if rows.misses:
-            embedded = self._embedded_vectors(rows.misses)
-            lacked = np.flatnonzero(~rows.cached.found)
-            matrix = matrix.copy()
-            matrix[lacked] = np.stack([embedded[chunks[i]] for i in lacked.tolist()])
         blank = np.zeros((1, self.embedder.dimensions), dtype=np.float32)
+        if rows.misses:  # the chunks' vectors: the cache's where it had them, else just embedded
+            embedded, found = self._embedded_vectors(rows.misses), rows.cached.found
+            matrix = np.empty((len(chunks), blank.shape[1]), dtype=np.float32)
+            matrix[found] = rows.cached.matrix
+            lacked = np.flatnonzero(~found)
+            matrix[lacked] = np.stack([embedded[chunks[i]] for i in lacked.tolist()])
         if rows.long:  # some texts pool several chunks
             vectors, long = dict(zip(chunks, matrix)), rows.long
             pooled = [vectors[key] if key not in long else pool_chunks(long[key], vectors) for key in rows.texts]
