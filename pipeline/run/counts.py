@@ -210,9 +210,7 @@ class RunCounter:
 
     def _new_texts(
         self, texts: list[str], chunks: list[str], hashes: np.ndarray, first: np.ndarray, long: Collection[str]
-    ) -> int:  # under the lock
-        if chunks is texts or not long:  # most batches: each text its one chunk, in the same order
-            return self._texts.meet_short(hashes, first)
+    ) -> int:  # under the lock; a batch with `long` texts (one without is counted in `_count_waiting`)
         at = {chunk: i for i, chunk in enumerate(chunks)}
         short = np.array([at[text] for text in texts if text not in long], dtype=np.intp)
         inside = np.ones(len(chunks), dtype=bool)
