@@ -1,10 +1,12 @@
 """The segments of one namespace and size: lookups across them, new ones, and merges.
 
 Segments of a tier are merged in the background once there are `FANOUT` of them, so a lookup
-searches a few files; a writer that gets a tier's `MOST_IN_A_TIER` ahead of the merges waits.
+searches a few files; a writer that gets a tier's `MOST_IN_A_TIER` ahead of the merges waits. Each
+tier merges on a thread of its own: merging the largest files takes seconds (minutes at 10^8 keys),
+and the new files a writer makes meanwhile are merged beside it rather than held up behind it.
 Files appear by rename and go by unlink, so readers in other threads and processes never see half
 a file, and one that opened a file before a merge removed it keeps reading it. One process at a
-time merges (a lock file); a reader sees a new file at its next lookup (the directory's mtime).
+time merges a tier (a lock file a tier); a reader sees a new file at its next lookup (the directory's mtime).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Found:
 
 class SegmentStore:
     """The segments of one namespace and size in `directory`: lookups, new segments, and merges on
-    a thread of their own, started by the first new segment."""
+    threads of their own (one a tier), started as new segments fill a tier."""
 
     def __init__(self, directory: Path, dimensions: int):
         self.directory, self.dimensions = directory, dimensions
@@ -50,8 +52,9 @@ class SegmentStore:
         self._segments: tuple[Segment, ...] = ()
         self._listed_mtime: int | None = None  # the directory's mtime when listed, if old enough to trust
         self._refreshing = threading.Lock()
-        self._merger: threading.Thread | None = None
-        self._wake, self._stop = threading.Event(), threading.Event()
+        self._mergers: dict[int, threading.Thread] = {}  # tier -> the thread merging it
+        self._starting = threading.Lock()  # held while merge threads are started or collected
+        self._stop = threading.Event()
         self._merged = threading.Condition()  # told after each merge
         self.merge_failure: Exception | None = None  # the last merge's error, if it failed: logged, tried again
 
@@ -87,13 +90,16 @@ class SegmentStore:
         self._merge_soon()
 
     def _merging(self) -> bool:
-        """Whether merges can still catch up: none failed, the thread lives, the store is open."""
-        alive = self._merger is None or self._merger.is_alive()
-        return self.merge_failure is None and alive and not self._stop.is_set()
+        """Whether merges can still catch up: none failed and the store is open."""
+        return self.merge_failure is None and not self._stop.is_set()
 
     def _merges_behind(self) -> bool:
+        return any(count >= MOST_IN_A_TIER for count in self._tier_sizes().values())
+
+    def _tier_sizes(self) -> dict[int, int]:
+        """Segments a tier, of the tiers there are."""
         tiers = [segment.tier for segment in self.segments()]
-        return any(tiers.count(tier) >= MOST_IN_A_TIER for tier in set(tiers))
+        return {tier: tiers.count(tier) for tier in set(tiers)}
 
     def segments(self) -> tuple[Segment, ...]:
         """The segments on disk now, oldest first, each opened once."""
@@ -134,61 +140,69 @@ class SegmentStore:
 
     def close(self) -> None:
         """Stop merging: a merge under way is given up and leaves nothing."""
-        self._stop.set()
-        self._wake.set()
+        with self._starting:
+            self._stop.set()
+            mergers = list(self._mergers.values())
         with self._merged:
             self._merged.notify_all()
-        if self._merger is not None:
-            self._merger.join()
+        for merger in mergers:
+            merger.join()
 
     def _merge_soon(self) -> None:
-        if self._merger is None:
-            self._merger = threading.Thread(target=self._merge_until_stopped, name="embedpipe-merge", daemon=True)
-            self._merger.start()
-        self._wake.set()
+        """Start a merge thread for each tier of `FANOUT` segments or more that has none running."""
+        with self._starting:
+            for tier, count in self._tier_sizes().items():
+                merger = self._mergers.get(tier)
+                if count < FANOUT or self._stop.is_set() or (merger is not None and merger.is_alive()):
+                    continue
+                merger = threading.Thread(target=self._merge_tier, args=(tier,), name=f"embedpipe-merge-{tier}")
+                self._mergers[tier] = merger
+                merger.daemon = True
+                merger.start()
 
-    def _merge_until_stopped(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            try:
-                while not self._stop.is_set() and self.merge_once(self._stop):
-                    self.merge_failure = None
-                    with self._merged:
-                        self._merged.notify_all()
-            except Exception as exc:  # noqa: BLE001  a full disk, or worse: the segments stay as they are, all readable
-                if self.merge_failure is None:  # once a store: it is tried again at every new segment
-                    log.warning(
-                        "cache %s: could not merge segments (%s); lookups stay correct, slower", self.directory, exc
-                    )
-                self.merge_failure = exc
+    def _merge_tier(self, tier: int) -> None:
+        """Merge `tier` until it has fewer than `FANOUT` segments, or another process merges it."""
+        try:
+            while not self._stop.is_set() and self.merge_once(self._stop, tier):
+                self.merge_failure = None
+                self._merge_soon()  # the merged file may fill the next tier
                 with self._merged:
                     self._merged.notify_all()
+        except Exception as exc:  # noqa: BLE001  a full disk, or worse: the segments stay as they are, all readable
+            if self.merge_failure is None:  # once a store: it is tried again at every new segment
+                log.warning(
+                    "cache %s: could not merge segments (%s); lookups stay correct, slower", self.directory, exc
+                )
+            self.merge_failure = exc
+            with self._merged:
+                self._merged.notify_all()
 
-    def merge_once(self, stop: threading.Event) -> bool:
-        """Merge every segment of the lowest tier that has `FANOUT` or more (all of them: a merge
-        that fell behind catches up in one pass), unless another process is merging here;
-        whether it merged."""
-        with _merge_lock(self.directory) as held:
-            if not held:
-                return False
-            _remove_orphans(self.directory)
-            by_tier: dict[int, list[Segment]] = {}
-            for segment in self.segments():
-                by_tier.setdefault(segment.tier, []).append(segment)
-            tier = min((t for t, group in by_tier.items() if len(group) >= FANOUT), default=None)
-            if tier is None:
-                return False
-            inputs = by_tier[tier]
-            try:
-                merge_segments(self.directory, inputs, stop)
-            except MergeStopped:
-                return False
-            _sync_directory(self.directory)  # the merged file's name on disk before its inputs go
-            for segment in inputs:
-                segment.path.unlink(missing_ok=True)
-            self._listed_mtime = None
-            return True
+    def merge_once(self, stop: threading.Event, tier: int | None = None) -> bool:
+        """Merge every segment of `tier` if it has `FANOUT` or more (all of them: a merge that fell
+        behind catches up in one pass); without `tier`, of the lowest such tier that no other thread
+        or process is merging. Whether it merged."""
+        _remove_orphans(self.directory)  # of processes gone: no lock needed
+        tiers = [tier] if tier is not None else sorted(t for t, count in self._tier_sizes().items() if count >= FANOUT)
+        for candidate in tiers:
+            with _merge_lock(self.directory, candidate) as held:
+                if held:
+                    return self._merge_held(candidate, stop)
+        return False
+
+    def _merge_held(self, tier: int, stop: threading.Event) -> bool:
+        """`merge_once` of `tier`, its lock held: its segments are listed again under it."""
+        inputs = [segment for segment in self.segments() if segment.tier == tier]
+        if len(inputs) < FANOUT:  # another thread or process merged them before we held the lock
+            return False
+        try:
+            merge_segments(self.directory, inputs, stop)
+        except MergeStopped:
+            return False
+        _sync_directory(self.directory)  # the merged file's name on disk before its inputs go
+        for segment in inputs:
+            segment.path.unlink(missing_ok=True)
+        self._listed_mtime = None
+        return True
 
 
 def _segment_names(directory: Path) -> list[str]:
@@ -202,9 +216,9 @@ def _age(name: str) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _merge_lock(directory: Path):
-    """Whether this process now holds the directory's merge lock (never waits for it)."""
-    fd = os.open(directory / ".merging", os.O_RDWR | os.O_CREAT, 0o600)
+def _merge_lock(directory: Path, tier: int):
+    """Whether this thread now holds the lock on merging the directory's `tier` (never waits for it)."""
+    fd = os.open(directory / f".merging-{tier}", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

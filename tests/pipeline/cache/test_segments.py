@@ -223,8 +223,8 @@ def fill_a_tier(store: SegmentStore, directory: Path, files: int) -> None:
         segments.write_segment(directory, 0, keys[:, 0], keys[:, 1], np.ones((4, 4), np.float32))
 
 
-def add_in_a_thread(store: SegmentStore) -> threading.Thread:
-    keys = np.random.default_rng(99).integers(0, 2**63, size=(4, 2), dtype=np.uint64)
+def add_in_a_thread(store: SegmentStore, seed: int = 99) -> threading.Thread:
+    keys = np.random.default_rng(seed).integers(0, 2**63, size=(4, 2), dtype=np.uint64)
     thread = threading.Thread(target=store.add, args=(keys[:, 0], keys[:, 1], np.ones((4, 4), np.float32)))
     thread.start()
     return thread
@@ -233,7 +233,7 @@ def add_in_a_thread(store: SegmentStore) -> threading.Thread:
 def test_a_writer_waiting_for_merges_goes_on_once_another_process_lets_go_of_the_merge_lock(tmp_path):
     store = SegmentStore(tmp_path / "s", 4)
     fill_a_tier(store, tmp_path / "s", segment_store.MOST_IN_A_TIER)  # merges are behind: a writer waits
-    holder = os.open(tmp_path / "s" / ".merging", os.O_RDWR | os.O_CREAT)
+    holder = os.open(tmp_path / "s" / ".merging-0", os.O_RDWR | os.O_CREAT)
     fcntl.flock(holder, fcntl.LOCK_EX)  # another process merging here
     writer = add_in_a_thread(store)
     writer.join(timeout=1.5)
@@ -242,6 +242,35 @@ def test_a_writer_waiting_for_merges_goes_on_once_another_process_lets_go_of_the
     writer.join(timeout=10)
     assert not writer.is_alive() and len(store.segments()) < segment_store.MOST_IN_A_TIER
     store.close()
+
+
+def test_a_long_merge_of_large_files_does_not_hold_up_writers_of_small_ones(tmp_path, monkeypatch):
+    merge, big_merge_started, let_big_merge_end = segments.merge_segments, threading.Event(), threading.Event()
+
+    def slow_for_tier_1(directory, inputs, stop):  # a tier of large files: seconds, minutes at 10^8 keys
+        if inputs[0].tier == 1:
+            big_merge_started.set()
+            let_big_merge_end.wait(timeout=30)
+        return merge(directory, inputs, stop)
+
+    monkeypatch.setattr(segment_store, "merge_segments", slow_for_tier_1)
+    store = SegmentStore(tmp_path / "s", 4)
+    for i in range(FANOUT):  # a full tier of merged files
+        keys = np.random.default_rng(1000 + i).integers(0, 2**63, size=(4, 2), dtype=np.uint64)
+        segments.write_segment(tmp_path / "s", 1, keys[:, 0], keys[:, 1], np.ones((4, 4), np.float32))
+    writers = [add_in_a_thread(store, seed) for seed in range(1)]
+    assert big_merge_started.wait(timeout=10)
+    writers += [add_in_a_thread(store, seed) for seed in range(1, 3 * segment_store.MOST_IN_A_TIER)]
+    for writer in writers:
+        writer.join(timeout=10)
+    try:
+        assert not any(writer.is_alive() for writer in writers)  # tier 0 merged beside the long merge
+        tiers = Counter(segment.tier for segment in store.segments())
+        assert tiers[0] < segment_store.MOST_IN_A_TIER and tiers[1] >= FANOUT, tiers  # the long one still going
+    finally:
+        let_big_merge_end.set()
+    store.close()
+    assert len(store.segments()) < 3 * FANOUT
 
 
 def test_a_writer_does_not_wait_for_merges_that_failed(tmp_path, monkeypatch):
