@@ -275,3 +275,25 @@ def test_batches_counted_together_read_as_each_counted_when_met(together, monkey
     run.met(1, 0, ["c"], ["c"], np.array([True]))
     stats = run.stats
     assert (stats.distinct_texts, stats.chunks, stats.cache_hits, stats.embedded_chunks) == (3, 3, 2, 1)
+
+
+@pytest.mark.parametrize("together", [1, counts.COUNT_TOGETHER])
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_chunk_embedded_while_the_batch_that_met_it_waits_counts_once_as_sent(together, cached, monkeypatch):
+    monkeypatch.setattr(counts, "COUNT_TOGETHER", together)
+    run = RunCounter()
+    run.met(2, 0, ["a", "b"], ["a", "b"], np.array([cached, False]))
+    run.embedded(["a", "b"], tokens=4)  # counted as sent at once, the batch perhaps still waiting
+    assert run.were_embedded(["a", "b"]) == [True, True]
+    stats = run.stats
+    assert (stats.chunks, stats.cache_hits, stats.embedded_chunks, stats.embedded_tokens) == (2, 0, 2, 4)
+
+
+@pytest.mark.parametrize("together", [1, counts.COUNT_TOGETHER])
+def test_a_chunk_sent_ahead_reads_as_embedded_while_the_batch_that_met_it_waits(together, monkeypatch):
+    monkeypatch.setattr(counts, "COUNT_TOGETHER", together)
+    run = RunCounter()
+    run.sent_ahead(["a"])
+    run.met(1, 0, ["a"], ["a"], np.array([True]))  # the Batch API stored it: found in the cache
+    assert run.were_embedded(["a"]) == [True]  # read back from the cache, not paid for again
+    assert (run.stats.cache_hits, run.stats.embedded_chunks) == (0, 1)
