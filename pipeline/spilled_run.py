@@ -23,6 +23,9 @@ from pipeline.bloom import BloomFilter
 _BLOCK = 512  # hashes a block (4 KiB): one fence key each
 _SLICE_BLOCKS = 1024  # blocks a slice when the run is read through (4 MiB)
 _DTYPE = np.dtype("<i8")
+# A run is read through where a query needs more than a third of its blocks: a block read alone
+# (a `pread`) cost 1.6 µs, a block read through 0.54 µs (7M members, 2,000 to 20,000 found).
+_DENSE_SHARE = 3
 
 
 class SpilledRun:
@@ -70,7 +73,7 @@ class SpilledRun:
             return found
         order = maybe[np.argsort(keys[maybe], kind="stable")]
         blocks = np.maximum(np.searchsorted(self.fences, keys[order], side="right") - 1, 0)  # below the first: block 0
-        if len(np.unique(blocks)) * 8 > len(self.fences):  # dense: read it all, a slice at a time
+        if len(np.unique(blocks)) * _DENSE_SHARE > len(self.fences):  # dense: read it all, a slice at a time
             found[order] = self._contains_by_slices(keys[order], blocks)
         else:
             found[order] = self._contains_by_blocks(keys[order], blocks)
