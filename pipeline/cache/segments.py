@@ -21,6 +21,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ MERGE_BYTES = 4 * 2**20
 # average: one `pread` a record costs about 1.1 µs, what copying 15 KB from the page cache does.
 _WINDOW_BYTES = 2**20
 _NEAR_BYTES = 8192
+_KEYS_A_SLICE = 1 << 18  # keys read at once to open a file: 2 MB, and a Bloom filter's temporaries of them
 _U8 = np.dtype("<u8")
 _F4 = np.dtype("<f4")
 
@@ -59,7 +61,7 @@ class Segment:
         try:
             self.rows = _rows_in(os.pread(self._fd, HEADER, 0), os.fstat(self._fd).st_size, dimensions, path)
             self.filter = BloomFilter(self.rows)  # most keys a lookup asks are in another file
-            self.index = KeyIndex(self._top_bits())
+            self.index = KeyIndex.from_slices(self.rows, self._top_bits())
         except BaseException:
             os.close(self._fd)
             # Not closed again by __del__: the error (a store keeps a damaged file's) holds this
@@ -83,15 +85,13 @@ class Segment:
         newest = np.r_[asked[1:] != asked[:-1], True] if len(asked) else np.empty(0, bool)  # a key's last row
         return asked[newest], vectors[hit[newest]]
 
-    def _top_bits(self) -> np.ndarray:
-        """The top bits of every key, each key added to the filter on the way, read a slice at a
-        time: the full keys are never all in memory."""
-        tops = [np.empty(0, np.uint32)]
-        for first in range(0, self.rows, 1 << 20):
-            keys = self.read_keys(first, min(first + (1 << 20), self.rows))
+    def _top_bits(self) -> Iterator[np.ndarray]:
+        """The top bits of the keys, a slice at a time, each key added to the filter on the way:
+        neither the full keys nor all their top bits are in memory at once."""
+        for first in range(0, self.rows, _KEYS_A_SLICE):
+            keys = self.read_keys(first, min(first + _KEYS_A_SLICE, self.rows))
             self.filter.add(keys)
-            tops.append((keys >> np.uint64(64 - TOP)).astype(np.uint32))
-        return np.concatenate(tops)
+            yield (keys >> np.uint64(64 - TOP)).astype(np.uint32)
 
     def first_row_at_or_after(self, top: int) -> int:
         """The first row whose key's top bits are at least `top`."""

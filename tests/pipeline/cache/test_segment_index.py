@@ -8,13 +8,17 @@ from pipeline.cache.segment_index import KeyIndex
 
 @pytest.mark.parametrize("rows", [0, 1, 7, 8, 1_000, 100_000, 300_000])  # 300,000: 2 bytes a key
 @pytest.mark.parametrize("shared", [False, True])  # stored keys sharing their top bits
-def test_the_index_finds_each_key_where_a_binary_search_does(rows, shared):
+@pytest.mark.parametrize("slice_rows", [None, 7, 4_096])  # whole, or read from a file a slice at a time
+def test_the_index_finds_each_key_where_a_binary_search_does(rows, shared, slice_rows):
     rng = np.random.default_rng(rows)
     top = np.sort(rng.integers(0, 2**32, size=rows, dtype=np.uint64).astype(np.uint32))
     if shared and rows > 1:
         top[1::3] = top[::3][: len(top[1::3])]
         top.sort()
-    index = KeyIndex(top)
+    if slice_rows is None:
+        index = KeyIndex(top)
+    else:  # buckets, and keys sharing their top bits, cut across slices
+        index = KeyIndex.from_slices(rows, (top[first : first + slice_rows] for first in range(0, rows, slice_rows)))
     asked = np.concatenate([top[rng.permutation(rows)[:500]], rng.integers(0, 2**32, 500, dtype=np.uint64)])
     # the bits below a stored key's bucket, in the buckets beside it: found only where the key is
     bucket = 1 << (32 - index.bits)

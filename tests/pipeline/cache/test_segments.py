@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
@@ -88,6 +89,21 @@ def test_a_process_holds_a_few_bytes_a_key_in_memory_to_find_them(tmp_path, keys
     assert len(cache.get_many(texts[::97])) == len(texts[::97])
     assert keys * 1.25 < cache.index_bytes <= keys * most_bytes_a_key  # the Bloom filter alone is 1.25
     cache.close()
+
+
+def test_opening_a_large_file_takes_little_more_memory_than_it_keeps(tmp_path):
+    keys = 4_000_000  # built from every key's top bits at once, the index took 19 bytes a key for a moment
+    high = np.arange(keys, dtype=np.uint64) * np.uint64(2**64 // keys)  # spread as sha256 bits are
+    path = segments.write_segment(tmp_path, 3, high, high, np.ones((keys, 1), np.float32))
+    del high
+    tracemalloc.start()
+    try:
+        segment = segments.Segment(path, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    kept = segment.index.nbytes + segment.filter.nbytes  # about 4 bytes a key
+    assert peak < kept + 20 * 2**20  # and one slice of keys' temporaries
 
 
 def test_a_vector_stored_again_after_a_bad_one_is_the_one_found_after_merging(tmp_path):
