@@ -453,10 +453,17 @@ def fill_cache(keys: int, path: Path) -> Iterator[dict]:
                 "miss_us": miss_micros(cache),
                 "bytes": bytes_on_disk(path),
                 "index_bytes": cache.index_bytes,
+                "peak_mb": peak_rss_mb(),
             }
             put_seconds, since = 0.0, stored
     finally:
         cache.close()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (VmHWM), in MB."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def measure_keys(keys: int, tmp: Path) -> None:
@@ -465,7 +472,7 @@ def measure_keys(keys: int, tmp: Path) -> None:
     print(f"\nVectorCache: {keys:,} keys of {KEY_DIMENSIONS} float32, {KEYS_PER_PUT:,} a put_many", flush=True)
     header = (
         "| keys stored | insert µs/key (this tenth) | lookup µs/key (10,000 random) | miss µs/key (10,000 absent)"
-        " | bytes on disk ÷ raw | in memory: bytes a key |"
+        " | bytes on disk ÷ raw | in memory: bytes a key | peak RSS MB so far |"
     )
     lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     started = time.perf_counter()
@@ -473,7 +480,7 @@ def measure_keys(keys: int, tmp: Path) -> None:
         ratio = point["bytes"] / (point["stored"] * raw_per_key)
         line = (
             f"| {point['stored']:,} | {point['insert_us']:.1f} | {point['lookup_us']:.1f} | {point['miss_us']:.1f}"
-            f" | {ratio:.2f} | {point['index_bytes'] / point['stored']:.2f} |"
+            f" | {ratio:.2f} | {point['index_bytes'] / point['stored']:.2f} | {point['peak_mb']:,.0f} |"
         )
         print(f"  {line}  ({time.perf_counter() - started:.0f} s)", flush=True)
         lines.append(line)

@@ -51,9 +51,10 @@ class KeyIndex:
             if not len(top):
                 continue
             self.rest[done : done + len(top)] = top & self._below
-            buckets = self._buckets(top)  # ascending: the slice's buckets run from its first to its last
-            counts = np.bincount(buckets - buckets[0]).astype(self.starts.dtype)
-            self.starts[buckets[0] + 1 : buckets[0] + 1 + len(counts)] += counts
+            buckets = self._buckets(top)
+            low = int(buckets.min())  # the first, where the file is whole: its keys are sorted
+            counts = np.bincount(buckets - low).astype(self.starts.dtype)
+            self.starts[low + 1 : low + 1 + len(counts)] += counts
             done += len(top)
         self.steps = int(self.starts.max(initial=0)).bit_length()  # halvings that empty the fullest bucket
         np.cumsum(self.starts, out=self.starts)
