@@ -49,8 +49,10 @@ class SegmentStore:
         self.directory, self.dimensions = directory, dimensions
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.damaged: list[SegmentDamaged] = []  # left out of lookups: `embedpipe cache repair` drops them
-        self._segments: tuple[Segment, ...] = ()
-        self._listed_mtime: int | None = None  # the directory's mtime when listed, if old enough to trust
+        # The directory's mtime when listed (None where too recent to trust: list again) and its
+        # segments: one pair, read and replaced whole, so that no reader takes a listing half made.
+        self._listing: tuple[int | None, tuple[Segment, ...]] = (None, ())
+        self._relist = False  # a file was added or merged here: list again, whatever the mtime
         self._refreshing = threading.Lock()
         self._mergers: dict[int, threading.Thread] = {}  # tier -> the thread merging it
         self._starting = threading.Lock()  # held while merge threads are started or collected
@@ -86,7 +88,7 @@ class SegmentStore:
                 self._merge_soon()  # again each pass: the merge lock may have been another process's
                 self._merged.wait(timeout=1.0)
         write_segment(self.directory, 0, high, low, vectors)
-        self._listed_mtime = None  # list again: a coarse mtime may not show the new file
+        self._relist = True  # a coarse mtime may not show the new file
         self._merge_soon()
 
     def _merging(self) -> bool:
@@ -103,25 +105,42 @@ class SegmentStore:
 
     def segments(self) -> tuple[Segment, ...]:
         """The segments on disk now, oldest first, each opened once."""
-        if os.stat(self.directory).st_mtime_ns == self._listed_mtime:
-            return self._segments
+        current = self._listed_if_current()
+        if current is not None:
+            return current
         with self._refreshing:
-            opened = {s.path.name: s for s in self._segments}
+            self._relist = False  # from here on, a file added sets it again
+            opened = {s.path.name: s for s in self._listing[1]}
             listed = None
             while listed is None:  # a file merged away since the listing: its rows are in one listed again
                 mtime = os.stat(self.directory).st_mtime_ns
                 listed = self._open_listed(opened)
-            self._segments, self.damaged = listed
+            segments, self.damaged = listed
             # an mtime within the clock's granularity of now may not change again for a file added next
-            self._listed_mtime = mtime if time.time_ns() - mtime > _MTIME_GRANULARITY_NS else None
-        return self._segments
+            self._listing = (mtime if time.time_ns() - mtime > _MTIME_GRANULARITY_NS else None, segments)
+        return segments
+
+    def _listed_if_current(self) -> tuple[Segment, ...] | None:
+        """The segments last listed, if the directory has not changed since (no local of the caller
+        holds them while it lists again: those a merge replaced can go before their successor opens)."""
+        mtime, segments = self._listing
+        if not self._relist and mtime is not None and os.stat(self.directory).st_mtime_ns == mtime:
+            return segments
+        return None
 
     def _open_listed(self, opened: dict[str, Segment]) -> tuple[tuple[Segment, ...], list[SegmentDamaged]] | None:
         """The segments listed now, oldest first, and the damaged ones left out; None where a listed
         file went before it was opened (a merge replaced it by a file this listing may lack).
-        Each file opened is added to `opened`, for the next listing."""
+        Each file opened is added to `opened`, for the next listing. Files merged away are let go
+        first, before the file that replaced them opens: their indexes and its are then not all
+        held at once (at 10^8 keys, 280 MB each), unless a lookup under way still holds them."""
+        names = sorted(_segment_names(self.directory), key=_age)
+        if gone := opened.keys() - set(names):
+            for name in gone:
+                del opened[name]
+            self._listing = (None, tuple(s for s in self._listing[1] if s.path.name not in gone))  # None: list again
         fresh, damaged = [], []
-        for name in sorted(_segment_names(self.directory), key=_age):
+        for name in names:
             try:
                 if name not in opened:
                     opened[name] = Segment(self.directory / name, self.dimensions)
@@ -201,7 +220,7 @@ class SegmentStore:
         _sync_directory(self.directory)  # the merged file's name on disk before its inputs go
         for segment in inputs:
             segment.path.unlink(missing_ok=True)
-        self._listed_mtime = None
+        self._relist = True
         return True
 
 

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -104,6 +105,25 @@ def test_opening_a_large_file_takes_little_more_memory_than_it_keeps(tmp_path):
         tracemalloc.stop()
     kept = segment.index.nbytes + segment.filter.nbytes  # about 4 bytes a key
     assert peak < kept + 20 * 2**20  # and one slice of keys' temporaries
+
+
+def test_the_files_a_merge_replaced_are_let_go_before_the_merged_file_opens(tmp_path, monkeypatch):
+    monkeypatch.setattr(SegmentStore, "_merge_soon", lambda self: None)  # merged below, on this thread
+    store, rng = SegmentStore(tmp_path, 4), np.random.default_rng(5)
+    for _ in range(FANOUT):
+        store.add(*rng.integers(0, 2**64 - 1, (2, 100), dtype=np.uint64), np.ones((100, 4), np.float32))
+    replaced = [weakref.ref(segment) for segment in store.segments()]
+    held_as_it_opens, opening = [], segment_store.Segment
+
+    def noting_what_is_held(path, dimensions):
+        held_as_it_opens.append(sum(segment() is not None for segment in replaced))
+        return opening(path, dimensions)
+
+    monkeypatch.setattr(segment_store, "Segment", noting_what_is_held)
+    assert store.merge_once(threading.Event(), 0)
+    assert [segment.tier for segment in store.segments()] == [1]
+    assert held_as_it_opens == [0]  # at 10^8 keys, both sets of indexes held at once were 280 MB more
+    store.close()
 
 
 def test_a_vector_stored_again_after_a_bad_one_is_the_one_found_after_merging(tmp_path):
