@@ -484,9 +484,12 @@ def measure_keys(keys: int, tmp: Path) -> None:
         )
         print(f"  {line}  ({time.perf_counter() - started:.0f} s)", flush=True)
         lines.append(line)
-    keys_alone = 1 + 16 / raw_per_key  # each vector's 16-byte key: the least a cache of such small vectors takes
+    from pipeline.cache.segments import DIGEST
+
+    keys_alone = 1 + DIGEST / raw_per_key  # each vector's key: the least a cache of such small vectors takes
     print(
-        f"  bytes on disk ÷ raw at the end: {ratio:.2f}, {ratio / keys_alone:.2f} × the vectors and their 16-byte keys"
+        f"  bytes on disk ÷ raw at the end: {ratio:.2f},"
+        f" {ratio / keys_alone:.2f} × the vectors and their {DIGEST}-byte keys"
         f" (the target, ≤ 1.1, is the rows' cache's, of {DIMENSIONS} dimensions)"
     )
     print("\n" + "\n".join(lines))
