@@ -200,7 +200,7 @@ class HTTPEmbedder(Embedder):
         self.limiter.refused(exc.headers, tokens, getattr(self._outgoing, "ticket", None), exc.retry_after)
         wait = exc.retry_after or backoff(attempt)
         log.info("rate limited (429): all requests wait %.1f s", wait)
-        self.limiter.back_off(wait, tokens)
+        self.limiter.back_off(wait, tokens, exc.headers)
 
     def _stop_all(self, fatal: ProviderError) -> ProviderError:
         """Stop this embedder's other requests, those waiting for budget or a retry included:

@@ -99,8 +99,9 @@ class LimitsFromAnswers:
         if ticket is not None and ticket.debt is not None:
             with self._learning:
                 self._relearn(self.window.admitted(ticket.debt))
-        self._follow_resets(headers, ticket, charged={"requests": 1, "tokens": estimated_tokens})
-        self._cap(headers, ticket, alone)
+        charged = {"requests": 1, "tokens": used_tokens or estimated_tokens}
+        self._follow_resets(headers, ticket, charged=charged)
+        self._cap(headers, ticket, alone, charged)
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
         self.settled()
@@ -128,7 +129,9 @@ class LimitsFromAnswers:
         self._cap(headers, None, alone=False)
         self.settled()
 
-    def _cap(self, headers: Mapping[str, str], ticket: Ticket | None, alone: bool) -> None:
+    def _cap(
+        self, headers: Mapping[str, str], ticket: Ticket | None, alone: bool, charged: Mapping[str, float] | None = None
+    ) -> None:
         """Hold the buckets to our share of what the server says is left. The first answer to a
         request sent since our share grew may raise them to it too: the others hold their shares
         of it, and the rest was left unspent by a process that went idle or away.
@@ -143,7 +146,9 @@ class LimitsFromAnswers:
 
         Fixed windows: a report of a window already reset is left aside; the first report after
         they were found may raise the level (`TokenBucket.cap`), less everything reserved since
-        the earliest request still unanswered (those may be counted after it)."""
+        the earliest request still unanswered (those may be counted after it). A process alone
+        on the limits also learns from each report, with what it `charged`, what the window
+        holds (`TokenBucket.shown_in_window`): a limit lowered or restored without a word."""
         grown = ticket is not None and self._grown_at is not None and ticket.sent_at >= self._grown_at
         places = ticket.places if ticket is not None and alone and self._reports_trusted() else None
         for index, (bucket, name) in enumerate(((self.requests, "requests"), (self.tokens, "tokens"))):
@@ -156,6 +161,8 @@ class LimitsFromAnswers:
                     if ticket.places and not self._shared:
                         place = self._earliest_unanswered(index, ticket.places[index])
                 bucket.cap(remaining * self.share, ticket.sent_at if ticket else None, may_raise=grown, place=place)
+                if bucket.period is not None and ticket is not None and charged and not self._shared:
+                    bucket.shown_in_window(remaining, charged[name], ticket.sent_at)
                 self._grown_at = None if grown else self._grown_at
 
     def _earliest_unanswered(self, index: int, place: float) -> float:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pipeline.providers.limits.answers import NAMES, LimitsFromAnswers, Ticket
 from pipeline.providers.limits.fixed_windows import LevelJumps, ResetSums
-from pipeline.providers.limits.headers import server_level
+from pipeline.providers.limits.headers import server_level, server_remaining
 from pipeline.providers.limits.learned_window import LearnedWindow
 from pipeline.providers.limits.token_bucket import TokenBucket
 
@@ -222,16 +222,26 @@ class RateLimiter(LimitsFromAnswers):
         held = self._hold_until - self._clock()  # a 429 arrived while we waited
         return max(budget + self.transit_margin if budget > 0 else 0.0, held)
 
-    def back_off(self, seconds: float, tokens: int) -> None:
+    def back_off(self, seconds: float, tokens: int, headers: Mapping[str, str] | None = None) -> None:
         """A 429 said a refused (and refunded) request of `tokens` tokens fits in `seconds`:
         nobody sends before then, and the budgets hold no more than makes that true for the
         first in line, with the others still waiting queued behind it at the budgeted pace
         (not all released together when the hold ends, to meet the next 429). They are lowered,
-        not emptied: an empty bucket would make the retry wait again for its own tokens."""
-        for bucket, amount in ((self.requests, 1), (self.tokens, tokens)):
+        not emptied: an empty bucket would make the retry wait again for its own tokens. Where
+        the 429's `headers` show which budget was short, only that one is lowered: the other's
+        would otherwise refill from a debt it never had, long after the hold."""
+        needs = ((self.requests, "requests", 1), (self.tokens, "tokens", tokens))
+        short = [(bucket, need) for bucket, name, need in needs if not _covers(headers, name, need)]
+        for bucket, need in short or [(bucket, need) for bucket, _, need in needs]:
             if bucket.rate is not None:
-                bucket.cap(amount - seconds * bucket.rate)
+                bucket.cap(need - seconds * bucket.rate)
         self._hold_until = max(self._hold_until, self._clock() + seconds)
+
+
+def _covers(headers: Mapping[str, str] | None, name: str, need: float) -> bool:
+    """Whether a 429's headers say budget `name` had `need` left: the refusal was another budget's."""
+    left = server_remaining(headers or {}, name)
+    return left is not None and left >= need
 
 
 __all__ = ["RateLimiter", "Stopped", "Ticket", "TokenBucket", "server_level"]

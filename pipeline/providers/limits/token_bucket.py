@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pipeline.providers.limits.learned_window import MINUTE
 
 RAISE_MARGIN = 0.1  # seconds of refill not believed when a report raises the level: the request's trip there
+SHOWN_SHORT = 0.9  # of a fixed window's capacity: a window shown to hold less held a lowered limit, not rounding
 
 
 class TokenBucket:
@@ -37,6 +38,10 @@ class TokenBucket:
         self.period: float | None = None  # set for a server of fixed windows: seconds between its resets
         self.reset_at = math.inf  # with `period`: the server's next reset, by our clock
         self._believe_next = False  # fixed windows just found: the next report may raise the level, once
+        self.held = math.inf  # fixed windows: what the window under way holds, as far as we know (its capacity)
+        self._shown = 0.0  # fixed windows: the most the reports of the window under way showed it holds
+        self._watched = False  # fixed windows: every report of the window under way was seen (it opened at our reset)
+        self.opened_at = -math.inf  # fixed windows: when the window under way opened, by our clock
         self._clock = clock
         self._updated = self._debt_updated = clock()
         self._lock = threading.Lock()
@@ -168,19 +173,46 @@ class TokenBucket:
             first, self.period, before = self.period is None, max(period, self.period or 0.0), self.capacity
             self.capacity = self.rate * self.period
             # A longer period found: the window under way holds that much more than we thought.
-            self.level = min(self.level + (0.0 if first else self.capacity - before), self.capacity)
+            more = 0.0 if first else self.capacity - before
+            self.level = min(self.level + more, self.capacity)
+            self.held = self.capacity if first else min(self.held, before) + more
             self._believe_next = self._believe_next or first  # it may have reset since we last believed it spent
             if self.reset_at == math.inf or exact:  # the first, or one told: the next reset from now
                 self.reset_at = _first_after(next_reset, now, self.period)
             else:  # one of the resets we know, told again: the nearest of them
                 told = next_reset - self.period * round((next_reset - self.reset_at) / self.period)
                 self.reset_at = max(self.reset_at, told)
+            self.opened_at = self.reset_at - self.period
+
+    def shown_in_window(self, remaining: float, charged: float, sent_at: float) -> None:
+        """Fixed windows: an answer to a request that left at `sent_at` and was charged `charged`
+        said `remaining` was left. Their sum is at most what the window holds (all of it for the
+        first request the window counted), if the request left in the window under way: where it
+        is more than we believed the window holds (a limit restored without a word), the rest is
+        spent now; the next window starts from what this one showed."""
+        with self._lock:
+            self._refill()
+            if self.period is None or sent_at < self.opened_at:
+                return
+            shown = min(self.capacity, remaining + charged)
+            self._shown = max(self._shown, shown)
+            if shown > self.held:
+                self.level, self.held = self.level + shown - self.held, shown
+
+    def _held_next(self, now: float, period: float) -> float:
+        """What the window opening at the reset due now holds: the whole capacity, or what the
+        one before showed where that was well below it (a limit lowered without a word), its
+        reports were all seen (it opened at one of our resets), and no other window came between."""
+        shown, watched = self._shown, self._watched and now < self.reset_at + period
+        return shown if watched and 0 < shown < SHOWN_SHORT * self.capacity else self.capacity
 
     def _refill(self) -> float:
         now = self._clock()
         if self.rate is not None and self.period is not None:
             if now >= self.reset_at:  # what callers still waiting reserved goes into the new window
-                self.level = self.capacity - self.waiting
+                self.held = self._held_next(now, self.period)
+                self.level, self._shown, self._watched = self.held - self.waiting, 0.0, True
+                self.opened_at = self.reset_at + self.period * math.floor((now - self.reset_at) / self.period)
                 self.reset_at = _first_after(self.reset_at, now, self.period)
         elif self.rate is not None:
             self.level = min(self.capacity, self.level + max(0.0, now - self._updated) * self.rate)

@@ -143,3 +143,27 @@ def test_a_limit_halved_mid_run_and_restored_is_followed_within_a_few_requests_b
         between = [at for at, _ in server.admissions if changed_at <= at <= followed_at]
         assert len(between) <= 3, f"{len(between)} requests went at the old limit of {tpm}"
     assert server.rate_limited <= 2  # those that were on their way when the limit fell
+
+
+def test_a_fixed_window_limit_halved_and_restored_without_a_word_is_followed_from_the_windows_that_show_it():
+    window, full = 1.0, 1_000  # 60,000 tokens a minute: 1,000 a window, counted and reset each second
+
+    def halve_then_restore(server):
+        origin = server.budgets["tokens"].origin
+        for at, tpm in ((2.1, 30_000), (6.1, 60_000)):  # just after windows 2 and 6 open: their bursts are in
+            time.sleep(max(0.0, origin + at * window - time.monotonic()))
+            server.set_limits(tpm=tpm)  # Azure's headers say only what is left: nothing tells of it
+
+    with FakeOpenAI(tpm=60_000, window=window, window_kind="fixed", latency=0.02, limit_headers="remaining") as server:
+        threading.Thread(target=halve_then_restore, args=(server,), daemon=True).start()
+        texts = corpus(2 * full + 4 * full // 2 + 4 * full)
+        embed_all(server, texts, tokens_per_minute=60_000)
+        origin = server.budgets["tokens"].origin
+    assert len(server.calls) == len(texts)
+    refused = [int((at - origin) // window) for at, *_ in server.refusals]
+    assert [w for w in refused if w >= 4] == [], refused  # window 3 showed half: 4 and 5 opened at that
+    admitted = {}
+    for at, tokens in server.admissions:
+        admitted[int((at - origin) // window)] = admitted.get(int((at - origin) // window), 0) + tokens
+    last = max(admitted)
+    assert all(admitted[w] > 0.9 * full for w in range(7, last)), admitted  # window 6 showed half, 7 the whole

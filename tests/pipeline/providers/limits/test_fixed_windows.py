@@ -165,6 +165,67 @@ def test_a_longer_period_told_mid_window_adds_to_what_the_window_holds():
     assert bucket.level == pytest.approx(1_000)
 
 
+def watched_window(clock) -> TokenBucket:
+    """A bucket of 1,000 tokens a window, reset every second; the window opened at 1.0 seen from its start."""
+    bucket = TokenBucket(60_000, clock, window=1.0)
+    bucket.resets_every(1.0, next_reset=1.0)
+    clock.now = 1.0
+    assert take(bucket, 0) == 0
+    return bucket
+
+
+@pytest.mark.parametrize(
+    "reports, held_next",
+    [
+        ([(400, 100, 1.1), (100, 100, 1.1)], 500),  # the first request counted shows half: the next window holds half
+        ([(850, 100, 1.1)], 1_000),  # 950 of 1,000: rounding, not a lowered limit
+        ([(100, 100, 0.9)], 1_000),  # a request of the window before shows nothing of this one
+        ([], 1_000),  # a window with no answer: the whole capacity
+    ],
+)
+def test_a_fixed_window_shown_to_hold_less_than_its_limit_opens_the_next_one_at_that(reports, held_next):
+    clock = Clock()
+    bucket = watched_window(clock)
+    for remaining, charged, sent_at in reports:
+        bucket.shown_in_window(remaining, charged, sent_at)
+    clock.now = 2.0
+    assert take(bucket, 0) == 0 and bucket.level == pytest.approx(held_next)
+
+
+def test_a_window_not_watched_from_its_start_shows_nothing_of_the_next():
+    clock = Clock()
+    bucket = TokenBucket(60_000, clock, window=1.0)
+    bucket.resets_every(1.0, next_reset=0.5)  # fixed windows found mid-window: its first answers were not seen
+    bucket.shown_in_window(400, 100, 0.1)
+    clock.now = 0.5
+    assert take(bucket, 0) == 0 and bucket.level == pytest.approx(1_000)
+
+
+def test_a_report_of_more_than_the_window_was_believed_to_hold_is_spent_at_once():
+    clock = Clock()
+    bucket = watched_window(clock)
+    bucket.shown_in_window(400, 100, 1.1)  # a window of 500: a limit halved without a word
+    clock.now = 2.0
+    assert take(bucket, 500) == 0  # the next window's 500 at once
+    bucket.shown_in_window(900, 100, 2.0)  # the first counted of them: the limit is back, 1,000
+    assert bucket.level == pytest.approx(500)
+    bucket.shown_in_window(500, 100, 2.0)  # one counted later says less: nothing more
+    assert bucket.level == pytest.approx(500)
+    clock.now = 3.0
+    assert take(bucket, 0) == 0 and bucket.level == pytest.approx(1_000)
+
+
+def test_a_longer_period_found_adds_to_a_window_shown_short_once():
+    clock = Clock()
+    bucket = watched_window(clock)
+    bucket.shown_in_window(400, 100, 1.1)
+    clock.now = 2.0
+    assert take(bucket, 500) == 0  # a window believed to hold 500, all sent
+    bucket.resets_every(1.2, next_reset=3.2)  # a longer period: 200 more a window
+    bucket.shown_in_window(1_100, 100, 2.0)  # and the whole of it shown: 1,200
+    assert bucket.level == pytest.approx(1_200 - 500)  # not 200 more on top
+
+
 # Reports of what is left, from a server that does not say when it is full again: 100 a second,
 # 1,000 a window. Each is (when the request left, when its answer came, the level it reported).
 JUMPS = {

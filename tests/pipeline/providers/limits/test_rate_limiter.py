@@ -118,6 +118,23 @@ def test_back_off_holds_everyone_for_the_retry_after():
     assert clock.now == pytest.approx(2.1)
 
 
+@pytest.mark.parametrize(
+    "headers, requests_level",
+    [
+        ({"x-ratelimit-remaining-requests": "50", "x-ratelimit-remaining-tokens": "10"}, 59),  # tokens short
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "9000"}, 1 - 5.0),  # requests short
+        ({}, 1 - 5.0),  # the 429 does not say which: both
+    ],
+)
+def test_a_429_lowers_only_the_budget_its_headers_show_short(headers, requests_level):
+    limit, clock = limiter(60, 60_000)  # a request and 1,000 tokens a second
+    limit.acquire(1_000)
+    limit.back_off(5.0, 1_000, headers)
+    assert limit.requests.level == pytest.approx(requests_level)
+    tokens_short = "x-ratelimit-remaining-tokens" not in headers or headers["x-ratelimit-remaining-tokens"] == "10"
+    assert limit.tokens.level == pytest.approx(1_000 - 5_000 if tokens_short else 59_000)
+
+
 def test_a_refused_request_waits_its_retry_after_not_its_tokens_again():
     limit, clock = limiter(600, 60_000)
     limit.acquire(60_000)  # the banked minute
