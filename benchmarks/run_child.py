@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import flows  # noqa: F401  as `embedpipe run` imports it: before pyarrow and polars
+from benchmarks.proc import peak_rss_kib
 
 
 def main(config_path: str) -> None:
@@ -27,9 +28,7 @@ def main(config_path: str) -> None:
     started = time.perf_counter()
     manifest = run_pipeline(config, api_key="sk-bench")
     seconds = time.perf_counter() - started
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking parent.
-    status = Path("/proc/self/status").read_text()
-    peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+    peak_kib = peak_rss_kib()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime  # imports included: a second or two
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_kib": peak_kib, "stats": manifest["stats"]}))

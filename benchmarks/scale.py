@@ -46,6 +46,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.proc import peak_rss_kib
+
 DIMENSIONS = 64  # of the pipeline's vectors
 KEY_DIMENSIONS = 16  # of the vectors in --keys
 FLOAT_BYTES = 4
@@ -462,8 +464,7 @@ def fill_cache(keys: int, path: Path) -> Iterator[dict]:
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (VmHWM), in MB."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+    return peak_rss_kib() / 1024
 
 
 def measure_keys(keys: int, tmp: Path) -> None:

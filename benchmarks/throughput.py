@@ -30,6 +30,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.proc import peak_rss_kib
 from pipeline.config import Config
 from pipeline.text.chunking import chunk_texts
 from pipeline.text.normalise import normalise_paragraphs
@@ -159,9 +160,7 @@ def rss_child(config_path: str) -> None:
     from pipeline.run.steps import run_pipeline
 
     run_pipeline(Config.model_validate(json.loads(Path(config_path).read_text())), api_key="sk-bench")
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking parent.
-    status = Path("/proc/self/status").read_text()
-    print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))  # KiB
+    print(peak_rss_kib())
 
 
 def main() -> None:
