@@ -233,6 +233,8 @@ JUMPS = {
     "a reset between two answers": ([(0.0, 0.1, 0), (0.3, 0.4, 20), (1.1, 1.2, 900)], 0.3),
     "a jump from a report counted maybe after it": ([(0.0, 0.5, 0), (0.45, 0.6, 900)], None),
     "a rise a bucket could refill, slowly": ([(0.0, 0.1, 0), (3.0, 3.1, 320)], None),
+    # Requests of a quarter window paced at the limit: a reset shows as 0.23 of a window more than the refill
+    "a reset between requests paced at the limit": ([(0.0, 2.5, 10), (2.6, 5.1, 750)], 0.0),
 }
 
 
