@@ -38,10 +38,9 @@ class TokenBucket:
         self.period: float | None = None  # set for a server of fixed windows: seconds between its resets
         self.reset_at = math.inf  # with `period`: the server's next reset, by our clock
         self._believe_next = False  # fixed windows just found: the next report may raise the level, once
-        self.held = math.inf  # fixed windows: what the window under way holds, as far as we know (its capacity)
+        self._held = math.inf  # fixed windows: what the window under way holds, as far as we know (its capacity)
         self._shown = 0.0  # fixed windows: the most the reports of the window under way showed it holds
         self._watched = False  # fixed windows: every report of the window under way was seen (it opened at our reset)
-        self.opened_at = -math.inf  # fixed windows: when the window under way opened, by our clock
         self._clock = clock
         self._updated = self._debt_updated = clock()
         self._lock = threading.Lock()
@@ -175,14 +174,13 @@ class TokenBucket:
             # A longer period found: the window under way holds that much more than we thought.
             more = 0.0 if first else self.capacity - before
             self.level = min(self.level + more, self.capacity)
-            self.held = self.capacity if first else min(self.held, before) + more
+            self._held = self.capacity if first else min(self._held, before) + more
             self._believe_next = self._believe_next or first  # it may have reset since we last believed it spent
             if self.reset_at == math.inf or exact:  # the first, or one told: the next reset from now
                 self.reset_at = _first_after(next_reset, now, self.period)
             else:  # one of the resets we know, told again: the nearest of them
                 told = next_reset - self.period * round((next_reset - self.reset_at) / self.period)
                 self.reset_at = max(self.reset_at, told)
-            self.opened_at = self.reset_at - self.period
 
     def shown_in_window(self, remaining: float, charged: float, sent_at: float) -> None:
         """Fixed windows: an answer to a request that left at `sent_at` and was charged `charged`
@@ -192,12 +190,12 @@ class TokenBucket:
         spent now; the next window starts from what this one showed."""
         with self._lock:
             self._refill()
-            if self.period is None or sent_at < self.opened_at:
+            if self.period is None or sent_at < self.reset_at - self.period:  # left before the window under way
                 return
             shown = min(self.capacity, remaining + charged)
             self._shown = max(self._shown, shown)
-            if shown > self.held:
-                self.level, self.held = self.level + shown - self.held, shown
+            if shown > self._held:
+                self.level, self._held = self.level + shown - self._held, shown
 
     def _held_next(self, now: float, period: float) -> float:
         """What the window opening at the reset due now holds: the whole capacity, or what the
@@ -210,9 +208,8 @@ class TokenBucket:
         now = self._clock()
         if self.rate is not None and self.period is not None:
             if now >= self.reset_at:  # what callers still waiting reserved goes into the new window
-                self.held = self._held_next(now, self.period)
-                self.level, self._shown, self._watched = self.held - self.waiting, 0.0, True
-                self.opened_at = self.reset_at + self.period * math.floor((now - self.reset_at) / self.period)
+                self._held = self._held_next(now, self.period)
+                self.level, self._shown, self._watched = self._held - self.waiting, 0.0, True
                 self.reset_at = _first_after(self.reset_at, now, self.period)
         elif self.rate is not None:
             self.level = min(self.capacity, self.level + max(0.0, now - self._updated) * self.rate)
