@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import logging
 import multiprocessing
 import os
 import random
@@ -343,6 +344,11 @@ def run_client(conn, client: str, base_url: str, texts: list[str], scenario: Sce
     """The client's process: set up, time the call, count the rows it returned a vector for."""
     call, count = CLIENTS[client](base_url, texts, scenario, tmp)
     started, error, got = time.monotonic(), None, 0
+    if os.environ.get("EMBEDPIPE_BENCH_DEBUG"):  # what embedpipe learned, and when (seconds from the start)
+        handler = logging.StreamHandler()
+        handler.setFormatter(_SinceStart(started))
+        logging.getLogger("embedpipe").addHandler(handler)
+        logging.getLogger("embedpipe").setLevel(logging.INFO)
     try:
         result = call()
     except Exception as exc:  # a peer that gives up is a result, not a crash
@@ -351,6 +357,15 @@ def run_client(conn, client: str, base_url: str, texts: list[str], scenario: Sce
     if error is None:  # a client that raised returned nothing: every row is lost
         got = count(result)
     conn.send({"started": started, "seconds": seconds, "error": error, "got": got})
+
+
+class _SinceStart(logging.Formatter):
+    def __init__(self, started: float):
+        super().__init__()
+        self.started = started
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{time.monotonic() - self.started:7.2f} s  {record.getMessage()}"
 
 
 def describe(scenario: Scenario, texts: int, tokens: int, work: int) -> str:

@@ -25,11 +25,11 @@ from pipeline.providers.limits.fixed_windows import (
 )
 from pipeline.providers.limits.headers import server_level, server_limit, server_remaining, until_reset
 from pipeline.providers.limits.learned_window import LearnedWindow
+from pipeline.providers.limits.notes import NAMES, say_caps_held_back, say_limits_unreported
+from pipeline.providers.limits.refill_meter import RefillMeter
 from pipeline.providers.limits.token_bucket import TokenBucket
 
 log = logging.getLogger("embedpipe")
-NAMES = ("requests", "tokens")
-_CAP_SETTING = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,13 @@ class LimitsFromAnswers:
     _shared: bool
     _reset_sums: dict[str, ResetSums]
     _level_jumps: dict[str, LevelJumps]
+    _meters: dict[str, RefillMeter]
     settled: Callable[[], None]  # an answer came: `RateLimiter` lets requests held back for the first go
 
     def limit(self, name: str) -> float | None:
-        """Budget `name` a minute for this process: its share of the server's limit and of the cap."""
-        known = [v * self.share for v in (self.caps[name], self.server_limits[name]) if v]
+        """Budget `name` a minute for this process: its share of the server's limit and of the cap,
+        or of the limit its refill showed, where lower (`_follow_refill`)."""
+        known = [v * self.share for v in (self.caps[name], self.server_limits[name], self._meters[name].shown) if v]
         return min(known) if known else None
 
     def refund(self, tokens: int) -> None:
@@ -102,6 +104,7 @@ class LimitsFromAnswers:
         charged = {"requests": 1, "tokens": used_tokens or estimated_tokens}
         self._follow_resets(headers, ticket, charged=charged)
         self._cap(headers, ticket, alone, charged)
+        self._follow_refill(headers, ticket, charged)
         if used_tokens is not None and used_tokens != estimated_tokens:
             self.tokens.adjust(used_tokens - estimated_tokens)
         self.settled()
@@ -116,6 +119,7 @@ class LimitsFromAnswers:
         with self._counting:
             self._unanswered.discard(ticket)
         self._learn_limits(headers, None)
+        self._follow_refill(headers, ticket, refused={"requests": 1, "tokens": tokens}, wait=wait)
         with self._learning:
             if (debt := _debt_to_learn_from(ticket, self._limits_changed_at)) is not None and self.window.refused(debt):
                 log.info(
@@ -164,6 +168,54 @@ class LimitsFromAnswers:
                 if bucket.period is not None and ticket is not None and charged and not self._shared:
                     bucket.shown_in_window(remaining, charged[name], ticket.sent_at)
                 self._grown_at = None if grown else self._grown_at
+
+    def _follow_refill(
+        self,
+        headers: Mapping[str, str],
+        ticket: Ticket | None,
+        charged: Mapping[str, float] | None = None,
+        refused: Mapping[str, float] | None = None,
+        wait: float | None = None,
+    ) -> None:
+        """A bucket server that says only what is left may lower its limit without a word: what
+        its answers show it refilled (`RefillMeter`) is followed where below the limit we know,
+        lowered at a refusal for the budget it showed short (of a request sent since the limit
+        last changed: those sent before met the old one), raised when it shows more again. A
+        process alone on the limits only: others' requests, unknown here, are charged too. Fixed
+        windows, once found, follow a lowered limit their own way (`TokenBucket.shown_in_window`)."""
+        if ticket is None or self._shared:
+            return
+        for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
+            left, limit, meter = server_remaining(headers, name), self._known_limit(name), self._meters[name]
+            with self._learning:
+                if bucket.period is not None and meter.shown is not None:
+                    meter.shown = None
+                    self._relearn(True)
+                if left is None or limit is None or bucket.period is not None or server_limit(headers, name):
+                    continue
+                meter.add(ticket.sent_at, left, charged[name] if charged else 0.0)
+                refusal = None  # (units short, the wait asked) of a refusal for this budget, at the limit followed
+                if refused is not None and left < refused[name] and ticket.sent_at > self._limits_changed_at:
+                    refusal = (refused[name] - left, wait)
+                if meter.follow(self._earliest_unanswered_sent(), limit, self.window.seconds, refusal):
+                    self._limits_changed_at = self._clock()
+                    log.info(
+                        "the server refills its %s budget at %s a minute, as its answers show: following it",
+                        name,
+                        f"{self.limit(name):,.0f}",
+                    )
+                    self._relearn(True)
+
+    def _known_limit(self, name: str) -> float | None:
+        """Budget `name` a minute as the config and the server's headers give it (not its refill)."""
+        known = [v for v in (self.caps[name], self.server_limits[name]) if v]
+        return min(known) if known else None
+
+    def _earliest_unanswered_sent(self) -> float:
+        """When the earliest request still unanswered left (now, where none is)."""
+        with self._counting:
+            sent = [t.sent_at for t in self._unanswered if t is not None]
+        return min(sent, default=self._clock())
 
     def _earliest_unanswered(self, index: int, place: float) -> float:
         """The earliest place in bucket `index` (0: requests, 1: tokens) of a request still unanswered, or `place`."""
@@ -246,10 +298,10 @@ class LimitsFromAnswers:
             ]
             widened = bool(held) and self.window.reported(min(held), first=not self._answered)
             if changed:
-                self._note_caps()
+                say_caps_held_back(self.caps, self.server_limits, self.held_back)
             self._relearn(changed or widened)
         if charged and not self._answered:
-            self._note_unreported(headers)
+            say_limits_unreported(headers, self.limit)
 
     def _first_answer_without_levels(self) -> None:
         """A server whose first answer does not say how full its budget is may bank no more than a
@@ -271,32 +323,6 @@ class LimitsFromAnswers:
             for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
                 limit, pace = self.limit(name), 1.0 if bucket.period is not None else self.window.pace
                 bucket.set_limit(limit, self.window.seconds, pace)
-
-    def _note_unreported(self, headers: Mapping[str, str]) -> None:
-        """Say once, at the first answer, which budgets the server counts (`x-ratelimit-remaining-*`)
-        without saying their limits (no `x-ratelimit-limit-*`: Azure OpenAI), where none is configured."""
-        counted = [name for name in NAMES if server_remaining(headers, name) is not None]
-        unreported = [name for name in counted if self.limit(name) is None]
-        if unreported:
-            log.warning(
-                "the server says what is left of its %s limits but not the limits (no x-ratelimit-limit-* "
-                "headers): set %s to them; until then only its 429s hold this run back",
-                " and ".join(unreported),
-                " and ".join(f"embedding.{_CAP_SETTING[name]}" for name in unreported),
-            )
-
-    def _note_caps(self) -> None:
-        """Say once, per budget, that a configured cap holds the run below what the server allows."""
-        for name in NAMES:
-            cap, server = self.caps[name], self.server_limits[name] or 0
-            if cap and server > cap * 1.01 and name not in self.held_back:
-                self.held_back[name] = (cap, server)
-                log.warning(
-                    "embedding.%s = %s holds this run below the server's %s a minute: raise it or leave it unset",
-                    _CAP_SETTING[name],
-                    f"{cap:,.0f}",
-                    f"{server:,.0f}",
-                )
 
 
 def _debt_to_learn_from(ticket: Ticket | None, limits_changed_at: float) -> float | None:

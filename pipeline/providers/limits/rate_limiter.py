@@ -20,6 +20,7 @@ from pipeline.providers.limits.answers import NAMES, LimitsFromAnswers, Ticket
 from pipeline.providers.limits.fixed_windows import LevelJumps, ResetSums
 from pipeline.providers.limits.headers import server_level, server_remaining
 from pipeline.providers.limits.learned_window import LearnedWindow
+from pipeline.providers.limits.refill_meter import RefillMeter
 from pipeline.providers.limits.token_bucket import TokenBucket
 
 FIRST_REQUEST_TOKENS = 1024  # before any limit is known: a request most servers' windows take (or one text)
@@ -58,6 +59,7 @@ class RateLimiter(LimitsFromAnswers):
         first_answer_first: bool = False,
     ):
         self.caps = {"requests": requests_per_minute, "tokens": tokens_per_minute}
+        self._meters = {name: RefillMeter() for name in NAMES}  # what a server that says no limit refills
         self.server_limits: dict[str, float | None] = dict.fromkeys(NAMES)
         self.share = share
         self.window = LearnedWindow()

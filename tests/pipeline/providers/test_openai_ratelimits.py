@@ -167,3 +167,23 @@ def test_a_fixed_window_limit_halved_and_restored_without_a_word_is_followed_fro
         admitted[int((at - origin) // window)] = admitted.get(int((at - origin) // window), 0) + tokens
     last = max(admitted)
     assert all(admitted[w] > 0.9 * full for w in range(7, last)), admitted  # window 6 showed half, 7 the whole
+
+
+def test_a_bucket_limit_halved_and_restored_without_a_word_is_followed_from_what_the_server_refills():
+    full, start = 1_000, time.monotonic()  # 60,000 tokens a minute: 1,000 a second, a second banked
+
+    def halve_then_restore(server):
+        for at, tpm in ((3.0, 30_000), (8.0, 60_000)):
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            server.set_limits(tpm=tpm)  # Azure's headers say only what is left: nothing tells of it
+
+    with FakeOpenAI(tpm=60_000, window=1.0, latency=0.02, limit_headers="remaining") as server:
+        threading.Thread(target=halve_then_restore, args=(server,), daemon=True).start()
+        texts = corpus(3 * full + 5 * full // 2 + 4 * full)
+        embed_all(server, texts, tokens_per_minute=60_000)
+    assert len(server.calls) == len(texts)
+    refused = [round(at - start, 1) for at, *_ in server.refusals]
+    assert len([at for at in refused if at >= 4.5]) <= 1, refused  # what it refilled since 3 s was seen
+    admitted = sum(tokens for at, tokens in server.admissions if at - start >= 10.0)
+    took = server.admissions[-1][0] - start - 10.0
+    assert admitted / took > 0.9 * full, (admitted, took)  # two seconds after 8 s, the whole limit again
