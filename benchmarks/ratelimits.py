@@ -25,8 +25,8 @@ the bound (and pass 1.0) by up to (its request - capacity) / rate.
 from __future__ import annotations
 
 import argparse
-import math
 import logging
+import math
 import multiprocessing
 import os
 import random

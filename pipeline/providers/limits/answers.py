@@ -70,8 +70,8 @@ class LimitsFromAnswers:
     def limit(self, name: str) -> float | None:
         """Budget `name` a minute for this process: its share of the server's limit and of the cap,
         or of the limit its refill showed, where lower (`_follow_refill`)."""
-        known = [v * self.share for v in (self.caps[name], self.server_limits[name], self._meters[name].shown) if v]
-        return min(known) if known else None
+        known = [v for v in (self._known_limit(name), self._meters[name].shown) if v]
+        return min(known) * self.share if known else None
 
     def refund(self, tokens: int) -> None:
         """Give back a request the server refused without charging (a 429)."""
