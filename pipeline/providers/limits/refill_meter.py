@@ -62,7 +62,7 @@ class RefillMeter:
 
     def _lower(self, answered_before: float, limit: float, short: float, wait: float | None) -> None:
         # A change under way shows in the latest second before it outweighs the span.
-        measures = [rate for span in (SPAN, SHORTEST) if (rate := self.rate(answered_before, span)) is not None]
+        measures = self._measures(answered_before)
         followed = self.shown or limit
         # A bucket asks for the time its refill takes to cover what was short: at half the limit followed at
         # the slowest, as we lower by half at most. Longer is no such bucket's wait (a fixed window's reset).
@@ -77,12 +77,17 @@ class RefillMeter:
     def _raise(self, answered_before: float, limit: float, window: float) -> None:
         # Only what the server refilled since we lowered the limit: a span from before averages in the rate it fell
         # from. Each span's measure is a lower bound, the latest second's the nearest to a rate just raised.
-        rates = [self.rate(answered_before, span, since=self._lowered_at) or 0.0 for span in (SPAN, SHORTEST)]
+        rates = self._measures(answered_before, since=self._lowered_at)
         # A bucket fuller than `window` seconds of the limit followed holds a higher one (one it refilled to).
         held = max((r.left + r.charged for r in self._reports if r.sent_at >= self._lowered_at), default=0.0)
-        measured = 60 * max(*rates, held / window)
+        measured = 60 * max([*rates, held / window])
         if measured > RAISED * (self.shown or limit):
             self.shown = None if measured >= RESTORED * limit else measured
+
+    def _measures(self, answered_before: float, since: float = -math.inf) -> list[float]:
+        """The rates over the last `SPAN` and the last `SHORTEST` seconds, where there are answers enough."""
+        rates = (self.rate(answered_before, span, since) for span in (SPAN, SHORTEST))
+        return [rate for rate in rates if rate is not None]
 
     def add(self, sent_at: float, left: float, charged: float) -> None:
         """Keep one answer's report (they come back in any order)."""
