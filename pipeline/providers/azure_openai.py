@@ -11,15 +11,18 @@ Everything else (rate limits, retries, failure rules) is `OpenAIEmbedder`'s.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import httpx2
-import openai
 
 from pipeline.config import EmbeddingConfig
 from pipeline.errors import ConfigError, ProviderError
 from pipeline.providers.http import Fatal
 from pipeline.providers.openai import OpenAIEmbedder
 from pipeline.providers.openai_batch import OpenAIBatchEmbedder
+
+if TYPE_CHECKING:
+    import openai
 
 
 class AzureOpenAIEmbedder(OpenAIEmbedder):
@@ -40,6 +43,8 @@ class AzureOpenAIEmbedder(OpenAIEmbedder):
     def _make_client(self, config: EmbeddingConfig, api_key: str | None, http_client: httpx2.Client) -> openai.OpenAI:
         """The Azure client: the deployment in the path, the api-version in the query, the key as
         `api-key` (passed explicitly, so no AZURE_OPENAI_* variable is read), its retries off."""
+        import openai
+
         return openai.AzureOpenAI(
             azure_endpoint=str(config.base_url),
             azure_deployment=config.deployment,
@@ -81,6 +86,8 @@ class AzureOpenAIEmbedder(OpenAIEmbedder):
         return f"azure-openai:{self.endpoint(self.config)}:{self.model}:{self.dimensions}"
 
     def _in_http_terms(self, exc: openai.APIError) -> Exception:
+        import openai
+
         if isinstance(exc, openai.NotFoundError):  # Azure's 404 is a deployment, a resource or an api-version
             return Fatal(
                 f"deployment {self.config.deployment} was not found at {self.config.base_url} (404): check "

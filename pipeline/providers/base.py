@@ -234,6 +234,10 @@ class Embedder(ABC):
         """Return when the next request's size can be chosen (a metered provider first waits for
         the answer that tells its limits)."""
 
+    def expect_requests(self) -> None:
+        """A hint that requests will follow soon: start in the background what they need (a
+        client, its connections). Nothing where nothing needs starting."""
+
     def wait_for_first_request(self, timeout: float) -> None:
         """Return once this embedder's first request is on the wire, or after `timeout` seconds
         (a local model sends none: at once)."""

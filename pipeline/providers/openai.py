@@ -5,6 +5,9 @@ An answer no retry can fix (a refused key, an empty quota) stops every request o
 including those waiting for budget: none leaves after it. A malformed answer, whatever is wrong
 with it, is retried for the items it got wrong, never a traceback. The default key variable,
 OPENAI_API_KEY, is only ever sent to OpenAI's own host.
+
+`openai` is imported where the client is built, as the first request nears: the import takes half
+a second of the interpreter, which a run that finds every text in the cache never needs.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
+import threading
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 import httpx2
-import openai
 
 from pipeline.concurrency import in_background
 from pipeline.config import EmbeddingConfig
@@ -22,6 +28,9 @@ from pipeline.errors import ConfigError, ProviderError
 from pipeline.providers.http import Answer, Fatal, HTTPEmbedder, RateLimited, Rejected, Transient, retry_after
 from pipeline.providers.openai_answers import decode_response, json_object, prompt_tokens
 from pipeline.providers.transport import BackgroundTransport
+
+if TYPE_CHECKING:
+    import openai
 
 KNOWN_DIMENSIONS = {
     "text-embedding-3-small": 1536,
@@ -35,6 +44,7 @@ _FATAL = {  # our words, not the server's: a 401's message quotes part of the ke
     404: "model {model} was not found (404): check embedding.model and embedding.base_url",
 }
 _QUOTA = "the account's quota is used up (429 insufficient_quota): add credit or raise the limit"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the client's, where neither base_url nor OPENAI_BASE_URL is set
 
 
 class OpenAIEmbedder(HTTPEmbedder):
@@ -54,19 +64,41 @@ class OpenAIEmbedder(HTTPEmbedder):
                 f"no API key: set the environment variable {config.api_key_env} "
                 "(or embedding.api_key_block to a Prefect Secret block)"
             )
+        self._new_client = functools.partial(self._make_client, config, api_key)
+        self._client: openai.OpenAI | None = None
+        self._client_lock = threading.Lock()  # one client, however many threads ask for it first
+        self._closed = False
         self._transport = BackgroundTransport()
-        http_client = openai.DefaultHttpxClient(transport=self._transport, event_hooks=self.request_hooks())
-        self.client = self._make_client(config, api_key, http_client)
-        self._transport.prepare(self.client.base_url.scheme)
-        in_background(self._describe_platform)  # while a run checks its input and opens its cache
+        self._warming: Future | None = None
 
-    def _describe_platform(self) -> None:
-        """Have the client work out the platform headers it sends (`uname -p` in a subprocess:
-        2-3 ms, kept for the process), so that the first request does not wait for them."""
-        self.client.default_headers  # noqa: B018
+    @property
+    def client(self) -> openai.OpenAI:
+        """The `openai` client every request goes through, built at its first use."""
+        with self._client_lock:
+            if self._closed:
+                raise ProviderError("the provider was closed: no request leaves after it")
+            if self._client is None:
+                import openai
+
+                http_client = openai.DefaultHttpxClient(transport=self._transport, event_hooks=self.request_hooks())
+                self._client = self._new_client(http_client)
+            return self._client
+
+    def expect_requests(self) -> None:
+        """Build the client in a thread (the `openai` import, the connection pool, the platform
+        headers: `uname -p` in a subprocess), so that the first request does not wait for it."""
+        if self._warming is None:
+            self._warming = in_background(self._warm_up)
+
+    def _warm_up(self) -> None:
+        client = self.client
+        self._transport.prepare(client.base_url.scheme)
+        client.default_headers  # noqa: B018  worked out once, kept for the process
 
     def _make_client(self, config: EmbeddingConfig, api_key: str | None, http_client: httpx2.Client) -> openai.OpenAI:
         """The `openai` client every request goes through, its own retries off."""
+        import openai
+
         return openai.OpenAI(
             api_key=api_key or "unused",
             base_url=config.base_url,  # None: OPENAI_BASE_URL or api.openai.com
@@ -113,9 +145,11 @@ class OpenAIEmbedder(HTTPEmbedder):
 
     @property
     def cache_namespace(self) -> str:
-        return f"openai:{str(self.client.base_url).rstrip('/')}:{self.model}:{self.dimensions}"
+        return f"openai:{str(api_base_url(self.config.base_url)).rstrip('/')}:{self.model}:{self.dimensions}"
 
     def _send(self, texts: list[str], dimensions: int | None) -> Answer:
+        import openai
+
         body: dict[str, object] = {"model": self.model, "input": texts, "encoding_format": "base64"}
         if self.config.dimensions:
             body["dimensions"] = self.config.dimensions
@@ -132,6 +166,8 @@ class OpenAIEmbedder(HTTPEmbedder):
 
     def _in_http_terms(self, exc: openai.APIError) -> Exception:
         """The `openai` library's exception as `pipeline.providers.http` names what to do."""
+        import openai
+
         if isinstance(exc, openai.APITimeoutError):  # before APIConnectionError, its parent
             return Transient("timeout", describe_error(exc))
         if isinstance(exc, openai.APIConnectionError):
@@ -148,7 +184,20 @@ class OpenAIEmbedder(HTTPEmbedder):
 
     def close(self) -> None:
         super().close()
-        self.client.close()
+        with self._client_lock:  # a client being built meanwhile is finished first, then closed
+            client, self._closed = self._client, True
+        (client or self._transport).close()
+
+
+def api_base_url(base_url: str | None) -> httpx2.URL:
+    """The URL `openai.OpenAI(base_url=base_url)` sends to, worked out without importing `openai`:
+    `base_url`, else OPENAI_BASE_URL, else OpenAI's API, with a '/' ending its path as the client
+    adds. Part of the cache's namespace: `tests/pipeline/providers/test_openai.py` holds it to the client's."""
+    if base_url is None:
+        base_url = os.environ.get("OPENAI_BASE_URL")
+    url = httpx2.URL(base_url if base_url is not None else DEFAULT_BASE_URL)
+    path, separator, query = url.raw_path.partition(b"?")
+    return url if path.endswith(b"/") else url.copy_with(raw_path=path + b"/" + separator + query)
 
 
 def check_key_destination(config: EmbeddingConfig) -> None:
@@ -184,6 +233,8 @@ def is_openai_host(url: str) -> bool:
 def fatal_error(exc: Exception, api_key_env: str, model: str) -> ProviderError | None:
     """The one-line error for an answer no retry can fix; None where retrying (429 rate
     limits, 5xx) or splitting (400) may still succeed."""
+    import openai
+
     if not isinstance(exc, openai.APIStatusError) or isinstance(
         exc, (openai.InternalServerError, openai.BadRequestError)
     ):
@@ -202,6 +253,7 @@ def _message(exc: openai.APIStatusError) -> str:
 
 def describe_error(exc: Exception | None) -> str:
     """One line about a failed call: the HTTP status and the server's message, or the exception."""
-    if isinstance(exc, openai.APIStatusError):
+    openai = sys.modules.get("openai")  # not imported: `exc` cannot be one of its errors
+    if openai is not None and isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code} {_message(exc)}"
     return f"{type(exc).__name__}: {exc}"

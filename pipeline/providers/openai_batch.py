@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 import numpy as np
-import openai
 
 from pipeline.cache.vectors import VectorCache
 from pipeline.errors import ProviderError
@@ -260,6 +259,8 @@ class OpenAIBatchEmbedder(OpenAIEmbedder):
 
     def call(self, request):
         """A Files or Batches call, retried on transient failures like an embeddings request."""
+        import openai  # imported with the client (`OpenAIEmbedder.client`)
+
         for attempt in range(self.config.max_attempts):
             try:
                 return request()

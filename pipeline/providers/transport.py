@@ -15,7 +15,6 @@ import threading
 from concurrent.futures import Future
 
 import httpx2
-from openai._constants import DEFAULT_CONNECTION_LIMITS
 
 from pipeline.concurrency import in_background
 from pipeline.errors import ProviderError
@@ -29,11 +28,16 @@ class BackgroundTransport(httpx2.BaseTransport):
     def __init__(self) -> None:
         self._pools: dict[str, Future] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
     def prepare(self, scheme: str) -> Future:
         """Start building the pool for `scheme` ("http" or "https") unless already started."""
+        from openai._constants import DEFAULT_CONNECTION_LIMITS  # imported with the client that uses this
+
         scheme = "http" if scheme == "http" else "https"
         with self._lock:
+            if self._closed:
+                raise ProviderError("the connections were closed: no request leaves after it")
             if scheme not in self._pools:
                 # http's pool never opens TLS; a context that trusts no certificate makes sure
                 tls = {"verify": ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)} if scheme == "http" else {}
@@ -55,7 +59,7 @@ class BackgroundTransport(httpx2.BaseTransport):
 
     def close(self) -> None:
         with self._lock:
-            pools = list(self._pools.values())
+            pools, self._closed = list(self._pools.values()), True
         for pool in pools:
             if pool.exception() is None:  # waits for a build still running, so nothing is left open
                 pool.result().close()

@@ -137,6 +137,8 @@ class TextEmbedder:
         chunks = rows.chunk_texts()
         cached = self._hits(chunks)
         misses = [chunks[i] for i in np.flatnonzero(~cached.found).tolist()]
+        if misses:
+            self.embedder.expect_requests()
         return replace(rows, cached=cached, misses=dict(zip(misses, _tokens(misses, rows.known_tokens()))))
 
     def complete(self, rows: PreparedRows) -> RowVectors:

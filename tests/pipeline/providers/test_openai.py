@@ -257,3 +257,36 @@ def test_a_probe_that_stays_malformed_is_one_error_naming_the_fix(fake_openai):
     with pytest.raises(ProviderError, match="3 attempts.*cut short.*set embedding.dimensions"):
         embedder(fake_openai, dimensions=None, model="text-embedding-3-small-ft", max_attempts=3).dimensions
     assert fake_openai.requests == 3
+
+
+@pytest.mark.parametrize(
+    ("base_url", "environment"),
+    [
+        (None, None),
+        (None, "http://proxy.internal:8080/openai"),
+        ("http://127.0.0.1:8000/v1", None),
+        ("http://127.0.0.1:8000/v1/", "http://elsewhere/v1"),
+        ("https://Models.Example.com", None),
+        ("https://gateway.example.com/v1?tenant=a", None),
+        ("https://gateway.example.com/v1/?tenant=a", None),
+    ],
+)
+def test_the_cache_names_the_url_the_client_sends_to(monkeypatch, base_url, environment):
+    # Worked out without importing `openai`; a difference would file the same vectors under two names.
+    import openai
+
+    from pipeline.providers.openai import api_base_url
+
+    if environment is None:
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    else:
+        monkeypatch.setenv("OPENAI_BASE_URL", environment)
+    client = openai.OpenAI(api_key="sk-test", base_url=base_url)
+    assert str(api_base_url(base_url)) == str(client.base_url)
+    config = EmbeddingConfig(provider="openai", model="text-embedding-3-small", dimensions=8, base_url=base_url,
+                             api_key_env="OPENAI_API_KEY")
+    provider = OpenAIEmbedder(config, api_key="sk-test")
+    try:
+        assert provider.cache_namespace == f"openai:{str(client.base_url).rstrip('/')}:text-embedding-3-small:8"
+    finally:
+        provider.close()

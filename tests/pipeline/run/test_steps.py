@@ -1,6 +1,7 @@
 """The whole pipeline against the loopback OpenAI server: what a user would check in the output."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -195,6 +196,7 @@ def test_the_second_rows_are_read_once_the_first_request_is_on_the_wire(first_mi
 # Run in a fresh interpreter: prints whether pandas was imported when the server saw the first request.
 FIRST_REQUEST = """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -228,3 +230,32 @@ def test_a_run_has_not_imported_pandas_when_its_first_request_leaves(tmp_path, s
     ran = subprocess.run([sys.executable, "-c", FIRST_REQUEST, str(tmp_path), str(source), json.dumps(overrides)],
                          cwd=Path(__file__).parents[3], capture_output=True, text=True, timeout=60)
     assert ran.stdout.splitlines() == ["pandas imported: False"], ran.stderr
+
+
+# Run in a fresh interpreter: the config's run, then whether `openai` was imported and the texts sent.
+IMPORTED = """
+import sys
+
+from pipeline.config import Config
+from pipeline.run.steps import run_pipeline
+
+manifest = run_pipeline(Config.model_validate_json(sys.argv[1]))
+print("openai imported:", "openai" in sys.modules, "sent:", manifest["stats"]["embedded_chunks"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("new_texts", "expected"),
+    [([], "openai imported: False sent: 0"), (["A bird sang."], "openai imported: True sent: 1")],
+)
+def test_a_run_that_finds_every_text_cached_never_imports_openai(tmp_path, fake_openai, new_texts, expected):
+    # Importing the `openai` package takes half a second of the interpreter, a third of a cached run's.
+    texts = ["The cat sat.", "A dog barked."]
+    first = write_parquet(tmp_path / "in" / "a.parquet", {"id": [1, 2], "text": texts})
+    run_pipeline(openai_config(tmp_path, fake_openai, first))
+    again = write_parquet(tmp_path / "again" / "b.parquet", {"id": [1, 2, 3][: len(texts + new_texts)], "text": texts + new_texts})
+    config = openai_config(tmp_path, fake_openai, again, output__path=str(tmp_path / "out-again"))
+    ran = subprocess.run([sys.executable, "-c", IMPORTED, config.model_dump_json()],
+                         cwd=Path(__file__).parents[3], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "OPENAI_API_KEY": "sk-test"})
+    assert ran.stdout.splitlines()[-1:] == [expected], ran.stderr
