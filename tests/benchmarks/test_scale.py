@@ -68,6 +68,8 @@ def result(rows, cold, cached, peak_mb):
         "cached_seconds": cached,
         "floor_seconds": 1.0,
         "floor_without_text_seconds": 0.5,
+        "cached_ratio": cached / 1.0,
+        "cached_ratio_without_text": cached / 0.5,
         "peak_mb": peak_mb,
         "cached_peak_mb": peak_mb,
         "cache_bytes": rows * 7 // 10 * 256 * 2,
@@ -79,7 +81,8 @@ def test_the_table_and_the_scaling_ratios():
     small, large = result(1_000_000, 20.0, 2.0, 500.0), result(10_000_000, 240.0, 20.0, 600.0)
     header, rule, *lines = rows_table([small, large]).splitlines()
     assert rule.count("---") == header.count("|") - 1
-    assert lines[0] == "| 1,000,000 | 700,000 | 20.0 | 50,000 | 20.0, 1.0 | 2.0 | 1.00 (0.50) | 2.0 (4.0) | 500 (500) | 2.00 |"
+    expected = "| 1,000,000 | 700,000 | 20.0 | 50,000 | 20.0, 1.0 | 2.0 | 1.00 (0.50) | 2.0 (4.0) | 500 (500) | 2.00 |"
+    assert lines[0] == expected
     ratios = scaling(small, large)
     assert ratios["per-row cost ratio"] == pytest.approx(1.2)
     assert ratios["cached per-row cost ratio"] == pytest.approx(1.0)
