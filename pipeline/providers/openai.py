@@ -64,7 +64,8 @@ class OpenAIEmbedder(HTTPEmbedder):
                 f"no API key: set the environment variable {config.api_key_env} "
                 "(or embedding.api_key_block to a Prefect Secret block)"
             )
-        self._new_client = functools.partial(self._make_client, config, api_key)
+        # A closure, not a partial or an attribute: nothing that prints this object shows the key.
+        self._new_client = lambda http_client: self._make_client(config, api_key, http_client)
         self._client: openai.OpenAI | None = None
         self._client_lock = threading.Lock()  # one client, however many threads ask for it first
         self._closed = False
