@@ -32,13 +32,13 @@ class BackgroundTransport(httpx2.BaseTransport):
 
     def prepare(self, scheme: str) -> Future:
         """Start building the pool for `scheme` ("http" or "https") unless already started."""
-        from openai._constants import DEFAULT_CONNECTION_LIMITS  # imported with the client that uses this
-
         scheme = "http" if scheme == "http" else "https"
         with self._lock:
             if self._closed:
                 raise ProviderError("the connections were closed: no request leaves after it")
             if scheme not in self._pools:
+                from openai._constants import DEFAULT_CONNECTION_LIMITS  # imported with the client that uses this
+
                 # http's pool never opens TLS; a context that trusts no certificate makes sure
                 tls = {"verify": ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)} if scheme == "http" else {}
                 self._pools[scheme] = in_background(httpx2.HTTPTransport, limits=DEFAULT_CONNECTION_LIMITS, **tls)
@@ -47,8 +47,9 @@ class BackgroundTransport(httpx2.BaseTransport):
     def ready(self, scheme: str) -> httpx2.HTTPTransport:
         """The pool for `scheme`, once built. A failure to build it (a certificate file that
         cannot be read) is a setting to fix, not a connection to retry: a `ProviderError`."""
+        pool = self.prepare(scheme)  # a closed transport says so, not as a setting to fix
         try:
-            return self.prepare(scheme).result()
+            return pool.result()
         except Exception as exc:  # noqa: BLE001  whatever building it raised is a setting to fix
             raise ProviderError(
                 f"cannot set up HTTPS: {type(exc).__name__}: {exc}; check SSL_CERT_FILE and SSL_CERT_DIR"

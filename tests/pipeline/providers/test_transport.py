@@ -62,3 +62,11 @@ def test_a_redirect_to_https_gets_the_pool_that_checks_certificates(tmp_path, mo
     with pytest.raises(ProviderError, match=r"^cannot set up HTTPS"):
         transport.handle_request(httpx2.Request("POST", "https://127.0.0.1:9/v1/embeddings"))
     transport.close()
+
+
+def test_a_request_after_the_transport_closed_is_refused_as_closed_not_as_a_certificate_setting():
+    transport = BackgroundTransport()
+    transport.close()
+    with pytest.raises(ProviderError, match="the connections were closed") as raised:
+        transport.ready("http")
+    assert "SSL_CERT_FILE" not in str(raised.value)
