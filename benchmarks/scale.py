@@ -244,20 +244,19 @@ def vector_column(rows: int) -> pl.Series:
     return pl.from_arrow(column).alias("embedding")
 
 
-def io_floor_seconds(source: Path, rows: int, tmp: Path, repeats: int = 3, text: bool = True) -> float:
-    """The median of `repeats` timings of polars reading the input, then writing and reading
-    back a table the size of the output: the input's columns and a vector column, as the output
-    holds. `text=False`: ids and vectors only, the floor of the first seven rounds."""
-    vectors, target, times = vector_column(rows), tmp / "floor.parquet", []
-    ids = pl.DataFrame({"id": np.arange(rows, dtype=np.int64)})
-    for _ in range(repeats):
-        started = time.perf_counter()
-        read = pl.read_parquet(source)
-        (read if text else ids).with_columns(vectors).write_parquet(target)
-        pl.read_parquet(target)
-        times.append(time.perf_counter() - started)
-        target.unlink()
-    return statistics.median(times)
+def io_floor_seconds(source: Path, rows: int, tmp: Path, text: bool = True) -> float:
+    """Seconds for polars to read the input, then write and read back a table the size of the
+    output: the input's columns and a vector column, as the output holds. `text=False`: ids and
+    vectors only, the floor of the first seven rounds."""
+    vectors, target = vector_column(rows), tmp / "floor.parquet"
+    ids = None if text else pl.DataFrame({"id": np.arange(rows, dtype=np.int64)})
+    started = time.perf_counter()
+    read = pl.read_parquet(source)
+    (read if ids is None else ids).with_columns(vectors).write_parquet(target)
+    pl.read_parquet(target)
+    seconds = time.perf_counter() - started
+    target.unlink()
+    return seconds
 
 
 def bytes_on_disk(directory: Path) -> int:
@@ -279,7 +278,7 @@ def cached_run(server: Server, source: Path, rows: int, cache: Path, output: Pat
         run = run_pipeline_in_child(pipeline_config(server.base_url, source, cache, output), tmp / "w.json")
         if run["stats"]["embedded_chunks"]:
             raise RuntimeError(f"the cached run sent {run['stats']['embedded_chunks']:,} chunks")
-        floors = {text: io_floor_seconds(source, rows, tmp, repeats=1, text=text) for text in (True, False)}
+        floors = {text: io_floor_seconds(source, rows, tmp, text=text) for text in (True, False)}
         runs.append({**run, "floor": floors[True], "floor_without_text": floors[False]})
     ordered = sorted(runs, key=lambda r: r["seconds"])
     return {
