@@ -196,7 +196,6 @@ def test_the_second_rows_are_read_once_the_first_request_is_on_the_wire(first_mi
 # Run in a fresh interpreter: prints whether pandas was imported when the server saw the first request.
 FIRST_REQUEST = """
 import json
-import os
 import sys
 from pathlib import Path
 
