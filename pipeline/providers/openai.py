@@ -17,7 +17,6 @@ import os
 import re
 import sys
 import threading
-from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import httpx2
@@ -70,7 +69,7 @@ class OpenAIEmbedder(HTTPEmbedder):
         self._client_lock = threading.Lock()  # one client, however many threads ask for it first
         self._closed = False
         self._transport = BackgroundTransport()
-        self._warming: Future | None = None
+        self._warming = False  # expect_requests started the client's build
 
     @property
     def client(self) -> openai.OpenAI:
@@ -88,8 +87,9 @@ class OpenAIEmbedder(HTTPEmbedder):
     def expect_requests(self) -> None:
         """Build the client in a thread (the `openai` import, the connection pool, the platform
         headers: `uname -p` in a subprocess), so that the first request does not wait for it."""
-        if self._warming is None:
-            self._warming = in_background(self._warm_up)
+        if not self._warming:
+            self._warming = True
+            in_background(self._warm_up)
 
     def _warm_up(self) -> None:
         client = self.client
