@@ -81,7 +81,11 @@ class OpenAIEmbedder(HTTPEmbedder):
                 import openai
 
                 http_client = openai.DefaultHttpxClient(transport=self._transport, event_hooks=self.request_hooks())
-                self._client = self._new_client(http_client)
+                client = self._new_client(http_client)
+                # Its pool too, before a request takes budget: built after, it delayed the first request's
+                # arrival past when the limiter counts its refill from (a 429 on a 1 s window).
+                self._transport.ready(client.base_url.scheme)
+                self._client = client
             return self._client
 
     def expect_requests(self) -> None:
@@ -92,9 +96,7 @@ class OpenAIEmbedder(HTTPEmbedder):
             in_background(self._warm_up)
 
     def _warm_up(self) -> None:
-        client = self.client
-        self._transport.prepare(client.base_url.scheme)
-        client.default_headers  # noqa: B018  worked out once, kept for the process
+        self.client.default_headers  # noqa: B018  worked out once, kept for the process
 
     def _make_client(self, config: EmbeddingConfig, api_key: str | None, http_client: httpx2.Client) -> openai.OpenAI:
         """The `openai` client every request goes through, its own retries off."""
