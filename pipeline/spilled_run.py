@@ -54,7 +54,8 @@ class SpilledRun:
         with os.fdopen(handle, "wb") as file:
             for members in slices:
                 file.write(members.astype(_DTYPE, copy=False).tobytes())
-                fences.append(members[-written % _BLOCK :: _BLOCK])
+                # a copy: a strided view would keep the whole slice alive until the run is written
+                fences.append(members[-written % _BLOCK :: _BLOCK].copy())
                 for start in range(0, len(members), 1 << 18):  # bounded temporaries while building
                     self.filter.add(members[start : start + (1 << 18)])
                 written += len(members)
