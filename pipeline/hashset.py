@@ -148,7 +148,9 @@ def _merge(members: np.ndarray, fresh: np.ndarray) -> np.ndarray:
 
 def _merge_runs(one: np.ndarray, other: np.ndarray) -> np.ndarray:
     """Two sorted runs as one: a stable sort of the two end to end finds the runs and merges them."""
-    return np.sort(np.concatenate([one, other]), kind="stable")
+    merged = np.concatenate([one, other])
+    merged.sort(kind="stable")  # in place: one copy of the members fewer at once
+    return merged
 
 
 def _contains(members: np.ndarray, keys: np.ndarray) -> np.ndarray:

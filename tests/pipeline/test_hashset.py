@@ -88,7 +88,8 @@ def test_keys_outside_a_spilled_run_that_pass_its_filter_are_not_found(asked, tm
 def test_merged_runs_are_the_run_of_all_their_members(sizes, tmp_path, monkeypatch):
     from pipeline import spilled_run
 
-    monkeypatch.setattr(spilled_run, "_SLICE_BLOCKS", 4)  # many slices
+    monkeypatch.setattr(spilled_run, "_MERGE_BLOCKS", 4)  # merged in many pieces
+    monkeypatch.setattr(spilled_run, "_SLICE_BLOCKS", 4)  # and read through in many slices
     rng = np.random.default_rng(len(sizes))
     members = np.unique(rng.integers(-(2**63), 2**63 - 1, size=sum(sizes) * 2, dtype=np.int64))[: sum(sizes)]
     parts = np.split(rng.permutation(members), np.cumsum(sizes)[:-1])
@@ -103,7 +104,7 @@ def test_merged_runs_are_the_run_of_all_their_members(sizes, tmp_path, monkeypat
 def test_merging_runs_holds_a_slice_of_them_in_memory_not_every_member(tmp_path, monkeypatch):
     from pipeline import spilled_run
 
-    monkeypatch.setattr(spilled_run, "_SLICE_BLOCKS", 16)  # 64 KiB slices of 4 MB runs
+    monkeypatch.setattr(spilled_run, "_MERGE_BLOCKS", 16)  # 64 KiB pieces of 4 MB runs
     rng = np.random.default_rng(3)
     members = np.unique(rng.integers(-(2**63), 2**63 - 1, size=1_000_000, dtype=np.int64))
     runs = [SpilledRun(members[::2], tmp_path), SpilledRun(members[1::2], tmp_path)]
