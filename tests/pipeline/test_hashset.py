@@ -39,6 +39,18 @@ def test_contains_asks_without_adding(added, asked, found):
     assert seen.contains_many(asked).tolist() == found and len(seen) == len(added)
 
 
+@pytest.mark.parametrize("memory_members", [hashset.MEMORY_MEMBERS, 2_000])  # 2,000: most members on disk
+def test_values_asked_in_any_order_are_found_where_they_were_added(memory_members, monkeypatch):
+    monkeypatch.setattr(hashset, "_BUFFER", 500)  # several runs in memory
+    rng = np.random.default_rng(7)
+    added = rng.permutation(20_000)[:12_000]
+    seen = HashSet(memory_members=memory_members)
+    for part in np.array_split(added, 9):
+        seen.add_many(part)
+    asked = rng.permutation(np.r_[np.arange(20_000), added[:500]])  # repeats too
+    assert seen.contains_many(asked).tolist() == np.isin(asked, added).tolist()
+
+
 def test_a_value_is_the_same_whatever_its_column_type():
     seen = HashSet()
     seen.add_many(pa.array([1, 2], type=pa.int32()))
