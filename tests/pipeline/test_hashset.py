@@ -113,7 +113,7 @@ def test_merged_runs_are_the_run_of_all_their_members(sizes, tmp_path, monkeypat
     assert merged.contains(members[::7]).all() and not any(run.path.exists() for run in runs)
 
 
-def test_merging_runs_holds_a_slice_of_them_in_memory_not_every_member(tmp_path, monkeypatch):
+def test_merging_runs_holds_a_piece_of_them_in_memory_not_every_member(tmp_path, monkeypatch):
     from pipeline import spilled_run
 
     monkeypatch.setattr(spilled_run, "_MERGE_BLOCKS", 16)  # 64 KiB pieces of 4 MB runs
@@ -126,7 +126,7 @@ def test_merging_runs_holds_a_slice_of_them_in_memory_not_every_member(tmp_path,
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    # the merged run's filter (1.25 bytes a member) and a few slices; every member is 8 bytes
+    # the merged run's filter (1.25 bytes a member) and a piece or two; every member is 8 bytes
     assert peak < members.nbytes / 2
 
 
