@@ -223,10 +223,15 @@ class HTTPEmbedder(Embedder):
         self._outgoing.tokens, self._outgoing.ticket = tokens, None
         self.tally()
         self.limiter.request_started()
+        answered = False  # an answer the limiter reads follows: `observe`, or `refused` for a 429
         try:
             answer = self._send(texts, dimensions)
+            answered = True
+        except RateLimited:
+            answered = True
+            raise
         finally:
-            self.limiter.request_ended(self._outgoing.ticket)
+            self.limiter.request_ended(self._outgoing.ticket, answer_follows=answered)
         self.limiter.observe(answer.headers, tokens, answer.usage_tokens, self._outgoing.ticket)
         return answer
 

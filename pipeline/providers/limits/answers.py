@@ -27,6 +27,7 @@ from pipeline.providers.limits.headers import server_level, server_limit, server
 from pipeline.providers.limits.learned_window import LearnedWindow
 from pipeline.providers.limits.notes import NAMES, say_caps_held_back, say_limits_unreported
 from pipeline.providers.limits.refill_meter import RefillMeter
+from pipeline.providers.limits.refill_proof import RefillProof
 from pipeline.providers.limits.token_bucket import TokenBucket
 
 log = logging.getLogger("embedpipe")
@@ -41,6 +42,11 @@ class Ticket:
     debt: float | None = None
     places: tuple[float, float] | None = None  # in the requests and tokens buckets' lines
     solo: bool = False  # no other request was on its way when it left
+    # Of requests and tokens (`RefillProof`): let through before it, and of those, before the
+    # earliest still unanswered as it left.
+    starts: tuple[float, float] = (0.0, 0.0)
+    settled: tuple[float, float] = (0.0, 0.0)
+    amounts: tuple[float, float] = (1.0, 0.0)  # what it carries of each
 
 
 class LimitsFromAnswers:
@@ -65,6 +71,7 @@ class LimitsFromAnswers:
     _reset_sums: dict[str, ResetSums]
     _level_jumps: dict[str, LevelJumps]
     _meters: dict[str, RefillMeter]
+    _proofs: dict[str, RefillProof]
     settled: Callable[[], None]  # an answer came: `RateLimiter` lets requests held back for the first go
 
     def limit(self, name: str) -> float | None:
@@ -93,6 +100,7 @@ class LimitsFromAnswers:
         with self._counting:
             self._unanswered.discard(ticket)
             alone = ticket is not None and ticket.solo and not self._unanswered  # none other on its way, ever
+            self._prove_refill(headers, ticket)
         self._learn_limits(headers, {"requests": 1, "tokens": estimated_tokens}, since)
         if first:  # the first request was charged before any limit was known: it is the debt so far
             self._first_answer_without_levels()
@@ -118,6 +126,8 @@ class LimitsFromAnswers:
         self.refund(tokens)
         with self._counting:
             self._unanswered.discard(ticket)
+            for name, amount in zip(NAMES, (1, tokens)):
+                self._proofs[name].refused(ticket, amount)
         self._learn_limits(headers, None)
         self._follow_refill(headers, ticket, refused={"requests": 1, "tokens": tokens}, wait=wait)
         with self._learning:
@@ -132,6 +142,16 @@ class LimitsFromAnswers:
         self._follow_resets(headers, ticket, refused=tokens, wait=wait)
         self._cap(headers, None, alone=False)
         self.settled()
+
+    def _prove_refill(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
+        """Add an answer to what the reports show the server holds, of a budget that may not
+        refill between resets (`RefillProof`); under `_counting`."""
+        for index, name in enumerate(NAMES):
+            proof, left = self._proofs[name], server_remaining(headers, name)
+            if ticket is None or left is None:
+                proof.ended(ticket)
+                continue
+            proof.answered(ticket, left, ticket.settled[index], ticket.amounts[index])
 
     def _cap(
         self, headers: Mapping[str, str], ticket: Ticket | None, alone: bool, charged: Mapping[str, float] | None = None

@@ -21,6 +21,7 @@ from pipeline.providers.limits.fixed_windows import LevelJumps, ResetSums
 from pipeline.providers.limits.headers import server_level, server_remaining
 from pipeline.providers.limits.learned_window import LearnedWindow
 from pipeline.providers.limits.refill_meter import RefillMeter
+from pipeline.providers.limits.refill_proof import RefillProof
 from pipeline.providers.limits.token_bucket import TokenBucket
 
 FIRST_REQUEST_TOKENS = 1024  # before any limit is known: a request most servers' windows take (or one text)
@@ -28,6 +29,7 @@ SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the win
 # and at most a quarter second of the limit: latency grows with a request's size, and the last one's is the run's tail
 MOST_SECONDS_A_REQUEST = 0.25
 LONGEST_NAP = 0.5  # a waiting request asks again this often: a limit raised meanwhile lets it go sooner
+PROBE_NAP = 0.01  # a request held back behind a probe (`RefillProof`) asks again this often: its answer may free it
 
 
 class Stopped(Exception):
@@ -60,6 +62,7 @@ class RateLimiter(LimitsFromAnswers):
     ):
         self.caps = {"requests": requests_per_minute, "tokens": tokens_per_minute}
         self._meters = {name: RefillMeter() for name in NAMES}  # what a server that says no limit refills
+        self._proofs = {name: RefillProof() for name in NAMES}  # whether it refills between resets at all
         self.server_limits: dict[str, float | None] = dict.fromkeys(NAMES)
         self.share = share
         self.window = LearnedWindow()
@@ -110,11 +113,15 @@ class RateLimiter(LimitsFromAnswers):
         with self._counting:
             self._in_flight += 1
 
-    def request_ended(self, ticket: Ticket | None = None) -> None:
-        """The request is over, answered or not; `ticket`, where it got one, is no longer in flight."""
+    def request_ended(self, ticket: Ticket | None = None, answer_follows: bool = False) -> None:
+        """The request is over, answered or not; `ticket`, where it got one, is no longer in flight.
+        `answer_follows`: `observe` or `refused` is called next, with what the answer said."""
         with self._counting:
             self._in_flight -= 1
             self._unanswered.discard(ticket)
+            for proof in self._proofs.values():
+                if not answer_follows:  # else held until the answer is read: another probe would go blind
+                    proof.ended(ticket)
 
     @property
     def answered(self) -> bool:
@@ -133,17 +140,37 @@ class RateLimiter(LimitsFromAnswers):
         self.wait_for_first_answer()
         places = self.requests.reserve(1), self.tokens.reserve(tokens)
         try:
-            self._wait_for(places)
+            while (ticket := self._let_through(places, tokens)) is None:
+                self._sleep(PROBE_NAP)
         finally:
             self.requests.release(1)
             self.tokens.release(tokens)
+        return ticket
+
+    def _let_through(self, places: tuple[float, float], tokens: int) -> Ticket | None:
+        """Wait until the budgets cover `places`, then the ticket of the request that leaves, or
+        None where it must wait behind a probe (`RefillProof`): the server may not refill."""
+        self._wait_for(places)
         if self.stopped:
             raise Stopped("the rate limiter was stopped: no request leaves")
-        debts = [d for d in (self.requests.owe(1), self.tokens.owe(tokens)) if d is not None]
+        amounts = (1.0, float(tokens))
         with self._counting:
-            ticket = Ticket(self._clock(), max(debts) if debts else None, places, solo=not self._unanswered)
+            if any(self._proving(name) and not self._proofs[name].may_go(n) for name, n in zip(NAMES, amounts)):
+                return None
+            debts = [d for d in (self.requests.owe(1), self.tokens.owe(tokens)) if d is not None]
+            starts = (self._proofs["requests"].sent, self._proofs["tokens"].sent)
+            debt = max(debts) if debts else None
+            ticket = Ticket(self._clock(), debt, places, not self._unanswered, starts, self._settled(starts), amounts)
+            for name, amount in zip(NAMES, amounts):
+                self._proofs[name].let_through(amount, ticket)
             self._unanswered.add(ticket)
         return ticket
+
+    def _settled(self, starts: tuple[float, float]) -> tuple[float, float]:
+        """Of a request leaving now after `starts` requests and tokens: how many of them left
+        before the earliest request still unanswered (all of those were answered); under `_counting`."""
+        unanswered = [t.starts for t in self._unanswered if t is not None]
+        return min([starts[0], *(u[0] for u in unanswered)]), min([starts[1], *(u[1] for u in unanswered)])
 
     def request_tokens(self) -> int | None:
         """The most tokens one request should carry (None: no limit known): a quarter of what
@@ -206,6 +233,13 @@ class RateLimiter(LimitsFromAnswers):
             if self._first_sender == threading.get_ident():
                 self._first_sender = None
                 self._first.notify_all()
+
+    def _proving(self, name: str) -> bool:
+        """Whether budget `name` holds requests back until its refill is proven (`RefillProof`):
+        it has a limit, no fixed windows were found (they have their own resets), and no other
+        process spends it (their charges, unknown here, would show as ours)."""
+        bucket = self.requests if name == "requests" else self.tokens
+        return bucket.rate is not None and bucket.period is None and not self._shared
 
     def _wait_for(self, places: tuple[float, float]) -> None:
         """Sleep until the budgets cover `places`, and the transit margin after, or `stop`."""

@@ -68,6 +68,22 @@ def test_a_server_of_fixed_windows_has_its_last_window_spent_as_it_opens_not_pac
     assert max(in_last) < window / 2, in_last  # paced at the limit, they would take the whole window
 
 
+@pytest.mark.parametrize("window_kind", ["fixed", "bucket"])
+def test_a_bank_spent_with_many_requests_on_their_way_is_not_overrun_before_the_server_shows_a_refill(window_kind):
+    # Azure's tokens: a window counted and reset, its headers say only what is left. Eight seconds
+    # banked, answers a second late: dozens of requests are on their way as the bank runs out.
+    window, tpm, extra = 8.0, 60_000, 1_500
+    with FakeOpenAI(tpm=tpm, window=window, window_kind=window_kind, latency=1.0, limit_headers="remaining") as s:
+        texts = corpus(int(tpm / 60 * window) + extra)
+        start = time.monotonic()
+        embed_all(s, texts, tokens_per_minute=tpm)
+        took = time.monotonic() - start
+    assert len(s.calls) == len(texts)
+    assert s.rate_limited <= 1  # the one request that went past the bank alone, to find out
+    if window_kind == "bucket":  # it refilled while the probe was out: the rest goes at the limit
+        assert took < 1.0 + extra / (tpm / 60) + 3 * 1.0, took  # the first answer, the refill, three round trips
+
+
 def test_a_server_that_says_only_what_is_left_and_no_limits_configured_is_named_once_with_the_fix(caplog):
     with FakeOpenAI(tpm=60_000, rpm=6_000, window=1.0, latency=0.02, limit_headers="remaining") as server:
         texts = corpus(2_000)
