@@ -5,8 +5,9 @@ server's, from its `x-ratelimit-limit-*` headers, capped by the configured ones 
 neither known, nothing is held back but the 429s' retry-after. How much of the limit the server
 banks — a minute, or a few seconds — is learned (`LearnedWindow`), as is whether it takes our
 full rate: reading the answers is `LimitsFromAnswers`' part (answers.py), holding requests back
-by what they showed is this module's. `stop` wakes every waiting caller for good: after an answer
-no retry can fix, nobody sends.
+by what they showed is this module's. Until the answers show the server refills between resets,
+no more than one request at a time goes past what they show it holds (`RefillProof`). `stop`
+wakes every waiting caller for good: after an answer no retry can fix, nobody sends.
 """
 
 from __future__ import annotations
