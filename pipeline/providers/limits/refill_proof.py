@@ -52,7 +52,7 @@ class RefillProof:
     def answered(self, request: object, left: float, settled: float, amount: float) -> None:
         """The server took `request` of `amount` and said `left` was left; `settled`: the units
         let through before it whose answers had all come when it left."""
-        self._ended(request)
+        self.ended(request)
         if self.proven:
             return
         covered = left + settled + amount - self.refunded
@@ -64,12 +64,10 @@ class RefillProof:
     def refused(self, request: object, amount: float) -> None:
         """The server refused `request` of `amount`: it charged nothing."""
         self.refunded += amount
-        self._ended(request)
-
-    def _ended(self, request: object) -> None:
-        if request is not None and request is self.probe:
-            self.probe = None
+        self.ended(request)
 
     def ended(self, request: object) -> None:
-        """`request` is over, answered or not (a failure that carried no answer)."""
-        self._ended(request)
+        """`request` is over, answered or not (a failure that carried no answer): a probe it was
+        lets the next go."""
+        if request is not None and request is self.probe:
+            self.probe = None
