@@ -161,7 +161,11 @@ class RateLimiter(LimitsFromAnswers):
             debts = [d for d in (self.requests.owe(1), self.tokens.owe(tokens)) if d is not None]
             starts = (self._proofs["requests"].sent, self._proofs["tokens"].sent)
             debt = max(debts) if debts else None
-            ticket = Ticket(self._clock(), debt, places, not self._unanswered, starts, self._settled(starts), amounts)
+            # A probe is alone on its way only because the others wait for it: its report must not
+            # raise our level (`_cap`), whose margin for the trip there is shorter than a far server's.
+            probe = any(self._proving(name) and self._proofs[name].goes_past(n) for name, n in zip(NAMES, amounts))
+            solo = not self._unanswered and not probe
+            ticket = Ticket(self._clock(), debt, places, solo, starts, self._settled(starts), amounts)
             for name, amount in zip(NAMES, amounts):
                 self._proofs[name].let_through(amount, ticket)
             self._unanswered.add(ticket)

@@ -36,18 +36,22 @@ class RefillProof:
         self.bank = math.inf  # the most the server can have held before any refill, as its reports show it
         self.probe: object | None = None  # the request in flight past `covered`, if any
 
+    def goes_past(self, amount: float) -> bool:
+        """Whether a request of `amount` leaving now would be a probe: it goes past what the
+        reports show the server holds, and they have not shown a refill yet."""
+        known = not self.proven and self.covered != -math.inf
+        return known and self.sent - self.refunded + amount > self.covered
+
     def may_go(self, amount: float) -> bool:
-        """Whether a request of `amount` may leave now: the refill is proven, no report said yet
-        how much is left, what the reports show covers it, or no other request is out past it."""
-        past = self.sent - self.refunded + amount > self.covered
-        return self.proven or self.covered == -math.inf or not past or self.probe is None
+        """Whether a request of `amount` may leave now: it is no probe, or no other is out."""
+        return self.probe is None or not self.goes_past(amount)
 
     def let_through(self, amount: float, request: object) -> None:
         """A request of `amount` leaves (`may_go` said so); it is the probe where it goes past
         what the reports show."""
-        self.sent += amount
-        if not self.proven and self.covered != -math.inf and self.sent - self.refunded > self.covered:
+        if self.goes_past(amount):
             self.probe = request
+        self.sent += amount
 
     def answered(self, request: object, left: float, settled: float, amount: float) -> None:
         """The server took `request` of `amount` and said `left` was left; `settled`: the units
