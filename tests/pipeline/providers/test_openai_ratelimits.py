@@ -81,7 +81,8 @@ def test_a_bank_spent_with_many_requests_on_their_way_is_not_overrun_before_the_
     assert len(s.calls) == len(texts)
     assert s.rate_limited <= 1  # the one request that went past the bank alone, to find out
     if window_kind == "bucket":  # it refilled while the probe was out: the rest goes at the limit
-        assert took < 1.0 + extra / (tpm / 60) + 3 * 1.0, took  # the first answer, the refill, three round trips
+        # The first answer, the refill, a few round trips; a probe at a time would take 8 s or more.
+        assert took < 1.0 + extra / (tpm / 60) + 4 * 1.0, took
 
 
 def test_a_server_that_says_only_what_is_left_and_no_limits_configured_is_named_once_with_the_fix(caplog):
