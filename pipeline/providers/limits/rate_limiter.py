@@ -120,8 +120,8 @@ class RateLimiter(LimitsFromAnswers):
         with self._counting:
             self._in_flight -= 1
             self._unanswered.discard(ticket)
-            for proof in self._proofs.values():
-                if not answer_follows:  # else held until the answer is read: another probe would go blind
+            if not answer_follows:  # else a probe is held until its answer is read: another would go blind
+                for proof in self._proofs.values():
                     proof.ended(ticket)
 
     @property
@@ -156,15 +156,15 @@ class RateLimiter(LimitsFromAnswers):
             raise Stopped("the rate limiter was stopped: no request leaves")
         amounts = (1.0, float(tokens))
         with self._counting:
-            if any(self._proving(name) and not self._proofs[name].may_go(n) for name, n in zip(NAMES, amounts)):
+            proving = [(self._proofs[name], n) for name, n in zip(NAMES, amounts) if self._proving(name)]
+            if not all(proof.may_go(n) for proof, n in proving):
                 return None
             debts = [d for d in (self.requests.owe(1), self.tokens.owe(tokens)) if d is not None]
             starts = (self._proofs["requests"].sent, self._proofs["tokens"].sent)
             debt = max(debts) if debts else None
             # A probe is alone on its way only because the others wait for it: its report must not
             # raise our level (`_cap`), whose margin for the trip there is shorter than a far server's.
-            probe = any(self._proving(name) and self._proofs[name].goes_past(n) for name, n in zip(NAMES, amounts))
-            solo = not self._unanswered and not probe
+            solo = not self._unanswered and not any(proof.goes_past(n) for proof, n in proving)
             ticket = Ticket(self._clock(), debt, places, solo, starts, self._settled(starts), amounts)
             for name, amount in zip(NAMES, amounts):
                 self._proofs[name].let_through(amount, ticket)
