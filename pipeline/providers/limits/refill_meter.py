@@ -7,7 +7,8 @@ less what it charged the requests that reached it in between. Once every request
 between has been answered, their charges are known: the refill over the span, ÷ its length, is
 the server's rate. A bucket that was full for part of the span refilled less than its rate
 (the rest was lost), so a measure is a lower bound: always safe to raise a limit to, and where
-the server just refused a request (its bucket was short, not full), close to the rate.
+the server just refused a request (its bucket was short, not full), close to the rate. The
+refusal's wait tells it sooner: a bucket asks for what was short ÷ its refill.
 """
 
 from __future__ import annotations
@@ -62,17 +63,19 @@ class RefillMeter:
 
     def _lower(self, answered_before: float, limit: float, short: float, wait: float | None) -> None:
         # A change under way shows in the latest second before it outweighs the span.
-        measures = self._measures(answered_before)
+        measures = [60 * rate for rate in self._measures(answered_before)]
         followed = self.shown or limit
         # A bucket asks for the time its refill takes to cover what was short: at half the limit followed at
         # the slowest, as we lower by half at most. Longer is no such bucket's wait (a fixed window's reset).
-        if not measures or wait is None or wait > short / (followed / 60 / 2) + WAIT_SLACK:
+        if wait is None or wait > short / (followed / 60 / 2) + WAIT_SLACK:
             return
-        measured = 60 * min(measures)
-        if self.shown is not None:  # refused at the rate followed, or above it: its margin was too thin
-            self.shown = max(min(measured, self.shown) * FOLLOWED_AT, followed / 2)
-        elif 60 * max(measures) < LOWERED * limit:  # both spans short of the limit, not a second's noise
-            self.shown = max(measured * FOLLOWED_AT, followed / 2)
+        # A wait past what 90% of the limit's refill takes, by more than its slack (rounding, token counts that
+        # differ), tells the rate at once: the measures come a second of answers late, each request meanwhile refused.
+        told = [60 * short / wait] if wait > short / (LOWERED * followed / 60) + WAIT_SLACK else []
+        if self.shown is not None and measures + told:  # refused at the rate followed: its margin was too thin
+            self.shown = max(min(*measures, *told, self.shown) * FOLLOWED_AT, followed / 2)
+        elif told or measures and max(measures) < LOWERED * limit:  # both spans short, not a second's noise
+            self.shown = max(min(measures + told) * FOLLOWED_AT, followed / 2)
 
     def _raise(self, answered_before: float, limit: float, window: float) -> None:
         # Only what the server refilled since we lowered the limit: a span from before averages in the rate it fell

@@ -200,7 +200,8 @@ def test_a_bucket_limit_halved_and_restored_without_a_word_is_followed_from_what
         embed_all(server, texts, tokens_per_minute=60_000)
     assert len(server.calls) == len(texts)
     refused = [round(at - start, 1) for at, *_ in server.refusals]
-    assert len([at for at in refused if at >= 4.5]) <= 1, refused  # what it refilled since 3 s was seen
+    # The surprise at 3 s, and one whose wait shows the slower refill (4 before the wait was read, at 3.1-4.7 s)
+    assert len(refused) <= 2, refused
     admitted = sum(tokens for at, tokens in server.admissions if at - start >= 10.0)
     took = server.admissions[-1][0] - start - 10.0
     assert admitted / took > 0.9 * full, (admitted, took)  # two seconds after 8 s, the whole limit again

@@ -50,6 +50,10 @@ REFUSED = (50.0, 1.0)  # 50 short, a wait of a second: what a bucket refilling 5
         (HALVED, 5_000, (50.0, None), None),  # no wait told: nothing says a bucket refused
         (HALVED, 2_000, REFUSED, None),  # the server refills more than the limit we know: nothing to follow
         (STEADY, 6_300, (50.0, 0.5), None),  # 95% of the limit: the noise of when requests reached the server
+        # the measures show the whole limit, but a wait for 50 of 0.8 s tells a refill of 62.5 a second
+        (STEADY, 6_000, (50.0, 0.8), 62.5 * 60 * 0.97),
+        ([], 6_000, (50.0, 0.8), 62.5 * 60 * 0.97),  # before any measure
+        (STEADY, 6_000, (50.0, 0.6), None),  # within the wait's slack (rounding, token counts) of 90% of the limit
         ([(t / 2, 0.0, 50.0 * (t % 4 == 0)) for t in range(9)], 6_000, REFUSED, 3_000),  # a quarter: halved at most
     ],
 )
