@@ -124,7 +124,7 @@ class OpenAIEmbedder(HTTPEmbedder):
 
     @classmethod
     def endpoint(cls, config: EmbeddingConfig) -> str | None:
-        return config.base_url or os.environ.get("OPENAI_BASE_URL")  # the server actually used
+        return chosen_base_url(config)
 
     @functools.cached_property
     def dimensions(self) -> int:
@@ -192,6 +192,12 @@ class OpenAIEmbedder(HTTPEmbedder):
         (client or self._transport).close()
 
 
+def chosen_base_url(config: EmbeddingConfig) -> str | None:
+    """The server the client will send to, as the user chose it: `embedding.base_url`, else
+    OPENAI_BASE_URL; None for OpenAI's own API."""
+    return config.base_url or os.environ.get("OPENAI_BASE_URL")
+
+
 def api_base_url(base_url: str | None) -> httpx2.URL:
     """The URL `openai.OpenAI(base_url=base_url)` sends to, worked out without importing `openai`:
     `base_url`, else OPENAI_BASE_URL, else OpenAI's API, with a '/' ending its path as the client
@@ -211,7 +217,7 @@ def check_key_destination(config: EmbeddingConfig) -> None:
     (YAML or --set), even when that is OPENAI_API_KEY again. Raises ConfigError; sends nothing."""
     if "api_key_env" in config.model_fields_set or config.api_key_block:
         return
-    url = config.base_url or os.environ.get("OPENAI_BASE_URL")  # where the client will send it
+    url = chosen_base_url(config)
     if not url or is_openai_host(url):
         return
     shown = re.sub(r"//[^/]*@", "//", url).split("?")[0]  # user, password and query may hold a secret
