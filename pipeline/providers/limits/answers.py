@@ -26,7 +26,7 @@ from pipeline.providers.limits.fixed_windows import (
 from pipeline.providers.limits.headers import server_level, server_limit, server_remaining, until_reset
 from pipeline.providers.limits.learned_window import LearnedWindow
 from pipeline.providers.limits.notes import NAMES, say_caps_held_back, say_limits_unreported
-from pipeline.providers.limits.refill_meter import RefillMeter
+from pipeline.providers.limits.refill_meter import RefillMeter, Refusal
 from pipeline.providers.limits.refill_proof import RefillProof
 from pipeline.providers.limits.token_bucket import TokenBucket
 
@@ -214,9 +214,9 @@ class LimitsFromAnswers:
                 if left is None or limit is None or bucket.period is not None or server_limit(headers, name):
                     continue
                 meter.add(ticket.sent_at, left, charged[name] if charged else 0.0)
-                refusal = None  # (units short, the wait asked) of a refusal for this budget, at the limit followed
+                refusal = None  # of this budget, at the limit followed
                 if refused is not None and left < refused[name] and ticket.sent_at > self._limits_changed_at:
-                    refusal = (refused[name] - left, wait)
+                    refusal = Refusal(refused[name] - left, wait)
                 if meter.follow(self._earliest_unanswered_sent(), limit, self.window.seconds, refusal):
                     self._limits_changed_at = self._clock()
                     log.info(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 SPAN = 3.0  # seconds of answers, by when their requests left, that one measure covers
 SHORTEST = 1.0  # a shorter span's measure is the noise of when requests reached the server
@@ -25,6 +26,7 @@ FOLLOWED_AT = 0.97  # of a lowered rate measured: what we spend, short of it by 
 RAISED = 1.1  # of a lowered limit followed: a measure above shows it raised again
 RESTORED = 0.9  # of the limit the config or headers give: a measure above it restores that limit
 WAIT_SLACK = 0.05  # seconds a 429's wait may run past its refill: the server's rounding, the answer's trip
+AGREED = 0.1  # apart, of the larger: two refusals' waits that tell rates this close tell a bucket's refill
 
 
 @dataclass(frozen=True, order=True)
@@ -37,6 +39,13 @@ class Report:
     charged: float
 
 
+class Refusal(NamedTuple):
+    """A 429 for one budget: the units it was `short`, and the seconds it asked us to `wait`."""
+
+    short: float
+    wait: float | None
+
+
 class RefillMeter:
     """The reports of one budget, in the order their requests left, and the refill they show."""
 
@@ -44,38 +53,49 @@ class RefillMeter:
         self._reports: list[Report] = []
         self.shown: float | None = None  # a limit a minute the measures showed, below the one known otherwise
         self._lowered_at = -math.inf  # `shown` was last lowered for answers to requests that left before this
+        self._last_told: tuple[float, float] | None = None  # (answered before, a minute) of the last refusal's wait
 
-    def follow(
-        self, answered_before: float, limit: float, window: float, refusal: tuple[float, float | None] | None = None
-    ) -> bool:
+    def follow(self, answered_before: float, limit: float, window: float, refusal: Refusal | None = None) -> bool:
         """Measure the rate as of `answered_before`, and follow it where it shows the server's
         limit other than `limit` (a minute, as the config or headers give it): lowered at a
-        `refusal` of this budget (the units it was short, the seconds it asked us to wait), or
-        raised again, where the server refilled faster or banked more than `window` seconds of
-        the limit followed. Returns whether `shown` changed."""
+        `refusal` of this budget, or raised again, where the server refilled faster or banked more
+        than `window` seconds of the limit followed. Returns whether `shown` changed."""
         before = self.shown
         if refusal is not None:
-            self._lower(answered_before, limit, *refusal)
+            self._lower(answered_before, limit, refusal)
             self._lowered_at = answered_before if self.shown != before else self._lowered_at
         elif self.shown is not None:
             self._raise(answered_before, limit, window)
         return self.shown != before
 
-    def _lower(self, answered_before: float, limit: float, short: float, wait: float | None) -> None:
+    def _lower(self, answered_before: float, limit: float, refusal: Refusal) -> None:
         # A change under way shows in the latest second before it outweighs the span.
         measures = [60 * rate for rate in self._measures(answered_before)]
-        followed = self.shown or limit
+        followed, (short, wait) = self.shown or limit, refusal
         # A bucket asks for the time its refill takes to cover what was short: at half the limit followed at
         # the slowest, as we lower by half at most. Longer is no such bucket's wait (a fixed window's reset).
         if wait is None or wait > short / (followed / 60 / 2) + WAIT_SLACK:
             return
-        # A wait past what 90% of the limit's refill takes, by more than its slack (rounding, token counts that
-        # differ), tells the rate at once: the measures come a second of answers late, each request meanwhile refused.
-        told = [60 * short / wait] if wait > short / (LOWERED * followed / 60) + WAIT_SLACK else []
+        rate = 60 * short / wait if wait > 0 else math.inf  # what the wait tells
+        told = self._told(answered_before, rate, followed)
         if self.shown is not None and measures + told:  # refused at the rate followed: its margin was too thin
             self.shown = max(min(*measures, *told, self.shown) * FOLLOWED_AT, followed / 2)
-        elif told or measures and max(measures) < LOWERED * limit:  # both spans short, not a second's noise
+        elif told:
             self.shown = max(min(measures + told) * FOLLOWED_AT, followed / 2)
+        elif measures and max(measures) < LOWERED * limit:  # both spans short, not a second's noise: lowered
+            self.shown = max(min(*measures, rate) * FOLLOWED_AT, followed / 2)  # to where, the wait may tell sooner
+
+    def _told(self, answered_before: float, rate: float, followed: float) -> list[float]:
+        """The rate a minute the waits of this refusal and the last tell, where they agree and are
+        below the limit `followed`. The measures come a second of answers after a change, and
+        each request meanwhile is refused; a wait tells it at once, but one wait alone may be a
+        fixed window's reset that happens to fit a bucket, or a few units short counted otherwise
+        by the server. Two that tell the same rate are a bucket's refill."""
+        last, self._last_told = self._last_told, (answered_before, rate)
+        if last is None or answered_before - last[0] > SPAN or abs(rate - last[1]) > AGREED * max(rate, last[1]):
+            return []
+        told = max(rate, last[1])
+        return [told] if told < LOWERED * followed else []
 
     def _raise(self, answered_before: float, limit: float, window: float) -> None:
         # Only what the server refilled since we lowered the limit: a span from before averages in the rate it fell

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.providers.limits.refill_meter import RefillMeter
+from pipeline.providers.limits.refill_meter import RefillMeter, Refusal
 
 
 def meter_of(reports: list[tuple[float, float, float]]) -> RefillMeter:
@@ -38,7 +38,7 @@ def test_the_refill_is_what_is_left_at_the_end_less_at_the_start_plus_what_was_c
 HALVED = [(t / 2, 10.0, 50.0) for t in range(8)] + [(4 + t / 2, 0.0, 50.0 * (t % 2)) for t in range(8)]
 
 
-REFUSED = (50.0, 1.0)  # 50 short, a wait of a second: what a bucket refilling 50 a second asks
+REFUSED = Refusal(50.0, 1.0)  # 50 short, a wait of a second: what a bucket refilling 50 a second asks
 
 
 @pytest.mark.parametrize(
@@ -46,20 +46,37 @@ REFUSED = (50.0, 1.0)  # 50 short, a wait of a second: what a bucket refilling 5
     [
         (HALVED, 5_000, REFUSED, 50 * 60 * 0.97),  # the server refilling 60% of the limit: followed, a little under
         (HALVED, 5_000, None, None),  # a taken answer lowers nothing
-        (HALVED, 5_000, (50.0, 5.0), None),  # a wait no bucket refilling half of that asks: a fixed window's reset
-        (HALVED, 5_000, (50.0, None), None),  # no wait told: nothing says a bucket refused
+        (HALVED, 5_000, Refusal(45.0, 1.0), 45 * 60 * 0.97),  # the measures show a change, the wait how far: 45 a second
+        (HALVED, 5_000, Refusal(50.0, 5.0), None),  # a wait no bucket refilling half of that asks: a fixed window's reset
+        (HALVED, 5_000, Refusal(50.0, None), None),  # no wait told: nothing says a bucket refused
         (HALVED, 2_000, REFUSED, None),  # the server refills more than the limit we know: nothing to follow
-        (STEADY, 6_300, (50.0, 0.5), None),  # 95% of the limit: the noise of when requests reached the server
-        # the measures show the whole limit, but a wait for 50 of 0.8 s tells a refill of 62.5 a second
-        (STEADY, 6_000, (50.0, 0.8), 62.5 * 60 * 0.97),
-        ([], 6_000, (50.0, 0.8), 62.5 * 60 * 0.97),  # before any measure
-        (STEADY, 6_000, (50.0, 0.6), None),  # within the wait's slack (rounding, token counts) of 90% of the limit
+        (STEADY, 6_300, Refusal(50.0, 0.5), None),  # 95% of the limit: the noise of when requests reached the server
         ([(t / 2, 0.0, 50.0 * (t % 4 == 0)) for t in range(9)], 6_000, REFUSED, 3_000),  # a quarter: halved at most
     ],
 )
 def test_a_refusal_where_the_server_refilled_less_than_the_limit_lowers_it_to_that(reports, limit, refusal, shown):
     meter = meter_of(reports)
     assert meter.follow(answered_before=100.0, limit=limit, window=60.0, refusal=refusal) is (shown is not None)
+    assert meter.shown == (None if shown is None else pytest.approx(shown))
+
+
+@pytest.mark.parametrize(
+    "first, second, apart, shown",
+    [
+        (Refusal(10.0, 0.16), Refusal(50.0, 0.8), 0.3, 62.5 * 60 * 0.97),  # both tell 62.5 a second: followed at once
+        (None, Refusal(50.0, 0.8), 0.3, None),  # one wait alone: maybe a reset's, or a few units counted otherwise
+        (Refusal(10.0, 0.2), Refusal(50.0, 0.8), 0.3, None),  # 50 and 62.5 a second: a fixed window's resets
+        (Refusal(10.0, 0.16), Refusal(50.0, 0.8), 5.0, None),  # seconds apart: not the same change
+        (Refusal(10.0, 0.11), Refusal(50.0, 0.55), 0.3, None),  # both 91 a second: within 90% of the limit
+    ],
+)
+def test_two_refusals_whose_waits_tell_the_same_slower_refill_lower_the_limit_before_the_measures_show_it(
+    first, second, apart, shown
+):
+    meter = meter_of(STEADY)  # the measures show the whole limit, 100 a second
+    if first is not None:
+        assert meter.follow(answered_before=4.0, limit=6_000, window=60.0, refusal=first) is False
+    assert meter.follow(answered_before=4.0 + apart, limit=6_000, window=60.0, refusal=second) is (shown is not None)
     assert meter.shown == (None if shown is None else pytest.approx(shown))
 
 
