@@ -76,14 +76,13 @@ class RefillMeter:
         # the slowest, as we lower by half at most. Longer is no such bucket's wait (a fixed window's reset).
         if wait is None or wait > short / (followed / 60 / 2) + WAIT_SLACK:
             return
-        rate = 60 * short / wait if wait > 0 else math.inf  # what the wait tells
-        told = self._told(answered_before, rate, followed)
-        if self.shown is not None and measures + told:  # refused at the rate followed: its margin was too thin
-            self.shown = max(min(*measures, *told, self.shown) * FOLLOWED_AT, followed / 2)
-        elif told:
-            self.shown = max(min(measures + told) * FOLLOWED_AT, followed / 2)
+        by_wait = 60 * short / wait if wait > 0 else math.inf
+        told = self._told(answered_before, by_wait, followed)
+        # two waits agree, or refused at the rate followed (its margin was too thin): the lowest of what shows
+        if told or self.shown is not None and measures:
+            self.shown = max(min(*measures, *told, self.shown or math.inf) * FOLLOWED_AT, followed / 2)
         elif measures and max(measures) < LOWERED * limit:  # both spans short, not a second's noise: lowered
-            self.shown = max(min(*measures, rate) * FOLLOWED_AT, followed / 2)  # to where, the wait may tell sooner
+            self.shown = max(min(*measures, by_wait) * FOLLOWED_AT, followed / 2)  # to where, the wait may tell sooner
 
     def _told(self, answered_before: float, rate: float, followed: float) -> list[float]:
         """The rate a minute the waits of this refusal and the last tell, where they agree and are
