@@ -10,7 +10,8 @@ The loopback server runs in its own process and enforces RPM and TPM as servers 
 banks `window` seconds of budget (a token bucket of limit × window / 60, refilled continuously;
 the API banks a minute, Azure OpenAI evaluates 1 or 10 s), answers 429 with retry-after-ms, and
 sends x-ratelimit-* headers. In `halved` both limits (enforcement and headers) halve a third of
-the way into the run and come back at two thirds. Every client embeds the same texts against a
+the way into the run and come back at two thirds; in `halved-early` (a 1 s bank) they halve half a
+second in and come back a third of the way. Every client embeds the same texts against a
 fresh server whose budget starts full, as an idle key's does. Latency is 150 ms plus 20 ms per
 1,000 tokens of the request.
 
@@ -103,6 +104,17 @@ SCENARIOS = [
         words=(20, 60),
         halved=(1 / 3, 2 / 3),
         trip=0.15,
+    ),
+    # Halved half a second in, before a server of fixed windows has shown them (found since at their period, not 3 s)
+    Scenario(
+        "halved-early",
+        "tokens",
+        rpm=10_000,
+        tpm=1_000_000,
+        window=1,
+        seconds=45,
+        words=(20, 60),
+        halved=(0.5 / 45, 1 / 3),
     ),
 ]
 WORDS = "invoice refund printer login password shipping delay broken screen battery order account email update".split()

@@ -208,7 +208,8 @@ class LimitsFromAnswers:
         for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):
             left, limit, meter = server_remaining(headers, name), self._known_limit(name), self._meters[name]
             with self._learning:
-                if bucket.period is not None and meter.shown is not None:
+                if bucket.period is not None and meter.shown is not None:  # the windows' own way from here
+                    bucket.shown_elsewhere(meter.shown * self.share / 60 * bucket.period)
                     meter.shown = None
                     self._relearn(True)
                 if left is None or limit is None or bucket.period is not None or server_limit(headers, name):
@@ -285,8 +286,9 @@ class LimitsFromAnswers:
         if level is None or ticket is None:
             return False
         jumps, level = self._level_jumps[name], level * self.share
-        if charged is not None:
-            return follow_jumps(bucket, jumps, level, charged[name] * self.share, sent_at, now, window)
+        if charged is not None and (known := self._known_limit(name)):
+            known_rate = known * self.share / 60
+            return follow_jumps(bucket, jumps, level, charged[name] * self.share, sent_at, now, window, known_rate)
         if refused is not None and wait:
             needed = 1 if name == "requests" else refused * self.share
             return follow_refusal(bucket, jumps, needed, level, wait, now, window)

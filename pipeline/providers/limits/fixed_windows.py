@@ -82,11 +82,12 @@ def of_a_window_gone(bucket: TokenBucket, sent_at: float, headers: Mapping[str, 
 class LevelJumps:
     """One budget's reports of what is left, from a server that does not say when it is full again:
     the recent ones (when the request left, when its answer came, the level), the most it ever
-    held (a fixed window's budget is at least that: its period at least that over the limit), and
-    the last reset a 429 told exactly (when it came plus the wait it asked for)."""
+    held in seconds of the limit as known (a fixed window's budget is at least that: its period
+    at least that many seconds), and the last reset a 429 told exactly (when it came plus
+    the wait it asked for)."""
 
     reports: deque = field(default_factory=deque)
-    most: float = 0.0
+    most_seconds: float = 0.0
     told: float | None = None
 
     def add(self, sent_at: float, answered_at: float, level: float, rate: float, budget: float) -> float | None:
@@ -102,25 +103,35 @@ class LevelJumps:
             self.reports.popleft()
         return earliest
 
-    def period(self, bucket: TokenBucket, rate: float, window: float) -> float:
+    def period(self, bucket: TokenBucket, window: float) -> float:
         """The bucket's period, or before it has one the least the period of fixed windows can
-        be: the window learned, or the most the budget held over the limit's `rate`."""
-        return bucket.period or max(window, self.most / rate)
+        be: the window learned, or the most seconds of the limit the budget held."""
+        return bucket.period or max(window, self.most_seconds)
 
 
 def follow_jumps(
-    bucket: TokenBucket, jumps: LevelJumps, level: float, charged: float, sent_at: float, now: float, window: float
+    bucket: TokenBucket,
+    jumps: LevelJumps,
+    level: float,
+    charged: float,
+    sent_at: float,
+    now: float,
+    window: float,
+    known_rate: float,
 ) -> bool:
     """Add what an answer to a request of `charged` units said is left (`level`, of this process's
     share) to `jumps`; once a level jumps, have `bucket` refill only at the resets, one of them no
     earlier than the jump allows. `window`: the window learned; `bucket.limit_rate`: the limit's
-    rate (not slowed by a pace learned from refusals). Returns whether this answer was the one that
-    showed them."""
+    rate (not slowed by a pace learned from refusals); `known_rate`: our share of the limit a
+    second as the config and headers give it, where `bucket.limit_rate` may follow a slower refill
+    measured (`RefillMeter`). Returns whether this answer was the one that showed them."""
     rate = bucket.limit_rate
     if rate is None:
         return False
-    jumps.most = max(jumps.most, level + charged)
-    period = jumps.period(bucket, rate, window)
+    # In seconds of the limit as known, not of a slower refill measured: that measure takes the server for a
+    # bucket, and a fixed window's refill is lumpy (a 1 s window halved before it was found was taken for 2-3 s).
+    jumps.most_seconds = max(jumps.most_seconds, (level + charged) / known_rate)
+    period = jumps.period(bucket, window)
     earliest = jumps.add(sent_at, now, level, rate, rate * period)
     if earliest is None:
         return False
@@ -148,7 +159,7 @@ def follow_refusal(
     jumps.told = reset  # kept before the windows are found too: a jump then says when they reset
     if first and wait <= needed / rate + window / 2:  # as a bucket at the limit could ask
         return False
-    period = max(jumps.period(bucket, rate, window), wait)
+    period = max(jumps.period(bucket, window), wait)
     if before is not None and (count := round((reset - before) / period)) >= 1:
         period = max(period, (reset - before) / count)  # a period learned short: its resets came early
     bucket.resets_every(period, reset, exact=True)

@@ -158,7 +158,9 @@ class TokenBucket:
             elif place is not None and self._believe_next:  # a reset found, not foreseen: once, then our own
                 # Nothing refilled; callers still waiting go this window, wherever they are in line.
                 believed = told + self.waiting - max(self.reserved - place, self.waiting)
-                self.level, self._believe_next = max(self.level, min(self.capacity, believed)), False
+                raised = max(0.0, min(self.capacity, believed) - self.level)
+                # The window holds what we raised by more than we thought: a report of it later is not a limit restored.
+                self.level, self._held, self._believe_next = self.level + raised, self._held + raised, False
 
     def resets_every(self, period: float, next_reset: float, exact: bool = False) -> None:
         """The server resets this budget every `period` seconds, one of them at `next_reset` (a
@@ -196,6 +198,15 @@ class TokenBucket:
             self._shown = max(self._shown, shown)
             if shown > self._held:
                 self.level, self._held = self.level + shown - self._held, shown
+
+    def shown_elsewhere(self, held: float) -> None:
+        """Fixed windows just found, mid-window: another measure (the refill measured while we took
+        the server for a bucket) showed the window under way to hold `held`. The next one opens at
+        that, unless this one's reports show more: its own reports were not all seen."""
+        with self._lock:
+            self._refill()
+            if self.period is not None:
+                self._shown, self._watched = max(self._shown, held), True
 
     def _held_next(self, now: float, period: float) -> float:
         """What the window opening at the reset due now holds: the whole capacity, or what the

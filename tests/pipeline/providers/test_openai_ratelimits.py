@@ -186,6 +186,30 @@ def test_a_fixed_window_limit_halved_and_restored_without_a_word_is_followed_fro
     assert all(admitted[w] > 0.9 * full for w in range(7, last)), admitted  # window 6 showed half, 7 the whole
 
 
+def test_fixed_windows_whose_limit_halves_before_they_are_found_are_still_found_at_their_period():
+    window, full = 1.0, 1_000  # 60,000 tokens a minute: 1,000 a window, counted and reset each second
+
+    def halve_then_restore(server):
+        origin = server.budgets["tokens"].origin
+        for at, tpm in ((0.5, 30_000), (4.0, 60_000)):  # halved while the first window is spent: nothing found yet
+            time.sleep(max(0.0, origin + at - time.monotonic()))
+            server.set_limits(tpm=tpm)  # Azure's headers say only what is left: nothing tells of it
+
+    with FakeOpenAI(tpm=60_000, window=window, window_kind="fixed", latency=0.02, limit_headers="remaining") as server:
+        threading.Thread(target=halve_then_restore, args=(server,), daemon=True).start()
+        texts = corpus(full + 3 * full // 2 + 4 * full)
+        client = embed_all(server, texts, tokens_per_minute=60_000)
+        origin = server.budgets["tokens"].origin
+    assert len(server.calls) == len(texts)
+    # Judged by the halved refill measured as a bucket's, the windows were taken for 3 s: 17 of 42 refused, 16 s
+    assert client.limiter.tokens.period == pytest.approx(window, abs=0.1)
+    assert server.rate_limited <= 4, [round(at - origin, 2) for at, *_ in server.refusals]
+    admitted = {}
+    for at, tokens in server.admissions:
+        admitted[int((at - origin) // window)] = admitted.get(int((at - origin) // window), 0) + tokens
+    assert all(admitted.get(w, 0) > 0.85 * full for w in range(5, max(admitted))), admitted  # restored at 4 s
+
+
 def test_a_bucket_limit_halved_and_restored_without_a_word_is_followed_from_what_the_server_refills():
     full, start = 1_000, time.monotonic()  # 60,000 tokens a minute: 1,000 a second, a second banked
 

@@ -146,6 +146,20 @@ def test_only_the_first_report_after_fixed_windows_are_found_may_raise_the_level
     assert bucket.level == pytest.approx(100)
 
 
+def test_a_window_believed_from_its_first_report_is_not_credited_again_when_the_whole_limit_returns():
+    clock = Clock()
+    bucket = TokenBucket(24_000, clock, window=1.0)  # a lowered refill followed, as a bucket's: 400 a window
+    place = bucket.reserve(114)
+    bucket.release(114)
+    bucket.release(bucket.reserve(3_000))  # sent after it
+    bucket.resets_every(1.0, next_reset=0.6)  # fixed windows found mid-window
+    bucket.cap(886, since=0.0, place=place)  # the server reset before we knew: 886 left, then our 3,000
+    assert bucket.level == pytest.approx(886 - 3_000)
+    bucket.set_limit(60_000, 1.0)  # the whole limit again: 1,000 a window
+    bucket.shown_in_window(772, 114, sent_at=0.1)  # a later report of the same window: 886 in all, as told
+    assert bucket.level == pytest.approx(886 - 3_000)  # credited once (twice, 486 more went into a spent window)
+
+
 def test_a_budget_of_fixed_windows_is_spent_at_the_whole_limit_whatever_slowed_the_pace():
     clock = Clock()
     limit = RateLimiter(sleep=clock.sleep, clock=clock, transit_margin=0)
@@ -199,6 +213,25 @@ def test_a_window_not_watched_from_its_start_shows_nothing_of_the_next():
     bucket.shown_in_window(400, 100, 0.1)
     clock.now = 0.5
     assert take(bucket, 0) == 0 and bucket.level == pytest.approx(1_000)
+
+
+@pytest.mark.parametrize(
+    "reports, held_next",
+    [
+        ([], 500),  # the refill measured while the server was taken for a bucket: half the limit
+        ([(100, 100, 0.1)], 500),  # a report of the window under way that shows no more
+        ([(800, 100, 0.1)], 1_000),  # one that shows more: the limit is back
+    ],
+)
+def test_a_window_found_mid_way_opens_the_next_at_the_slower_refill_measured_before_it(reports, held_next):
+    clock = Clock()
+    bucket = TokenBucket(60_000, clock, window=1.0)
+    bucket.resets_every(1.0, next_reset=0.5)  # found mid-window: its reports were not all seen
+    bucket.shown_elsewhere(500)
+    for remaining, charged, sent_at in reports:
+        bucket.shown_in_window(remaining, charged, sent_at)
+    clock.now = 0.5
+    assert take(bucket, 0) == 0 and bucket.level == pytest.approx(held_next)
 
 
 def test_a_report_of_more_than_the_window_was_believed_to_hold_is_spent_at_once():
@@ -281,9 +314,21 @@ def test_resets_told_a_window_apart_correct_a_period_learned_short():
 def test_a_jump_after_a_told_wait_takes_the_reset_it_told():
     clock = Clock()
     bucket, jumps = fixed_bucket(clock), LevelJumps()
-    follow_jumps(bucket, jumps, level=0, charged=100, sent_at=0.0, now=0.1, window=10.0)
+    follow_jumps(bucket, jumps, level=0, charged=100, sent_at=0.0, now=0.1, window=10.0, known_rate=bucket.limit_rate)
     clock.now = 0.2
     follow_refusal(bucket, jumps, needed=100, level=0, wait=2.8, now=0.2, window=10.0)  # a bucket could ask that
     clock.now = 3.2
-    assert follow_jumps(bucket, jumps, level=900, charged=100, sent_at=3.0, now=3.2, window=10.0)
+    assert follow_jumps(
+        bucket, jumps, level=900, charged=100, sent_at=3.0, now=3.2, window=10.0, known_rate=bucket.limit_rate
+    )
     assert bucket.period == pytest.approx(10.0) and bucket.reset_at == pytest.approx(13.0)  # not 10, from 0.0
+
+
+def test_the_most_a_budget_held_counts_in_seconds_of_the_limit_as_known_then():
+    clock = Clock()
+    bucket, jumps = fixed_bucket(clock), LevelJumps()
+    follow_jumps(bucket, jumps, level=900, charged=100, sent_at=0.0, now=0.1, window=1.0, known_rate=100.0)
+    assert jumps.period(bucket, window=1.0) == pytest.approx(10.0)  # 1,000 held at 100 a second
+    # Our share halved: 500 held now is 10 s of it too, and the 1,000 before is not 20 s
+    follow_jumps(bucket, jumps, level=400, charged=100, sent_at=0.2, now=0.3, window=1.0, known_rate=50.0)
+    assert jumps.period(bucket, window=1.0) == pytest.approx(10.0)
