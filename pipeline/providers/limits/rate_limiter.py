@@ -232,6 +232,13 @@ class RateLimiter(LimitsFromAnswers):
             if not self._answered:
                 self._first_sender = me
 
+    def wait_for_room(self) -> None:
+        """Return once the callers waiting for budget hold no more than a window's worth of it (or
+        `stop`): a request is sized when it joins them, so a limit that falls meets no longer a line
+        of requests sized for the old one (32 of them, 16 s of a halved 1 s window)."""
+        while not self.stopped and any(b.waiting > b.capacity for b in (self.requests, self.tokens)):
+            self._sleep(PROBE_NAP)
+
     def pass_first_request(self) -> None:
         """The thread chosen to send the first request has none to send: another goes first."""
         with self._first:
