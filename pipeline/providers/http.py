@@ -99,7 +99,6 @@ class HTTPEmbedder(Embedder):
 
     def _wait_to_size_request(self) -> None:
         self.limiter.wait_for_first_answer()  # the first request is small; the others are sized by its answer
-        self.limiter.wait_for_room()
 
     def _nothing_to_send(self) -> None:
         self.limiter.pass_first_request()

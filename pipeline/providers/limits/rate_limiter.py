@@ -31,7 +31,6 @@ SHARE_OF_WINDOW = 4  # a request carries at most a quarter of the tokens the win
 MOST_SECONDS_A_REQUEST = 0.25
 LONGEST_NAP = 0.5  # a waiting request asks again this often: a limit raised meanwhile lets it go sooner
 PROBE_NAP = 0.01  # a request held back behind a probe (`RefillProof`) asks again this often: its answer may free it
-ROOM_NAP = 0.05  # a thread waiting to size its request asks again this often: those ahead hold a window's budget
 
 
 class Stopped(Exception):
@@ -232,13 +231,6 @@ class RateLimiter(LimitsFromAnswers):
                 self._first.wait()
             if not self._answered:
                 self._first_sender = me
-
-    def wait_for_room(self) -> None:
-        """Return once the callers waiting for budget hold no more than a window's worth of it (or
-        `stop`): a request is sized when it joins them, so a limit that falls meets no longer a line
-        of requests sized for the old one (32 of them, 16 s of a halved 1 s window)."""
-        while not self.stopped and any(b.waiting > b.capacity for b in (self.requests, self.tokens)):
-            self._sleep(ROOM_NAP)
 
     def pass_first_request(self) -> None:
         """The thread chosen to send the first request has none to send: another goes first."""
